@@ -1,0 +1,81 @@
+"""The Prometheus metrics every fleetwatch process exposes, named by Prometheus conventions.
+
+Declared once here so that dashboards, alert rules and tests refer to the same names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+# Scoring workers
+EVENTS = Counter(
+    "fleetwatch_events_total",
+    "Events consumed, by stream and outcome (alert, summary, deadletter).",
+    ["stream", "outcome"],
+)
+DEAD_LETTERS = Counter(
+    "fleetwatch_dead_letters_total", "Records sent to the dead-letter topic, by reason kind.", ["stream", "kind"]
+)
+BATCH_SIZE = Histogram(
+    "fleetwatch_batch_size", "Records per consumed micro-batch.", ["stream"], buckets=BATCH_SIZE_BUCKETS
+)
+STAGE_SECONDS = Histogram(
+    "fleetwatch_batch_stage_seconds",
+    "Time per batch in each stage (decode, featurize, state, score, encode, produce, commit).",
+    ["stream", "stage"],
+    buckets=LATENCY_BUCKETS,
+)
+DETECTOR_SECONDS = Histogram(
+    "fleetwatch_detector_scoring_seconds",
+    "Time one detector takes to score one batch.",
+    ["stream", "detector"],
+    buckets=LATENCY_BUCKETS,
+)
+EVENT_LATENCY = Histogram(
+    "fleetwatch_event_to_output_latency_seconds",
+    "From the input record's Kafka timestamp to its output being handed to the producer.",
+    ["stream"],
+    buckets=LATENCY_BUCKETS,
+)
+DEPLOYED_VERSION = Gauge(
+    "fleetwatch_deployed_version", "Model version number this process scores with.", ["stream"]
+)
+RELOADS = Counter(
+    "fleetwatch_model_reloads_total", "Model version loads, by result (loaded, refused).", ["stream", "result"]
+)
+TRANSACTIONS_ABORTED = Counter(
+    "fleetwatch_kafka_transactions_aborted_total", "Kafka transactions aborted and retried.", ["stream"]
+)
+CONSUMER_LAG = Gauge(
+    "fleetwatch_consumer_lag_records",
+    "High watermark minus position, per assigned partition.",
+    ["topic", "partition"],
+)
+
+# Trainer
+TRAINING_RUNS = Counter(
+    "fleetwatch_training_runs_total",
+    "Training rounds, by result (published, refused_by_gate, failed).",
+    ["stream", "result"],
+)
+TRAINING_SECONDS = Histogram(
+    "fleetwatch_training_duration_seconds",
+    "Wall time of one training round.",
+    ["stream"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800),
+)
+
+# Summarizer
+WINDOWS_CLOSED = Counter(
+    "fleetwatch_summary_windows_closed_total", "Windows closed and reported.", ["stream", "window"]
+)
+RECORDS_AGGREGATED = Counter(
+    "fleetwatch_summary_records_aggregated_total", "Records folded into windows.", ["stream", "kind"]
+)
+RATE_ALERTS = Counter("fleetwatch_rate_alerts_total", "Rate alerts and entity escalations raised.", ["stream", "type"])
+CHANGELOG_RECOVERY_SECONDS = Gauge(
+    "fleetwatch_changelog_recovery_seconds", "Time the summarizer took to recover its tables at start."
+)
