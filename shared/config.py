@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from shared.kafka_client import KafkaConnection
+
 DEV_DIR_NAME = ".fleetwatch"
 CONNECTION_FILE_NAME = "connection.env"
 
@@ -80,6 +82,9 @@ class FleetwatchSettings(BaseSettings):
     dev: DevStackSettings = Field(default_factory=DevStackSettings)
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = "INFO"
+
+    def kafka_connection(self) -> KafkaConnection:
+        return KafkaConnection(self.kafka_bootstrap, self.kafka_properties)
 
     @classmethod
     def settings_customise_sources(

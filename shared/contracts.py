@@ -110,9 +110,7 @@ def _plausibility_problem(event: Transaction | LogLine) -> str | None:
     return None
 
 
-def _decode(
-    payloads: Sequence[bytes | None], decoder: msgspec.json.Decoder, max_bytes: int
-) -> DecodedBatch:
+def _decode(payloads: Sequence[bytes | None], decoder: msgspec.json.Decoder, max_bytes: int) -> DecodedBatch:
     batch: DecodedBatch = DecodedBatch()
     # One msgspec call per record (C speed): a record's error must not cost its neighbours.
     for index, raw in enumerate(payloads):

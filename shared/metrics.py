@@ -17,7 +17,9 @@ EVENTS = Counter(
     ["stream", "outcome"],
 )
 DEAD_LETTERS = Counter(
-    "fleetwatch_dead_letters_total", "Records sent to the dead-letter topic, by reason kind.", ["stream", "kind"]
+    "fleetwatch_dead_letters_total",
+    "Records sent to the dead-letter topic, by reason kind.",
+    ["stream", "kind"],
 )
 BATCH_SIZE = Histogram(
     "fleetwatch_batch_size", "Records per consumed micro-batch.", ["stream"], buckets=BATCH_SIZE_BUCKETS
@@ -40,11 +42,11 @@ EVENT_LATENCY = Histogram(
     ["stream"],
     buckets=LATENCY_BUCKETS,
 )
-DEPLOYED_VERSION = Gauge(
-    "fleetwatch_deployed_version", "Model version number this process scores with.", ["stream"]
-)
+DEPLOYED_VERSION = Gauge("fleetwatch_deployed_version", "Model version number this process scores with.", ["stream"])
 RELOADS = Counter(
-    "fleetwatch_model_reloads_total", "Model version loads, by result (loaded, refused).", ["stream", "result"]
+    "fleetwatch_model_reloads_total",
+    "Model version loads, by result (loaded, refused).",
+    ["stream", "result"],
 )
 TRANSACTIONS_ABORTED = Counter(
     "fleetwatch_kafka_transactions_aborted_total", "Kafka transactions aborted and retried.", ["stream"]

@@ -1,0 +1,115 @@
+"""The `fleetwatch` command as a user runs it: help, one-line errors, generation, the dev stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.kafka_client import KafkaConnection, producer, read_all, topic_partitions
+from shared.local_infra.processes import free_port, pid_is_alive
+from shared.local_infra.redis_server import RedisServer
+
+FLEETWATCH = str(Path(sys.executable).with_name("fleetwatch"))
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FLEETWATCH, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd, timeout=300
+    )
+
+
+def test_help_explains_every_subcommand() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("dev", "generate"):
+        assert command in result.stdout
+    assert "FLEETWATCH_" in result.stdout
+    dev_help = run("dev", "--help").stdout
+    assert all(sub in dev_help for sub in ("up", "status", "down"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "--events", "-3"], "--events"),
+        (["generate", "--out", "events.csv"], "unsupported file type"),
+        (["no-such-command"], "No such command"),
+    ],
+)
+def test_bad_arguments_get_one_line_and_no_traceback(args: list[str], message: str, tmp_path: Path) -> None:
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_generate_writes_events_and_separate_labels(tmp_path: Path) -> None:
+    out = tmp_path / "events.parquet"
+    result = run("generate", "--out", str(out), "--users", "500", "--events", "5000", "--seed", "9", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert out.exists() and (tmp_path / "events.labels.parquet").exists()
+    for segment in ("loose-passive", "tight-passive", "loose-aggressive", "tight-aggressive"):
+        assert segment in result.stderr
+    assert "events/s" in result.stderr and "amount_spike=" in result.stderr
+
+
+def test_generate_produces_to_kafka(kafka: KafkaConnection, make_topic, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    topic = make_topic("generated")
+    labels = tmp_path / "labels.jsonl"
+    result = run(
+        "generate", "--topic", topic, "--labels", str(labels), "--users", "300", "--events", "3000",
+        env={"FLEETWATCH_KAFKA_BOOTSTRAP": kafka.bootstrap}, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = read_all(kafka, topic)
+    assert len(records) == 3000 and len(labels.read_text().splitlines()) == 3000
+    assert all(record.key().startswith(b"u") for record in records)
+
+
+def test_dev_up_serves_an_independent_client_and_down_leaves_nothing(tmp_path: Path) -> None:
+    ports = {"KAFKA_PORT": free_port(), "CONTROLLER_PORT": free_port(), "REDIS_PORT": free_port()}
+    env = {f"FLEETWATCH_DEV__{name}": str(port) for name, port in ports.items()}
+    env["FLEETWATCH_DEV_DIR"] = str(tmp_path / "stack")
+    env["FLEETWATCH_DEV__PARTITIONS"] = "4"
+    try:
+        up = run("dev", "up", env=env, cwd=tmp_path)
+        assert up.returncode == 0, up.stderr
+        lines = dict(line.split("=", 1) for line in up.stdout.strip().splitlines())
+        assert lines["FLEETWATCH_KAFKA_BOOTSTRAP"] == f"127.0.0.1:{ports['KAFKA_PORT']}"
+        assert lines["FLEETWATCH_REDIS_URL"] == f"redis://127.0.0.1:{ports['REDIS_PORT']}/0"
+
+        connection = KafkaConnection(lines["FLEETWATCH_KAFKA_BOOTSTRAP"])
+        writer = producer(connection)
+        writer.produce("alerts", key=b"k", value=b"hello from an independent client")
+        assert writer.flush(30) == 0
+        assert [r.value() for r in read_all(connection, "alerts")] == [b"hello from an independent client"]
+
+        assert topic_partitions(connection, "events.transactions") == [0, 1, 2, 3]
+        status = run("dev", "status", env=env, cwd=tmp_path)
+        assert status.returncode == 0 and status.stdout == up.stdout
+        state = (tmp_path / "stack" / "stack.json").read_text()
+    finally:
+        down = run("dev", "down", "--purge", env=env, cwd=tmp_path)
+    assert down.returncode == 0
+    pids = json.loads(state)
+    assert not pid_is_alive(pids["kafka_pid"]) and not pid_is_alive(pids["redis_pid"])
+    assert not (tmp_path / "stack").exists()
+    assert run("dev", "status", env=env, cwd=tmp_path).returncode == 1
+
+
+def test_dev_up_refuses_a_taken_port(tmp_path: Path, redis_server: RedisServer) -> None:
+    env = {
+        "FLEETWATCH_DEV_DIR": str(tmp_path / "stack"),
+        "FLEETWATCH_DEV__REDIS_PORT": str(redis_server.port),
+        "FLEETWATCH_DEV__KAFKA_PORT": str(free_port()),
+        "FLEETWATCH_DEV__CONTROLLER_PORT": str(free_port()),
+    }
+    result = run("dev", "up", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"port {redis_server.port}" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,54 @@
+"""Settings precedence: flags > environment > config file > `dev up` connection file > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.config import load_settings
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("FLEETWATCH_KAFKA_BOOTSTRAP", "FLEETWATCH_REDIS_URL", "FLEETWATCH_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FLEETWATCH_DEV_DIR", str(tmp_path / "dev"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dev").mkdir()
+    return tmp_path
+
+
+def test_defaults_point_at_the_local_dev_stack(isolated: Path) -> None:
+    settings = load_settings()
+    assert settings.kafka_bootstrap == "127.0.0.1:19092"
+    assert settings.topics.transactions == "events.transactions" and settings.topics.deadletter == "deadletter"
+
+
+def test_each_source_overrides_the_ones_below_it(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (isolated / "dev" / "connection.env").write_text(
+        "FLEETWATCH_KAFKA_BOOTSTRAP=127.0.0.1:1111\nFLEETWATCH_REDIS_URL=redis://127.0.0.1:1112/0\n"
+    )
+    assert load_settings().kafka_bootstrap == "127.0.0.1:1111"
+
+    (isolated / "fleetwatch.toml").write_text(
+        'kafka_bootstrap = "file:2222"\n[topics]\nalerts = "fraud.alerts"\n'
+        '[kafka_properties]\n"security.protocol" = "SASL_SSL"\n"sasl.mechanism" = "SCRAM-SHA-512"\n'
+    )
+    settings = load_settings()
+    assert settings.kafka_bootstrap == "file:2222" and settings.redis_url == "redis://127.0.0.1:1112/0"
+    assert settings.topics.alerts == "fraud.alerts" and settings.topics.transactions == "events.transactions"
+
+    monkeypatch.setenv("FLEETWATCH_KAFKA_BOOTSTRAP", "env:3333")
+    monkeypatch.setenv("FLEETWATCH_TOPICS__DEADLETTER", "dlq")
+    settings = load_settings()
+    assert settings.kafka_bootstrap == "env:3333" and settings.topics.deadletter == "dlq"
+
+    assert load_settings(kafka_bootstrap="flag:4444", redis_url=None).kafka_bootstrap == "flag:4444"
+
+
+def test_librdkafka_properties_pass_through_unchanged(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWATCH_KAFKA_PROPERTIES", '{"security.protocol": "SSL", "ssl.ca.location": "/ca.pem"}')
+    config = load_settings().kafka_connection().config(**{"group.id": "g"})
+    assert config["security.protocol"] == "SSL" and config["ssl.ca.location"] == "/ca.pem"
+    assert config["group.id"] == "g" and config["bootstrap.servers"] == "127.0.0.1:19092"

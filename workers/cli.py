@@ -1,0 +1,226 @@
+"""`fleetwatch`: the one console script; each subcommand is a role or an operator's tool."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shared.config import FleetwatchSettings, load_settings
+from shared.errors import FleetwatchError
+from shared.logs import configure_logging
+
+if TYPE_CHECKING:
+    from shared.synthetic import SyntheticTransactions
+
+# Piped output (CI logs, files) gets wide lines so that tables are not cut at 80 columns.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+app = typer.Typer(
+    name="fleetwatch",
+    help="Score every Kafka event against every deployed anomaly-detection model.\n\n"
+    "Settings come from flags, FLEETWATCH_* environment variables, the TOML file named by "
+    "FLEETWATCH_CONFIG (default ./fleetwatch.toml) and the connection file of `fleetwatch dev up`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+dev_app = typer.Typer(
+    help="The local Kafka broker (KRaft) and Redis server on loopback, for development, the demo and tests.",
+    no_args_is_help=True,
+)
+app.add_typer(dev_app, name="dev")
+
+
+def _settings(**overrides: object) -> FleetwatchSettings:
+    settings = load_settings(**overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+@dev_app.command("up")
+def dev_up() -> None:
+    """Start Kafka and Redis on loopback (or reuse them), prove both by a round trip, create the topics.
+
+    Prints FLEETWATCH_KAFKA_BOOTSTRAP=... and FLEETWATCH_REDIS_URL=... lines for `eval` or `source`.
+    """
+    from shared.local_infra import dev_stack
+
+    settings = _settings()
+    started = time.monotonic()
+    with console.status("starting Kafka (KRaft) and Redis ..."):
+        stack = dev_stack.up(settings)
+    console.print(
+        f"[green]ready[/green] in {time.monotonic() - started:.1f}s; topics: {', '.join(settings.topics.all())}"
+    )
+    sys.stdout.write(stack.connection_lines())
+
+
+@dev_app.command("status")
+def dev_status() -> None:
+    """Say whether the local stack runs; print its connection lines. Exit 1 when it is not up."""
+    from shared.local_infra import dev_stack
+
+    stack = dev_stack.status()
+    if stack is None:
+        console.print("the local stack is not up (fleetwatch dev up starts it)")
+        raise typer.Exit(1)
+    for name, pid, running in (
+        ("kafka", stack.kafka_pid, stack.kafka_running),
+        ("redis", stack.redis_pid, stack.redis_running),
+    ):
+        console.print(f"{name}: {'running' if running else 'NOT running'} (pid {pid})")
+    sys.stdout.write(stack.connection_lines())
+    if not (stack.kafka_running and stack.redis_running):
+        raise typer.Exit(1)
+
+
+@dev_app.command("down")
+def dev_down(
+    purge: Annotated[bool, typer.Option("--purge", help="Also delete the data folder (.fleetwatch/).")] = False,
+) -> None:
+    """Stop the local Kafka and Redis; nothing is left running."""
+    from shared.local_infra import dev_stack
+
+    done = dev_stack.down(purge=purge)
+    console.print("\n".join(done) if done else "nothing was running")
+
+
+@dev_app.command("jars")
+def dev_jars() -> None:
+    """Resolve the Kafka broker's jars from Maven Central (pinned pom, strict checksums) into .cache/."""
+    from shared.local_infra.kafka_jars import kafka_version, resolve_kafka_jars
+
+    jars = resolve_kafka_jars()
+    console.print(f"Kafka {kafka_version(jars)}: {len(list(jars.glob('*.jar')))} jars in {jars}")
+
+
+@app.command()
+def generate(
+    out: Annotated[
+        Path | None, typer.Option(help="Write events to this .jsonl or .parquet file instead of Kafka.")
+    ] = None,
+    topic: Annotated[
+        str | None, typer.Option(help="Kafka topic to produce to (default: the transactions input topic).")
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="Ground-truth file (.jsonl/.parquet), kept apart from the events. "
+            "Default: beside --out, or .fleetwatch/labels/<topic>.labels.jsonl."
+        ),
+    ] = None,
+    users: Annotated[int, typer.Option(min=1, help="Number of users, spread over the four segments.")] = 1_000_000,
+    events: Annotated[int, typer.Option(min=1, help="Number of transactions.")] = 10_000_000,
+    anomaly_rate: Annotated[float, typer.Option(min=0.0, max=0.49, help="Share of injected anomalies.")] = 0.01,
+    days: Annotated[float, typer.Option(min=0.01, help="Time span of the transactions.")] = 30.0,
+    seed: Annotated[int, typer.Option(help="Same seed, same data.")] = 42,
+) -> None:
+    """Synthetic transactions of four user segments with labelled injected anomalies (seed 001)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from shared import event_files, synthetic
+    from shared.config import dev_dir
+    from shared.kafka_client import produce_all
+
+    settings = _settings()
+    spec = synthetic.GeneratorSpec(users=users, events=events, anomaly_rate=anomaly_rate, days=days, seed=seed)
+    if out is not None:
+        event_files.check_suffix(out)
+    target_topic = topic or settings.topics.transactions
+    labels_path = labels or (
+        event_files.labels_path_for(out) if out else dev_dir() / "labels" / f"{target_topic}.labels.jsonl"
+    )
+    started = time.monotonic()
+    with console.status(f"drawing {events:,} transactions for {users:,} users ..."):
+        data = synthetic.generate_transactions(spec)
+    drawn = time.monotonic()
+    progress = Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console,
+    )  # fmt: skip
+    with progress:
+        task = progress.add_task(f"writing {out}" if out else f"producing to {target_topic}", total=len(data))
+
+        def advance(done: int) -> None:
+            progress.advance(task, done)
+
+        if out is not None:
+            event_files.write_transactions(data, out, on_progress=advance)
+            failed = 0
+        else:
+            from shared.event_files import chunk_bounds, transaction_payloads
+
+            failed = 0
+            connection = settings.kafka_connection()
+            for start, stop in chunk_bounds(len(data), 200_000):
+                failed += produce_all(
+                    connection,
+                    target_topic,
+                    data.columns["user_id"][start:stop].tolist(),
+                    transaction_payloads(data, start, stop),
+                    on_progress=advance,
+                )
+    event_files.write_labels(data, labels_path)
+    elapsed = time.monotonic() - started
+    _print_generation_summary(data, elapsed, time.monotonic() - drawn)
+    console.print(f"labels: {labels_path}")
+    if failed:
+        raise FleetwatchError(f"{failed} of {len(data)} records were not acknowledged by Kafka")
+
+
+def _print_generation_summary(data: SyntheticTransactions, elapsed_s: float, write_s: float) -> None:
+    from shared.synthetic import anomaly_counts, segment_summary
+
+    table = Table(title="segments (normal events)")
+    rows = segment_summary(data)
+    for column in rows[0]:
+        table.add_column(column.replace("_", " "), justify="left" if column in ("segment", "top_type") else "right")
+    for row in rows:
+        table.add_row(*(f"{value:,.1f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int)
+                        else str(value) for value in row.values()))  # fmt: skip
+    console.print(table)
+    console.print("injected anomalies: " + ", ".join(f"{k}={v:,}" for k, v in anomaly_counts(data).items()))
+    console.print(
+        f"{len(data):,} events in {elapsed_s:.1f}s ({len(data) / elapsed_s:,.0f} events/s end to end; "
+        f"write {len(data) / max(write_s, 1e-9):,.0f} events/s)"
+    )
+
+
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(min=1, help="Transactions to stream.")] = 200_000,
+    users: Annotated[int, typer.Option(min=1, help="Users behind them.")] = 20_000,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave Kafka and Redis running afterwards.")] = False,
+) -> None:
+    """The main job end to end on the local stack: Kafka + Redis up, events streamed and watched, stack down."""
+    from workers.demo import run_demo
+
+    run_demo(_settings(), events=events, users=users, keep=keep, console=console)
+
+
+def main() -> None:
+    """Entry point: usage and user errors become one line on stderr; programming errors keep their traceback."""
+    try:
+        exit_code = app(standalone_mode=False)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except typer.exceptions.TyperException as exc:  # click's usage errors, as vendored by typer
+        context = getattr(exc, "ctx", None)
+        command = context.command_path if context is not None else "fleetwatch"
+        sys.stderr.write(f"{command}: error: {exc.format_message()}\n")
+        sys.exit(getattr(exc, "exit_code", 2))
+    except FleetwatchError as exc:
+        sys.stderr.write(f"fleetwatch: error: {exc}\n")
+        sys.exit(1)
+    sys.exit(exit_code if isinstance(exit_code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
