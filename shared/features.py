@@ -1,0 +1,295 @@
+"""Transaction features, with one definition for training (offline) and scoring (online).
+
+Per-user behaviour features need each user's history. History is summarised in a `UserProfile`
+(counts, amount sums, the last few timestamps and IPs, the hour-of-day vector). `advance_profiles`
+takes the profiles as they were before a batch and the batch's events, and returns every event's
+features (computed from the history *before* that event) plus the profiles after the batch. Training
+calls it once over the whole time-ordered history with empty profiles; a scoring worker calls it per
+micro-batch with the profiles it keeps in Redis. Same function, so the two cannot drift.
+
+>>> cols = TransactionColumns.from_arrays(
+...     user_id=["a", "a", "b"], amount=[10.0, 100.0, 5.0],
+...     timestamp_s=[0.0, 60.0, 30.0], ip=["1.1.1.1", "2.2.2.2", "3.3.3.3"],
+...     transaction_type=["purchase"] * 3, channel=["web"] * 3, segment=["tight-passive"] * 3)
+>>> raw, after = advance_profiles({}, cols)
+>>> raw[:, FEATURE_NAMES.index("user_tx_count_log")].round(3).tolist()
+[0.0, 0.693, 0.0]
+>>> float(raw[1, FEATURE_NAMES.index("new_ip_for_user")]), after["a"].count
+(1.0, 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+from sklearn.preprocessing import StandardScaler
+
+from shared.contracts import CHANNELS, SEGMENTS, TRANSACTION_TYPES, Transaction
+
+FEATURE_SPEC_VERSION = 1
+"""Bump when a feature's definition changes: a model trained on another spec is refused at load."""
+
+RECENT_TIMESTAMPS = 5
+"""How many of a user's latest timestamps a profile keeps (velocity: transactions in the last hour)."""
+
+KNOWN_IPS = 8
+"""How many of a user's most recent distinct IPs a profile keeps."""
+
+NO_HISTORY_GAP_S = 30 * 86400.0
+"""'Time since previous transaction' for a user's first one: as long as the training window."""
+
+TRANSACTION_FEATURES = (
+    "amount",
+    "amount_log",
+    "hour_sin",
+    "hour_cos",
+    "weekday_sin",
+    "weekday_cos",
+    *(f"type_{name}" for name in TRANSACTION_TYPES),
+    *(f"channel_{name}" for name in CHANNELS),
+    *(f"segment_{name}" for name in SEGMENTS),
+)
+USER_FEATURES = (
+    "user_tx_count_log",
+    "user_mean_amount_log",
+    "user_max_amount_log",
+    "seconds_since_prev_log",
+    "amount_vs_user_mean",
+    "amount_vs_user_max",
+    "new_ip_for_user",
+    "user_tx_last_hour",
+    "hour_off_user_habit",
+)
+FEATURE_NAMES: tuple[str, ...] = (*TRANSACTION_FEATURES, *USER_FEATURES)
+
+
+class UserProfile(msgspec.Struct, array_like=True):
+    """A user's history, as much as the features need; stored per user (Redis) between batches."""
+
+    count: int = 0
+    amount_sum: float = 0.0
+    amount_max: float = 0.0
+    hour_cos_sum: float = 0.0
+    hour_sin_sum: float = 0.0
+    recent_ts: list[float] = msgspec.field(default_factory=list)  # newest first
+    ips: list[str] = msgspec.field(default_factory=list)  # most recent first
+
+
+@dataclass(frozen=True)
+class TransactionColumns:
+    """A batch of transactions as columns: what featurizing needs, in arrival order."""
+
+    user_id: np.ndarray
+    amount: np.ndarray
+    timestamp_s: np.ndarray
+    ip: np.ndarray
+    transaction_type: np.ndarray
+    channel: np.ndarray
+    segment: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, **columns: Sequence) -> TransactionColumns:
+        return cls(
+            user_id=np.asarray(columns["user_id"], dtype=object),
+            amount=np.asarray(columns["amount"], dtype=np.float64),
+            timestamp_s=np.asarray(columns["timestamp_s"], dtype=np.float64),
+            ip=np.asarray(columns["ip"], dtype=object),
+            transaction_type=np.asarray(columns["transaction_type"], dtype=object),
+            channel=np.asarray(columns["channel"], dtype=object),
+            segment=np.asarray(columns["segment"], dtype=object),
+        )
+
+    @classmethod
+    def from_events(cls, events: Sequence[Transaction]) -> TransactionColumns:
+        # Struct attributes have no columnar view; one comprehension per column is the cheapest way out.
+        return cls.from_arrays(
+            user_id=[e.user_id for e in events],
+            amount=[e.amount for e in events],
+            timestamp_s=[e.timestamp.timestamp() for e in events],
+            ip=[e.ip for e in events],
+            transaction_type=[e.transaction_type for e in events],
+            channel=[e.channel for e in events],
+            segment=[e.segment for e in events],
+        )
+
+    def __len__(self) -> int:
+        return len(self.amount)
+
+
+def _one_hot(values: np.ndarray, categories: Sequence[str]) -> np.ndarray:
+    return (values[:, None] == np.asarray(categories, dtype=object)[None, :]).astype(np.float64)
+
+
+def _transaction_features(cols: TransactionColumns) -> np.ndarray:
+    hour = (cols.timestamp_s % 86400.0) / 3600.0
+    weekday = ((cols.timestamp_s // 86400.0) + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+    hour_angle, weekday_angle = 2 * np.pi * hour / 24.0, 2 * np.pi * weekday / 7.0
+    return np.column_stack(
+        [
+            cols.amount,
+            np.log1p(cols.amount),
+            np.sin(hour_angle),
+            np.cos(hour_angle),
+            np.sin(weekday_angle),
+            np.cos(weekday_angle),
+            _one_hot(cols.transaction_type, TRANSACTION_TYPES),
+            _one_hot(cols.channel, CHANNELS),
+            _one_hot(cols.segment, SEGMENTS),
+        ]
+    )
+
+
+def _segmented_exclusive_cumsum(values: np.ndarray, group_start: np.ndarray) -> np.ndarray:
+    """For each row, the sum of the earlier rows of its group (rows sorted by group)."""
+    total = np.cumsum(values) - values
+    return total - total[group_start]
+
+
+def _segmented_exclusive_cummax(values: np.ndarray, group: np.ndarray, group_start: np.ndarray) -> np.ndarray:
+    """For each row, the max of the earlier rows of its group (0 for a group's first row)."""
+    # Ranks are exact integers, so lifting each group above the previous one cannot lose precision.
+    order = np.argsort(values, kind="stable")
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[order] = np.arange(1, len(values) + 1)
+    lifted = rank + group.astype(np.int64) * (len(values) + 1)
+    running = np.maximum.accumulate(lifted)
+    previous = np.concatenate([[0], running[:-1]]) - group.astype(np.int64) * (len(values) + 1)
+    previous[group_start[group] == np.arange(len(values))] = 0
+    sorted_values = np.concatenate([[0.0], values[order]])
+    return sorted_values[np.maximum(previous, 0)]
+
+
+def advance_profiles(
+    before: dict[str, UserProfile], cols: TransactionColumns
+) -> tuple[np.ndarray, dict[str, UserProfile]]:
+    """Raw (unscaled) features of every event, and the profiles of the batch's users after it.
+
+    Events of one user are taken in timestamp order; the feature rows come back in input order.
+    """
+    n = len(cols)
+    users, group = np.unique(cols.user_id, return_inverse=True)
+    order = np.lexsort((cols.timestamp_s, group))
+    g = group[order]
+    ts, amount, ip = cols.timestamp_s[order], cols.amount[order], cols.ip[order]
+    first_of_group = np.ones(n, dtype=bool)
+    first_of_group[1:] = g[1:] != g[:-1]
+    group_start = np.flatnonzero(first_of_group)  # row where each group begins, indexed by group id
+    rank_in_group = np.arange(n) - group_start[g]
+
+    profiles = [before.get(user) or UserProfile() for user in users]  # one per user, not per event
+    init_count = np.array([p.count for p in profiles], dtype=np.float64)
+    init_sum = np.array([p.amount_sum for p in profiles])
+    init_max = np.array([p.amount_max for p in profiles])
+    init_hour = np.array([[p.hour_cos_sum, p.hour_sin_sum] for p in profiles]).reshape(-1, 2)
+    init_recent = np.full((len(users), RECENT_TIMESTAMPS), np.nan)
+    for index, profile in enumerate(profiles):
+        init_recent[index, : len(profile.recent_ts)] = profile.recent_ts[:RECENT_TIMESTAMPS]
+
+    count = init_count[g] + rank_in_group
+    amount_sum = init_sum[g] + _segmented_exclusive_cumsum(amount, group_start[g])
+    amount_max = np.maximum(init_max[g], _segmented_exclusive_cummax(amount, g, group_start))
+    hour_angle = 2 * np.pi * ((ts % 86400.0) / 3600.0) / 24.0
+    hour_vec = np.column_stack([np.cos(hour_angle), np.sin(hour_angle)])
+    hour_sum = init_hour[g] + np.column_stack(
+        [_segmented_exclusive_cumsum(hour_vec[:, k], group_start[g]) for k in range(2)]
+    )
+
+    # The k-th previous timestamp: an earlier event of this batch if there is one, else the profile's.
+    previous_ts = np.empty((n, RECENT_TIMESTAMPS))
+    for k in range(1, RECENT_TIMESTAMPS + 1):
+        in_batch = rank_in_group >= k
+        from_profile = np.clip(k - 1 - rank_in_group, 0, RECENT_TIMESTAMPS - 1)
+        previous_ts[:, k - 1] = np.where(in_batch, ts[np.maximum(np.arange(n) - k, 0)], init_recent[g, from_profile])
+        previous_ts[~in_batch & (k - 1 - rank_in_group >= RECENT_TIMESTAMPS), k - 1] = np.nan
+
+    # New IP: not among the profile's known IPs and not used earlier in this batch by the same user.
+    pair_keys = np.char.add(np.char.add(g.astype(str), "/"), ip.astype(str))
+    known_keys = np.array([f"{index}/{address}" for index, profile in enumerate(profiles) for address in profile.ips])
+    _, first_use = np.unique(pair_keys, return_index=True)
+    first_in_batch = np.zeros(n, dtype=bool)
+    first_in_batch[first_use] = True
+    in_profile = np.isin(pair_keys, known_keys)
+    new_ip = first_in_batch & ~in_profile & (count > 0)
+
+    has_history = count > 0
+    mean = np.where(has_history, amount_sum / np.maximum(count, 1), 0.0)
+    gap = np.where(np.isnan(previous_ts[:, 0]), NO_HISTORY_GAP_S, np.maximum(ts - previous_ts[:, 0], 0.0))
+    last_hour = np.nansum((ts[:, None] - previous_ts) <= 3600.0, axis=1)
+    habit = hour_sum / np.maximum(count, 1)[:, None]
+    hour_off_habit = np.where(has_history, np.hypot(habit[:, 0], habit[:, 1]) - (habit * hour_vec).sum(axis=1), 0.0)
+    user_features = np.column_stack(
+        [
+            np.log1p(count),
+            np.log1p(mean),
+            np.log1p(amount_max),
+            np.log1p(gap),
+            np.where(has_history, np.log1p(amount) - np.log1p(mean), 0.0),
+            np.where(has_history, np.log1p(amount) - np.log1p(amount_max), 0.0),
+            new_ip.astype(np.float64),
+            last_hour.astype(np.float64),
+            hour_off_habit,
+        ]
+    )
+    rows = np.empty((n, len(FEATURE_NAMES)))
+    rows[order] = np.hstack([_transaction_features(cols)[order], user_features])
+    return rows, _profiles_after(users, profiles, g, group_start, ts, amount, ip, hour_vec, count, amount_sum,
+                                 amount_max, hour_sum)  # fmt: skip
+
+
+def _profiles_after(
+    users: np.ndarray,
+    profiles: list[UserProfile],
+    g: np.ndarray,
+    group_start: np.ndarray,
+    ts: np.ndarray,
+    amount: np.ndarray,
+    ip: np.ndarray,
+    hour_vec: np.ndarray,
+    count: np.ndarray,
+    amount_sum: np.ndarray,
+    amount_max: np.ndarray,
+    hour_sum: np.ndarray,
+) -> dict[str, UserProfile]:
+    last = np.append(group_start[1:], len(g)) - 1  # each group's last row
+    after_count = count[last] + 1
+    after_sum = amount_sum[last] + amount[last]
+    after_max = np.maximum(amount_max[last], amount[last])
+    after_hour = hour_sum[last] + hour_vec[last]
+    result = {}
+    # Building the stored profiles is per user (not per event) and bounded by RECENT_TIMESTAMPS/KNOWN_IPS.
+    for index, user in enumerate(users.tolist()):
+        rows = slice(group_start[index], last[index] + 1)
+        batch_ts = ts[rows][::-1].tolist()
+        recent = (batch_ts + profiles[index].recent_ts)[:RECENT_TIMESTAMPS]
+        ips = list(dict.fromkeys([*ip[rows][::-1].tolist(), *profiles[index].ips]))[:KNOWN_IPS]
+        result[user] = UserProfile(
+            count=int(after_count[index]),
+            amount_sum=float(after_sum[index]),
+            amount_max=float(after_max[index]),
+            hour_cos_sum=float(after_hour[index, 0]),
+            hour_sin_sum=float(after_hour[index, 1]),
+            recent_ts=recent,
+            ips=ips,
+        )
+    return result
+
+
+class FeatureScaler:
+    """Standardises raw features; fitted on the training split only (seed 003's leakage fix)."""
+
+    def __init__(self) -> None:
+        self.spec_version = FEATURE_SPEC_VERSION
+        self.feature_names = FEATURE_NAMES
+        self._scaler = StandardScaler()
+
+    def fit(self, raw: np.ndarray) -> FeatureScaler:
+        self._scaler.fit(raw)
+        # A constant feature (e.g. a channel absent from training) must not divide by zero later.
+        self._scaler.scale_ = np.where(self._scaler.scale_ > 1e-9, self._scaler.scale_, 1.0)
+        return self
+
+    def transform(self, raw: np.ndarray) -> np.ndarray:
+        return np.asarray(self._scaler.transform(raw))

@@ -1,0 +1,110 @@
+"""One feature definition: per-batch (online) equals whole-history (offline); values match their meaning."""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.features import (
+    FEATURE_NAMES,
+    NO_HISTORY_GAP_S,
+    FeatureScaler,
+    TransactionColumns,
+    UserProfile,
+    advance_profiles,
+)
+from shared.synthetic import AnomalyKind, GeneratorSpec, generate_transactions
+
+
+def columns_of(data, rows=slice(None)) -> TransactionColumns:  # type: ignore[no-untyped-def]
+    c = data.columns
+    return TransactionColumns.from_arrays(
+        user_id=c["user_id"][rows], amount=c["amount"][rows], timestamp_s=c["timestamp_ms"][rows] / 1000.0,
+        ip=c["ip"][rows], transaction_type=c["transaction_type"][rows], channel=c["channel"][rows],
+        segment=c["segment"][rows],
+    )  # fmt: skip
+
+
+def feature(rows: np.ndarray, name: str) -> np.ndarray:
+    return rows[:, FEATURE_NAMES.index(name)]
+
+
+@pytest.fixture(scope="module")
+def data():  # type: ignore[no-untyped-def]
+    return generate_transactions(GeneratorSpec(users=1_500, events=30_000, seed=4))
+
+
+def run_in_batches(cols: TransactionColumns, sizes: list[int]) -> np.ndarray:
+    profiles: dict[str, UserProfile] = {}
+    rows, start = [], 0
+    for size in sizes:
+        part = TransactionColumns(
+            **{name: getattr(cols, name)[start : start + size] for name in cols.__dataclass_fields__}
+        )
+        features, after = advance_profiles(profiles, part)
+        # Profiles go through the same serialisation the Redis store uses.
+        profiles.update(
+            {u: msgspec.msgpack.decode(msgspec.msgpack.encode(p), type=UserProfile) for u, p in after.items()}
+        )
+        rows.append(features)
+        start += size
+    return np.vstack(rows)
+
+
+def test_online_batches_reproduce_offline_features_exactly(data) -> None:  # type: ignore[no-untyped-def]
+    cols = columns_of(data)
+    offline, _ = advance_profiles({}, cols)
+    online = run_in_batches(cols, [1] * 50 + [7] * 50 + [1000] * 29 + [len(cols) - 29_400])
+    np.testing.assert_allclose(online, offline, rtol=1e-9, atol=1e-9)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=12))
+def test_any_batching_gives_the_same_features(sizes: list[int]) -> None:
+    small = generate_transactions(GeneratorSpec(users=40, events=sum(sizes), seed=len(sizes)))
+    cols = columns_of(small)
+    offline, _ = advance_profiles({}, cols)
+    np.testing.assert_allclose(run_in_batches(cols, sizes), offline, rtol=1e-9, atol=1e-9)
+
+
+def test_user_features_mean_what_their_names_say() -> None:
+    cols = TransactionColumns.from_arrays(
+        user_id=["a", "a", "a", "b"], amount=[10.0, 30.0, 500.0, 7.0], timestamp_s=[0.0, 600.0, 900.0, 100.0],
+        ip=["1.1.1.1", "1.1.1.1", "9.9.9.9", "2.2.2.2"], transaction_type=["purchase"] * 4, channel=["web"] * 4,
+        segment=["tight-passive"] * 4,
+    )  # fmt: skip
+    rows, after = advance_profiles({}, cols)
+    np.testing.assert_allclose(np.expm1(feature(rows, "user_tx_count_log")), [0, 1, 2, 0])
+    np.testing.assert_allclose(np.expm1(feature(rows, "user_mean_amount_log")), [0, 10, 20, 0])
+    np.testing.assert_allclose(np.expm1(feature(rows, "user_max_amount_log")), [0, 10, 30, 0])
+    np.testing.assert_allclose(
+        np.expm1(feature(rows, "seconds_since_prev_log")), [NO_HISTORY_GAP_S, 600, 300, NO_HISTORY_GAP_S]
+    )
+    assert feature(rows, "new_ip_for_user").tolist() == [0, 0, 1, 0]
+    assert feature(rows, "user_tx_last_hour").tolist() == [0, 1, 2, 0]
+    assert feature(rows, "amount_vs_user_mean")[2] == pytest.approx(np.log1p(500) - np.log1p(20))
+    assert after["a"].count == 3 and after["a"].amount_max == 500 and after["a"].ips == ["9.9.9.9", "1.1.1.1"]
+    assert after["a"].recent_ts == [900.0, 600.0, 0.0]
+
+
+def test_injected_anomalies_stand_out_on_the_features_built_for_them(data) -> None:  # type: ignore[no-untyped-def]
+    rows, _ = advance_profiles({}, columns_of(data))
+    normal = ~data.is_anomaly
+    expectations = {
+        AnomalyKind.AMOUNT_SPIKE: "amount_vs_user_mean",
+        AnomalyKind.BURST: "user_tx_last_hour",
+        AnomalyKind.NEW_IP_COUNTRY: "new_ip_for_user",
+        AnomalyKind.UNUSUAL_HOUR: "hour_off_user_habit",
+    }
+    for kind, name in expectations.items():
+        values = feature(rows, name)
+        assert values[data.anomaly_kind == kind].mean() > values[normal].mean() + values[normal].std()
+
+
+def test_scaler_is_fitted_on_training_rows_only_and_survives_constant_columns() -> None:
+    train = np.column_stack([np.arange(10.0), np.zeros(10)])
+    scaler = FeatureScaler().fit(train)
+    scaled = scaler.transform(np.array([[4.5, 3.0]]))
+    assert scaled[0, 0] == pytest.approx(0.0) and np.isfinite(scaled).all()
