@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -56,6 +56,46 @@ class TopicNames(BaseModel):
         ]
 
 
+class DetectorConfig(BaseModel):
+    """One entry of a stream's `model_configs` (seed 000): a name, a detector kind and its parameters."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    kind: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+def _default_detectors() -> list[DetectorConfig]:
+    return [
+        DetectorConfig(name="iforest", kind="isolation_forest", params={"n_estimators": 100}),
+        DetectorConfig(name="ocsvm", kind="ocsvm"),
+        DetectorConfig(name="autoencoder", kind="autoencoder"),
+        DetectorConfig(name="robust_z", kind="robust_zscore"),
+    ]
+
+
+class StreamSettings(BaseModel):
+    """How one stream's models are trained, thresholded, gated and sampled."""
+
+    detectors: list[DetectorConfig] = Field(default_factory=_default_detectors)
+    std_multiplier: float = 6.0
+    quantile: float = 0.95
+    target_fpr: float = 0.01
+    fleet_fpr_budget: float = Field(0.01, gt=0, lt=1, description="false-positive budget of the any-detector rule")
+    moving_average_window: int = 50
+    gate_metric: Literal["f1", "roc_auc"] = "f1"
+    gate_margin: float = Field(0.02, ge=0, description="how far below the deployed version a candidate may fall")
+    shadow_floor_auc: float = Field(0.6, description="a detector below this ROC AUC is deployed in shadow mode")
+    exclude_labelled_anomalies: bool = True
+    sample_rate: float = Field(1.0, gt=0, le=1)
+    max_rows: int = Field(1_000_000, gt=0)
+    window_hours: float | None = Field(None, gt=0, description="train on the last N hours of the topic")
+    train_interval_s: float = Field(3600.0, gt=0)
+
+
+def _default_streams() -> dict[str, StreamSettings]:
+    return {"transactions": StreamSettings()}
+
+
 class DevStackSettings(BaseModel):
     """Ports and sizes of the local stack started by `fleetwatch dev up` (not the test fixtures)."""
 
@@ -80,6 +120,12 @@ class FleetwatchSettings(BaseSettings):
     )
     topics: TopicNames = Field(default_factory=TopicNames)
     dev: DevStackSettings = Field(default_factory=DevStackSettings)
+    streams: dict[str, StreamSettings] = Field(default_factory=_default_streams)
+    redis_prefix: str = Field("fleetwatch:", description="namespace of every Redis key and channel fleetwatch uses")
+    registry_key: SecretStr | None = Field(None, description="HMAC key that signs model versions")
+    registry_key_file: Path | None = Field(None, description="file holding the signing key (a mounted secret)")
+    artifact_store: str = Field("redis", pattern="^(redis|file)$", description="where artifact bytes live")
+    artifact_dir: Path = Field(Path(".fleetwatch/artifacts"), description="the file store's folder")
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = "INFO"
 

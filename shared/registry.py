@@ -1,0 +1,220 @@
+"""The model registry: immutable numbered versions per stream, signed, with a deployed pointer.
+
+Redis holds the index (signed manifests), the deployed pointer and its history per stream, and
+publishes a notice on one channel whenever a version is published or a pointer moves. Artifact
+bytes go to a pluggable store. Loading checks the manifest's signature, then the artifact's hash
+and signature, and only then unpickles; anything else is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import redis
+
+from shared.artifact_store import ArtifactMissing, ArtifactStore, FileArtifactStore, RedisArtifactStore
+from shared.config import FleetwatchSettings
+from shared.errors import FleetwatchError
+from shared.model_version import ArtifactRef, DeployedVersion, Manifest, ModelBundle
+from shared.signing import content_hash, sign, signature_matches, signing_key
+from shared.thresholds import ThresholdMethod
+
+
+class VersionRefused(FleetwatchError):
+    """A version that is missing, unsigned, tampered with or signed with another key."""
+
+
+class Notice(msgspec.Struct, kw_only=True):
+    stream: str
+    version: int
+    event: str  # published | deployed
+    at: float
+
+
+@dataclass(frozen=True)
+class RegistryKeys:
+    prefix: str
+
+    def manifest(self, stream: str, version: int) -> str:
+        return f"{self.prefix}registry:{stream}:manifest:{version}"
+
+    def versions(self, stream: str) -> str:
+        return f"{self.prefix}registry:{stream}:versions"
+
+    def counter(self, stream: str) -> str:
+        return f"{self.prefix}registry:{stream}:next"
+
+    def deployed(self, stream: str) -> str:
+        return f"{self.prefix}registry:{stream}:deployed"
+
+    def history(self, stream: str) -> str:
+        return f"{self.prefix}registry:{stream}:history"
+
+    @property
+    def notices(self) -> str:
+        return f"{self.prefix}registry:notices"
+
+
+class ModelRegistry:
+    def __init__(self, client: redis.Redis, store: ArtifactStore, key: bytes, prefix: str) -> None:
+        self._redis = client
+        self._store = store
+        self._key = key
+        self.keys = RegistryKeys(prefix)
+
+    # --- writing -------------------------------------------------------------------------------
+    def publish(self, bundle: ModelBundle, draft: Manifest, deploy: bool) -> Manifest:
+        """Store a new version (numbered here) and, with `deploy`, point the stream at it."""
+        version = int(self._redis.incr(self.keys.counter(draft.stream)))  # type: ignore[arg-type]
+        payload = bundle.to_bytes()
+        self._store.put(draft.stream, version, payload)
+        artifact = ArtifactRef(
+            version=version, sha256=content_hash(payload), signature=sign(self._key, payload), size=len(payload)
+        )
+        manifest = msgspec.structs.replace(
+            draft, version=version, artifact=artifact, created_at=datetime.now(UTC).isoformat()
+        )
+        self._write_manifest(manifest, deploy)
+        return manifest
+
+    def derive_with_thresholds(self, stream: str, version: int, methods: dict[str, str]) -> Manifest:
+        """A new version with other active threshold methods and the same artifact bytes.
+
+        Versions stay immutable; if `version` is deployed, the new one is deployed in its place,
+        which reaches the workers like any new version.
+        """
+        base = self.manifest(stream, version)
+        detectors = []
+        for entry in base.detectors:
+            method = methods.get(entry.name, entry.active_method)
+            ThresholdMethod(method)  # refuses an unknown method name with the valid ones
+            detectors.append(msgspec.structs.replace(entry, active_method=method))
+        if unknown := set(methods) - {entry.name for entry in base.detectors}:
+            raise FleetwatchError(f"v{version} has no detector(s) {sorted(unknown)}")
+        new_version = int(self._redis.incr(self.keys.counter(stream)))  # type: ignore[arg-type]
+        manifest = msgspec.structs.replace(
+            base,
+            version=new_version,
+            parent_version=version,
+            created_at=datetime.now(UTC).isoformat(),
+            detectors=detectors,
+            note=f"thresholds of v{version}: " + ", ".join(f"{d.name}={d.active_method}" for d in detectors),
+        )
+        self._write_manifest(manifest, deploy=self.deployed_version(stream) == version)
+        return manifest
+
+    def _write_manifest(self, manifest: Manifest, deploy: bool) -> None:
+        body = msgspec.json.encode(manifest)
+        stream, version = manifest.stream, manifest.version
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(self.keys.manifest(stream, version), mapping={"body": body, "signature": sign(self._key, body)})
+        pipe.zadd(self.keys.versions(stream), {str(version): version})
+        if deploy:
+            pipe.set(self.keys.deployed(stream), version)
+            pipe.rpush(self.keys.history(stream), version)
+        pipe.execute()
+        self._notify(stream, version, "published")
+        if deploy:
+            self._notify(stream, version, "deployed")
+
+    def promote(self, stream: str, version: int) -> DeployedVersion:
+        """Point the stream at `version` after proving it loads; a refused version moves nothing."""
+        loaded = self.load(stream, version)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(self.keys.deployed(stream), version)
+        pipe.rpush(self.keys.history(stream), version)
+        pipe.execute()
+        self._notify(stream, version, "deployed")
+        return loaded
+
+    def rollback(self, stream: str) -> DeployedVersion:
+        """Deploy the version that was deployed before the current one."""
+        current = self.deployed_version(stream)
+        history = [int(v) for v in self._redis.lrange(self.keys.history(stream), 0, -1)]  # type: ignore[union-attr]
+        earlier = [v for v in history if v != current]
+        if current is None or not earlier:
+            raise FleetwatchError(f"{stream}: no earlier deployed version to roll back to")
+        target = earlier[-1]
+        loaded = self.load(stream, target)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(self.keys.deployed(stream), target)
+        pipe.lrem(self.keys.history(stream), 0, current)
+        pipe.execute()
+        self._notify(stream, target, "deployed")
+        return loaded
+
+    def _notify(self, stream: str, version: int, event: str) -> None:
+        notice = Notice(stream=stream, version=version, event=event, at=time.time())
+        self._redis.publish(self.keys.notices, msgspec.json.encode(notice))
+
+    # --- reading -------------------------------------------------------------------------------
+    def deployed_version(self, stream: str) -> int | None:
+        value = self._redis.get(self.keys.deployed(stream))
+        return int(value) if value is not None else None  # type: ignore[arg-type]
+
+    def version_numbers(self, stream: str) -> list[int]:
+        return [int(v) for v in self._redis.zrange(self.keys.versions(stream), 0, -1)]  # type: ignore[union-attr]
+
+    def manifest(self, stream: str, version: int) -> Manifest:
+        """The manifest, after checking its signature."""
+        record: dict[bytes, bytes] = self._redis.hgetall(self.keys.manifest(stream, version))  # type: ignore[assignment]
+        if not record:
+            raise VersionRefused(f"{stream} v{version} does not exist")
+        body, signature = record.get(b"body"), record.get(b"signature")
+        if not body or not signature:
+            raise VersionRefused(f"{stream} v{version}: the manifest has no signature")
+        if not signature_matches(self._key, body, signature.decode()):
+            raise VersionRefused(
+                f"{stream} v{version}: the manifest's signature does not match (tampered or another key)"
+            )
+        return msgspec.json.decode(body, type=Manifest)
+
+    def manifests(self, stream: str) -> list[Manifest]:
+        return [self.manifest(stream, version) for version in self.version_numbers(stream)]
+
+    def load(self, stream: str, version: int) -> DeployedVersion:
+        """Verify the manifest and the artifact's hash and signature, then unpickle and assemble."""
+        manifest = self.manifest(stream, version)
+        try:
+            payload = self._store.get(stream, manifest.artifact.version)
+        except ArtifactMissing as exc:
+            raise VersionRefused(str(exc)) from exc
+        if content_hash(payload) != manifest.artifact.sha256:
+            raise VersionRefused(f"{stream} v{version}: the artifact's hash does not match its manifest (tampered)")
+        if not signature_matches(self._key, payload, manifest.artifact.signature):
+            raise VersionRefused(f"{stream} v{version}: the artifact's signature does not match (another key?)")
+        try:
+            return DeployedVersion.assemble(manifest, ModelBundle.from_verified_bytes(payload))
+        except (ValueError, TypeError) as exc:
+            raise VersionRefused(f"{stream} v{version}: {exc}") from exc
+
+    def load_deployed(self, stream: str) -> DeployedVersion | None:
+        version = self.deployed_version(stream)
+        return None if version is None else self.load(stream, version)
+
+
+def draft_manifest(stream: str, parent: int | None, **fields: Any) -> Manifest:
+    """A manifest before publication: version, time and artifact are filled in by `publish`."""
+    return Manifest(
+        stream=stream,
+        version=0,
+        parent_version=parent,
+        created_at="",
+        artifact=ArtifactRef(version=0, sha256="", signature="", size=0),
+        **fields,
+    )
+
+
+def open_registry(settings: FleetwatchSettings, client: redis.Redis | None = None) -> ModelRegistry:
+    """The registry the settings describe: Redis index, the configured artifact store, the signing key."""
+    client = client or redis.Redis.from_url(settings.redis_url)
+    store: ArtifactStore = (
+        RedisArtifactStore(client, settings.redis_prefix)
+        if settings.artifact_store == "redis"
+        else FileArtifactStore(settings.artifact_dir)
+    )
+    return ModelRegistry(client, store, signing_key(settings), settings.redis_prefix)

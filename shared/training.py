@@ -1,0 +1,230 @@
+"""One training round, Kafka- and Redis-free: features, split, fit, thresholds, evaluation, gate.
+
+The history is featurized once in time order (so every row's user features see only its past), then
+split by time: the earliest rows train, the next calibrate the thresholds, the latest evaluate when
+labels exist. The scaler is fitted on the training rows only (seed 003's leakage fix).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from joblib import Parallel, delayed
+
+from shared.config import StreamSettings
+from shared.detectors import Detector, build_detector
+from shared.evaluation import FleetEvaluation, evaluate_fleet
+from shared.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, FeatureScaler, TransactionColumns, advance_profiles
+from shared.model_version import DeployedVersion, DetectorEntry, Manifest, ModelBundle, TrainingInfo, score_matrix
+from shared.registry import draft_manifest
+from shared.thresholds import DetectorThresholds, ThresholdConfig, compute_thresholds
+
+TRAIN_SHARE, CALIBRATION_SHARE = 0.70, 0.15
+"""With labels: 70 % train, 15 % calibrate, 15 % evaluate. Without: 80 % train, 20 % calibrate."""
+
+
+class TrainingError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Time-ordered events as columns, with ground truth when a labelled set is available."""
+
+    columns: TransactionColumns
+    is_anomaly: np.ndarray | None
+    source: str
+
+    def __post_init__(self) -> None:
+        if len(self.columns) < 50:
+            raise TrainingError(f"{len(self.columns)} events are too few to train on (need at least 50)")
+        if self.is_anomaly is not None and len(self.is_anomaly) != len(self.columns):
+            raise TrainingError("labels and events differ in length")
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    bundle: ModelBundle
+    draft: Manifest
+    evaluation: FleetEvaluation | None
+    raw_features: np.ndarray
+    evaluation_rows: np.ndarray  # indices into the history
+
+
+@dataclass(frozen=True)
+class Split:
+    train: np.ndarray
+    calibration: np.ndarray
+    evaluation: np.ndarray
+
+
+def time_ordered_split(n: int, labelled: bool) -> Split:
+    train_end = int(n * (TRAIN_SHARE if labelled else 0.8))
+    calibration_end = int(n * (TRAIN_SHARE + CALIBRATION_SHARE)) if labelled else n
+    rows = np.arange(n)
+    return Split(rows[:train_end], rows[train_end:calibration_end], rows[calibration_end:])
+
+
+def _fit_one(config_name: str, detector: Detector, rows: np.ndarray) -> tuple[str, Detector, float]:
+    started = time.perf_counter()
+    detector.fit(rows)
+    return config_name, detector, time.perf_counter() - started
+
+
+def fit_detectors(settings: StreamSettings, scaled_train: np.ndarray) -> tuple[dict[str, Detector], dict[str, float]]:
+    """Fit every configured detector, in parallel processes (one per core at most)."""
+    unfitted = [(config.name, build_detector(config.kind, config.params)) for config in settings.detectors]
+    workers = max(1, min(len(unfitted), os.cpu_count() or 1))
+    fitted = Parallel(n_jobs=workers, backend="loky")(
+        delayed(_fit_one)(name, detector, scaled_train) for name, detector in unfitted
+    )
+    return {name: detector for name, detector, _ in fitted}, {name: seconds for name, _, seconds in fitted}
+
+
+def _threshold_config(settings: StreamSettings) -> ThresholdConfig:
+    return ThresholdConfig(
+        std_multiplier=settings.std_multiplier,
+        moving_average_window=settings.moving_average_window,
+        quantile=settings.quantile,
+        target_fpr=settings.target_fpr,
+        fleet_fpr_budget=settings.fleet_fpr_budget,
+    )
+
+
+def _thresholds_with_shadows(
+    calibration_scores: np.ndarray, names: list[str], shadow: set[str], config: ThresholdConfig
+) -> dict[str, DetectorThresholds]:
+    """Every method per detector; the fleet budget is shared only among the alerting detectors."""
+    thresholds = dict(zip(names, compute_thresholds(calibration_scores, config), strict=True))
+    alerting = [j for j, name in enumerate(names) if name not in shadow]
+    if shadow and alerting:
+        for j, fleet_only in zip(alerting, compute_thresholds(calibration_scores[:, alerting], config), strict=True):
+            thresholds[names[j]] = fleet_only
+    return thresholds
+
+
+def _evaluate(
+    scores: np.ndarray,
+    names: list[str],
+    thresholds: dict[str, DetectorThresholds],
+    labels: np.ndarray,
+    shadow: set[str],
+) -> FleetEvaluation:
+    return evaluate_fleet(
+        labels,
+        scores={name: scores[:, j] for j, name in enumerate(names)},
+        offsets={name: thresholds[name].offset() for name in names},
+        shadow=shadow,
+    )
+
+
+def train_round(data: TrainingData, settings: StreamSettings, stream: str, parent: int | None) -> TrainingResult:
+    """Train every configured detector on `data` and return the bundle and its draft manifest."""
+    started = time.perf_counter()
+    raw, _ = advance_profiles({}, data.columns)
+    labelled = data.is_anomaly is not None
+    split = time_ordered_split(len(raw), labelled)
+    train_rows, calibration_rows = split.train, split.calibration
+    if labelled and settings.exclude_labelled_anomalies:
+        assert data.is_anomaly is not None
+        train_rows = train_rows[~data.is_anomaly[train_rows]]
+        calibration_rows = calibration_rows[~data.is_anomaly[calibration_rows]]
+    if len(calibration_rows) < 2:
+        raise TrainingError("the calibration split is empty; give more events")
+
+    scaler = FeatureScaler().fit(raw[train_rows])
+    detectors, fit_seconds = fit_detectors(settings, scaler.transform(raw[train_rows]))
+    names = [config.name for config in settings.detectors]
+    calibration_scores = score_matrix(detectors, names, scaler.transform(raw[calibration_rows]))
+    config = _threshold_config(settings)
+
+    evaluation: FleetEvaluation | None = None
+    shadow: set[str] = set()
+    thresholds = _thresholds_with_shadows(calibration_scores, names, shadow, config)
+    if labelled and len(split.evaluation):
+        assert data.is_anomaly is not None
+        labels = data.is_anomaly[split.evaluation]
+        if labels.any() and not labels.all():
+            evaluation_scores = score_matrix(detectors, names, scaler.transform(raw[split.evaluation]))
+            evaluation = _evaluate(evaluation_scores, names, thresholds, labels, shadow)
+            shadow = {n for n in names if evaluation.detectors[n].roc_auc < settings.shadow_floor_auc}
+            if shadow == set(names):  # the fleet rule needs one alerting detector: keep the best
+                shadow.discard(max(names, key=lambda n: evaluation.detectors[n].roc_auc))  # type: ignore[union-attr]
+            if shadow:
+                thresholds = _thresholds_with_shadows(calibration_scores, names, shadow, config)
+                evaluation = _evaluate(evaluation_scores, names, thresholds, labels, shadow)
+
+    entries = [
+        DetectorEntry(
+            name=c.name,
+            kind=c.kind,
+            params=c.params,
+            mode="shadow" if c.name in shadow else "alerting",
+            thresholds=thresholds[c.name].to_dict(),
+            training_seconds=round(fit_seconds[c.name], 3),
+        )
+        for c in settings.detectors
+    ]
+    timestamps = data.columns.timestamp_s
+    draft = draft_manifest(
+        stream,
+        parent,
+        feature_spec_version=FEATURE_SPEC_VERSION,
+        feature_names=list(FEATURE_NAMES),
+        detectors=entries,
+        training=TrainingInfo(
+            source=data.source,
+            window_start=_iso(timestamps.min()),
+            window_end=_iso(timestamps.max()),
+            rows_train=len(train_rows),
+            rows_calibration=len(calibration_rows),
+            rows_evaluation=len(split.evaluation) if evaluation else 0,
+            seconds=round(time.perf_counter() - started, 3),
+        ),
+        evaluation=evaluation.to_dict() if evaluation else None,
+    )
+    return TrainingResult(ModelBundle(scaler, detectors), draft, evaluation, raw, split.evaluation)
+
+
+def _iso(epoch_s: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(epoch_s)))
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    accepted: bool
+    reason: str
+    deployed_metrics: dict[str, Any] | None = None
+
+
+def quality_gate(
+    result: TrainingResult, deployed: DeployedVersion | None, labels: np.ndarray | None, settings: StreamSettings
+) -> GateDecision:
+    """Refuse a candidate whose fleet metric falls below the deployed version's, on the same rows, by more
+    than the margin. Without labels or a deployed version there is nothing to compare, so it passes."""
+    if deployed is None:
+        return GateDecision(True, "no version is deployed yet")
+    if result.evaluation is None or labels is None:
+        return GateDecision(True, "no labelled evaluation set: the gate cannot compare and lets it pass")
+    rows = result.evaluation_rows
+    scaled = deployed.bundle.scaler.transform(result.raw_features[rows])
+    shadow = {e.name for e in deployed.manifest.detectors if e.mode == "shadow"}
+    scores = deployed.score(scaled)
+    baseline = evaluate_fleet(
+        labels[rows],
+        scores={name: scores[:, j] for j, name in enumerate(deployed.detector_names)},
+        offsets=dict(zip(deployed.detector_names, deployed.offsets.tolist(), strict=True)),
+        shadow=shadow,
+    )
+    metric = settings.gate_metric
+    candidate_value = getattr(result.evaluation.fleet, metric)
+    deployed_value = getattr(baseline.fleet, metric)
+    verdict = (
+        f"fleet {metric} {candidate_value:.3f} vs deployed v{deployed.version} {deployed_value:.3f} "
+        f"(margin {settings.gate_margin})"
+    )
+    return GateDecision(candidate_value >= deployed_value - settings.gate_margin, verdict, baseline.to_dict())

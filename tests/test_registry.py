@@ -1,0 +1,191 @@
+"""The signed registry on a real Redis: bit-for-bit round trips, refusals, promote/rollback with notices."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+import redis
+
+from shared.artifact_store import FileArtifactStore, RedisArtifactStore
+from shared.config import DetectorConfig, StreamSettings
+from shared.features import TransactionColumns
+from shared.model_version import Manifest
+from shared.registry import ModelRegistry, Notice, VersionRefused
+from shared.synthetic import GeneratorSpec, generate_transactions
+from shared.training import TrainingData, TrainingResult, train_round
+
+KEY = b"k" * 32
+SMALL_DETECTORS = [
+    DetectorConfig(name="iforest", kind="isolation_forest", params={"n_estimators": 20, "random_state": 0}),
+    DetectorConfig(name="robust_z", kind="robust_zscore"),
+]
+
+
+def synthetic_columns(events: int, seed: int) -> tuple[TransactionColumns, np.ndarray]:
+    data = generate_transactions(GeneratorSpec(users=events // 10, events=events, seed=seed))
+    c = data.columns
+    columns = TransactionColumns.from_arrays(
+        user_id=c["user_id"], amount=c["amount"], timestamp_s=c["timestamp_ms"] / 1000.0, ip=c["ip"],
+        transaction_type=c["transaction_type"], channel=c["channel"], segment=c["segment"],
+    )  # fmt: skip
+    return columns, data.is_anomaly
+
+
+@pytest.fixture(scope="module")
+def trained() -> TrainingResult:
+    columns, labels = synthetic_columns(4_000, seed=1)
+    settings = StreamSettings(detectors=SMALL_DETECTORS)
+    return train_round(TrainingData(columns, labels, "test"), settings, "transactions", None)
+
+
+@pytest.fixture(params=["redis", "file"])
+def registry(request, redis_client: redis.Redis, unique_name: str, tmp_path: Path) -> ModelRegistry:  # type: ignore[no-untyped-def]
+    prefix = f"{unique_name}:"
+    store = RedisArtifactStore(redis_client, prefix) if request.param == "redis" else FileArtifactStore(tmp_path)
+    return ModelRegistry(redis_client, store, KEY, prefix)
+
+
+@pytest.fixture
+def notices(registry: ModelRegistry, redis_client: redis.Redis) -> Iterator[list[Notice]]:
+    received: list[Notice] = []
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(registry.keys.notices)
+    pubsub.get_message(timeout=1.0)
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            message = pubsub.get_message(timeout=0.1)
+            if message is not None:
+                received.append(msgspec.json.decode(message["data"], type=Notice))
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    yield received
+    stop.set()
+    thread.join()
+    pubsub.close()
+
+
+def wait_for(condition, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_version_round_trips_bit_for_bit(registry: ModelRegistry, trained: TrainingResult) -> None:
+    manifest = registry.publish(trained.bundle, trained.draft, deploy=True)
+    assert manifest.version == 1 and registry.deployed_version("transactions") == 1
+    stored = registry._store.get("transactions", 1)
+    assert stored == trained.bundle.to_bytes() and len(stored) == manifest.artifact.size
+    loaded = registry.load("transactions", 1)
+    assert msgspec.json.encode(loaded.manifest) == msgspec.json.encode(manifest)
+    rows = trained.bundle.scaler.transform(trained.raw_features[:200])
+    for name, detector in trained.bundle.detectors.items():
+        np.testing.assert_array_equal(loaded.bundle.detectors[name].score_samples(rows), detector.score_samples(rows))
+
+
+def test_versions_are_numbered_per_stream_and_immutable(registry: ModelRegistry, trained: TrainingResult) -> None:
+    first = registry.publish(trained.bundle, trained.draft, deploy=False)
+    second = registry.publish(trained.bundle, trained.draft, deploy=False)
+    other = registry.publish(trained.bundle, msgspec.structs.replace(trained.draft, stream="logs"), deploy=False)
+    assert (first.version, second.version, other.version) == (1, 2, 1)
+    assert registry.version_numbers("transactions") == [1, 2]
+    assert registry.deployed_version("transactions") is None
+
+
+def test_tampered_artifact_is_refused_and_pointer_stays(
+    registry: ModelRegistry, trained: TrainingResult, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    registry.publish(trained.bundle, trained.draft, deploy=True)
+    registry.publish(trained.bundle, trained.draft, deploy=False)
+    payload = bytearray(registry._store.get("transactions", 2))
+    payload[len(payload) // 2] ^= 0xFF
+    registry._store.put("transactions", 2, bytes(payload))
+    with pytest.raises(VersionRefused, match="hash does not match"):
+        registry.promote("transactions", 2)
+    assert registry.deployed_version("transactions") == 1
+
+
+def test_tampered_manifest_is_refused(
+    registry: ModelRegistry, trained: TrainingResult, redis_client: redis.Redis
+) -> None:
+    registry.publish(trained.bundle, trained.draft, deploy=True)
+    key = registry.keys.manifest("transactions", 1)
+    body = redis_client.hget(key, "body")
+    assert isinstance(body, bytes)
+    redis_client.hset(key, "body", body.replace(b'"alerting"', b'"shadow"', 1))
+    with pytest.raises(VersionRefused, match="signature does not match"):
+        registry.load("transactions", 1)
+
+
+def test_wrong_key_and_missing_signature_are_refused(
+    registry: ModelRegistry, trained: TrainingResult, redis_client: redis.Redis
+) -> None:
+    registry.publish(trained.bundle, trained.draft, deploy=True)
+    impostor = ModelRegistry(redis_client, registry._store, b"x" * 32, registry.keys.prefix)
+    with pytest.raises(VersionRefused, match="signature"):
+        impostor.promote("transactions", 1)
+    redis_client.hdel(registry.keys.manifest("transactions", 1), "signature")
+    with pytest.raises(VersionRefused, match="no signature"):
+        registry.load("transactions", 1)
+    assert registry.deployed_version("transactions") == 1
+
+
+def test_missing_version_is_refused_with_reason(registry: ModelRegistry) -> None:
+    with pytest.raises(VersionRefused, match="does not exist"):
+        registry.promote("transactions", 41)
+    assert registry.deployed_version("transactions") is None
+
+
+def test_promote_and_rollback_move_the_pointer_and_send_notices(
+    registry: ModelRegistry, trained: TrainingResult, notices: list[Notice]
+) -> None:
+    registry.publish(trained.bundle, trained.draft, deploy=True)
+    registry.publish(trained.bundle, trained.draft, deploy=False)
+    registry.promote("transactions", 2)
+    assert registry.deployed_version("transactions") == 2
+    registry.rollback("transactions")
+    assert registry.deployed_version("transactions") == 1
+    wait_for(lambda: len(notices) >= 5)
+    assert [(n.event, n.version) for n in notices] == [
+        ("published", 1), ("deployed", 1), ("published", 2), ("deployed", 2), ("deployed", 1)
+    ]  # fmt: skip
+
+
+def test_threshold_change_is_a_new_version_on_the_same_artifact(
+    registry: ModelRegistry, trained: TrainingResult, notices: list[Notice]
+) -> None:
+    registry.publish(trained.bundle, trained.draft, deploy=True)
+    derived = registry.derive_with_thresholds("transactions", 1, {"iforest": "quantile"})
+    assert derived.version == 2 and derived.parent_version == 1 and derived.artifact.version == 1
+    assert registry.deployed_version("transactions") == 2
+    loaded = registry.load("transactions", 2)
+    expected = derived.detector("iforest").active_offset()
+    assert (
+        loaded.bundle.detectors["iforest"].offset_
+        == expected
+        != registry.load("transactions", 1).bundle.detectors["iforest"].offset_
+    )
+    wait_for(lambda: ("deployed", 2) in [(n.event, n.version) for n in notices])
+    with pytest.raises(ValueError, match="not a valid ThresholdMethod"):
+        registry.derive_with_thresholds("transactions", 2, {"iforest": "vibes"})
+
+
+def test_manifest_records_what_a_person_needs(trained: TrainingResult) -> None:
+    draft: Manifest = trained.draft
+    assert [d.name for d in draft.detectors] == ["iforest", "robust_z"]
+    entry = draft.detector("iforest")
+    assert set(entry.thresholds["offsets"]) == {
+        "mean_k_std", "min", "max", "moving_average", "quantile", "target_fpr", "fleet_budget"
+    }  # fmt: skip
+    assert entry.active_method == "fleet_budget" and entry.params["n_estimators"] == 20
+    assert draft.training.rows_train > draft.training.rows_calibration > 0
+    assert draft.evaluation is not None and draft.evaluation["weakest_detector"] in {"iforest", "robust_z"}
