@@ -1,0 +1,59 @@
+"""Detector kinds by name, as a stream's `model_configs` lists them: `{name, kind, params}`.
+
+>>> build_detector("robust_zscore", {"contamination": 0.05})
+RobustZScoreDetector(contamination=0.05)
+>>> build_detector("lof", {})
+Traceback (most recent call last):
+...
+ValueError: unknown detector kind 'lof'; valid kinds: autoencoder, isolation_forest, ocsvm, robust_zscore
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from shared.detectors.autoencoder import AutoencoderDetector
+from shared.detectors.base import Detector
+from shared.detectors.isolation_forest import IsolationForestDetector
+from shared.detectors.ocsvm import OneClassSVMDetector
+from shared.detectors.robust_zscore import RobustZScoreDetector
+
+DETECTOR_KINDS: Mapping[str, type[Detector]] = {
+    "autoencoder": AutoencoderDetector,
+    "isolation_forest": IsolationForestDetector,
+    "ocsvm": OneClassSVMDetector,
+    "robust_zscore": RobustZScoreDetector,
+}
+
+
+def build_detector(kind: str, params: Mapping[str, Any]) -> Detector:
+    """An unfitted detector of `kind`; a `ValueError` names the bad kind, parameter or value.
+
+    Values are validated here, not at the first `fit`, so a bad stream config is refused before
+    any training data is read.
+    """
+    if kind not in DETECTOR_KINDS:
+        raise ValueError(f"unknown detector kind {kind!r}; valid kinds: {', '.join(sorted(DETECTOR_KINDS))}")
+    detector_class = DETECTOR_KINDS[kind]
+    valid_params = detector_class().get_params()
+    if unknown := sorted(set(params) - set(valid_params)):
+        raise ValueError(
+            f"{kind} detector has no parameter {', '.join(map(repr, unknown))}; "
+            f"valid parameters: {', '.join(sorted(valid_params))}"
+        )
+    detector = detector_class(**params)
+    # scikit-learn's InvalidParameterError is a ValueError that names the parameter and its range.
+    detector._validate_params()
+    return detector
+
+
+__all__ = [
+    "DETECTOR_KINDS",
+    "AutoencoderDetector",
+    "Detector",
+    "IsolationForestDetector",
+    "OneClassSVMDetector",
+    "RobustZScoreDetector",
+    "build_detector",
+]

@@ -1,0 +1,254 @@
+"""How well each detector, and the fleet's alerting rule, separate anomalies on a labelled set.
+
+Seed 000 evaluates the detectors on held-out labelled data, compares them and names the weakest.
+Ranking quality comes from the scores (ROC AUC; PR AUC as average precision, which does not
+interpolate optimistically between operating points); operating quality from the active thresholds
+(precision, recall, F1 and the confusion counts). The fleet is the rule the workers apply: an event
+alerts when any non-shadow detector says -1. For its AUCs the fleet's score is the minimum, over
+those detectors, of each one's decision `score - offset` divided by its robust spread on the
+evaluation set: detectors on different scales become comparable, and the fleet score is negative
+exactly when the rule alerts.
+
+>>> evaluation = evaluate_fleet(
+...     y_true=[0, 0, 0, 1],
+...     scores={"forest": [0.3, 0.2, 0.25, -0.4], "baseline": [-1.0, -1.2, -3.0, -1.1]},
+...     offsets={"forest": 0.0, "baseline": -2.0},
+... )
+>>> evaluation.weakest_detector
+'baseline'
+>>> evaluation.fleet.precision, evaluation.fleet.recall
+(0.5, 1.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from shared.detectors.robust_zscore import robust_location_scale
+
+RATE_METRICS = ("roc_auc", "pr_auc", "precision", "recall", "f1")
+"""The metrics in [0, 1] that a comparison reports the change of."""
+
+METRIC_HEADERS = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "precision": "precision", "recall": "recall", "f1": "F1"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DetectionMetrics:
+    """One detector's (or the fleet's) quality on a labelled set; positives are anomalies."""
+
+    roc_auc: float
+    pr_auc: float
+    precision: float
+    recall: float
+    f1: float
+    true_positives: int
+    false_positives: int
+    true_negatives: int
+    false_negatives: int
+
+    @classmethod
+    def measure(
+        cls, is_anomaly: NDArray[np.bool_], anomaly_scores: NDArray[np.float64], flagged: NDArray[np.bool_]
+    ) -> DetectionMetrics:
+        """Metrics of `anomaly_scores` (higher = more anomalous) and of the rows a threshold `flagged`."""
+        true_positives = int(np.count_nonzero(flagged & is_anomaly))
+        false_positives = int(np.count_nonzero(flagged & ~is_anomaly))
+        false_negatives = int(np.count_nonzero(~flagged & is_anomaly))
+        return cls(
+            roc_auc=float(roc_auc_score(is_anomaly, anomaly_scores)),
+            pr_auc=float(average_precision_score(is_anomaly, anomaly_scores)),
+            precision=_ratio(true_positives, true_positives + false_positives),
+            recall=_ratio(true_positives, true_positives + false_negatives),
+            f1=_ratio(2 * true_positives, 2 * true_positives + false_positives + false_negatives),
+            true_positives=true_positives,
+            false_positives=false_positives,
+            true_negatives=int(np.count_nonzero(~flagged & ~is_anomaly)),
+            false_negatives=false_negatives,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DetectionMetrics:
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetEvaluation:
+    """Every detector's metrics, the fleet rule's, and which detectors were only shadowing."""
+
+    detectors: Mapping[str, DetectionMetrics]
+    fleet: DetectionMetrics
+    shadow: frozenset[str] = frozenset()
+
+    @property
+    def weakest_detector(self) -> str:
+        """Lowest ROC AUC, ties broken by lower F1 (shadow detectors included)."""
+        return min(self.detectors, key=lambda name: (self.detectors[name].roc_auc, self.detectors[name].f1, name))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe values for the model manifest."""
+        return {
+            "detectors": {name: metrics.to_dict() for name, metrics in self.detectors.items()},
+            "fleet": self.fleet.to_dict(),
+            "shadow": sorted(self.shadow),
+            "weakest_detector": self.weakest_detector,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FleetEvaluation:
+        return cls(
+            detectors={name: DetectionMetrics.from_dict(metrics) for name, metrics in data["detectors"].items()},
+            fleet=DetectionMetrics.from_dict(data["fleet"]),
+            shadow=frozenset(data["shadow"]),
+        )
+
+    def to_markdown(self) -> str:
+        """The comparison table, one row per detector and one for the fleet rule."""
+        rows = [[_row_label(name, self.shadow), *_metric_cells(metrics)] for name, metrics in self.detectors.items()]
+        rows.append(["**fleet** (any −1)", *_metric_cells(self.fleet)])
+        weakest = self.weakest_detector
+        return (
+            _markdown_table(["detector", *METRIC_HEADERS.values(), "TP", "FP", "TN", "FN"], rows)
+            + f"\n\nWeakest detector: {weakest} (ROC AUC {self.detectors[weakest].roc_auc:.3f}).\n"
+        )
+
+
+def evaluate_fleet(
+    y_true: ArrayLike,
+    scores: Mapping[str, ArrayLike],
+    offsets: Mapping[str, float],
+    *,
+    shadow: Collection[str] = (),
+) -> FleetEvaluation:
+    """Evaluate each detector and the fleet rule on a labelled set (`y_true` 1 = anomaly).
+
+    `scores[name]` is the detector's `score_samples` of the set and `offsets[name]` its active
+    operating point (`offset_`); a shadow detector is measured but takes no part in the fleet rule.
+    """
+    is_anomaly = _binary_labels(y_true)
+    if set(scores) != set(offsets):
+        raise ValueError(f"scores and offsets name different detectors: {sorted(scores)} vs {sorted(offsets)}")
+    if unknown := sorted(set(shadow) - set(scores)):
+        raise ValueError(f"shadow names detectors that were not scored: {unknown}")
+    alerting = [name for name in scores if name not in shadow]
+    if not alerting:
+        raise ValueError("the fleet rule needs at least one detector that is not a shadow")
+
+    decisions = {name: _decisions(name, scores[name], offsets[name], is_anomaly.size) for name in scores}
+    detectors = {
+        name: DetectionMetrics.measure(is_anomaly, -decision, decision < 0.0) for name, decision in decisions.items()
+    }
+    alerting_decisions = np.column_stack([decisions[name] for name in alerting])
+    _, spread = robust_location_scale(alerting_decisions)
+    fleet_score = np.min(alerting_decisions / spread, axis=1)
+    return FleetEvaluation(
+        detectors=detectors,
+        fleet=DetectionMetrics.measure(is_anomaly, -fleet_score, fleet_score < 0.0),
+        shadow=frozenset(shadow),
+    )
+
+
+def compare_evaluations(baseline: FleetEvaluation, candidate: FleetEvaluation) -> dict[str, Any]:
+    """`candidate - baseline` of every rate metric, for the fleet and each detector both evaluated."""
+    return {
+        "fleet": _metric_deltas(baseline.fleet, candidate.fleet),
+        "detectors": {
+            name: _metric_deltas(metrics, candidate.detectors[name])
+            for name, metrics in baseline.detectors.items()
+            if name in candidate.detectors
+        },
+    }
+
+
+def render_comparison(
+    baseline: FleetEvaluation, candidate: FleetEvaluation, *, baseline_label: str = "A", candidate_label: str = "B"
+) -> str:
+    """A markdown table of `baseline → candidate (delta)` per metric, for `fleetwatch models compare`."""
+    pairs = [
+        (name, metrics, candidate.detectors[name])
+        for name, metrics in baseline.detectors.items()
+        if name in candidate.detectors
+    ]
+    pairs.append(("**fleet** (any −1)", baseline.fleet, candidate.fleet))
+    rows = [
+        [
+            label,
+            *(
+                f"{getattr(before, metric):.3f} → {getattr(after, metric):.3f} "
+                f"({getattr(after, metric) - getattr(before, metric):+.3f})"
+                for metric in RATE_METRICS
+            ),
+        ]
+        for label, before, after in pairs
+    ]
+    notes = [f"Each cell reads {baseline_label} → {candidate_label} (change)."]
+    notes += [
+        f"Only in {label}: {', '.join(names)}."
+        for label, names in (
+            (baseline_label, sorted(set(baseline.detectors) - set(candidate.detectors))),
+            (candidate_label, sorted(set(candidate.detectors) - set(baseline.detectors))),
+        )
+        if names
+    ]
+    notes.append(
+        f"Weakest detector: {baseline.weakest_detector} in {baseline_label}, "
+        f"{candidate.weakest_detector} in {candidate_label}."
+    )
+    return _markdown_table(["detector", *METRIC_HEADERS.values()], rows) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def _binary_labels(y_true: ArrayLike) -> NDArray[np.bool_]:
+    labels = np.asarray(y_true)
+    if labels.ndim != 1 or not np.isin(labels, (0, 1)).all():
+        raise ValueError("y_true must be a 1-D array of 0 (normal) and 1 (anomaly)")
+    if np.unique(labels).size != 2:
+        raise ValueError("y_true must contain both normal rows and anomalies to evaluate on")
+    return labels == 1
+
+
+def _decisions(name: str, scores: ArrayLike, offset: float, n_rows: int) -> NDArray[np.float64]:
+    values = np.asarray(scores, dtype=np.float64)
+    if values.shape != (n_rows,):
+        raise ValueError(f"scores of {name!r} have shape {values.shape}, expected ({n_rows},) like y_true")
+    if not (np.isfinite(values).all() and np.isfinite(offset)):
+        raise ValueError(f"scores and offset of {name!r} must be finite")
+    return values - offset
+
+
+def _metric_deltas(before: DetectionMetrics, after: DetectionMetrics) -> dict[str, float]:
+    return {metric: getattr(after, metric) - getattr(before, metric) for metric in RATE_METRICS}
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    """A rate that is 0 when nothing was counted, as scikit-learn's `zero_division=0`."""
+    return numerator / denominator if denominator else 0.0
+
+
+def _row_label(name: str, shadow: Collection[str]) -> str:
+    return f"{name} (shadow)" if name in shadow else name
+
+
+def _metric_cells(metrics: DetectionMetrics) -> list[str]:
+    return [f"{getattr(metrics, metric):.3f}" for metric in RATE_METRICS] + [
+        str(count)
+        for count in (
+            metrics.true_positives,
+            metrics.false_positives,
+            metrics.true_negatives,
+            metrics.false_negatives,
+        )
+    ]
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = [header, ["---", *["---:"] * (len(header) - 1)], *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
