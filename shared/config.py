@@ -80,11 +80,13 @@ class StreamSettings(BaseModel):
     std_multiplier: float = 6.0
     quantile: float = 0.95
     target_fpr: float = 0.01
-    fleet_fpr_budget: float = Field(0.01, gt=0, lt=1, description="false-positive budget of the any-detector rule")
+    fleet_fpr_budget: float = Field(
+        0.001, gt=0, lt=1, description="false-positive budget of the any-detector rule on held-out normal data"
+    )
     moving_average_window: int = 50
     gate_metric: Literal["f1", "roc_auc"] = "f1"
     gate_margin: float = Field(0.02, ge=0, description="how far below the deployed version a candidate may fall")
-    shadow_floor_auc: float = Field(0.6, description="a detector below this ROC AUC is deployed in shadow mode")
+    shadow_floor_auc: float = Field(0.85, description="a detector below this ROC AUC is deployed in shadow mode")
     exclude_labelled_anomalies: bool = True
     sample_rate: float = Field(1.0, gt=0, le=1)
     max_rows: int = Field(1_000_000, gt=0)

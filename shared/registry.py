@@ -69,7 +69,7 @@ class ModelRegistry:
     # --- writing -------------------------------------------------------------------------------
     def publish(self, bundle: ModelBundle, draft: Manifest, deploy: bool) -> Manifest:
         """Store a new version (numbered here) and, with `deploy`, point the stream at it."""
-        version = int(self._redis.incr(self.keys.counter(draft.stream)))  # type: ignore[arg-type]
+        version = int(self._redis.incr(self.keys.counter(draft.stream)))
         payload = bundle.to_bytes()
         self._store.put(draft.stream, version, payload)
         artifact = ArtifactRef(
@@ -95,7 +95,7 @@ class ModelRegistry:
             detectors.append(msgspec.structs.replace(entry, active_method=method))
         if unknown := set(methods) - {entry.name for entry in base.detectors}:
             raise FleetwatchError(f"v{version} has no detector(s) {sorted(unknown)}")
-        new_version = int(self._redis.incr(self.keys.counter(stream)))  # type: ignore[arg-type]
+        new_version = int(self._redis.incr(self.keys.counter(stream)))
         manifest = msgspec.structs.replace(
             base,
             version=new_version,
@@ -134,7 +134,7 @@ class ModelRegistry:
     def rollback(self, stream: str) -> DeployedVersion:
         """Deploy the version that was deployed before the current one."""
         current = self.deployed_version(stream)
-        history = [int(v) for v in self._redis.lrange(self.keys.history(stream), 0, -1)]  # type: ignore[union-attr]
+        history = [int(v) for v in self._redis.lrange(self.keys.history(stream), 0, -1)]
         earlier = [v for v in history if v != current]
         if current is None or not earlier:
             raise FleetwatchError(f"{stream}: no earlier deployed version to roll back to")
@@ -142,7 +142,7 @@ class ModelRegistry:
         loaded = self.load(stream, target)
         pipe = self._redis.pipeline(transaction=True)
         pipe.set(self.keys.deployed(stream), target)
-        pipe.lrem(self.keys.history(stream), 0, current)
+        pipe.lrem(self.keys.history(stream), 0, str(current))
         pipe.execute()
         self._notify(stream, target, "deployed")
         return loaded
@@ -154,10 +154,10 @@ class ModelRegistry:
     # --- reading -------------------------------------------------------------------------------
     def deployed_version(self, stream: str) -> int | None:
         value = self._redis.get(self.keys.deployed(stream))
-        return int(value) if value is not None else None  # type: ignore[arg-type]
+        return int(value) if value is not None else None
 
     def version_numbers(self, stream: str) -> list[int]:
-        return [int(v) for v in self._redis.zrange(self.keys.versions(stream), 0, -1)]  # type: ignore[union-attr]
+        return [int(v) for v in self._redis.zrange(self.keys.versions(stream), 0, -1)]  # type: ignore[arg-type]
 
     def manifest(self, stream: str, version: int) -> Manifest:
         """The manifest, after checking its signature."""

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from joblib import Parallel, delayed
+from sklearn.exceptions import ConvergenceWarning
 
 from shared.config import StreamSettings
 from shared.detectors import Detector, build_detector
+from shared.errors import FleetwatchError
 from shared.evaluation import FleetEvaluation, evaluate_fleet
 from shared.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, FeatureScaler, TransactionColumns, advance_profiles
 from shared.model_version import DeployedVersion, DetectorEntry, Manifest, ModelBundle, TrainingInfo, score_matrix
@@ -27,7 +30,7 @@ TRAIN_SHARE, CALIBRATION_SHARE = 0.70, 0.15
 """With labels: 70 % train, 15 % calibrate, 15 % evaluate. Without: 80 % train, 20 % calibrate."""
 
 
-class TrainingError(ValueError):
+class TrainingError(FleetwatchError):
     pass
 
 
@@ -71,7 +74,10 @@ def time_ordered_split(n: int, labelled: bool) -> Split:
 
 def _fit_one(config_name: str, detector: Detector, rows: np.ndarray) -> tuple[str, Detector, float]:
     started = time.perf_counter()
-    detector.fit(rows)
+    with warnings.catch_warnings():
+        # max_iter is a deliberate time cap for the autoencoder, not a failure worth a warning per round.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        detector.fit(rows)
     return config_name, detector, time.perf_counter() - started
 
 

@@ -16,6 +16,7 @@ from shared.errors import FleetwatchError
 from shared.logs import configure_logging
 
 if TYPE_CHECKING:
+    from shared.registry import ModelRegistry
     from shared.synthetic import SyntheticTransactions
 
 # Piped output (CI logs, files) gets wide lines so that tables are not cut at 80 columns.
@@ -202,6 +203,209 @@ def demo(
     from workers.demo import run_demo
 
     run_demo(_settings(), events=events, users=users, keep=keep, console=console)
+
+
+models_app = typer.Typer(
+    help="The model registry: versions per stream, the deployed pointer, thresholds.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+StreamOption = Annotated[str, typer.Option("--stream", help="Which stream's models.")]
+
+
+def _registry(settings: FleetwatchSettings) -> ModelRegistry:
+    from shared.registry import open_registry
+
+    return open_registry(settings)
+
+
+@app.command()
+def train(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Event files (.jsonl/.parquet); default: the stream's input topic.")
+    ] = None,
+    stream: StreamOption = "transactions",
+    labels: Annotated[Path | None, typer.Option(help="Ground truth for evaluation and the quality gate.")] = None,
+    topic: Annotated[str | None, typer.Option(help="Read this topic instead of the stream's input topic.")] = None,
+    no_deploy: Annotated[bool, typer.Option("--no-deploy", help="Publish without moving the pointer.")] = False,
+    request: Annotated[
+        bool, typer.Option("--request", help="Ask the running trainer service for a round instead.")
+    ] = False,
+) -> None:
+    """One training round: sample, fit every detector, thresholds, evaluate, gate, publish."""
+    from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
+
+    from workers.trainer import TrainingSource, request_round, run_round
+
+    settings = _settings()
+    source = TrainingSource(files=[str(f) for f in files or []], topic=topic, labels=str(labels) if labels else None)
+    if request:
+        request_round(settings, stream, source)
+        console.print(f"requested a training round for {stream}")
+        return
+    progress = Progress(
+        SpinnerColumn(), "[progress.description]{task.description}", TimeElapsedColumn(), console=console
+    )
+    with progress:
+        task = progress.add_task("starting", total=None)
+        outcome = run_round(
+            settings,
+            _registry(settings),
+            stream,
+            source,
+            deploy=not no_deploy,
+            on_stage=lambda stage: progress.update(task, description=stage),
+        )
+    if outcome.result.evaluation is not None:
+        console.print(outcome.result.evaluation.to_markdown(), markup=False)
+    info = outcome.manifest.training
+    console.print(
+        f"{stream} v{outcome.manifest.version}: {info.rows_train:,} training rows, {info.seconds:.1f}s; "
+        f"{'deployed' if outcome.deployed else 'not deployed'} ({outcome.gate.reason})"
+    )
+
+
+@app.command()
+def trainer(
+    stream: StreamOption = "transactions",
+    files: Annotated[
+        list[Path] | None, typer.Option("--file", help="Train from these files instead of the topic.")
+    ] = None,
+    labels: Annotated[Path | None, typer.Option(help="Ground truth for evaluation and the quality gate.")] = None,
+    metrics_port: Annotated[int, typer.Option(help="HTTP port of /metrics, /healthz and /readyz.")] = 9401,
+) -> None:
+    """The trainer service: a round every train_interval_s and on request, until SIGTERM."""
+    from workers.trainer import TrainingSource, serve
+
+    source = TrainingSource(files=[str(f) for f in files or []], labels=str(labels) if labels else None)
+    serve(_settings(), stream, source, metrics_port)
+
+
+@models_app.command("list")
+def models_list(stream: StreamOption = "transactions") -> None:
+    """Every version of the stream, newest last; * marks the deployed one."""
+    settings = _settings()
+    registry = _registry(settings)
+    deployed = registry.deployed_version(stream)
+    table = Table(title=f"{stream} model versions")
+    for column in ("", "version", "parent", "created", "detectors (mode:threshold)", "rows", "fleet F1", "note"):
+        table.add_column(column)
+    for manifest in registry.manifests(stream):
+        fleet = (manifest.evaluation or {}).get("fleet", {})
+        table.add_row(
+            "*" if manifest.version == deployed else "",
+            str(manifest.version),
+            str(manifest.parent_version or ""),
+            manifest.created_at[:19],
+            ", ".join(f"{d.name}({d.mode[0]}:{d.active_method})" for d in manifest.detectors),
+            f"{manifest.training.rows_train:,}",
+            f"{fleet['f1']:.3f}" if fleet else "",
+            manifest.note,
+        )
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    version: Annotated[int | None, typer.Argument(help="Version number (default: the deployed one).")] = None,
+    stream: StreamOption = "transactions",
+) -> None:
+    """A version's manifest as JSON (signature checked)."""
+    import msgspec
+
+    settings = _settings()
+    registry = _registry(settings)
+    number = version if version is not None else registry.deployed_version(stream)
+    if number is None:
+        raise FleetwatchError(f"{stream} has no deployed version; give a version number")
+    sys.stdout.write(
+        msgspec.json.format(msgspec.json.encode(registry.manifest(stream, number)), indent=2).decode() + "\n"
+    )
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[int, typer.Argument(help="Version to deploy.")], stream: StreamOption = "transactions"
+) -> None:
+    """Deploy a version (after verifying it loads); workers pick it up through Redis."""
+    loaded = _registry(_settings()).promote(stream, version)
+    console.print(f"{stream}: deployed v{loaded.version}")
+
+
+@models_app.command("rollback")
+def models_rollback(stream: StreamOption = "transactions") -> None:
+    """Deploy the version that was deployed before the current one."""
+    loaded = _registry(_settings()).rollback(stream)
+    console.print(f"{stream}: rolled back to v{loaded.version}")
+
+
+@models_app.command("thresholds")
+def models_thresholds(
+    version: Annotated[int | None, typer.Argument(help="Version (default: the deployed one).")] = None,
+    stream: StreamOption = "transactions",
+    set_method: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="DETECTOR=METHOD; makes a new version with these active methods."),
+    ] = None,
+) -> None:
+    """Show every threshold method's value per detector, or change the active ones without retraining."""
+    from shared.thresholds import DetectorThresholds, ThresholdMethod
+
+    settings = _settings()
+    registry = _registry(settings)
+    number = version if version is not None else registry.deployed_version(stream)
+    if number is None:
+        raise FleetwatchError(f"{stream} has no deployed version; give a version number")
+    if set_method:
+        pairs = dict(item.split("=", 1) for item in set_method if "=" in item)
+        if len(pairs) != len(set_method):
+            raise FleetwatchError("--set takes DETECTOR=METHOD")
+        try:
+            derived = registry.derive_with_thresholds(stream, number, pairs)
+        except ValueError as exc:
+            raise FleetwatchError(f"{exc}; methods: {', '.join(m.value for m in ThresholdMethod)}") from exc
+        deployed = registry.deployed_version(stream) == derived.version
+        console.print(
+            f"{stream}: v{derived.version} = v{number} with {derived.note}{' (deployed)' if deployed else ''}"
+        )
+        number = derived.version
+    manifest = registry.manifest(stream, number)
+    table = Table(title=f"{stream} v{number} thresholds (offset on score_samples; active marked *)")
+    table.add_column("detector")
+    table.add_column("mode")
+    for method in ThresholdMethod:
+        table.add_column(method.value, justify="right")
+    for entry in manifest.detectors:
+        offsets = DetectorThresholds.from_dict(entry.thresholds).offsets
+        cells = [f"{offsets[m]:.4g}{'*' if m.value == entry.active_method else ''}" for m in ThresholdMethod]
+        table.add_row(entry.name, entry.mode, *cells)
+    console.print(table)
+
+
+@models_app.command("compare")
+def models_compare(
+    a: Annotated[int, typer.Argument(help="Baseline version.")],
+    b: Annotated[int, typer.Argument(help="Candidate version.")],
+    on: Annotated[Path | None, typer.Option("--on", help="Labelled events file to compare both on.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Labels of --on (default: beside it).")] = None,
+    stream: StreamOption = "transactions",
+) -> None:
+    """Compare two versions' metrics: as stored, or both re-evaluated on the same labelled file."""
+    from shared.evaluation import FleetEvaluation, render_comparison
+    from workers.model_comparison import evaluate_version_on_file
+
+    registry = _registry(_settings())
+    if on is not None:
+        from shared.event_files import labels_path_for
+
+        labels_file = labels or labels_path_for(on)
+        first, second = (evaluate_version_on_file(registry.load(stream, v), on, labels_file) for v in (a, b))
+    else:
+        stored = [registry.manifest(stream, v).evaluation for v in (a, b)]
+        if not all(stored):
+            raise FleetwatchError("a version has no stored evaluation; compare them --on a labelled file")
+        first, second = (FleetEvaluation.from_dict(e) for e in stored if e is not None)
+    console.print(render_comparison(first, second, baseline_label=f"v{a}", candidate_label=f"v{b}"), markup=False)
 
 
 def main() -> None:

@@ -1,0 +1,171 @@
+"""Training rounds on real Redis (and Kafka): publish, gate, failures publish nothing, the service loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+
+from shared.config import DetectorConfig, FleetwatchSettings, StreamSettings
+from shared.errors import FleetwatchError
+from shared.event_files import labels_path_for, transaction_payloads, write_labels, write_transactions
+from shared.kafka_client import KafkaConnection, produce_all
+from shared.local_infra.processes import free_port
+from shared.registry import ModelRegistry, open_registry
+from shared.synthetic import GeneratorSpec, generate_transactions
+from workers.trainer import TrainingSource, request_round, run_round
+
+SMALL = [
+    DetectorConfig(name="iforest", kind="isolation_forest", params={"n_estimators": 25, "random_state": 0}),
+    DetectorConfig(name="autoencoder", kind="autoencoder", params={"max_iter": 30, "random_state": 0}),
+]
+WEAK = [
+    DetectorConfig(
+        name="tiny", kind="isolation_forest", params={"n_estimators": 1, "max_samples": 4, "random_state": 3}
+    )
+]
+
+
+@pytest.fixture(scope="module")
+def events_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = generate_transactions(GeneratorSpec(users=800, events=8_000, anomaly_rate=0.03, seed=21))
+    path = tmp_path_factory.mktemp("train") / "events.jsonl"
+    write_transactions(data, path)
+    write_labels(data, labels_path_for(path))
+    return path
+
+
+def settings_for(redis_url: str, prefix: str, detectors: list[DetectorConfig], **stream: object) -> FleetwatchSettings:
+    return FleetwatchSettings(
+        redis_url=redis_url,
+        redis_prefix=prefix,
+        registry_key="test-key-0123456789abcdef",  # type: ignore[arg-type]
+        streams={"transactions": StreamSettings(detectors=detectors, **stream)},  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def settings(redis_server, unique_name: str) -> FleetwatchSettings:  # type: ignore[no-untyped-def]
+    return settings_for(redis_server.url, f"{unique_name}:", SMALL)
+
+
+def file_source(path: Path) -> TrainingSource:
+    return TrainingSource(files=[str(path)], labels=str(labels_path_for(path)))
+
+
+def test_round_publishes_and_deploys_an_evaluated_version(settings: FleetwatchSettings, events_file: Path) -> None:
+    registry = open_registry(settings)
+    outcome = run_round(settings, registry, "transactions", file_source(events_file))
+    assert outcome.deployed and registry.deployed_version("transactions") == outcome.manifest.version == 1
+    evaluation = registry.manifest("transactions", 1).evaluation
+    assert evaluation is not None and set(evaluation["detectors"]) == {"iforest", "autoencoder"}
+    assert 0.0 <= evaluation["fleet"]["roc_auc"] <= 1.0 and evaluation["weakest_detector"] in evaluation["detectors"]
+    assert registry.load("transactions", 1).detector_names == ["iforest", "autoencoder"]
+
+
+def test_quality_gate_refuses_a_worse_candidate_and_the_pointer_stays(
+    settings: FleetwatchSettings, events_file: Path
+) -> None:
+    registry = open_registry(settings)
+    good = run_round(settings, registry, "transactions", file_source(events_file))
+    worse_settings = settings_for(
+        settings.redis_url, settings.redis_prefix, WEAK, gate_margin=0.0, shadow_floor_auc=0.0
+    )
+    worse = run_round(worse_settings, registry, "transactions", file_source(events_file))
+    assert not worse.gate.accepted and not worse.deployed
+    assert registry.deployed_version("transactions") == good.manifest.version
+    assert "gate: fleet f1" in registry.manifest("transactions", worse.manifest.version).note
+
+
+def test_failed_round_publishes_nothing(settings: FleetwatchSettings, tmp_path: Path) -> None:
+    data = generate_transactions(GeneratorSpec(users=5, events=20, seed=2))
+    tiny = tmp_path / "tiny.jsonl"
+    write_transactions(data, tiny)
+    registry = open_registry(settings)
+    with pytest.raises(FleetwatchError, match="too few"):
+        run_round(settings, registry, "transactions", TrainingSource(files=[str(tiny)]))
+    assert registry.version_numbers("transactions") == []
+
+
+def test_round_reads_a_kafka_topic(
+    settings: FleetwatchSettings, kafka: KafkaConnection, make_topic, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    topic = make_topic("training")
+    data = generate_transactions(GeneratorSpec(users=300, events=3_000, seed=5))
+    assert produce_all(kafka, topic, data.columns["user_id"].tolist(), transaction_payloads(data, 0, len(data))) == 0
+    write_labels(data, tmp_path / "labels.jsonl")
+    settings = settings.model_copy(update={"kafka_bootstrap": kafka.bootstrap})
+    registry = open_registry(settings)
+    outcome = run_round(
+        settings, registry, "transactions", TrainingSource(topic=topic, labels=str(tmp_path / "labels.jsonl"))
+    )
+    assert outcome.manifest.training.source == f"kafka:{topic}"
+    info = outcome.manifest.training
+    assert info.rows_train + info.rows_calibration + info.rows_evaluation <= 3_000
+    assert info.window_start is not None and info.window_start < (info.window_end or "")
+
+
+def test_sampling_keeps_whole_users(settings: FleetwatchSettings, events_file: Path) -> None:
+    from shared.training_data import from_files
+
+    half = from_files([events_file], None, sample_rate=0.5, max_rows=10**9)
+    everything = from_files([events_file], None, sample_rate=1.0, max_rows=10**9)
+    kept_users = set(half.columns.user_id.tolist())
+    assert 0.3 < len(kept_users) / len(set(everything.columns.user_id.tolist())) < 0.7
+    per_user_all = {u: int((everything.columns.user_id == u).sum()) for u in kept_users}
+    assert all(int((half.columns.user_id == u).sum()) == count for u, count in per_user_all.items())
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_trainer_service_trains_on_schedule_and_on_request_then_stops_on_sigterm(
+    redis_server,
+    unique_name: str,
+    events_file: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    prefix, port = f"{unique_name}:", free_port()
+    stream = {"detectors": [d.model_dump() for d in SMALL], "train_interval_s": 3600}
+    env = {
+        **os.environ,
+        "FLEETWATCH_REDIS_URL": redis_server.url,
+        "FLEETWATCH_REDIS_PREFIX": prefix,
+        "FLEETWATCH_REGISTRY_KEY": "test-key-0123456789abcdef",
+        "FLEETWATCH_STREAMS": json.dumps({"transactions": stream}),
+        "FLEETWATCH_LOG_FORMAT": "json",
+    }
+    command = [str(Path(sys.executable).with_name("fleetwatch")), "trainer", "--file", str(events_file),
+               "--labels", str(labels_path_for(events_file)), "--metrics-port", str(port)]  # fmt: skip
+    service = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = redis.Redis.from_url(redis_server.url)
+    registry = ModelRegistry(client, None, b"", prefix)  # type: ignore[arg-type]
+    try:
+        deadline = time.monotonic() + 120
+        while registry.version_numbers("transactions") != [1] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert registry.version_numbers("transactions") == [1], "the scheduled first round did not publish"
+        request_round(settings_for(redis_server.url, prefix, SMALL), "transactions", file_source(events_file))
+        while len(registry.version_numbers("transactions")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert registry.version_numbers("transactions") == [1, 2], "the requested round did not publish"
+        published = 'fleetwatch_training_runs_total{result="published",stream="transactions"} 2.0'
+        while published not in scrape(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert published in scrape(port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        service.send_signal(signal.SIGTERM)
+        _, stderr = service.communicate(timeout=30)
+    assert service.returncode == 0, stderr
+    assert '"trainer stopped"' in stderr

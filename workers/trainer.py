@@ -1,0 +1,157 @@
+"""The trainer: one training round on demand (`fleetwatch train`) or continuously (`fleetwatch trainer`).
+
+A round samples training data, trains every configured detector, computes thresholds, evaluates
+when a labelled set is configured, applies the quality gate and publishes. A failed round publishes
+nothing. The service runs a round every `train_interval_s` and whenever a request arrives on a Redis
+list (`fleetwatch train --request` pushes one), and serves Prometheus metrics and health over HTTP.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import redis
+
+from shared import metrics
+from shared.config import FleetwatchSettings
+from shared.errors import FleetwatchError
+from shared.logs import get_logger
+from shared.model_version import Manifest
+from shared.registry import ModelRegistry, open_registry
+from shared.training import GateDecision, TrainingData, TrainingResult, quality_gate, train_round
+from shared.training_data import from_files, from_topic
+
+log = get_logger("fleetwatch.trainer")
+
+
+class TrainingSource(msgspec.Struct, kw_only=True):
+    """Where a round reads its events: files, or the stream's input topic when no file is given."""
+
+    files: list[str] = msgspec.field(default_factory=list)
+    topic: str | None = None
+    labels: str | None = None
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    manifest: Manifest
+    deployed: bool
+    gate: GateDecision
+    result: TrainingResult
+
+
+def _read_source(settings: FleetwatchSettings, stream: str, source: TrainingSource) -> TrainingData:
+    stream_settings = settings.streams[stream]
+    labels = Path(source.labels) if source.labels else None
+    if source.files:
+        return from_files(
+            [Path(f) for f in source.files], labels, stream_settings.sample_rate, stream_settings.max_rows
+        )
+    topic = source.topic or getattr(settings.topics, stream)
+    return from_topic(
+        settings.kafka_connection(),
+        topic,
+        stream_settings.window_hours,
+        stream_settings.sample_rate,
+        stream_settings.max_rows,
+        labels,
+    )
+
+
+def run_round(
+    settings: FleetwatchSettings,
+    registry: ModelRegistry,
+    stream: str,
+    source: TrainingSource,
+    deploy: bool = True,
+    on_stage: Callable[[str], None] = lambda stage: None,
+) -> RoundOutcome:
+    """One training round; raises (publishing nothing) when any step fails."""
+    if stream not in settings.streams:
+        raise FleetwatchError(f"stream {stream!r} has no model configuration; configured: {sorted(settings.streams)}")
+    if stream != "transactions":
+        raise FleetwatchError(f"stream {stream!r}: only 'transactions' has a feature pipeline so far")
+    stream_settings = settings.streams[stream]
+    started = time.perf_counter()
+    on_stage("reading training data")
+    data = _read_source(settings, stream, source)
+    deployed_version = registry.deployed_version(stream)
+    on_stage(f"training {len(stream_settings.detectors)} detectors on {len(data.columns):,} events")
+    result = train_round(data, stream_settings, stream, deployed_version)
+    on_stage("quality gate")
+    deployed = registry.load_deployed(stream) if deployed_version is not None else None
+    gate = quality_gate(result, deployed, data.is_anomaly, stream_settings)
+    draft = msgspec.structs.replace(result.draft, note=f"gate: {gate.reason}")
+    on_stage("publishing")
+    manifest = registry.publish(result.bundle, draft, deploy=deploy and gate.accepted)
+    outcome = "published" if gate.accepted else "refused_by_gate"
+    metrics.TRAINING_RUNS.labels(stream, outcome).inc()
+    metrics.TRAINING_SECONDS.labels(stream).observe(time.perf_counter() - started)
+    log.info(
+        "training round done",
+        stream=stream,
+        version=manifest.version,
+        deployed=deploy and gate.accepted,
+        gate=gate.reason,
+        rows=len(data.columns),
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    return RoundOutcome(manifest, deploy and gate.accepted, gate, result)
+
+
+def request_key(settings: FleetwatchSettings) -> str:
+    return f"{settings.redis_prefix}trainer:requests"
+
+
+def request_round(settings: FleetwatchSettings, stream: str, source: TrainingSource) -> None:
+    """Ask a running trainer service for a round now."""
+    client = redis.Redis.from_url(settings.redis_url)
+    client.rpush(request_key(settings), msgspec.json.encode({"stream": stream, "source": source}))
+
+
+class TrainingRequest(msgspec.Struct):
+    stream: str
+    source: TrainingSource
+
+
+def serve(settings: FleetwatchSettings, stream: str, source: TrainingSource, metrics_port: int) -> None:
+    """Run rounds on the schedule and on request until SIGTERM/SIGINT."""
+    from shared.http_endpoints import start_http_endpoints
+
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    start_http_endpoints(metrics_port, ready=lambda: not stopping.is_set())
+    client = redis.Redis.from_url(settings.redis_url)
+    registry = open_registry(settings, client)
+    interval = settings.streams[stream].train_interval_s
+    next_run = time.monotonic()
+    log.info("trainer started", stream=stream, interval_s=interval, metrics_port=metrics_port)
+    while not stopping.is_set():
+        wait_s = max(0.0, next_run - time.monotonic())
+        request = None
+        try:
+            popped = client.blpop([request_key(settings)], timeout=min(wait_s, 1.0) or 0.01)
+        except redis.RedisError as exc:
+            log.warning("redis unavailable; retrying", error=str(exc))
+            stopping.wait(1.0)
+            continue
+        if popped is not None:
+            request = msgspec.json.decode(popped[1], type=TrainingRequest)
+        elif time.monotonic() < next_run:
+            continue
+        round_stream, round_source = (request.stream, request.source) if request else (stream, source)
+        try:
+            run_round(settings, registry, round_stream, round_source)
+        except (FleetwatchError, redis.RedisError, OSError) as exc:
+            metrics.TRAINING_RUNS.labels(round_stream, "failed").inc()
+            log.error("training round failed; nothing published", stream=round_stream, error=str(exc))
+        if request is None:
+            next_run = time.monotonic() + interval
+    log.info("trainer stopped")
