@@ -98,6 +98,27 @@ def _default_streams() -> dict[str, StreamSettings]:
     return {"transactions": StreamSettings()}
 
 
+class WorkerSettings(BaseModel):
+    """The scoring workers: which streams, how they batch, and the delivery guarantee."""
+
+    streams: list[str] = Field(default_factory=lambda: ["transactions"])
+    group_id: str = "fleetwatch-scorers"
+    delivery: Literal["exactly_once", "at_least_once"] = Field(
+        "exactly_once",
+        description="exactly_once: outputs and offsets commit in one Kafka transaction per batch; "
+        "at_least_once: produce, flush, then commit offsets (faster; a crash may repeat a batch's outputs)",
+    )
+    batch_size: int = Field(1000, gt=0, description="most records per micro-batch")
+    batch_timeout_s: float = Field(0.05, gt=0, description="longest wait to fill a micro-batch")
+    reconcile_interval_s: float = Field(5.0, gt=0, description="how often the deployed pointers are re-read")
+    shutdown_timeout_s: float = Field(20.0, gt=0, description="bound on a graceful stop after SIGTERM")
+    metrics_port: int = 9400
+    profile_ttl_days: int = 90
+    top_features: int = 3
+    consumer_properties: dict[str, str] = Field(default_factory=dict, description="librdkafka, consumer only")
+    producer_properties: dict[str, str] = Field(default_factory=dict, description="librdkafka, producer only")
+
+
 class DevStackSettings(BaseModel):
     """Ports and sizes of the local stack started by `fleetwatch dev up` (not the test fixtures)."""
 
@@ -123,6 +144,7 @@ class FleetwatchSettings(BaseSettings):
     topics: TopicNames = Field(default_factory=TopicNames)
     dev: DevStackSettings = Field(default_factory=DevStackSettings)
     streams: dict[str, StreamSettings] = Field(default_factory=_default_streams)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     redis_prefix: str = Field("fleetwatch:", description="namespace of every Redis key and channel fleetwatch uses")
     registry_key: SecretStr | None = Field(None, description="HMAC key that signs model versions")
     registry_key_file: Path | None = Field(None, description="file holding the signing key (a mounted secret)")

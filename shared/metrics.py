@@ -51,6 +51,11 @@ RELOADS = Counter(
 TRANSACTIONS_ABORTED = Counter(
     "fleetwatch_kafka_transactions_aborted_total", "Kafka transactions aborted and retried.", ["stream"]
 )
+PROFILE_STORE_ERRORS = Counter(
+    "fleetwatch_profile_store_errors_total",
+    "Batches whose user profiles could not be read or written (scored with empty histories instead).",
+    ["stream"],
+)
 CONSUMER_LAG = Gauge(
     "fleetwatch_consumer_lag_records",
     "High watermark minus position, per assigned partition.",

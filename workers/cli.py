@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -279,6 +280,33 @@ def trainer(
 
     source = TrainingSource(files=[str(f) for f in files or []], labels=str(labels) if labels else None)
     serve(_settings(), stream, source, metrics_port)
+
+
+@app.command()
+def worker(
+    stream: Annotated[
+        list[str] | None, typer.Option("--stream", help="Stream(s) to serve (default: worker.streams).")
+    ] = None,
+    delivery: Annotated[
+        str | None, typer.Option(help="exactly_once (default) or at_least_once (faster; may repeat outputs).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Most records per micro-batch.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="HTTP port of /metrics, /healthz, /readyz.")] = None,
+    group: Annotated[str | None, typer.Option(help="Consumer group id.")] = None,
+) -> None:
+    """A scoring worker: consume, score with every deployed detector, route to alerts/summary/deadletter."""
+    from workers.scoring_worker import run_worker
+
+    settings = _settings()
+    flags = {"streams": stream, "delivery": delivery, "batch_size": batch_size, "metrics_port": metrics_port,
+             "group_id": group}  # fmt: skip
+    overrides = {key: value for key, value in flags.items() if value is not None}
+    try:
+        worker_settings = settings.worker.model_validate({**settings.worker.model_dump(), **overrides})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise FleetwatchError(problems) from exc
+    run_worker(settings.model_copy(update={"worker": worker_settings}))
 
 
 @models_app.command("list")

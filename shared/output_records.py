@@ -1,0 +1,158 @@
+"""What the workers write: alert reports, summary records and dead letters.
+
+Alert and summary records embed the original event JSON as it arrived (no re-encoding), name the
+model version that scored it and where it came from. A dead letter keeps the original bytes as its
+value, byte for byte, with the reason and source in headers (the convention Kafka Connect uses), so a
+fixed producer can replay it as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+import numpy as np
+
+from shared.contracts import DecodeError
+from shared.features import FEATURE_NAMES
+from shared.model_version import DeployedVersion
+from shared.scoring import ScoredBatch
+
+
+class Source(msgspec.Struct):
+    topic: str
+    partition: int
+    offset: int
+
+
+class DetectorVerdict(msgspec.Struct):
+    name: str
+    score: float
+    threshold: float
+    verdict: int  # +1 normal, -1 anomaly (scikit-learn's convention)
+    mode: str
+
+
+class StandoutFeature(msgspec.Struct):
+    name: str
+    value: float
+    z: float
+
+
+class AlertRecord(msgspec.Struct, tag="alert", tag_field="type"):
+    stream: str
+    model_version: int
+    severity: str
+    severity_score: float
+    fired: list[str]
+    detectors: list[DetectorVerdict]
+    standout_features: list[StandoutFeature]
+    source: Source
+    detected_at: str
+    event: msgspec.Raw
+
+
+class SummaryRecord(msgspec.Struct, tag="summary", tag_field="type"):
+    stream: str
+    model_version: int
+    scores: dict[str, float]
+    source: Source
+    scored_at: str
+    event: msgspec.Raw
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, str | bytes | None]] | None = None
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def scored_records(
+    version: DeployedVersion,
+    scored: ScoredBatch,
+    raw_features: np.ndarray,
+    payloads: list[bytes],
+    keys: list[bytes | None],
+    sources: list[Source],
+    stream: str,
+    alert_topic: str,
+    summary_topic: str,
+) -> list[OutputRecord]:
+    """One output per scored event: an alert report when any alerting detector fired, else a summary."""
+    names = version.detector_names
+    offsets = version.offsets.tolist()
+    modes = [entry.mode for entry in version.manifest.detectors]
+    stamp = now_iso()
+    scores = scored.scores.tolist()
+    severity = scored.severity().tolist()
+    records = []
+    # One record per event is what Kafka carries; building it is the only per-event Python left.
+    for row, is_alert in enumerate(scored.alert.tolist()):
+        if is_alert:
+            flags = scored.flags[row].tolist()
+            value = _ENCODER.encode(
+                AlertRecord(
+                    stream=stream,
+                    model_version=version.version,
+                    severity=severity[row],
+                    severity_score=float(scored.severity_score[row]),
+                    fired=[n for n, f, m in zip(names, flags, modes, strict=True) if f and m == "alerting"],
+                    detectors=[
+                        DetectorVerdict(n, s, t, -1 if f else 1, m)
+                        for n, s, t, f, m in zip(names, scores[row], offsets, flags, modes, strict=True)
+                    ],
+                    standout_features=[
+                        StandoutFeature(FEATURE_NAMES[j], float(raw_features[row, j]), float(z))
+                        for j, z in zip(scored.top_features[row].tolist(), scored.top_z[row].tolist(), strict=True)
+                    ],
+                    source=sources[row],
+                    detected_at=stamp,
+                    event=msgspec.Raw(payloads[row]),
+                )
+            )
+            records.append(OutputRecord(alert_topic, keys[row], value))
+        else:
+            value = _ENCODER.encode(
+                SummaryRecord(
+                    stream=stream,
+                    model_version=version.version,
+                    scores=dict(zip(names, scores[row], strict=True)),
+                    source=sources[row],
+                    scored_at=stamp,
+                    event=msgspec.Raw(payloads[row]),
+                )
+            )
+            records.append(OutputRecord(summary_topic, keys[row], value))
+    return records
+
+
+def dead_letter(error: DecodeError, key: bytes | None, source: Source, stream: str, topic: str) -> OutputRecord:
+    headers: list[tuple[str, str | bytes | None]] = [
+        ("fleetwatch.stream", stream.encode()),
+        ("fleetwatch.error.kind", error.kind.value.encode()),
+        ("fleetwatch.error.reason", error.reason.encode()),
+        ("fleetwatch.source.topic", source.topic.encode()),
+        ("fleetwatch.source.partition", str(source.partition).encode()),
+        ("fleetwatch.source.offset", str(source.offset).encode()),
+        ("fleetwatch.failed_at", now_iso().encode()),
+    ]
+    return OutputRecord(topic, key, error.raw, headers)
+
+
+OutputRecordValue = AlertRecord | SummaryRecord
+_DECODER = msgspec.json.Decoder(OutputRecordValue)
+
+
+def decode_output(value: bytes) -> AlertRecord | SummaryRecord:
+    """For downstream readers and tests: an output record back into its typed form."""
+    return _DECODER.decode(value)
