@@ -92,6 +92,7 @@ class StreamSettings(BaseModel):
     max_rows: int = Field(1_000_000, gt=0)
     window_hours: float | None = Field(None, gt=0, description="train on the last N hours of the topic")
     train_interval_s: float = Field(3600.0, gt=0)
+    batch_alert_rate: float = Field(0.02, gt=0, lt=1, description="a batch whose anomaly rate passes this alerts")
 
 
 def _default_streams() -> dict[str, StreamSettings]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import msgspec
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.preprocessing import StandardScaler
 
 from shared.contracts import CHANNELS, SEGMENTS, TRANSACTION_TYPES, Transaction
@@ -91,7 +92,7 @@ class TransactionColumns:
     segment: np.ndarray
 
     @classmethod
-    def from_arrays(cls, **columns: Sequence) -> TransactionColumns:
+    def from_arrays(cls, **columns: ArrayLike) -> TransactionColumns:
         return cls(
             user_id=np.asarray(columns["user_id"], dtype=object),
             amount=np.asarray(columns["amount"], dtype=np.float64),

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from shared.contracts import CHANNELS, SEGMENTS, TRANSACTION_TYPES
+from shared.features import TransactionColumns
 
 COUNTRIES = ("DE", "FR", "NL", "ES", "IT", "PL", "SE", "AT", "BE", "PT")
 FOREIGN_COUNTRIES = ("NG", "RU", "BR", "VN", "KP", "IR")
@@ -93,6 +94,14 @@ class SyntheticTransactions:
 
     def __len__(self) -> int:
         return len(self.is_anomaly)
+
+    def transaction_columns(self) -> TransactionColumns:
+        """The columns featurizing needs, as a decoder would hand them over."""
+        c = self.columns
+        return TransactionColumns.from_arrays(
+            user_id=c["user_id"], amount=c["amount"], timestamp_s=c["timestamp_ms"] / 1000.0, ip=c["ip"],
+            transaction_type=c["transaction_type"], channel=c["channel"], segment=c["segment"],
+        )  # fmt: skip
 
 
 def _choose(rng: np.random.Generator, weights: np.ndarray) -> np.ndarray:

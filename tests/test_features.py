@@ -19,13 +19,8 @@ from shared.features import (
 from shared.synthetic import AnomalyKind, GeneratorSpec, generate_transactions
 
 
-def columns_of(data, rows=slice(None)) -> TransactionColumns:  # type: ignore[no-untyped-def]
-    c = data.columns
-    return TransactionColumns.from_arrays(
-        user_id=c["user_id"][rows], amount=c["amount"][rows], timestamp_s=c["timestamp_ms"][rows] / 1000.0,
-        ip=c["ip"][rows], transaction_type=c["transaction_type"][rows], channel=c["channel"][rows],
-        segment=c["segment"][rows],
-    )  # fmt: skip
+def columns_of(data) -> TransactionColumns:  # type: ignore[no-untyped-def]
+    return data.transaction_columns()
 
 
 def feature(rows: np.ndarray, name: str) -> np.ndarray:

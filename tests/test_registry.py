@@ -12,35 +12,17 @@ import pytest
 import redis
 
 from shared.artifact_store import FileArtifactStore, RedisArtifactStore
-from shared.config import DetectorConfig, StreamSettings
-from shared.features import TransactionColumns
 from shared.model_version import Manifest
 from shared.registry import ModelRegistry, Notice, VersionRefused
-from shared.synthetic import GeneratorSpec, generate_transactions
-from shared.training import TrainingData, TrainingResult, train_round
+from shared.training import TrainingResult
+from tests.small_models import train_small
 
 KEY = b"k" * 32
-SMALL_DETECTORS = [
-    DetectorConfig(name="iforest", kind="isolation_forest", params={"n_estimators": 20, "random_state": 0}),
-    DetectorConfig(name="robust_z", kind="robust_zscore"),
-]
-
-
-def synthetic_columns(events: int, seed: int) -> tuple[TransactionColumns, np.ndarray]:
-    data = generate_transactions(GeneratorSpec(users=events // 10, events=events, seed=seed))
-    c = data.columns
-    columns = TransactionColumns.from_arrays(
-        user_id=c["user_id"], amount=c["amount"], timestamp_s=c["timestamp_ms"] / 1000.0, ip=c["ip"],
-        transaction_type=c["transaction_type"], channel=c["channel"], segment=c["segment"],
-    )  # fmt: skip
-    return columns, data.is_anomaly
 
 
 @pytest.fixture(scope="module")
 def trained() -> TrainingResult:
-    columns, labels = synthetic_columns(4_000, seed=1)
-    settings = StreamSettings(detectors=SMALL_DETECTORS)
-    return train_round(TrainingData(columns, labels, "test"), settings, "transactions", None)
+    return train_small(events=4_000, seed=1)
 
 
 @pytest.fixture(params=["redis", "file"])
@@ -186,6 +168,6 @@ def test_manifest_records_what_a_person_needs(trained: TrainingResult) -> None:
     assert set(entry.thresholds["offsets"]) == {
         "mean_k_std", "min", "max", "moving_average", "quantile", "target_fpr", "fleet_budget"
     }  # fmt: skip
-    assert entry.active_method == "fleet_budget" and entry.params["n_estimators"] == 20
+    assert entry.active_method == "fleet_budget" and entry.params["n_estimators"] == 30
     assert draft.training.rows_train > draft.training.rows_calibration > 0
     assert draft.evaluation is not None and draft.evaluation["weakest_detector"] in {"iforest", "robust_z"}

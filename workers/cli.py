@@ -309,6 +309,39 @@ def worker(
     run_worker(settings.model_copy(update={"worker": worker_settings}))
 
 
+@app.command()
+def score(
+    input_file: Annotated[Path, typer.Argument(help="Events to score (.jsonl or .parquet).")],
+    out: Annotated[Path, typer.Option(help="Folder for scored.parquet and report.md.")] = Path("scored"),
+    version: Annotated[int | None, typer.Option(help="Model version (default: the deployed one).")] = None,
+    stream: StreamOption = "transactions",
+    top: Annotated[int, typer.Option(min=1, help="How many anomalies the report lists.")] = 20,
+) -> None:
+    """Batch mode: score a file with a model version, without Kafka; Parquet out plus a markdown report."""
+    from shared.event_files import check_suffix
+    from workers.batch_scoring import score_file
+
+    check_suffix(input_file)
+    if not input_file.exists():
+        raise FleetwatchError(f"{input_file}: no such file")
+    settings = _settings()
+    registry = _registry(settings)
+    number = version if version is not None else registry.deployed_version(stream)
+    if number is None:
+        raise FleetwatchError(f"{stream} has no deployed version; give --version")
+    with console.status(f"scoring {input_file} with v{number} ..."):
+        report = score_file(
+            registry.load(stream, number), input_file, out, settings.streams[stream].batch_alert_rate, top
+        )
+    console.print(
+        f"{report.events:,} events ({report.malformed:,} malformed): {report.alerts:,} anomalies "
+        f"({report.anomaly_rate:.2%}){'; BATCH ALERT' if report.batch_alert else ''}\n"
+        f"scored: {report.scored_path}\nreport: {report.report_path}"
+    )
+    if report.batch_alert:
+        raise typer.Exit(4)
+
+
 @models_app.command("list")
 def models_list(stream: StreamOption = "transactions") -> None:
     """Every version of the stream, newest last; * marks the deployed one."""

@@ -1,94 +1,235 @@
-"""`fleetwatch demo`: the end-to-end run on the local stack, for a newcomer's first look.
+"""`fleetwatch demo`: the whole system end to end on the local stack, for a newcomer's first look.
 
-Brings up Kafka + Redis on loopback, streams synthetic transactions into the input topic, watches
-them arrive through a consumer group with a live table, and takes the stack down again.
+Kafka + Redis come up on loopback; a labelled synthetic history is generated; the trainer fits two
+model versions on its first third (v1 deployed, v2 kept back); two scoring workers start; every
+event of the history streams through them while a live table shows what comes out; halfway, v2 is
+promoted and the workers hot-reload it; the run ends with throughput, precision and recall against
+the ground truth, and which version scored what. Workers and the stack are stopped at the end.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
+from confluent_kafka import TopicPartition
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from shared import synthetic
-from shared.config import FleetwatchSettings
-from shared.event_files import chunk_bounds, transaction_payloads
-from shared.kafka_client import consumer, produce_all
+from shared.config import FleetwatchSettings, dev_dir
+from shared.event_files import chunk_bounds, transaction_payloads, write_labels, write_transactions
+from shared.kafka_client import consumer, produce_all, topic_partitions
 from shared.local_infra import dev_stack
+from shared.local_infra.processes import free_port
+from shared.output_records import decode_output
+from shared.registry import open_registry
+from workers.trainer import TrainingSource, run_round
+
+MALFORMED = [b"{not json", b'{"event_id": "demo-bad", "amount": "lots"}']
 
 
-class _ArrivalCounts:
-    def __init__(self) -> None:
-        self.by_segment: Counter[str] = Counter()
-        self.partitions: set[int] = set()
-        self.total = 0
-        self.first_at: float | None = None
+@dataclass
+class Tally:
+    """What has come out of the workers for this run, read as a read_committed consumer sees it."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    by_version: Counter[int] = field(default_factory=Counter)
+    alerted: set[str] = field(default_factory=set)
+    first_at: float | None = None
+    last_at: float | None = None
+    first_at_version: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.outcomes.values())
 
 
-def _arrivals_table(counts: _ArrivalCounts, expected: int, produced: int) -> Table:
-    elapsed = time.monotonic() - counts.first_at if counts.first_at else 0.0
-    table = Table(title=f"events arriving on the input topic ({len(counts.partitions)} partitions seen)")
-    table.add_column("segment")
-    table.add_column("events", justify="right")
-    for segment, count in sorted(counts.by_segment.items()):
-        table.add_row(segment, f"{count:,}")
-    rate = counts.total / elapsed if elapsed else 0.0
-    table.caption = f"produced {produced:,} / {expected:,}; consumed {counts.total:,} ({rate:,.0f} events/s)"
+def _tail_outputs(settings: FleetwatchSettings, run_prefix: str, tally: Tally, stop: threading.Event) -> None:
+    connection = settings.kafka_connection()
+    topics = {settings.topics.alerts: "alert", settings.topics.summary_transactions: "summary",
+              settings.topics.deadletter: "deadletter"}  # fmt: skip
+    reader = consumer(connection, group_id=f"fleetwatch-demo-{uuid.uuid4().hex[:8]}")
+    assignment = []
+    for topic in topics:
+        for partition in topic_partitions(connection, topic):
+            _, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            assignment.append(TopicPartition(topic, partition, high))  # only this run's outputs
+    reader.assign(assignment)
+    while not stop.is_set():
+        for message in reader.consume(num_messages=5000, timeout=0.2):
+            if message.error() is not None:
+                continue
+            outcome = topics[message.topic() or ""]
+            now = time.monotonic()
+            if outcome == "deadletter":
+                tally.outcomes[outcome] += 1
+                continue
+            record = decode_output(message.value() or b"")
+            event_id = msgspec.json.decode(record.event)["event_id"]
+            if not event_id.startswith(run_prefix):
+                continue
+            tally.outcomes[outcome] += 1
+            tally.by_version[record.model_version] += 1
+            tally.first_at_version.setdefault(record.model_version, now)
+            tally.first_at = tally.first_at or now
+            tally.last_at = now
+            if outcome == "alert":
+                tally.alerted.add(event_id)
+    reader.close()
+
+
+def _progress_table(tally: Tally, produced: int, expected: int, note: str) -> Table:
+    table = Table(title="fleetwatch demo: events through 2 scoring workers")
+    for column in ("produced", "scored", "alerts", "summaries", "dead letters", "by version", "events/s"):
+        table.add_column(column, justify="right")
+    elapsed = (tally.last_at or 0) - (tally.first_at or 0)
+    rate = (tally.outcomes["alert"] + tally.outcomes["summary"]) / elapsed if elapsed > 0 else 0.0
+    table.add_row(
+        f"{produced:,}/{expected:,}",
+        f"{tally.total:,}",
+        f"{tally.outcomes['alert']:,}",
+        f"{tally.outcomes['summary']:,}",
+        f"{tally.outcomes['deadletter']:,}",
+        ", ".join(f"v{v}: {n:,}" for v, n in sorted(tally.by_version.items())),
+        f"{rate:,.0f}",
+    )
+    table.caption = note
     return table
 
 
+def _start_worker(settings: FleetwatchSettings, index: int, log_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "FLEETWATCH_WORKER__METRICS_PORT": str(free_port()), "FLEETWATCH_LOG_FORMAT": "json",
+           "FLEETWATCH_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "FLEETWATCH_REDIS_URL": settings.redis_url,
+           "FLEETWATCH_REDIS_PREFIX": settings.redis_prefix}  # fmt: skip
+    log = (log_dir / f"worker-{index}.log").open("ab")
+    fleetwatch = str(Path(sys.executable).with_name("fleetwatch"))
+    return subprocess.Popen([fleetwatch, "worker"], env=env, stdout=log, stderr=log)
+
+
 def run_demo(settings: FleetwatchSettings, events: int, users: int, keep: bool, console: Console) -> None:
+    work = dev_dir() / "demo"
+    work.mkdir(parents=True, exist_ok=True)
     with console.status("bringing up Kafka (KRaft) and Redis on loopback ..."):
         stack = dev_stack.up(settings)
     console.print(stack.connection_lines().strip())
-    settings = settings.model_copy(update={"kafka_bootstrap": stack.kafka_bootstrap, "redis_url": stack.redis_url})
-    connection = settings.kafka_connection()
-    topic = settings.topics.transactions
+    seed = int(time.time()) % 100_000
+    # A Redis namespace of its own: this run's registry numbering and user profiles start empty.
+    settings = settings.model_copy(
+        update={
+            "kafka_bootstrap": stack.kafka_bootstrap,
+            "redis_url": stack.redis_url,
+            "redis_prefix": f"{settings.redis_prefix}demo-{seed}:",
+        }
+    )
+    workers: list[subprocess.Popen] = []
+    stop_tail = threading.Event()
     try:
-        data = synthetic.generate_transactions(
-            synthetic.GeneratorSpec(users=users, events=events, seed=int(time.time()))
-        )
-        counts = _ArrivalCounts()
-        produced = 0
-        reader = consumer(
-            connection, group_id=f"fleetwatch-demo-{uuid.uuid4().hex[:8]}", **{"auto.offset.reset": "latest"}
-        )
-        assigned = threading.Event()
-        reader.subscribe([topic], on_assign=lambda _consumer, _partitions: assigned.set())
-        while not assigned.is_set():
-            reader.poll(0.2)
+        with console.status(f"generating {events:,} labelled transactions for {users:,} users ..."):
+            data = synthetic.generate_transactions(synthetic.GeneratorSpec(users=users, events=events, seed=seed))
+            history = synthetic.SyntheticTransactions(
+                {name: values[: events // 3] for name, values in data.columns.items()},
+                data.is_anomaly[: events // 3],
+                data.anomaly_kind[: events // 3],
+            )
+            train_file = work / f"train-{seed}.jsonl"
+            write_transactions(history, train_file)
+            write_labels(history, work / f"train-{seed}.labels.jsonl")
+        registry = open_registry(settings)
+        source = TrainingSource(files=[str(train_file)], labels=str(work / f"train-{seed}.labels.jsonl"))
+        versions = []
+        for label, deploy in (("v1 (deployed now)", True), ("v2 (promoted mid-stream)", False)):
+            with console.status(f"training {label} on the first {len(history):,} events ..."):
+                outcome = run_round(settings, registry, "transactions", source, deploy=deploy)
+            versions.append(outcome.manifest.version)
+            fleet = (outcome.manifest.evaluation or {}).get("fleet", {})
+            console.print(
+                f"trained v{outcome.manifest.version} in {outcome.manifest.training.seconds:.0f}s (held-out fleet "
+                f"precision {fleet.get('precision', 0):.2f}, recall {fleet.get('recall', 0):.2f})"
+            )
+        first, second = versions
 
-        def advance(done: int) -> None:
-            nonlocal produced
-            produced += done
+        tally = Tally()
+        tail = threading.Thread(target=_tail_outputs, args=(settings, f"tx{seed}-", tally, stop_tail), daemon=True)
+        tail.start()
+        workers = [_start_worker(settings, i, work) for i in (1, 2)]
+        produced = 0
 
         def produce() -> None:
-            for start, stop in chunk_bounds(len(data), 50_000):
+            nonlocal produced
+            connection = settings.kafka_connection()
+            produce_all(connection, settings.topics.transactions, ["bad"] * len(MALFORMED), MALFORMED)
+            for start, stop in chunk_bounds(len(data), 20_000):
                 keys = data.columns["user_id"][start:stop].tolist()
-                produce_all(connection, topic, keys, transaction_payloads(data, start, stop), on_progress=advance)
+                produce_all(connection, settings.topics.transactions, keys, transaction_payloads(data, start, stop))
+                produced = stop
 
-        producer_thread = threading.Thread(target=produce, daemon=True)
-        producer_thread.start()
-        with Live(_arrivals_table(counts, events, produced), console=console, refresh_per_second=4) as live:
-            deadline = time.monotonic() + 300
-            while counts.total < events and time.monotonic() < deadline:
-                for message in reader.consume(num_messages=5000, timeout=0.25):
-                    if message.error() is not None:
-                        continue
-                    counts.first_at = counts.first_at or time.monotonic()
-                    counts.total += 1
-                    counts.partitions.add(int(message.partition() or 0))
-                    counts.by_segment[msgspec.json.decode(message.value() or b"{}").get("segment", "?")] += 1
-                live.update(_arrivals_table(counts, events, produced))
-        reader.close()
-        producer_thread.join()
-        console.print(f"[green]{counts.total:,} of {events:,} events arrived[/green]")
+        threading.Thread(target=produce, daemon=True).start()
+        note = f"v{first} serving; v{second} is promoted when half the events are scored"
+        promoted_at: float | None = None
+        pickup_reported = False
+        with Live(_progress_table(tally, produced, len(data), note), console=console, refresh_per_second=4) as live:
+            deadline = time.monotonic() + 900
+            while tally.outcomes["alert"] + tally.outcomes["summary"] < len(data) and time.monotonic() < deadline:
+                if promoted_at is None and tally.total >= len(data) // 2:
+                    registry.promote("transactions", second)
+                    promoted_at = time.monotonic()
+                    note = f"promoted v{second} at {tally.total:,} scored events"
+                if promoted_at is not None and second in tally.first_at_version and not pickup_reported:
+                    pickup_ms = 1000 * (tally.first_at_version[second] - promoted_at)
+                    note += f"; first output by v{second} {pickup_ms:.0f} ms later"
+                    pickup_reported = True
+                for process in workers:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"a worker exited (code {process.returncode}); see {work}/worker-*.log")
+                live.update(_progress_table(tally, produced, len(data), note))
+                time.sleep(0.25)
+            live.update(_progress_table(tally, produced, len(data), note))
+        _print_summary(console, data, seed, tally, (first, second))
+        console.print(f"worker logs: {work}/worker-1.log, worker-2.log")
     finally:
+        stop_tail.set()
+        for process in workers:
+            process.send_signal(signal.SIGTERM)
+        for process in workers:
+            process.wait(timeout=30)
         if not keep:
             console.print("\n".join(dev_stack.down(purge=False)))
+
+
+def _print_summary(
+    console: Console, data: synthetic.SyntheticTransactions, seed: int, tally: Tally, versions: tuple[int, int]
+) -> None:
+    anomalies = {event_id for event_id, flag in zip(data.columns["event_id"].tolist(), data.is_anomaly.tolist(),
+                                                    strict=True) if flag}  # fmt: skip
+    true_positives = len(tally.alerted & anomalies)
+    precision = true_positives / max(len(tally.alerted), 1)
+    recall = true_positives / max(len(anomalies), 1)
+    scored = tally.outcomes["alert"] + tally.outcomes["summary"]
+    elapsed = (tally.last_at or 0) - (tally.first_at or 0)
+    table = Table(title="summary")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("events scored", f"{scored:,} of {len(data):,}"),
+        ("throughput (2 workers, exactly-once)", f"{scored / elapsed:,.0f} events/s" if elapsed else "-"),
+        ("alerts", f"{tally.outcomes['alert']:,}"),
+        ("dead letters (malformed input)", f"{tally.outcomes['deadletter']:,}"),
+        ("injected anomalies", f"{len(anomalies):,}"),
+        ("precision vs ground truth", f"{precision:.3f}"),
+        ("recall vs ground truth", f"{recall:.3f}"),
+        *((f"scored by v{v}", f"{tally.by_version[v]:,}") for v in versions),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)

@@ -1,0 +1,23 @@
+"""Small, fast detector fleets and a trained version for tests that need a model but not a good one."""
+
+from __future__ import annotations
+
+from shared.config import DetectorConfig, StreamSettings
+from shared.synthetic import GeneratorSpec, generate_transactions
+from shared.training import TrainingData, TrainingResult, train_round
+
+SMALL_DETECTORS = [
+    DetectorConfig(name="iforest", kind="isolation_forest", params={"n_estimators": 30, "random_state": 0}),
+    DetectorConfig(name="robust_z", kind="robust_zscore"),
+]
+
+
+def train_small(
+    events: int = 6_000, seed: int = 31, detectors: list[DetectorConfig] = SMALL_DETECTORS
+) -> TrainingResult:
+    """A version trained on generated data; the loose budget makes sure some events alert."""
+    data = generate_transactions(GeneratorSpec(users=events // 10, events=events, anomaly_rate=0.03, seed=seed))
+    settings = StreamSettings(detectors=detectors, fleet_fpr_budget=0.02, shadow_floor_auc=0.0)
+    return train_round(
+        TrainingData(data.transaction_columns(), data.is_anomaly, "test"), settings, "transactions", None
+    )

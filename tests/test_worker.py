@@ -1,0 +1,362 @@
+"""Scoring workers as separate processes on the real broker and Redis: routing, reload, crashes, shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import pytest
+import redis
+from confluent_kafka import Consumer, TopicPartition
+
+from shared.artifact_store import RedisArtifactStore
+from shared.config import DetectorConfig, StreamSettings
+from shared.contracts import decode_transactions
+from shared.event_files import transaction_payloads
+from shared.features import TransactionColumns, advance_profiles
+from shared.kafka_client import KafkaConnection, consumer, produce_all, producer, topic_partitions
+from shared.local_infra.processes import free_port
+from shared.output_records import AlertRecord, decode_output
+from shared.registry import ModelRegistry
+from shared.scoring import score_batch
+from shared.synthetic import GeneratorSpec, generate_transactions
+from shared.training import TrainingData, TrainingResult, train_round
+
+KEY = "worker-test-key-0123456789"
+FLEETWATCH = str(Path(sys.executable).with_name("fleetwatch"))
+DETECTORS = [
+    DetectorConfig(name="iforest", kind="isolation_forest", params={"n_estimators": 30, "random_state": 0}),
+    DetectorConfig(name="robust_z", kind="robust_zscore"),
+]
+OUTPUT_ROLES = ("alerts", "summary_transactions", "deadletter")
+MALFORMED = [b"not json", b'{"event_id": "x"}', b'{"event_id":"y","amount":-1}', b"\xff\xfe"]
+
+
+@pytest.fixture(scope="module")
+def trained() -> TrainingResult:
+    data = generate_transactions(GeneratorSpec(users=600, events=6_000, anomaly_rate=0.03, seed=31))
+    c = data.columns
+    columns = TransactionColumns.from_arrays(
+        user_id=c["user_id"], amount=c["amount"], timestamp_s=c["timestamp_ms"] / 1000.0, ip=c["ip"],
+        transaction_type=c["transaction_type"], channel=c["channel"], segment=c["segment"],
+    )  # fmt: skip
+    settings = StreamSettings(detectors=DETECTORS, fleet_fpr_budget=0.02, shadow_floor_auc=0.0)
+    return train_round(TrainingData(columns, data.is_anomaly, "test"), settings, "transactions", None)
+
+
+@dataclass
+class Fleet:
+    """One test's topics, registry and worker processes."""
+
+    kafka: KafkaConnection
+    client: redis.Redis
+    registry: ModelRegistry
+    env: dict[str, str]
+    topics: dict[str, str]
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    _tail: Consumer | None = None
+    _received: dict[str, list] = field(default_factory=lambda: {role: [] for role in OUTPUT_ROLES})
+
+    def start_worker(self, **extra_env: str) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        env = {**self.env, "FLEETWATCH_WORKER__METRICS_PORT": str(port), **extra_env}
+        process = subprocess.Popen(
+            [FLEETWATCH, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self.processes.append(process)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return process, port
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("worker did not become ready")
+
+    def produce(self, payloads: list[bytes], keys: list[str]) -> None:
+        assert produce_all(self.kafka, self.topics["transactions"], keys, payloads) == 0
+
+    def outputs(self) -> dict[str, list]:
+        """Every committed output so far, read incrementally by one read_committed consumer."""
+        if self._tail is None:
+            self._tail = consumer(self.kafka, group_id=f"tail-{uuid.uuid4().hex}")
+            self._tail.assign(
+                [TopicPartition(self.topics[role], p, 0) for role in OUTPUT_ROLES
+                 for p in topic_partitions(self.kafka, self.topics[role])]
+            )  # fmt: skip
+        roles = {self.topics[role]: role for role in OUTPUT_ROLES}
+        deadline = time.monotonic() + 1.0  # bounded: outputs keep coming while a producer runs
+        while batch := self._tail.consume(num_messages=10_000, timeout=0.2):
+            for message in batch:
+                if message.error() is None:
+                    self._received[roles[message.topic()]].append(message)
+            if time.monotonic() > deadline:
+                break
+        return {role: list(records) for role, records in self._received.items()}
+
+    def wait_for_outputs(self, expected: int, timeout_s: float = 120) -> dict[str, list]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            outputs = self.outputs()
+            total = sum(len(records) for records in outputs.values())
+            if total >= expected or time.monotonic() > deadline:
+                return outputs
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def fleet(kafka: KafkaConnection, redis_server, make_topic, unique_name: str) -> Iterator[Fleet]:  # type: ignore[no-untyped-def]
+    topics = {
+        "transactions": make_topic("events", partitions=3),
+        "alerts": make_topic("alerts"),
+        "summary_transactions": make_topic("summary"),
+        "deadletter": make_topic("deadletter"),
+    }
+    prefix = f"{unique_name}:"
+    client = redis.Redis.from_url(redis_server.url)
+    registry = ModelRegistry(client, RedisArtifactStore(client, prefix), KEY.encode(), prefix)
+    env = {
+        **os.environ,
+        "FLEETWATCH_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "FLEETWATCH_REDIS_URL": redis_server.url,
+        "FLEETWATCH_REDIS_PREFIX": prefix,
+        "FLEETWATCH_REGISTRY_KEY": KEY,
+        "FLEETWATCH_LOG_FORMAT": "json",
+        "FLEETWATCH_WORKER__GROUP_ID": f"scorers-{unique_name}",
+        "FLEETWATCH_WORKER__RECONCILE_INTERVAL_S": "1",
+        "FLEETWATCH_WORKER__BATCH_SIZE": "200",
+        **{f"FLEETWATCH_TOPICS__{role.upper()}": name for role, name in topics.items()},
+    }
+    fleet = Fleet(kafka, client, registry, env, topics)
+    yield fleet
+    for process in fleet.processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    if fleet._tail is not None:
+        fleet._tail.close()
+
+
+def labelled_stream(events: int, seed: int) -> tuple[list[bytes], list[str]]:
+    data = generate_transactions(GeneratorSpec(users=max(events // 10, 10), events=events, seed=seed))
+    return transaction_payloads(data, 0, len(data)), data.columns["user_id"].tolist()
+
+
+def offline_alert_ids(trained: TrainingResult, registry: ModelRegistry, payloads: list[bytes]) -> set[str]:
+    """What the deployed detectors flag when the same events are featurized in one pass."""
+    version = registry.load_deployed("transactions")
+    assert version is not None
+    events = decode_transactions(payloads).events
+    raw, _ = advance_profiles({}, TransactionColumns.from_events(events))
+    flagged = score_batch(version, raw, "transactions").alert
+    return {event.event_id for event, alert in zip(events, flagged.tolist(), strict=True) if alert}
+
+
+def event_ids(records: list) -> list[str]:
+    return [msgspec.json.decode(decode_output(r.value()).event)["event_id"] for r in records]
+
+
+def test_every_input_lands_once_in_exactly_one_place(fleet: Fleet, trained: TrainingResult) -> None:
+    fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
+    payloads, keys = labelled_stream(3_000, seed=41)
+    mixed = payloads[:1000] + MALFORMED + payloads[1000:]
+    mixed_keys = keys[:1000] + ["bad"] * len(MALFORMED) + keys[1000:]
+    fleet.produce(mixed, mixed_keys)
+    fleet.start_worker()
+    outputs = fleet.wait_for_outputs(len(mixed))
+
+    alerts, summaries = event_ids(outputs["alerts"]), event_ids(outputs["summary_transactions"])
+    assert len(alerts) + len(summaries) + len(outputs["deadletter"]) == len(mixed)
+    assert sorted(alerts + summaries) == sorted(msgspec.json.decode(p)["event_id"] for p in payloads)
+    assert set(alerts) == offline_alert_ids(trained, fleet.registry, payloads)
+    assert 0 < len(alerts) < len(payloads) / 5
+
+    dead = sorted(outputs["deadletter"], key=lambda r: MALFORMED.index(r.value()))
+    assert [r.value() for r in dead] == MALFORMED
+    headers = dict(dead[0].headers())
+    assert (
+        headers["fleetwatch.error.kind"] == b"not_json"
+        and headers["fleetwatch.source.topic"] == fleet.topics["transactions"].encode()
+    )
+    first_alert = decode_output(outputs["alerts"][0].value())
+    assert first_alert.model_version == 1 and first_alert.fired and len(first_alert.standout_features) == 3
+    assert first_alert.source.topic == fleet.topics["transactions"]
+
+
+def keep_producing(fleet: Fleet, stop: threading.Event, seed: int) -> threading.Thread:
+    """About 5,000 events/s until `stop` (cycling through one generated set: ids repeat, which is fine here)."""
+    payloads, keys = labelled_stream(20_000, seed=seed)
+
+    def run() -> None:
+        writer = producer(fleet.kafka)
+        start = 0
+        while not stop.is_set():
+            for payload, key in zip(payloads[start : start + 100], keys[start : start + 100], strict=True):
+                writer.produce(fleet.topics["transactions"], value=payload, key=key)
+            writer.poll(0)
+            start = (start + 100) % len(payloads)
+            time.sleep(0.02)
+        writer.flush(30)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def versions_by_partition(outputs: dict[str, list]) -> dict[int, list[tuple[int, int]]]:
+    """(source offset, model version) of every scored output, per input partition, in offset order."""
+    per_partition: dict[int, list[tuple[int, int]]] = {}
+    for record in outputs["alerts"] + outputs["summary_transactions"]:
+        decoded = decode_output(record.value())
+        per_partition.setdefault(decoded.source.partition, []).append((decoded.source.offset, decoded.model_version))
+    return {p: sorted(values) for p, values in per_partition.items()}
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def first_output_time_of(fleet: Fleet, version: int) -> float | None:
+    from datetime import datetime
+
+    outputs = fleet.outputs()
+    stamps = []
+    for record in outputs["alerts"] + outputs["summary_transactions"]:
+        decoded = decode_output(record.value())
+        if decoded.model_version == version:
+            text = decoded.detected_at if isinstance(decoded, AlertRecord) else decoded.scored_at
+            stamps.append(datetime.fromisoformat(text).timestamp())
+    return min(stamps) if stamps else None
+
+
+def test_version_published_mid_stream_is_picked_up_within_a_second(fleet: Fleet, trained: TrainingResult) -> None:
+    fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
+    fleet.start_worker()
+    stop = threading.Event()
+    producing = keep_producing(fleet, stop, seed=42)
+    try:
+        assert wait_until(lambda: len(fleet.outputs()["summary_transactions"]) > 500, 60)
+        published_at = time.time()
+        fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
+        assert wait_until(lambda: first_output_time_of(fleet, 2) is not None, 30)
+    finally:
+        stop.set()
+        producing.join()
+    first_v2 = first_output_time_of(fleet, 2)
+    assert first_v2 is not None and first_v2 - published_at < 1.0
+    for partition, sequence in versions_by_partition(fleet.outputs()).items():
+        versions = [version for _, version in sequence]
+        assert versions == sorted(versions), f"partition {partition} went back to an older version"
+        assert set(versions) <= {1, 2}
+
+
+def test_missed_notices_are_recovered_by_reconciliation(fleet: Fleet, trained: TrainingResult) -> None:
+    fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
+    fleet.start_worker()
+    stop = threading.Event()
+    producing = keep_producing(fleet, stop, seed=43)
+    try:
+        assert wait_until(lambda: len(fleet.outputs()["summary_transactions"]) > 200, 60)
+        # A notice that never arrives: the pointer moves without one.
+        fleet.registry.publish(trained.bundle, trained.draft, deploy=False)
+        fleet.client.set(fleet.registry.keys.deployed("transactions"), 2)
+        assert wait_until(lambda: first_output_time_of(fleet, 2) is not None, 15)
+        # A subscriber cut off while the pointer moves: converges after it reconnects.
+        fleet.registry.publish(trained.bundle, trained.draft, deploy=False)
+        fleet.client.client_kill_filter(_type="pubsub")
+        fleet.registry.promote("transactions", 3)
+        assert wait_until(lambda: first_output_time_of(fleet, 3) is not None, 15)
+    finally:
+        stop.set()
+        producing.join()
+
+
+def produce_paced(fleet: Fleet, payloads: list[bytes], keys: list[str], per_second: int) -> None:
+    writer = producer(fleet.kafka)
+    step = per_second // 20
+    for start in range(0, len(payloads), step):
+        for payload, key in zip(payloads[start : start + step], keys[start : start + step], strict=True):
+            writer.produce(fleet.topics["transactions"], value=payload, key=key)
+        writer.poll(0)
+        time.sleep(0.05)
+    assert writer.flush(30) == 0
+
+
+def test_sigkill_mid_stream_loses_and_duplicates_nothing(fleet: Fleet, trained: TrainingResult) -> None:
+    fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
+    payloads, keys = labelled_stream(12_000, seed=44)
+    first, _ = fleet.start_worker(FLEETWATCH_WORKER__BATCH_SIZE="100")
+    paced = threading.Thread(target=produce_paced, args=(fleet, payloads, keys, 4_000), daemon=True)
+    paced.start()
+    assert wait_until(lambda: len(fleet.outputs()["summary_transactions"]) > 1_000, 60)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    scored_before_kill = sum(len(r) for r in fleet.outputs().values())
+    assert scored_before_kill < len(payloads), "the kill came too late to test anything"
+    fleet.start_worker()
+    paced.join()
+    outputs = fleet.wait_for_outputs(len(payloads))
+    ids = event_ids(outputs["alerts"]) + event_ids(outputs["summary_transactions"])
+    duplicates = [event for event, count in Counter(ids).items() if count > 1]
+    assert duplicates == [] and len(ids) == len(payloads)
+    # Profiles were not double-counted by the replay: the alerts are exactly the one-pass ones.
+    assert set(event_ids(outputs["alerts"])) == offline_alert_ids(trained, fleet.registry, payloads)
+
+
+def test_sigterm_stops_cleanly_within_the_bound(fleet: Fleet, trained: TrainingResult) -> None:
+    fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
+    worker, _ = fleet.start_worker()
+    stop = threading.Event()
+    producing = keep_producing(fleet, stop, seed=45)
+    try:
+        assert wait_until(lambda: len(fleet.outputs()["summary_transactions"]) > 200, 60)
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=25)
+        stopped_in = time.monotonic() - started
+    finally:
+        stop.set()
+        producing.join()
+    assert worker.returncode == 0 and '"worker stopped"' in stderr
+    assert stopped_in < 20.0
+
+
+def test_tampered_version_is_refused_while_scoring_goes_on(fleet: Fleet, trained: TrainingResult) -> None:
+    fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
+    _, port = fleet.start_worker()
+    fleet.registry.publish(trained.bundle, trained.draft, deploy=False)
+    store = RedisArtifactStore(fleet.client, fleet.registry.keys.prefix)
+    store.put("transactions", 2, store.get("transactions", 2)[:-10] + b"tampered!!")
+    fleet.client.set(fleet.registry.keys.deployed("transactions"), 2)
+    refused = 'fleetwatch_model_reloads_total{result="refused",stream="transactions"} 1.0'
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    assert wait_until(lambda: refused in scrape(), 15)
+    payloads, keys = labelled_stream(500, seed=46)
+    fleet.produce(payloads, keys)
+    outputs = fleet.wait_for_outputs(len(payloads))
+    versions = {decode_output(r.value()).model_version for r in outputs["summary_transactions"] + outputs["alerts"]}
+    assert versions == {1} and sum(len(r) for r in outputs.values()) == len(payloads)
+    assert 'fleetwatch_deployed_version{stream="transactions"} 1.0' in scrape()
+    assert outputs["deadletter"] == []
