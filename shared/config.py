@@ -81,12 +81,15 @@ class StreamSettings(BaseModel):
     quantile: float = 0.95
     target_fpr: float = 0.01
     fleet_fpr_budget: float = Field(
-        0.001, gt=0, lt=1, description="false-positive budget of the any-detector rule on held-out normal data"
+        0.0005, gt=0, lt=1, description="false-positive budget of the any-detector rule on held-out normal data"
     )
     moving_average_window: int = 50
     gate_metric: Literal["f1", "roc_auc"] = "f1"
     gate_margin: float = Field(0.02, ge=0, description="how far below the deployed version a candidate may fall")
     shadow_floor_auc: float = Field(0.85, description="a detector below this ROC AUC is deployed in shadow mode")
+    shadow_floor_pr_auc_share: float = Field(
+        0.5, ge=0, le=1, description="...or one whose PR AUC is below this share of the best detector's"
+    )
     exclude_labelled_anomalies: bool = True
     sample_rate: float = Field(1.0, gt=0, le=1)
     max_rows: int = Field(1_000_000, gt=0)

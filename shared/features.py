@@ -30,7 +30,7 @@ from sklearn.preprocessing import StandardScaler
 
 from shared.contracts import CHANNELS, SEGMENTS, TRANSACTION_TYPES, Transaction
 
-FEATURE_SPEC_VERSION = 1
+FEATURE_SPEC_VERSION = 2
 """Bump when a feature's definition changes: a model trained on another spec is refused at load."""
 
 RECENT_TIMESTAMPS = 5
@@ -38,6 +38,10 @@ RECENT_TIMESTAMPS = 5
 
 KNOWN_IPS = 8
 """How many of a user's most recent distinct IPs a profile keeps."""
+
+AMOUNT_PRIOR_WEIGHT, AMOUNT_PRIOR_VARIANCE = 3.0, 0.25
+"""A user's log-amount spread is shrunk toward a prior (sigma 0.5) worth 3 transactions: two equal
+amounts must not make the third one look impossible."""
 
 NO_HISTORY_GAP_S = 30 * 86400.0
 """'Time since previous transaction' for a user's first one: as long as the training window."""
@@ -58,9 +62,10 @@ USER_FEATURES = (
     "user_mean_amount_log",
     "user_max_amount_log",
     "seconds_since_prev_log",
-    "amount_vs_user_mean",
+    "amount_z_vs_user",
     "amount_vs_user_max",
     "new_ip_for_user",
+    "new_ip_with_history",
     "user_tx_last_hour",
     "hour_off_user_habit",
 )
@@ -75,6 +80,8 @@ class UserProfile(msgspec.Struct, array_like=True):
     amount_max: float = 0.0
     hour_cos_sum: float = 0.0
     hour_sin_sum: float = 0.0
+    log_amount_sum: float = 0.0
+    log_amount_sq_sum: float = 0.0
     recent_ts: list[float] = msgspec.field(default_factory=list)  # newest first
     ips: list[str] = msgspec.field(default_factory=list)  # most recent first
 
@@ -184,7 +191,9 @@ def advance_profiles(
     init_count = np.array([p.count for p in profiles], dtype=np.float64)
     init_sum = np.array([p.amount_sum for p in profiles])
     init_max = np.array([p.amount_max for p in profiles])
-    init_hour = np.array([[p.hour_cos_sum, p.hour_sin_sum] for p in profiles]).reshape(-1, 2)
+    init_moments = np.array(
+        [[p.hour_cos_sum, p.hour_sin_sum, p.log_amount_sum, p.log_amount_sq_sum] for p in profiles]
+    ).reshape(-1, 4)
     init_recent = np.full((len(users), RECENT_TIMESTAMPS), np.nan)
     for index, profile in enumerate(profiles):
         init_recent[index, : len(profile.recent_ts)] = profile.recent_ts[:RECENT_TIMESTAMPS]
@@ -193,10 +202,13 @@ def advance_profiles(
     amount_sum = init_sum[g] + _segmented_exclusive_cumsum(amount, group_start[g])
     amount_max = np.maximum(init_max[g], _segmented_exclusive_cummax(amount, g, group_start))
     hour_angle = 2 * np.pi * ((ts % 86400.0) / 3600.0) / 24.0
-    hour_vec = np.column_stack([np.cos(hour_angle), np.sin(hour_angle)])
-    hour_sum = init_hour[g] + np.column_stack(
-        [_segmented_exclusive_cumsum(hour_vec[:, k], group_start[g]) for k in range(2)]
+    log_amount = np.log1p(amount)
+    # Running sums of the hour-of-day vector and of log-amount and its square, per user.
+    moment_terms = np.column_stack([np.cos(hour_angle), np.sin(hour_angle), log_amount, log_amount**2])
+    moments = init_moments[g] + np.column_stack(
+        [_segmented_exclusive_cumsum(moment_terms[:, k], group_start[g]) for k in range(4)]
     )
+    hour_vec, hour_sum = moment_terms[:, :2], moments[:, :2]
 
     # The k-th previous timestamp: an earlier event of this batch if there is one, else the profile's.
     previous_ts = np.empty((n, RECENT_TIMESTAMPS))
@@ -216,7 +228,13 @@ def advance_profiles(
     new_ip = first_in_batch & ~in_profile & (count > 0)
 
     has_history = count > 0
-    mean = np.where(has_history, amount_sum / np.maximum(count, 1), 0.0)
+    history = np.maximum(count, 1)
+    mean = np.where(has_history, amount_sum / history, 0.0)
+    log_mean = moments[:, 2] / history
+    log_variance = np.maximum(moments[:, 3] / history - log_mean**2, 0.0)
+    shrunk_variance = (count * log_variance + AMOUNT_PRIOR_WEIGHT * AMOUNT_PRIOR_VARIANCE) / (
+        count + AMOUNT_PRIOR_WEIGHT
+    )
     gap = np.where(np.isnan(previous_ts[:, 0]), NO_HISTORY_GAP_S, np.maximum(ts - previous_ts[:, 0], 0.0))
     last_hour = np.nansum((ts[:, None] - previous_ts) <= 3600.0, axis=1)
     habit = hour_sum / np.maximum(count, 1)[:, None]
@@ -227,17 +245,18 @@ def advance_profiles(
             np.log1p(mean),
             np.log1p(amount_max),
             np.log1p(gap),
-            np.where(has_history, np.log1p(amount) - np.log1p(mean), 0.0),
-            np.where(has_history, np.log1p(amount) - np.log1p(amount_max), 0.0),
+            np.where(has_history, (log_amount - log_mean) / np.sqrt(shrunk_variance), 0.0),
+            np.where(has_history, log_amount - np.log1p(amount_max), 0.0),
             new_ip.astype(np.float64),
+            new_ip * np.log1p(count),
             last_hour.astype(np.float64),
             hour_off_habit,
         ]
     )
     rows = np.empty((n, len(FEATURE_NAMES)))
     rows[order] = np.hstack([_transaction_features(cols)[order], user_features])
-    return rows, _profiles_after(users, profiles, g, group_start, ts, amount, ip, hour_vec, count, amount_sum,
-                                 amount_max, hour_sum)  # fmt: skip
+    return rows, _profiles_after(users, profiles, g, group_start, ts, amount, ip, moment_terms, count, amount_sum,
+                                 amount_max, moments)  # fmt: skip
 
 
 def _profiles_after(
@@ -248,17 +267,17 @@ def _profiles_after(
     ts: np.ndarray,
     amount: np.ndarray,
     ip: np.ndarray,
-    hour_vec: np.ndarray,
+    moment_terms: np.ndarray,
     count: np.ndarray,
     amount_sum: np.ndarray,
     amount_max: np.ndarray,
-    hour_sum: np.ndarray,
+    moments: np.ndarray,
 ) -> dict[str, UserProfile]:
     last = np.append(group_start[1:], len(g)) - 1  # each group's last row
     after_count = count[last] + 1
     after_sum = amount_sum[last] + amount[last]
     after_max = np.maximum(amount_max[last], amount[last])
-    after_hour = hour_sum[last] + hour_vec[last]
+    after_moments = moments[last] + moment_terms[last]
     result = {}
     # Building the stored profiles is per user (not per event) and bounded by RECENT_TIMESTAMPS/KNOWN_IPS.
     for index, user in enumerate(users.tolist()):
@@ -270,8 +289,10 @@ def _profiles_after(
             count=int(after_count[index]),
             amount_sum=float(after_sum[index]),
             amount_max=float(after_max[index]),
-            hour_cos_sum=float(after_hour[index, 0]),
-            hour_sin_sum=float(after_hour[index, 1]),
+            hour_cos_sum=float(after_moments[index, 0]),
+            hour_sin_sum=float(after_moments[index, 1]),
+            log_amount_sum=float(after_moments[index, 2]),
+            log_amount_sq_sum=float(after_moments[index, 3]),
             recent_ts=recent,
             ips=ips,
         )

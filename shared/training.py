@@ -128,6 +128,21 @@ def _evaluate(
     )
 
 
+def _below_floor(evaluation: FleetEvaluation, settings: StreamSettings) -> set[str]:
+    """Detectors to shadow: ROC AUC under the floor, or PR AUC under a share of the best detector's.
+
+    PR AUC weighs the top of a detector's ranking, where a low false-positive budget puts its
+    threshold: a detector weak there adds more false alarms to the any-detector rule than catches.
+    """
+    best_pr_auc = max(metrics.pr_auc for metrics in evaluation.detectors.values())
+    return {
+        name
+        for name, metrics in evaluation.detectors.items()
+        if metrics.roc_auc < settings.shadow_floor_auc
+        or metrics.pr_auc < settings.shadow_floor_pr_auc_share * best_pr_auc
+    }
+
+
 def train_round(data: TrainingData, settings: StreamSettings, stream: str, parent: int | None) -> TrainingResult:
     """Train every configured detector on `data` and return the bundle and its draft manifest."""
     started = time.perf_counter()
@@ -157,7 +172,7 @@ def train_round(data: TrainingData, settings: StreamSettings, stream: str, paren
         if labels.any() and not labels.all():
             evaluation_scores = score_matrix(detectors, names, scaler.transform(raw[split.evaluation]))
             evaluation = _evaluate(evaluation_scores, names, thresholds, labels, shadow)
-            shadow = {n for n in names if evaluation.detectors[n].roc_auc < settings.shadow_floor_auc}
+            shadow = _below_floor(evaluation, settings)
             if shadow == set(names):  # the fleet rule needs one alerting detector: keep the best
                 shadow.discard(max(names, key=lambda n: evaluation.detectors[n].roc_auc))  # type: ignore[union-attr]
             if shadow:
@@ -213,7 +228,7 @@ def quality_gate(
     """Refuse a candidate whose fleet metric falls below the deployed version's, on the same rows, by more
     than the margin. Without labels or a deployed version there is nothing to compare, so it passes."""
     if deployed is None:
-        return GateDecision(True, "no version is deployed yet")
+        return GateDecision(True, "no deployed version that can score this data")
     if result.evaluation is None or labels is None:
         return GateDecision(True, "no labelled evaluation set: the gate cannot compare and lets it pass")
     rows = result.evaluation_rows

@@ -79,7 +79,12 @@ def test_user_features_mean_what_their_names_say() -> None:
     )
     assert feature(rows, "new_ip_for_user").tolist() == [0, 0, 1, 0]
     assert feature(rows, "user_tx_last_hour").tolist() == [0, 1, 2, 0]
-    assert feature(rows, "amount_vs_user_mean")[2] == pytest.approx(np.log1p(500) - np.log1p(20))
+    history = np.log1p([10.0, 30.0])
+    shrunk_variance = (2 * history.var() + 3 * 0.25) / (2 + 3)
+    assert feature(rows, "amount_z_vs_user")[2] == pytest.approx(
+        (np.log1p(500) - history.mean()) / np.sqrt(shrunk_variance)
+    )
+    assert feature(rows, "new_ip_with_history").tolist() == pytest.approx([0, 0, np.log1p(2), 0])
     assert after["a"].count == 3 and after["a"].amount_max == 500 and after["a"].ips == ["9.9.9.9", "1.1.1.1"]
     assert after["a"].recent_ts == [900.0, 600.0, 0.0]
 
@@ -88,7 +93,7 @@ def test_injected_anomalies_stand_out_on_the_features_built_for_them(data) -> No
     rows, _ = advance_profiles({}, columns_of(data))
     normal = ~data.is_anomaly
     expectations = {
-        AnomalyKind.AMOUNT_SPIKE: "amount_vs_user_mean",
+        AnomalyKind.AMOUNT_SPIKE: "amount_z_vs_user",
         AnomalyKind.BURST: "user_tx_last_hour",
         AnomalyKind.NEW_IP_COUNTRY: "new_ip_for_user",
         AnomalyKind.UNUSUAL_HOUR: "hour_off_user_habit",

@@ -321,13 +321,18 @@ def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
 
 
 def _record_lag(stats_json: str) -> None:
-    """librdkafka's statistics callback: per-partition consumer lag for the gauge."""
+    """librdkafka's statistics callback: per-partition lag = end of the partition - this consumer's position.
+
+    Not librdkafka's `consumer_lag`, which counts from the consumer's committed offset: with exactly-once
+    the offsets are committed by the producer's transaction, so that figure never moves.
+    """
     stats = json.loads(stats_json)
     for topic, topic_stats in stats.get("topics", {}).items():
-        for partition, partition_stats in topic_stats.get("partitions", {}).items():
-            lag = partition_stats.get("consumer_lag", -1)
-            if partition != "-1" and lag >= 0:
-                metrics.CONSUMER_LAG.labels(topic, partition).set(lag)
+        for partition, p in topic_stats.get("partitions", {}).items():
+            end = p.get("ls_offset", -1) if p.get("ls_offset", -1) >= 0 else p.get("hi_offset", -1)
+            position = p.get("app_offset", -1)
+            if partition != "-1" and end >= 0 and position >= 0:
+                metrics.CONSUMER_LAG.labels(topic, partition).set(max(end - position, 0))
 
 
 def _exit_after_bound() -> None:

@@ -23,7 +23,7 @@ from shared.config import FleetwatchSettings
 from shared.errors import FleetwatchError
 from shared.logs import get_logger
 from shared.model_version import Manifest
-from shared.registry import ModelRegistry, open_registry
+from shared.registry import ModelRegistry, VersionRefused, open_registry
 from shared.training import GateDecision, TrainingData, TrainingResult, quality_gate, train_round
 from shared.training_data import from_files, from_topic
 
@@ -85,7 +85,12 @@ def run_round(
     on_stage(f"training {len(stream_settings.detectors)} detectors on {len(data.columns):,} events")
     result = train_round(data, stream_settings, stream, deployed_version)
     on_stage("quality gate")
-    deployed = registry.load_deployed(stream) if deployed_version is not None else None
+    try:
+        deployed = registry.load_deployed(stream)
+    except VersionRefused as exc:
+        # E.g. trained on an older feature spec: it cannot score this data, so there is nothing to compare.
+        log.warning("the deployed version cannot be compared", stream=stream, reason=str(exc))
+        deployed = None
     gate = quality_gate(result, deployed, data.is_anomaly, stream_settings)
     draft = msgspec.structs.replace(result.draft, note=f"gate: {gate.reason}")
     on_stage("publishing")

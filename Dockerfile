@@ -1,0 +1,50 @@
+# syntax=docker/dockerfile:1
+# One image for every fleetwatch role; the command picks the role:
+#   docker run IMAGE worker | trainer | summarizer | train --stream transactions --from-file PATH
+# Port 9400 serves /metrics, /healthz and /readyz.
+
+# Both stages use the same base, so the virtual environment built in the first one runs unchanged in
+# the second (same interpreter path and ABI). Pinned by exact tag; pin by digest too where the
+# registry's digest can be checked.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies first, in their own layer, so that a source change does not reinstall them. Every
+# dependency has a wheel for this platform: no compiler is needed, not even here.
+COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -c constraints.txt -r /tmp/requirements.txt
+COPY README.md ./
+COPY shared ./shared
+COPY workers ./workers
+# The project itself, not editable; then pip and setuptools leave the environment: the runtime needs neither.
+RUN pip install --no-deps -c constraints.txt . \
+    && pip uninstall -y pip setuptools
+
+FROM ${PYTHON_IMAGE} AS runtime
+# A fixed numeric uid/gid so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+RUN groupadd --system --gid 10001 fleetwatch \
+    && useradd --system --uid 10001 --gid fleetwatch --home-dir /var/lib/fleetwatch --create-home \
+        --shell /usr/sbin/nologin fleetwatch
+COPY --from=build /opt/venv /opt/venv
+# The working directory is the process's only writable place besides /tmp (faust keeps its table
+# state under the working directory); the chart mounts an emptyDir on both for a read-only root.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    FLEETWATCH_LOG_FORMAT=json \
+    FLEETWATCH_DEV_DIR=/var/lib/fleetwatch/dev \
+    FLEETWATCH_CACHE_DIR=/tmp/fleetwatch-cache
+WORKDIR /var/lib/fleetwatch
+USER 10001:10001
+EXPOSE 9400
+# No HEALTHCHECK here: `train` is a one-shot job with nothing to probe; compose and the chart probe the
+# long-running roles on :9400/healthz.
+ENTRYPOINT ["fleetwatch"]
+CMD ["worker"]

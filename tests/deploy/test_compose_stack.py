@@ -1,0 +1,111 @@
+"""The compose stack: a valid Compose file whose services can scale, start in order, and are all scraped."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from .conftest import ALERT_RULES, COMPOSE_FILE, DASHBOARD, PROMETHEUS_CONFIG, Tool
+
+FLEETWATCH_ROLES = ("trainer", "worker", "summarizer")
+# Services that only start with `--profile <name>`: the summarizer, until `fleetwatch summarizer` exists.
+OPT_IN = {"summarizer": ["summarizer"]}
+TOPICS = ("events.transactions", "events.logs", "alerts", "summary.transactions", "summary.logs", "deadletter",
+          "reports.summary")  # fmt: skip
+# An exact version tag: digits and dots, optionally a variant (apache/kafka:4.1.1, python:3.11.14-slim-bookworm).
+PINNED_TAG = re.compile(r"^[\w./-]+:v?\d+\.\d+\.\d+(-[\w.-]+)?$")
+
+
+@pytest.fixture(scope="module")
+def model(compose_spec: Tool) -> dict[str, Any]:
+    """The compose model as the Compose Specification's loader resolves it: schema-validated, interpolated,
+    with relative paths resolved against the file's folder, and checked for consistency (references to
+    services, networks and volumes that exist). Run where `docker compose` would run it."""
+    result = compose_spec.run("--format", "json", COMPOSE_FILE.name, cwd=COMPOSE_FILE.parent)
+    return json.loads(result.stdout)
+
+
+def test_every_image_is_pinned_or_built_here(model: dict[str, Any]) -> None:
+    for name, service in model["services"].items():
+        if "build" in service:
+            assert Path(service["build"]["context"], service["build"]["dockerfile"]).is_file(), name
+        else:
+            assert PINNED_TAG.match(service["image"]), f"{name}: {service['image']} is not pinned to an exact tag"
+
+
+def test_fleetwatch_roles_share_the_image_and_can_scale(model: dict[str, Any]) -> None:
+    services = model["services"]
+    for role in FLEETWATCH_ROLES:
+        service = services[role]
+        assert service["image"] == services["train"]["image"]
+        assert service["command"][0] == role
+        if "--metrics-port" in service["command"]:
+            assert service["command"][service["command"].index("--metrics-port") + 1] == "9400"
+        # A fixed name or host port would stop `docker compose up --scale worker=4`.
+        assert "container_name" not in service
+        assert "ports" not in service
+        assert "9400" in service["healthcheck"]["test"][-1]
+    # The first model version is trained on the generated events, evaluated against their labels.
+    assert (
+        "fleetwatch train /tmp/seed/transactions.parquet --labels /tmp/seed/transactions.labels.parquet"
+        in (services["train"]["command"][0])
+    )
+
+
+def test_the_summarizer_is_opt_in_and_nothing_started_by_default_needs_it(model: dict[str, Any]) -> None:
+    """The loader keeps every service; `docker compose up` without --profile starts those without profiles."""
+    services = model["services"]
+    assert {name: service["profiles"] for name, service in services.items() if "profiles" in service} == OPT_IN
+    started_by_default = {name for name in services if name not in OPT_IN}
+    assert started_by_default == {"kafka", "topics", "redis", "train", "trainer", "worker", "prometheus", "grafana"}
+    for name in started_by_default:
+        assert not set(services[name].get("depends_on", {})) & set(OPT_IN), f"{name} would pull in an opt-in service"
+
+
+def test_services_start_once_what_they_need_is_ready(model: dict[str, Any]) -> None:
+    services = model["services"]
+    one_shots = {name for name, service in services.items() if service.get("restart") == "no"}
+    assert one_shots == {"topics", "train"}
+    for name, service in services.items():
+        for dependency, condition in service.get("depends_on", {}).items():
+            expected = "service_completed_successfully" if dependency in one_shots else "service_healthy"
+            assert condition["condition"] == expected, f"{name} -> {dependency}"
+            if expected == "service_healthy":
+                assert "test" in services[dependency]["healthcheck"], f"{dependency} has no healthcheck"
+    assert set(services["worker"]["depends_on"]) == {"train"}
+    assert set(services["train"]["depends_on"]) == {"redis", "topics"}
+
+
+def test_the_topics_service_creates_every_topic(model: dict[str, Any]) -> None:
+    script = model["services"]["topics"]["command"][0]
+    loop = re.search(r"for topic in ([^;]+);", script)
+    assert loop, script
+    created = {name: partitions for name, _, partitions in (spec.partition(":") for spec in loop.group(1).split())}
+    assert set(created) == set(TOPICS)
+    assert int(created["events.transactions"]) >= 4, "--scale worker=4 needs at least 4 input partitions"
+
+
+def test_prometheus_and_grafana_mount_the_one_copy_of_rules_and_dashboard(model: dict[str, Any]) -> None:
+    def sources(service: str) -> set[Path]:
+        return {Path(v["source"]) for v in model["services"][service]["volumes"] if v["type"] == "bind"}
+
+    assert {ALERT_RULES, PROMETHEUS_CONFIG} <= sources("prometheus")
+    assert DASHBOARD in sources("grafana")
+    for service in ("prometheus", "grafana"):
+        for source in sources(service):
+            assert source.exists(), f"{service} mounts {source}, which does not exist"
+
+
+def test_prometheus_scrapes_every_replica_of_every_role(model: dict[str, Any], yaml: ModuleType) -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for role in FLEETWATCH_ROLES:
+        # DNS discovery of the service name returns one address per replica.
+        (discovery,) = jobs[f"fleetwatch-{role}"]["dns_sd_configs"]
+        assert discovery["names"] == [role] and discovery["port"] == 9400
+        assert role in model["services"]
