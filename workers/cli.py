@@ -220,6 +220,13 @@ def _registry(settings: FleetwatchSettings) -> ModelRegistry:
     return open_registry(settings)
 
 
+def _version_or_deployed(registry: ModelRegistry, stream: str, version: int | None) -> int:
+    number = version if version is not None else registry.deployed_version(stream)
+    if number is None:
+        raise FleetwatchError(f"{stream} has no deployed version; name a version")
+    return number
+
+
 @app.command()
 def train(
     files: Annotated[
@@ -326,9 +333,7 @@ def score(
         raise FleetwatchError(f"{input_file}: no such file")
     settings = _settings()
     registry = _registry(settings)
-    number = version if version is not None else registry.deployed_version(stream)
-    if number is None:
-        raise FleetwatchError(f"{stream} has no deployed version; give --version")
+    number = _version_or_deployed(registry, stream, version)
     with console.status(f"scoring {input_file} with v{number} ..."):
         report = score_file(
             registry.load(stream, number), input_file, out, settings.streams[stream].batch_alert_rate, top
@@ -374,11 +379,8 @@ def models_show(
     """A version's manifest as JSON (signature checked)."""
     import msgspec
 
-    settings = _settings()
-    registry = _registry(settings)
-    number = version if version is not None else registry.deployed_version(stream)
-    if number is None:
-        raise FleetwatchError(f"{stream} has no deployed version; give a version number")
+    registry = _registry(_settings())
+    number = _version_or_deployed(registry, stream, version)
     sys.stdout.write(
         msgspec.json.format(msgspec.json.encode(registry.manifest(stream, number)), indent=2).decode() + "\n"
     )
@@ -412,11 +414,8 @@ def models_thresholds(
     """Show every threshold method's value per detector, or change the active ones without retraining."""
     from shared.thresholds import DetectorThresholds, ThresholdMethod
 
-    settings = _settings()
-    registry = _registry(settings)
-    number = version if version is not None else registry.deployed_version(stream)
-    if number is None:
-        raise FleetwatchError(f"{stream} has no deployed version; give a version number")
+    registry = _registry(_settings())
+    number = _version_or_deployed(registry, stream, version)
     if set_method:
         pairs = dict(item.split("=", 1) for item in set_method if "=" in item)
         if len(pairs) != len(set_method):
