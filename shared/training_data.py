@@ -1,4 +1,5 @@
-"""Training data for a round (seed 000: a time range and a sample rate), from files or a Kafka topic.
+"""Training data for a round (seed 000: a time range and a sample rate), from files or a Kafka topic:
+the raw input topic, or a summary topic of the records the workers judged normal.
 
 Sampling keeps or drops whole users (by a hash of the user id), never single events: a sampled
 user's history stays complete, so the behaviour features mean in training what they mean online.
@@ -11,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
 import numpy as np
 from confluent_kafka import TopicPartition
 
@@ -18,6 +20,7 @@ from shared.contracts import Transaction, decode_transactions
 from shared.event_files import read_labels, read_payloads
 from shared.features import TransactionColumns
 from shared.kafka_client import KafkaConnection, consumer, topic_partitions
+from shared.output_records import decode_output
 from shared.training import TrainingData, TrainingError
 
 
@@ -97,6 +100,16 @@ def from_topic(
         reader.close()
     if pending:
         raise TrainingError(f"reading {topic} did not reach its end within {timeout_s:.0f}s")
-    batch = decode_transactions(payloads)
+    batch = decode_transactions([unwrap_scored_event(payload) for payload in payloads])
     labels = read_labels(labels_path) if labels_path else None
     return training_data_from_events(batch.events, f"kafka:{topic}", sample_rate, max_rows, labels)
+
+
+def unwrap_scored_event(payload: bytes) -> bytes:
+    """A summary topic's record (judged normal by the workers) carries the original event; take it out."""
+    if not payload.startswith(b'{"type":"summary"'):
+        return payload
+    try:
+        return bytes(decode_output(payload).event)
+    except msgspec.DecodeError:
+        return payload  # left for the event decoder to reject with its reason

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import msgspec
 import pytest
 import redis
 
@@ -19,6 +20,7 @@ from shared.errors import FleetwatchError
 from shared.event_files import labels_path_for, transaction_payloads, write_labels, write_transactions
 from shared.kafka_client import KafkaConnection, produce_all
 from shared.local_infra.processes import free_port
+from shared.output_records import Source, SummaryRecord
 from shared.registry import ModelRegistry, open_registry
 from shared.synthetic import GeneratorSpec, generate_transactions
 from workers.trainer import TrainingSource, request_round, run_round
@@ -111,6 +113,27 @@ def test_round_reads_a_kafka_topic(
     info = outcome.manifest.training
     assert info.rows_train + info.rows_calibration + info.rows_evaluation <= 3_000
     assert info.window_start is not None and info.window_start < (info.window_end or "")
+
+
+def test_round_reads_the_summary_topic_of_records_judged_normal(
+    settings: FleetwatchSettings,
+    kafka: KafkaConnection,
+    make_topic,  # type: ignore[no-untyped-def]
+) -> None:
+    topic = make_topic("summary")
+    data = generate_transactions(GeneratorSpec(users=300, events=3_000, seed=6))
+    wrapped = [
+        msgspec.json.encode(
+            SummaryRecord(stream="transactions", model_version=1, scores={"iforest": 0.1},
+                          source=Source(topic="events", partition=0, offset=i), scored_at="", event=msgspec.Raw(p))
+        )
+        for i, p in enumerate(transaction_payloads(data, 0, len(data)))
+    ]  # fmt: skip
+    assert produce_all(kafka, topic, data.columns["user_id"].tolist(), wrapped) == 0
+    settings = settings.model_copy(update={"kafka_bootstrap": kafka.bootstrap})
+    outcome = run_round(settings, open_registry(settings), "transactions", TrainingSource(topic=topic))
+    info = outcome.manifest.training
+    assert info.source == f"kafka:{topic}" and info.rows_train + info.rows_calibration == 3_000
 
 
 def test_sampling_keeps_whole_users(settings: FleetwatchSettings, events_file: Path) -> None:
