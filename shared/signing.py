@@ -29,7 +29,7 @@ def content_hash(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def signing_key(settings: FleetwatchSettings, create_dev_key: bool = True) -> bytes:
+def signing_key(settings: FleetwatchSettings) -> bytes:
     """The key from FLEETWATCH_REGISTRY_KEY, else FLEETWATCH_REGISTRY_KEY_FILE, else a local dev key.
 
     The dev key (in .fleetwatch/) exists so the local stack works out of the box; deployments set one.
@@ -44,8 +44,6 @@ def signing_key(settings: FleetwatchSettings, create_dev_key: bool = True) -> by
     else:
         path = dev_dir() / DEV_KEY_FILE_NAME
         if not path.exists():
-            if not create_dev_key:
-                raise SigningKeyError("no registry key: set FLEETWATCH_REGISTRY_KEY or FLEETWATCH_REGISTRY_KEY_FILE")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(secrets.token_hex(32))
             path.chmod(0o600)

@@ -164,7 +164,6 @@ class ScoringWorker:
         self._by_topic = {scorer.input_topic: scorer for scorer in self._scorers.values()}
         self._exactly_once = worker.delivery == "exactly_once"
         self._stopping = threading.Event()
-        self._assigned = threading.Event()
         self._ready = False
         connection = settings.kafka_connection()
         self._consumer = consumer(
@@ -227,7 +226,6 @@ class ScoringWorker:
                 self._watcher.mark_serving(stream, staged)
 
     def _on_assign(self, _consumer: object, partitions: list[TopicPartition]) -> None:
-        self._assigned.set()
         log.info("partitions assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _on_revoke(self, _consumer: object, partitions: list[TopicPartition]) -> None:
