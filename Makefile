@@ -12,9 +12,9 @@ demo: setup
 	.venv/bin/fleetwatch demo
 
 lint: setup
-	.venv/bin/ruff check shared workers tests
-	.venv/bin/ruff format --check shared workers tests
+	.venv/bin/ruff check shared workers tests bench
+	.venv/bin/ruff format --check shared workers tests bench
 	.venv/bin/mypy
 
 test: lint deploy-tools
-	FLEETWATCH_REQUIRE_INTEGRATION=1 .venv/bin/pytest --doctest-modules shared workers tests
+	FLEETWATCH_REQUIRE_INTEGRATION=1 .venv/bin/pytest --doctest-modules shared workers bench tests

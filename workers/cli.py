@@ -347,6 +347,26 @@ def score(
         raise typer.Exit(4)
 
 
+@app.command()
+def report(
+    scored: Annotated[Path, typer.Argument(help="A scored Parquet written by `fleetwatch score`.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.md and the PNG charts.")] = Path("summary-report"),
+    window_s: Annotated[int, typer.Option(min=1, help="Tumbling window size in seconds.")] = 3600,
+    top_n: Annotated[int, typer.Option(min=1, help="Entities in the top-N chart.")] = 10,
+) -> None:
+    """Markdown and PNG charts over tumbling windows of a scored file: anomaly rate, detectors, hours, types."""
+    from shared.summary_report import reports_from_scored_parquet, write_report
+    from shared.windows import WindowSpec
+
+    if not scored.exists():
+        raise FleetwatchError(f"{scored}: no such file")
+    records = reports_from_scored_parquet(scored, WindowSpec(sizes_s=(window_s,)))
+    if not records:
+        raise FleetwatchError(f"{scored}: no scored events to report on")
+    path = write_report(records, out, window_s=window_s, top_n=top_n)
+    console.print(f"report: {path}")
+
+
 @models_app.command("list")
 def models_list(stream: StreamOption = "transactions") -> None:
     """Every version of the stream, newest last; * marks the deployed one."""
@@ -466,6 +486,25 @@ def models_compare(
             raise FleetwatchError("a version has no stored evaluation; compare them --on a labelled file")
         first, second = (FleetEvaluation.from_dict(e) for e in stored if e is not None)
     console.print(render_comparison(first, second, baseline_label=f"v{a}", candidate_label=f"v{b}"), markup=False)
+
+
+@app.command()
+def bench(
+    scenarios: Annotated[
+        list[str] | None,
+        typer.Argument(help="Scenarios to run: throughput, latency, reload, scaling, training, memory (default: all)."),
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Every scenario at a small size (minutes).")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for results.json, report.md, plots, logs (default .fleetwatch/bench).")
+    ] = None,
+) -> None:
+    """The benchmark suite on its own Kafka and Redis (or those FLEETWATCH_KAFKA_BOOTSTRAP/REDIS_URL name)."""
+    from bench.runner import run_bench
+    from shared.config import dev_dir
+
+    configure_logging("console", "WARNING")
+    run_bench(scenarios or [], quick=quick, out_dir=out or dev_dir() / "bench", console=console)
 
 
 def main() -> None:

@@ -1,0 +1,94 @@
+"""What every scenario shares: the servers, the sizes, the trained default version, the preloaded input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.progress import Progress
+
+from bench.environment import BenchStack
+from bench.workload import Workload
+from shared.training import TrainingResult
+
+
+@dataclass(frozen=True)
+class LatencySetting:
+    """One worker configuration the latency scenario measures."""
+
+    label: str
+    delivery: str  # exactly_once | at_least_once
+    batch_size: int
+    batch_timeout_s: float
+
+
+@dataclass(frozen=True)
+class BenchSize:
+    """How big each scenario runs: the issue's sizes by default, small ones with --quick."""
+
+    events: int = 1_000_000
+    train_rows: int = 100_000
+    repetitions: int = 3
+    batch_size: int = 1000
+    batch_timeout_s: float = 0.05
+    peer_seconds: float = 120.0  # per_record, Quix Streams and faust: time budget after their first output
+    contender_timeout_s: float = 900.0
+    latency_levels: tuple[float, ...] = (0.25, 0.50, 0.75)
+    latency_level_s: float = 30.0
+    warmup_s: float = 5.0  # uncounted load before the first level, so the first level starts warm
+    latency_settings: tuple[LatencySetting, ...] = (
+        LatencySetting("at-least-once, batch 1000 / 50 ms", "at_least_once", 1000, 0.05),
+        LatencySetting("exactly-once, batch 1000 / 50 ms", "exactly_once", 1000, 0.05),
+        LatencySetting("exactly-once, batch 200 / 10 ms", "exactly_once", 200, 0.01),
+        LatencySetting("exactly-once, batch 5000 / 200 ms", "exactly_once", 5000, 0.2),
+    )
+    reload_window_s: float = 5.0
+    scaling_events: int = 500_000
+    rebalance_window_s: float = 10.0
+    session_timeout_ms: int = 6000  # the broker's minimum: how soon a killed worker's partitions move
+    transaction_timeout_ms: int = 10_000  # how long a killed worker's open transaction blocks read_committed
+    training_rows: tuple[int, ...] = (100_000, 1_000_000)
+    memory_versions: int = 3
+    memory_window_s: float = 10.0
+
+    @classmethod
+    def quick(cls) -> BenchSize:
+        return cls(
+            events=20_000,
+            train_rows=8_000,
+            repetitions=1,
+            peer_seconds=4.0,
+            contender_timeout_s=60.0,
+            latency_level_s=1.5,
+            warmup_s=1.0,
+            latency_settings=cls.latency_settings[:3],
+            reload_window_s=2.5,
+            scaling_events=20_000,
+            rebalance_window_s=2.0,
+            training_rows=(2_000, 5_000),
+            memory_window_s=1.5,
+        )
+
+
+@dataclass
+class BenchContext:
+    stack: BenchStack
+    size: BenchSize
+    out_dir: Path
+    progress: Progress
+    trained: TrainingResult
+    workload: Workload
+    input_topic: str  # preloaded with the whole workload, read by every throughput contender
+    ceiling: dict[str, float] = field(default_factory=dict)  # scorer events/s by delivery, once measured
+    measure_ceiling: Callable[[BenchContext], float] | None = None
+
+    @property
+    def log_dir(self) -> Path:
+        return self.out_dir / "logs"
+
+    def scorer_ceiling(self) -> float:
+        """The exactly-once scorer's events/s: from the throughput scenario, or measured once here."""
+        if "exactly_once" not in self.ceiling and self.measure_ceiling is not None:
+            self.ceiling["exactly_once"] = self.measure_ceiling(self)
+        return self.ceiling.get("exactly_once", 5_000.0)

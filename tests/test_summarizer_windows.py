@@ -1,0 +1,76 @@
+"""The window core without Kafka: figures, closing, the rate criterion, entity escalation, the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.summary_report import write_report
+from shared.windows import ScoredItem, WindowSpec, close_windows, fold_items
+
+T0 = 1_780_000_020
+SPEC = WindowSpec(sizes_s=(60,), lateness_s=0, rate_min_alerts=10, entity_max_alerts=3)
+
+
+def item(user: str, at_s: float, alert: bool = False, amount: float = 10.0) -> ScoredItem:
+    fired = ("iforest",) if alert else ()
+    return ScoredItem(
+        "transactions", alert, at_s, user, "tight-passive", "purchase", amount, {"iforest": 0.3}, fired, "high"
+    )
+
+
+def run(items: list[ScoredItem]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    state: dict[str, Any] = {}
+    outcome = fold_items(SPEC, state, items)
+    closed = close_windows(SPEC, state, "transactions")
+    return closed.reports, closed.rate_alerts, outcome.escalations
+
+
+def test_closed_window_counts_and_sums_equal_a_direct_computation() -> None:
+    normals = [item(f"u{i % 4}", T0 + i, amount=10.0 + i) for i in range(30)]
+    reports, _, _ = run([*normals, item("u9", T0 + 5, alert=True), item("late-closer", T0 + 600)])
+    (figures,) = reports
+    assert figures["normal"]["count"] == 30
+    assert figures["normal"]["amount_sum"] == pytest.approx(sum(10.0 + i for i in range(30)))
+    assert figures["normal"]["distinct_users"] == 4
+    assert figures["alerts"]["by_detector"] == {"iforest": 1}
+    assert figures["anomaly_rate"] == pytest.approx(1 / 31)
+
+
+def test_rate_criterion_raises_once_at_the_limit_and_not_just_below() -> None:
+    at_limit = [item(f"a{i}", T0 + i, alert=True) for i in range(10)] + [item("c", T0 + 600)]
+    below = [item(f"a{i}", T0 + i, alert=True) for i in range(9)] + [item("c", T0 + 600)]
+    assert [r["alerts"] for r in run(at_limit)[1]] == [10]
+    assert run(below)[1] == []
+
+
+def test_rate_above_a_multiple_of_the_baseline_raises_a_relative_alert() -> None:
+    quiet = [item(f"n{w}-{i}", T0 + 60 * w + i, alert=i == 0) for w in range(3) for i in range(20)]
+    burst = [item(f"b{i}", T0 + 180 + i, alert=i < 5) for i in range(20)]
+    rate_alerts = run(quiet + burst + [item("c", T0 + 600)])[1]
+    assert [(r["criteria"], r["baseline"]) for r in rate_alerts] == [(["relative"], pytest.approx(0.05))]
+
+
+def test_entity_burst_escalates_once() -> None:
+    burst = [item("mallory", T0 + i, alert=True) for i in range(6)]
+    escalations = run(burst)[2]
+    assert [(e["user_id"], e["alerts"]) for e in escalations] == [("mallory", 4)]
+
+
+def test_late_items_are_dropped_and_counted() -> None:
+    state: dict[str, Any] = {}
+    fold_items(SPEC, state, [item("a", T0), item("c", T0 + 600)])
+    close_windows(SPEC, state, "transactions")
+    assert fold_items(SPEC, state, [item("b", T0 + 1)]).late == 1
+
+
+def test_report_writes_markdown_and_charts_with_the_figures(tmp_path: Path) -> None:
+    reports = run([item(f"u{i}", T0 + i, alert=i < 3) for i in range(12)] + [item("c", T0 + 600)])[0]
+    path = write_report(reports, tmp_path / "out")
+    text = path.read_text()
+    assert "12 scored, 3 alerts (25.00%)" in text
+    pngs = sorted(p.name for p in path.parent.glob("*.png"))
+    assert len(pngs) == 6 and all((path.parent / p).stat().st_size > 1000 for p in pngs)
+    assert all(f"]({p})" in text for p in pngs)
