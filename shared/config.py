@@ -66,9 +66,10 @@ class DetectorConfig(BaseModel):
 
 def _default_detectors() -> list[DetectorConfig]:
     return [
-        DetectorConfig(name="iforest", kind="isolation_forest", params={"n_estimators": 100}),
-        DetectorConfig(name="ocsvm", kind="ocsvm"),
-        DetectorConfig(name="autoencoder", kind="autoencoder"),
+        # Fixed seeds: the same data and configuration give the same version.
+        DetectorConfig(name="iforest", kind="isolation_forest", params={"n_estimators": 100, "random_state": 0}),
+        DetectorConfig(name="ocsvm", kind="ocsvm", params={"random_state": 0}),
+        DetectorConfig(name="autoencoder", kind="autoencoder", params={"random_state": 0}),
         DetectorConfig(name="robust_z", kind="robust_zscore"),
     ]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -28,6 +29,14 @@ INTEGRATION_FIXTURES = {"kafka_broker", "redis_server"}
 # Two cores shared with a JVM broker: wall-clock health checks would flake; correctness checks stay.
 settings.register_profile("fleetwatch", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("fleetwatch")
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+# A terminated test run (CI timeout, kill) still tears its fixtures down: no broker or Redis is orphaned.
+signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(scope="session")

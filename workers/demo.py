@@ -1,7 +1,7 @@
 """`fleetwatch demo`: the whole system end to end on the local stack, for a newcomer's first look.
 
-Kafka + Redis come up on loopback; a labelled synthetic history is generated; the trainer fits two
-model versions on its first third (v1 deployed, v2 kept back); two scoring workers start; every
+Kafka + Redis come up on loopback; a labelled synthetic history is generated; the trainer fits v1 on
+its first third (deployed) and v2 on its first half (newer data, kept back); two scoring workers start; every
 event of the history streams through them while a live table shows what comes out; halfway, v2 is
 promoted and the workers hot-reload it; the run ends with throughput, precision and recall against
 the ground truth, and which version scored what. Workers and the stack are stopped at the end.
@@ -108,6 +108,17 @@ def _progress_table(tally: Tally, produced: int, expected: int, note: str) -> Ta
     return table
 
 
+def _training_file(data: synthetic.SyntheticTransactions, rows: int, path: Path) -> TrainingSource:
+    """The first `rows` events of the history and their labels, as files the trainer reads."""
+    history = synthetic.SyntheticTransactions(
+        {name: values[:rows] for name, values in data.columns.items()}, data.is_anomaly[:rows], data.anomaly_kind[:rows]
+    )
+    labels = path.with_name(f"{path.stem}.labels.jsonl")
+    write_transactions(history, path)
+    write_labels(history, labels)
+    return TrainingSource(files=[str(path)], labels=str(labels))
+
+
 def _start_worker(settings: FleetwatchSettings, index: int, log_dir: Path) -> subprocess.Popen:
     env = {**os.environ, "FLEETWATCH_WORKER__METRICS_PORT": str(free_port()), "FLEETWATCH_LOG_FORMAT": "json",
            "FLEETWATCH_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "FLEETWATCH_REDIS_URL": settings.redis_url,
@@ -137,19 +148,12 @@ def run_demo(settings: FleetwatchSettings, events: int, users: int, keep: bool, 
     try:
         with console.status(f"generating {events:,} labelled transactions for {users:,} users ..."):
             data = synthetic.generate_transactions(synthetic.GeneratorSpec(users=users, events=events, seed=seed))
-            history = synthetic.SyntheticTransactions(
-                {name: values[: events // 3] for name, values in data.columns.items()},
-                data.is_anomaly[: events // 3],
-                data.anomaly_kind[: events // 3],
-            )
-            train_file = work / f"train-{seed}.jsonl"
-            write_transactions(history, train_file)
-            write_labels(history, work / f"train-{seed}.labels.jsonl")
         registry = open_registry(settings)
-        source = TrainingSource(files=[str(train_file)], labels=str(work / f"train-{seed}.labels.jsonl"))
         versions = []
-        for label, deploy in (("v1 (deployed now)", True), ("v2 (promoted mid-stream)", False)):
-            with console.status(f"training {label} on the first {len(history):,} events ..."):
+        for label, share, deploy in (("v1 (deployed now)", 3, True), ("v2 (promoted mid-stream)", 2, False)):
+            rows = events // share
+            with console.status(f"training {label} on the first {rows:,} events ..."):
+                source = _training_file(data, rows, work / f"train-{seed}-{rows}.jsonl")
                 outcome = run_round(settings, registry, "transactions", source, deploy=deploy)
             versions.append(outcome.manifest.version)
             fleet = (outcome.manifest.evaluation or {}).get("fleet", {})
