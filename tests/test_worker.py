@@ -12,6 +12,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,9 +197,12 @@ def test_every_input_lands_once_in_exactly_one_place(fleet: Fleet, trained: Trai
     assert first_alert.source.topic == fleet.topics["transactions"]
 
 
-def keep_producing(fleet: Fleet, stop: threading.Event, seed: int) -> threading.Thread:
-    """About 5,000 events/s until `stop` (cycling through one generated set: ids repeat, which is fine here)."""
+@contextmanager
+def steady_traffic(fleet: Fleet, seed: int) -> Iterator[None]:
+    """About 5,000 events/s while the block runs (cycling through one generated set: ids repeat, which is
+    fine for these tests)."""
     payloads, keys = labelled_stream(20_000, seed=seed)
+    stop = threading.Event()
 
     def run() -> None:
         writer = producer(fleet.kafka)
@@ -213,7 +217,11 @@ def keep_producing(fleet: Fleet, stop: threading.Event, seed: int) -> threading.
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    return thread
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def versions_by_partition(outputs: dict[str, list]) -> dict[int, list[tuple[int, int]]]:
@@ -250,16 +258,11 @@ def first_output_time_of(fleet: Fleet, version: int) -> float | None:
 def test_version_published_mid_stream_is_picked_up_within_a_second(fleet: Fleet, trained: TrainingResult) -> None:
     fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
     fleet.start_worker()
-    stop = threading.Event()
-    producing = keep_producing(fleet, stop, seed=42)
-    try:
+    with steady_traffic(fleet, seed=42):
         assert wait_until(lambda: len(fleet.outputs()["summary_transactions"]) > 500, 60)
         published_at = time.time()
         fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
         assert wait_until(lambda: first_output_time_of(fleet, 2) is not None, 30)
-    finally:
-        stop.set()
-        producing.join()
     first_v2 = first_output_time_of(fleet, 2)
     assert first_v2 is not None and first_v2 - published_at < 1.0
     for partition, sequence in versions_by_partition(fleet.outputs()).items():
@@ -271,9 +274,7 @@ def test_version_published_mid_stream_is_picked_up_within_a_second(fleet: Fleet,
 def test_missed_notices_are_recovered_by_reconciliation(fleet: Fleet, trained: TrainingResult) -> None:
     fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
     fleet.start_worker()
-    stop = threading.Event()
-    producing = keep_producing(fleet, stop, seed=43)
-    try:
+    with steady_traffic(fleet, seed=43):
         assert wait_until(lambda: len(fleet.outputs()["summary_transactions"]) > 200, 60)
         # A notice that never arrives: the pointer moves without one.
         fleet.registry.publish(trained.bundle, trained.draft, deploy=False)
@@ -284,9 +285,6 @@ def test_missed_notices_are_recovered_by_reconciliation(fleet: Fleet, trained: T
         fleet.client.client_kill_filter(_type="pubsub")
         fleet.registry.promote("transactions", 3)
         assert wait_until(lambda: first_output_time_of(fleet, 3) is not None, 15)
-    finally:
-        stop.set()
-        producing.join()
 
 
 def produce_paced(fleet: Fleet, payloads: list[bytes], keys: list[str], per_second: int) -> None:
@@ -324,17 +322,12 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(fleet: Fleet, trained: 
 def test_sigterm_stops_cleanly_within_the_bound(fleet: Fleet, trained: TrainingResult) -> None:
     fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
     worker, _ = fleet.start_worker()
-    stop = threading.Event()
-    producing = keep_producing(fleet, stop, seed=45)
-    try:
+    with steady_traffic(fleet, seed=45):
         assert wait_until(lambda: len(fleet.outputs()["summary_transactions"]) > 200, 60)
         started = time.monotonic()
         worker.send_signal(signal.SIGTERM)
         _, stderr = worker.communicate(timeout=25)
         stopped_in = time.monotonic() - started
-    finally:
-        stop.set()
-        producing.join()
     assert worker.returncode == 0 and '"worker stopped"' in stderr
     assert stopped_in < 20.0
 
