@@ -303,8 +303,6 @@ class FeatureScaler:
     """Standardises raw features; fitted on the training split only (seed 003's leakage fix)."""
 
     def __init__(self) -> None:
-        self.spec_version = FEATURE_SPEC_VERSION
-        self.feature_names = FEATURE_NAMES
         self._scaler = StandardScaler()
 
     def fit(self, raw: np.ndarray) -> FeatureScaler:

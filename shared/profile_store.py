@@ -10,8 +10,6 @@ profile comes from a later batch, so a fenced zombie worker cannot overwrite new
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import msgspec
 import numpy as np
 import redis
@@ -44,14 +42,6 @@ class ProfileEnvelope(msgspec.Struct, array_like=True):
     applied_offset: int
 
 
-@dataclass(frozen=True)
-class ProfileRead:
-    """The profiles a batch starts from, and the bookkeeping its write-back needs."""
-
-    start: dict[str, UserProfile]
-    replayed_users: int
-
-
 _ENVELOPE_DECODER = msgspec.msgpack.Decoder(ProfileEnvelope)
 _ENCODER = msgspec.msgpack.Encoder()
 
@@ -66,14 +56,13 @@ class ProfileStore:
     def _key(self, user: str) -> str:
         return self._prefix + user
 
-    def read(self, users: list[str], partitions: np.ndarray, first_offsets: np.ndarray) -> ProfileRead:
+    def read(self, users: list[str], partitions: np.ndarray, first_offsets: np.ndarray) -> dict[str, UserProfile]:
         """Profiles to start each user from: the stored state, or its snapshot when this is a replay."""
         pipe = self._redis.pipeline(transaction=False)
         for user in users:
             pipe.hmget(self._key(user), "partition", "env")
         stored = pipe.execute()
         start: dict[str, UserProfile] = {}
-        replayed = 0
         # Per user, not per event: each profile is its own small msgpack record.
         for user, (partition, envelope_bytes), batch_partition, first in zip(
             users, stored, partitions.tolist(), first_offsets.tolist(), strict=True
@@ -83,10 +72,9 @@ class ProfileStore:
             envelope = _ENVELOPE_DECODER.decode(envelope_bytes)
             if int(partition) == batch_partition and first <= envelope.applied_offset:
                 start[user] = envelope.snapshot
-                replayed += 1
             else:
                 start[user] = envelope.state
-        return ProfileRead(start, replayed)
+        return start
 
     def write(
         self,

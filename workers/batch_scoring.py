@@ -66,6 +66,7 @@ def score_file(
         for row in scored.flags.tolist()
     ]
     hours = ((columns.timestamp_s % 86400) // 3600).astype(int)
+    severity = scored.severity().tolist()
     table = pa.table(
         {
             "event_id": [e.event_id for e in events],
@@ -77,7 +78,7 @@ def score_file(
             "channel": columns.channel.tolist(),
             "ip": columns.ip.tolist(),
             "is_alert": scored.alert,
-            "severity": scored.severity().tolist(),
+            "severity": severity,
             "severity_score": scored.severity_score,
             "fired": fired,
             **{f"score_{name}": scored.scores[:, j] for j, name in enumerate(names)},
@@ -93,10 +94,10 @@ def score_file(
     # Most severe first; within a severity, the deepest below-threshold margin among alerting detectors.
     margin = ((scored.scores - version.offsets[None, :]) / np.abs(version.offsets[None, :]).clip(1e-9))[:, alerting]
     order = np.lexsort((margin.min(axis=1), -scored.severity_score))
-    top = [i for i in order if alert[i]][:top_n]
+    top = order[alert[order]][:top_n].tolist()
     top_rows = [
         [events[i].event_id, events[i].user_id, events[i].segment, f"{events[i].amount:,.2f}",
-         events[i].transaction_type, str(hours[i]), scored.severity()[i], ", ".join(fired[i])]
+         events[i].transaction_type, str(hours[i]), severity[i], ", ".join(fired[i])]
         for i in top
     ]  # fmt: skip
     batch_alert = rate > alert_rate_criterion

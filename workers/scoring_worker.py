@@ -127,11 +127,11 @@ class StreamScorer:
             log.warning("profile store unavailable; scoring with empty histories", error=str(exc))
             raw, _ = advance_profiles({}, columns)
             return raw
-        raw, after = advance_profiles(start.start, columns)
+        raw, after = advance_profiles(start, columns)
         try:
             refused = self._profiles.write(
                 after,
-                start.start,
+                start,
                 dict(zip(user_list, user_partition.tolist(), strict=True)),
                 dict(zip(user_list, first.tolist(), strict=True)),
                 dict(zip(user_list, last.tolist(), strict=True)),
