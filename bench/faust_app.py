@@ -15,16 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import faust
-import msgspec
 from faust.streams import Stream
 from faust.types import EventT, SchemaT, StreamT
 
 from bench.peers import PeerConfig, dead_letters, deployed_version, read_config, score_events
 from shared.contracts import decode_transactions
-from shared.features import UserProfile
 from shared.output_records import Source
-
-_PROFILE_DECODER = msgspec.msgpack.Decoder(UserProfile)
+from shared.user_profiles import Profiles
 
 
 def build_app(config: PeerConfig) -> faust.App:
@@ -60,9 +57,8 @@ def build_app(config: PeerConfig) -> faust.App:
         decoded = decode_transactions(payloads)
         records = dead_letters(config, decoded.errors, keys, sources)
         if decoded.events:
-            users = {event.user_id for event in decoded.events}
-            stored = {user: profiles.get(user.encode()) for user in users}
-            start = {user: _PROFILE_DECODER.decode(value) for user, value in stored.items() if value is not None}
+            users = sorted({event.user_id for event in decoded.events})
+            start = Profiles.from_blobs(users, [profiles.get(user.encode()) for user in users])
             at = decoded.positions
             scored, after = score_events(
                 version,
@@ -74,8 +70,8 @@ def build_app(config: PeerConfig) -> faust.App:
                 start,
             )
             records += scored
-            for user, profile in after.items():
-                profiles[user.encode()] = msgspec.msgpack.encode(profile)
+            for user, blob in zip(after.users.tolist(), after.blobs(), strict=True):
+                profiles[user.encode()] = blob
         for record in records:  # faust sends one record per call; it buffers and batches underneath
             await outputs[record.topic].send(key=record.key, value=record.value)
 

@@ -24,11 +24,12 @@ from confluent_kafka import Consumer, Producer
 from bench.child_process import ChildProcess
 from shared.config import FleetwatchSettings
 from shared.contracts import DecodeError, Transaction
-from shared.features import TransactionColumns, UserProfile, advance_profiles
+from shared.features import TransactionColumns, advance_profiles
 from shared.model_version import DeployedVersion
 from shared.output_records import OutputRecord, Source, dead_letter, scored_records
 from shared.registry import open_registry
 from shared.scoring import score_batch
+from shared.user_profiles import Profiles
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -79,8 +80,8 @@ def score_events(
     payloads: list[bytes],
     keys: list[bytes | None],
     sources: list[Source],
-    profiles: dict[str, UserProfile],
-) -> tuple[list[OutputRecord], dict[str, UserProfile]]:
+    profiles: Profiles,
+) -> tuple[list[OutputRecord], Profiles]:
     """Features from `profiles`, every detector's score, one output record per event: the scorer's steps."""
     raw, after = advance_profiles(profiles, TransactionColumns.from_events(events))
     scored = score_batch(version, raw, "transactions")

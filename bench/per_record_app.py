@@ -11,8 +11,9 @@ import json
 
 from bench.peers import PeerConfig, deployed_version, read_config, serve
 from shared.contracts import decode_transactions
-from shared.features import TransactionColumns, UserProfile, advance_profiles
+from shared.features import TransactionColumns, advance_profiles
 from shared.kafka_client import KafkaConnection, consumer, producer
+from shared.user_profiles import Profiles
 
 
 def run(config: PeerConfig) -> None:
@@ -22,7 +23,7 @@ def run(config: PeerConfig) -> None:
     connection = KafkaConnection(config.bootstrap)
     reader = consumer(connection, config.group_id, **{"enable.auto.commit": True})
     writer = producer(connection)
-    profiles: dict[str, UserProfile] = {}
+    profiles: dict[str, bytes] = {}  # user -> profile record
 
     def step() -> None:
         message = reader.poll(config.batch_timeout_s)
@@ -34,10 +35,10 @@ def run(config: PeerConfig) -> None:
             return
         event = decoded.events[0]
         raw, after = advance_profiles(
-            {event.user_id: profiles[event.user_id]} if event.user_id in profiles else {},
+            Profiles.from_blobs([event.user_id], [profiles.get(event.user_id)]),
             TransactionColumns.from_events([event]),
         )
-        profiles.update(after)
+        profiles[event.user_id] = after.blobs()[0]
         row = version.bundle.scaler.transform(raw)
         verdicts = {name: int(version.bundle.detectors[name].predict(row)[0]) for name in names}
         is_alert = any(verdict == -1 and alerting[name] for name, verdict in verdicts.items())

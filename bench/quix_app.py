@@ -14,14 +14,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from quixstreams import Application, State, message_context
 from quixstreams.models import SerializationContext, Serializer
 
 from bench.peers import PeerConfig, dead_letters, deployed_version, read_config, score_events
 from shared.contracts import decode_transactions
-from shared.features import UserProfile
 from shared.output_records import OutputRecord, Source
+from shared.user_profiles import Profiles
 
 
 class OutputRecordValue(Serializer):
@@ -56,10 +55,10 @@ def run(config: PeerConfig) -> None:
         if decoded.errors:
             return dead_letters(config, decoded.errors, [key], [source])[0]
         event = decoded.events[0]
-        stored = state.get("profile")
-        start = {event.user_id: msgspec.convert(stored, UserProfile)} if stored is not None else {}
+        stored = state.get("profile")  # the profile record, hex text: Quix state values are JSON
+        start = Profiles.from_blobs([event.user_id], [bytes.fromhex(stored) if stored is not None else None])
         records, after = score_events(version, config, decoded.events, [value], [key], [source], start)
-        state.set("profile", msgspec.to_builtins(after[event.user_id]))
+        state.set("profile", after.blobs()[0].hex())
         return records[0]
 
     frame = app.dataframe(events)

@@ -23,6 +23,7 @@ from shared.detectors import build_detector
 from shared.features import FeatureScaler, advance_profiles
 from shared.synthetic import GeneratorSpec, generate_transactions
 from shared.training import TrainingData, time_ordered_split, train_round
+from shared.user_profiles import Profiles
 
 MIB = 2**20
 
@@ -31,7 +32,7 @@ def measure(rows: int) -> dict[str, object]:
     settings = StreamSettings()
     data = generate_transactions(GeneratorSpec(users=max(rows // 10, 10), events=rows, seed=23))
     history = TrainingData(data.transaction_columns(), data.is_anomaly, "bench")
-    raw, _ = advance_profiles({}, history.columns)
+    raw, _ = advance_profiles(Profiles.empty(), history.columns)
     train = time_ordered_split(len(raw), labelled=True).train
     scaled = FeatureScaler().fit(raw[train]).transform(raw[train])
     detectors = {}

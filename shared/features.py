@@ -1,21 +1,21 @@
 """Transaction features, with one definition for training (offline) and scoring (online).
 
-Per-user behaviour features need each user's history. History is summarised in a `UserProfile`
-(counts, amount sums, the last few timestamps and IPs, the hour-of-day vector). `advance_profiles`
-takes the profiles as they were before a batch and the batch's events, and returns every event's
-features (computed from the history *before* that event) plus the profiles after the batch. Training
-calls it once over the whole time-ordered history with empty profiles; a scoring worker calls it per
-micro-batch with the profiles it keeps in Redis. Same function, so the two cannot drift.
+Per-user behaviour features need each user's history. History is summarised in a profile record
+(`shared.user_profiles`: counts, amount sums, the last few timestamps and IPs, the hour-of-day
+vector). `advance_profiles` takes the profiles as they were before a batch and the batch's events,
+and returns every event's features (computed from the history *before* that event) plus the profiles
+after the batch. Training calls it once over the whole time-ordered history with empty profiles; a
+scoring worker calls it per micro-batch with the profiles it keeps in Redis. Same function, so the two cannot drift.
 
 >>> cols = TransactionColumns.from_arrays(
 ...     user_id=["a", "a", "b"], amount=[10.0, 100.0, 5.0],
 ...     timestamp_s=[0.0, 60.0, 30.0], ip=["1.1.1.1", "2.2.2.2", "3.3.3.3"],
 ...     transaction_type=["purchase"] * 3, channel=["web"] * 3, segment=["tight-passive"] * 3)
->>> raw, after = advance_profiles({}, cols)
+>>> raw, after = advance_profiles(Profiles.empty(), cols)
 >>> raw[:, FEATURE_NAMES.index("user_tx_count_log")].round(3).tolist()
 [0.0, 0.693, 0.0]
->>> float(raw[1, FEATURE_NAMES.index("new_ip_for_user")]), after["a"].count
-(1.0, 2)
+>>> float(raw[1, FEATURE_NAMES.index("new_ip_for_user")]), after.users.tolist(), after.records["count"].tolist()
+(1.0, ['a', 'b'], [2.0, 1.0])
 """
 
 from __future__ import annotations
@@ -23,21 +23,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import msgspec
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.preprocessing import StandardScaler
 
 from shared.contracts import CHANNELS, SEGMENTS, TRANSACTION_TYPES, Transaction
+from shared.user_profiles import KNOWN_IPS, MOMENTS, RECENT_TIMESTAMPS, Profiles, ip_hashes
 
 FEATURE_SPEC_VERSION = 2
 """Bump when a feature's definition changes: a model trained on another spec is refused at load."""
-
-RECENT_TIMESTAMPS = 5
-"""How many of a user's latest timestamps a profile keeps (velocity: transactions in the last hour)."""
-
-KNOWN_IPS = 8
-"""How many of a user's most recent distinct IPs a profile keeps."""
 
 AMOUNT_PRIOR_WEIGHT, AMOUNT_PRIOR_VARIANCE = 3.0, 0.25
 """A user's log-amount spread is shrunk toward a prior (sigma 0.5) worth 3 transactions: two equal
@@ -70,20 +64,6 @@ USER_FEATURES = (
     "hour_off_user_habit",
 )
 FEATURE_NAMES: tuple[str, ...] = (*TRANSACTION_FEATURES, *USER_FEATURES)
-
-
-class UserProfile(msgspec.Struct, array_like=True):
-    """A user's history, as much as the features need; stored per user (Redis) between batches."""
-
-    count: int = 0
-    amount_sum: float = 0.0
-    amount_max: float = 0.0
-    hour_cos_sum: float = 0.0
-    hour_sin_sum: float = 0.0
-    log_amount_sum: float = 0.0
-    log_amount_sq_sum: float = 0.0
-    recent_ts: list[float] = msgspec.field(default_factory=list)  # newest first
-    ips: list[str] = msgspec.field(default_factory=list)  # most recent first
 
 
 @dataclass(frozen=True)
@@ -170,41 +150,31 @@ def _segmented_exclusive_cummax(values: np.ndarray, group: np.ndarray, group_sta
     return sorted_values[np.maximum(previous, 0)]
 
 
-def advance_profiles(
-    before: dict[str, UserProfile], cols: TransactionColumns
-) -> tuple[np.ndarray, dict[str, UserProfile]]:
+def advance_profiles(before: Profiles, cols: TransactionColumns) -> tuple[np.ndarray, Profiles]:
     """Raw (unscaled) features of every event, and the profiles of the batch's users after it.
 
     Events of one user are taken in timestamp order; the feature rows come back in input order.
     """
     n = len(cols)
     users, group = np.unique(cols.user_id, return_inverse=True)
+    group = group.reshape(-1)
     order = np.lexsort((cols.timestamp_s, group))
     g = group[order]
-    ts, amount, ip = cols.timestamp_s[order], cols.amount[order], cols.ip[order]
+    ts, amount, ip = cols.timestamp_s[order], cols.amount[order], ip_hashes(cols.ip)[order]
     first_of_group = np.ones(n, dtype=bool)
     first_of_group[1:] = g[1:] != g[:-1]
     group_start = np.flatnonzero(first_of_group)  # row where each group begins, indexed by group id
     rank_in_group = np.arange(n) - group_start[g]
 
-    profiles = [before.get(user) or UserProfile() for user in users]  # one per user, not per event
-    init_count = np.array([p.count for p in profiles], dtype=np.float64)
-    init_sum = np.array([p.amount_sum for p in profiles])
-    init_max = np.array([p.amount_max for p in profiles])
-    init_moments = np.array(
-        [[p.hour_cos_sum, p.hour_sin_sum, p.log_amount_sum, p.log_amount_sq_sum] for p in profiles]
-    ).reshape(-1, 4)
-    init_recent = np.full((len(users), RECENT_TIMESTAMPS), np.nan)
-    for index, profile in enumerate(profiles):
-        init_recent[index, : len(profile.recent_ts)] = profile.recent_ts[:RECENT_TIMESTAMPS]
-
-    count = init_count[g] + rank_in_group
-    amount_sum = init_sum[g] + _segmented_exclusive_cumsum(amount, group_start[g])
-    amount_max = np.maximum(init_max[g], _segmented_exclusive_cummax(amount, g, group_start))
+    start = before.aligned(users)
+    count = start["count"][g] + rank_in_group
+    amount_sum = start["amount_sum"][g] + _segmented_exclusive_cumsum(amount, group_start[g])
+    amount_max = np.maximum(start["amount_max"][g], _segmented_exclusive_cummax(amount, g, group_start))
     hour_angle = 2 * np.pi * ((ts % 86400.0) / 3600.0) / 24.0
     log_amount = np.log1p(amount)
     # Running sums of the hour-of-day vector and of log-amount and its square, per user.
     moment_terms = np.column_stack([np.cos(hour_angle), np.sin(hour_angle), log_amount, log_amount**2])
+    init_moments = np.column_stack([start[name] for name in MOMENTS])
     moments = init_moments[g] + np.column_stack(
         [_segmented_exclusive_cumsum(moment_terms[:, k], group_start[g]) for k in range(4)]
     )
@@ -215,16 +185,17 @@ def advance_profiles(
     for k in range(1, RECENT_TIMESTAMPS + 1):
         in_batch = rank_in_group >= k
         from_profile = np.clip(k - 1 - rank_in_group, 0, RECENT_TIMESTAMPS - 1)
-        previous_ts[:, k - 1] = np.where(in_batch, ts[np.maximum(np.arange(n) - k, 0)], init_recent[g, from_profile])
+        previous_ts[:, k - 1] = np.where(
+            in_batch, ts[np.maximum(np.arange(n) - k, 0)], start["recent_ts"][g, from_profile]
+        )
         previous_ts[~in_batch & (k - 1 - rank_in_group >= RECENT_TIMESTAMPS), k - 1] = np.nan
 
     # New IP: not among the profile's known IPs and not used earlier in this batch by the same user.
-    pair_keys = np.char.add(np.char.add(g.astype(str), "/"), ip.astype(str))
-    known_keys = np.array([f"{index}/{address}" for index, profile in enumerate(profiles) for address in profile.ips])
-    _, first_use = np.unique(pair_keys, return_index=True)
+    pairs = np.column_stack([g.astype(np.uint64), ip])
+    _, first_use = np.unique(pairs, axis=0, return_index=True)
     first_in_batch = np.zeros(n, dtype=bool)
     first_in_batch[first_use] = True
-    in_profile = np.isin(pair_keys, known_keys)
+    in_profile = (start["ips"][g] == ip[:, None]).any(axis=1)
     new_ip = first_in_batch & ~in_profile & (count > 0)
 
     has_history = count > 0
@@ -255,48 +226,50 @@ def advance_profiles(
     )
     rows = np.empty((n, len(FEATURE_NAMES)))
     rows[order] = np.hstack([_transaction_features(cols)[order], user_features])
-    return rows, _profiles_after(users, profiles, g, group_start, ts, amount, ip, moment_terms, count, amount_sum,
-                                 amount_max, moments)  # fmt: skip
+
+    last = np.append(group_start[1:], n) - 1  # each user's last row
+    after = Profiles.empty_records(len(users))
+    after["count"] = count[last] + 1
+    after["amount_sum"] = amount_sum[last] + amount[last]
+    after["amount_max"] = np.maximum(amount_max[last], amount[last])
+    for k, name in enumerate(MOMENTS):
+        after[name] = moments[last, k] + moment_terms[last, k]
+    after["recent_ts"] = _newest_first(ts, last, start["recent_ts"], rank_in_group[last] + 1)
+    after["ips"] = _recent_distinct_ips(g, ip, rank_in_group, last, start["ips"])
+    return rows, Profiles(users, after)
 
 
-def _profiles_after(
-    users: np.ndarray,
-    profiles: list[UserProfile],
-    g: np.ndarray,
-    group_start: np.ndarray,
-    ts: np.ndarray,
-    amount: np.ndarray,
-    ip: np.ndarray,
-    moment_terms: np.ndarray,
-    count: np.ndarray,
-    amount_sum: np.ndarray,
-    amount_max: np.ndarray,
-    moments: np.ndarray,
-) -> dict[str, UserProfile]:
-    last = np.append(group_start[1:], len(g)) - 1  # each group's last row
-    after_count = count[last] + 1
-    after_sum = amount_sum[last] + amount[last]
-    after_max = np.maximum(amount_max[last], amount[last])
-    after_moments = moments[last] + moment_terms[last]
-    result = {}
-    # Building the stored profiles is per user (not per event) and bounded by RECENT_TIMESTAMPS/KNOWN_IPS.
-    for index, user in enumerate(users.tolist()):
-        rows = slice(group_start[index], last[index] + 1)
-        batch_ts = ts[rows][::-1].tolist()
-        recent = (batch_ts + profiles[index].recent_ts)[:RECENT_TIMESTAMPS]
-        ips = list(dict.fromkeys([*ip[rows][::-1].tolist(), *profiles[index].ips]))[:KNOWN_IPS]
-        result[user] = UserProfile(
-            count=int(after_count[index]),
-            amount_sum=float(after_sum[index]),
-            amount_max=float(after_max[index]),
-            hour_cos_sum=float(after_moments[index, 0]),
-            hour_sin_sum=float(after_moments[index, 1]),
-            log_amount_sum=float(after_moments[index, 2]),
-            log_amount_sq_sum=float(after_moments[index, 3]),
-            recent_ts=recent,
-            ips=ips,
-        )
-    return result
+def _newest_first(ts: np.ndarray, last: np.ndarray, stored: np.ndarray, batch_count: np.ndarray) -> np.ndarray:
+    """Each user's RECENT_TIMESTAMPS latest timestamps: the batch's newest, then the stored ones."""
+    k = np.arange(RECENT_TIMESTAMPS)[None, :]
+    from_batch = k < batch_count[:, None]
+    batch_values = ts[np.maximum(last[:, None] - k, 0)]
+    stored_at = np.clip(k - batch_count[:, None], 0, RECENT_TIMESTAMPS - 1)
+    return np.where(from_batch, batch_values, np.take_along_axis(stored, stored_at, axis=1))
+
+
+def _recent_distinct_ips(
+    g: np.ndarray, ip: np.ndarray, rank_in_group: np.ndarray, last: np.ndarray, stored: np.ndarray
+) -> np.ndarray:
+    """Each user's KNOWN_IPS most recent distinct IPs: the batch's (newest first), then the stored ones."""
+    batch_count = rank_in_group[last] + 1
+    user = np.concatenate([g, np.repeat(np.arange(len(last)), KNOWN_IPS)])
+    address = np.concatenate([ip, stored.reshape(-1)])
+    recency = np.concatenate(  # 0 for a user's newest event; stored IPs come after the batch's
+        [batch_count[g] - 1 - rank_in_group, (batch_count[:, None] + np.arange(KNOWN_IPS)).reshape(-1)]
+    )
+    # Keep each (user, IP) pair's most recent use, then rank the survivors by recency per user.
+    order = np.lexsort((recency, address, user))
+    user, address, recency = user[order], address[order], recency[order]
+    keep = (address != 0) & np.r_[True, (user[1:] != user[:-1]) | (address[1:] != address[:-1])]
+    user, address, recency = user[keep], address[keep], recency[keep]
+    order = np.lexsort((recency, user))
+    user, address = user[order], address[order]
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    slot = np.arange(len(user)) - np.repeat(starts, np.diff(np.r_[starts, len(user)]))
+    ips = np.zeros((len(last), KNOWN_IPS), dtype=np.uint64)
+    ips[user[slot < KNOWN_IPS], slot[slot < KNOWN_IPS]] = address[slot < KNOWN_IPS]
+    return ips
 
 
 class FeatureScaler:

@@ -25,6 +25,7 @@ from shared.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, FeatureScaler, 
 from shared.model_version import DeployedVersion, DetectorEntry, Manifest, ModelBundle, TrainingInfo, score_matrix
 from shared.registry import draft_manifest
 from shared.thresholds import DetectorThresholds, ThresholdConfig, compute_thresholds
+from shared.user_profiles import Profiles
 
 TRAIN_SHARE, CALIBRATION_SHARE = 0.70, 0.15
 """With labels: 70 % train, 15 % calibrate, 15 % evaluate. Without: 80 % train, 20 % calibrate."""
@@ -146,7 +147,7 @@ def _below_floor(evaluation: FleetEvaluation, settings: StreamSettings) -> set[s
 def train_round(data: TrainingData, settings: StreamSettings, stream: str, parent: int | None) -> TrainingResult:
     """Train every configured detector on `data` and return the bundle and its draft manifest."""
     started = time.perf_counter()
-    raw, _ = advance_profiles({}, data.columns)
+    raw, _ = advance_profiles(Profiles.empty(), data.columns)
     labelled = data.is_anomaly is not None
     split = time_ordered_split(len(raw), labelled)
     train_rows, calibration_rows = split.train, split.calibration

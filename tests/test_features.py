@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import msgspec
 import numpy as np
 import pytest
 from hypothesis import given
@@ -13,10 +12,10 @@ from shared.features import (
     NO_HISTORY_GAP_S,
     FeatureScaler,
     TransactionColumns,
-    UserProfile,
     advance_profiles,
 )
 from shared.synthetic import AnomalyKind, GeneratorSpec, generate_transactions
+from shared.user_profiles import Profiles, ip_hashes
 
 
 def columns_of(data) -> TransactionColumns:  # type: ignore[no-untyped-def]
@@ -33,17 +32,15 @@ def data():  # type: ignore[no-untyped-def]
 
 
 def run_in_batches(cols: TransactionColumns, sizes: list[int]) -> np.ndarray:
-    profiles: dict[str, UserProfile] = {}
+    profiles = Profiles.empty()
     rows, start = [], 0
     for size in sizes:
         part = TransactionColumns(
             **{name: getattr(cols, name)[start : start + size] for name in cols.__dataclass_fields__}
         )
         features, after = advance_profiles(profiles, part)
-        # Profiles go through the same serialisation the Redis store uses.
-        profiles.update(
-            {u: msgspec.msgpack.decode(msgspec.msgpack.encode(p), type=UserProfile) for u, p in after.items()}
-        )
+        # Profiles go through the same bytes the Redis store keeps.
+        profiles = profiles.updated(Profiles.from_blobs(after.users.tolist(), after.blobs()))
         rows.append(features)
         start += size
     return np.vstack(rows)
@@ -51,7 +48,7 @@ def run_in_batches(cols: TransactionColumns, sizes: list[int]) -> np.ndarray:
 
 def test_online_batches_reproduce_offline_features_exactly(data) -> None:  # type: ignore[no-untyped-def]
     cols = columns_of(data)
-    offline, _ = advance_profiles({}, cols)
+    offline, _ = advance_profiles(Profiles.empty(), cols)
     online = run_in_batches(cols, [1] * 50 + [7] * 50 + [1000] * 29 + [len(cols) - 29_400])
     np.testing.assert_allclose(online, offline, rtol=1e-9, atol=1e-9)
 
@@ -60,7 +57,7 @@ def test_online_batches_reproduce_offline_features_exactly(data) -> None:  # typ
 def test_any_batching_gives_the_same_features(sizes: list[int]) -> None:
     small = generate_transactions(GeneratorSpec(users=40, events=sum(sizes), seed=len(sizes)))
     cols = columns_of(small)
-    offline, _ = advance_profiles({}, cols)
+    offline, _ = advance_profiles(Profiles.empty(), cols)
     np.testing.assert_allclose(run_in_batches(cols, sizes), offline, rtol=1e-9, atol=1e-9)
 
 
@@ -70,7 +67,7 @@ def test_user_features_mean_what_their_names_say() -> None:
         ip=["1.1.1.1", "1.1.1.1", "9.9.9.9", "2.2.2.2"], transaction_type=["purchase"] * 4, channel=["web"] * 4,
         segment=["tight-passive"] * 4,
     )  # fmt: skip
-    rows, after = advance_profiles({}, cols)
+    rows, after = advance_profiles(Profiles.empty(), cols)
     np.testing.assert_allclose(np.expm1(feature(rows, "user_tx_count_log")), [0, 1, 2, 0])
     np.testing.assert_allclose(np.expm1(feature(rows, "user_mean_amount_log")), [0, 10, 20, 0])
     np.testing.assert_allclose(np.expm1(feature(rows, "user_max_amount_log")), [0, 10, 30, 0])
@@ -85,12 +82,14 @@ def test_user_features_mean_what_their_names_say() -> None:
         (np.log1p(500) - history.mean()) / np.sqrt(shrunk_variance)
     )
     assert feature(rows, "new_ip_with_history").tolist() == pytest.approx([0, 0, np.log1p(2), 0])
-    assert after["a"].count == 3 and after["a"].amount_max == 500 and after["a"].ips == ["9.9.9.9", "1.1.1.1"]
-    assert after["a"].recent_ts == [900.0, 600.0, 0.0]
+    a = after.records[after.users.tolist().index("a")]
+    assert a["count"] == 3 and a["amount_max"] == 500
+    assert a["ips"].tolist() == [*ip_hashes(np.array(["9.9.9.9", "1.1.1.1"], dtype=object)).tolist(), 0, 0, 0, 0, 0, 0]
+    np.testing.assert_array_equal(a["recent_ts"], [900.0, 600.0, 0.0, np.nan, np.nan])
 
 
 def test_injected_anomalies_stand_out_on_the_features_built_for_them(data) -> None:  # type: ignore[no-untyped-def]
-    rows, _ = advance_profiles({}, columns_of(data))
+    rows, _ = advance_profiles(Profiles.empty(), columns_of(data))
     normal = ~data.is_anomaly
     expectations = {
         AnomalyKind.AMOUNT_SPIKE: "amount_z_vs_user",

@@ -33,6 +33,7 @@ from shared.registry import ModelRegistry
 from shared.scoring import score_batch
 from shared.synthetic import GeneratorSpec, generate_transactions
 from shared.training import TrainingData, TrainingResult, train_round
+from shared.user_profiles import Profiles
 
 KEY = "worker-test-key-0123456789"
 FLEETWATCH = str(Path(sys.executable).with_name("fleetwatch"))
@@ -161,7 +162,7 @@ def offline_alert_ids(trained: TrainingResult, registry: ModelRegistry, payloads
     version = registry.load_deployed("transactions")
     assert version is not None
     events = decode_transactions(payloads).events
-    raw, _ = advance_profiles({}, TransactionColumns.from_events(events))
+    raw, _ = advance_profiles(Profiles.empty(), TransactionColumns.from_events(events))
     flagged = score_batch(version, raw, "transactions").alert
     return {event.event_id for event, alert in zip(events, flagged.tolist(), strict=True) if alert}
 

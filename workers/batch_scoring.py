@@ -20,6 +20,7 @@ from shared.event_files import read_payloads
 from shared.features import TransactionColumns, advance_profiles
 from shared.model_version import DeployedVersion
 from shared.scoring import score_batch
+from shared.user_profiles import Profiles
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def score_file(
         raise FleetwatchError(f"{input_path}: no valid events ({len(decoded.errors)} malformed)")
     events = sorted(decoded.events, key=lambda e: e.timestamp)
     columns = TransactionColumns.from_events(events)
-    raw, _ = advance_profiles({}, columns)
+    raw, _ = advance_profiles(Profiles.empty(), columns)
     scored = score_batch(version, raw, "transactions")
     names = version.detector_names
     alerting = version.alerting_mask

@@ -12,6 +12,7 @@ from shared.evaluation import FleetEvaluation, evaluate_fleet
 from shared.event_files import read_labels, read_payloads
 from shared.features import TransactionColumns, advance_profiles
 from shared.model_version import DeployedVersion
+from shared.user_profiles import Profiles
 
 
 def evaluate_version_on_file(version: DeployedVersion, events_path: Path, labels_path: Path) -> FleetEvaluation:
@@ -20,7 +21,7 @@ def evaluate_version_on_file(version: DeployedVersion, events_path: Path, labels
     labels = read_labels(labels_path)
     if not events or any(e.event_id not in labels for e in events):
         raise FleetwatchError(f"{events_path}: no events, or events without a label in {labels_path}")
-    raw, _ = advance_profiles({}, TransactionColumns.from_events(events))
+    raw, _ = advance_profiles(Profiles.empty(), TransactionColumns.from_events(events))
     scores = version.score(version.bundle.scaler.transform(raw))
     names = version.detector_names
     return evaluate_fleet(

@@ -35,6 +35,7 @@ from shared.output_records import OutputRecord, Source, dead_letter, scored_reco
 from shared.profile_store import ProfileStore
 from shared.registry import open_registry
 from shared.scoring import score_batch
+from shared.user_profiles import Profiles
 from workers.version_watcher import VersionWatcher
 
 log = get_logger("fleetwatch.worker")
@@ -119,23 +120,16 @@ class StreamScorer:
         np.maximum.at(last, inverse, offsets)
         user_partition = np.zeros(len(users), dtype=np.int64)
         user_partition[inverse] = partitions
-        user_list = users.tolist()
         try:
-            start = self._profiles.read(user_list, user_partition, first)
+            start = self._profiles.read(users, user_partition, first)
         except redis.RedisError as exc:
             metrics.PROFILE_STORE_ERRORS.labels(self.stream).inc()
             log.warning("profile store unavailable; scoring with empty histories", error=str(exc))
-            raw, _ = advance_profiles({}, columns)
+            raw, _ = advance_profiles(Profiles.empty(), columns)
             return raw
         raw, after = advance_profiles(start, columns)
         try:
-            refused = self._profiles.write(
-                after,
-                start,
-                dict(zip(user_list, user_partition.tolist(), strict=True)),
-                dict(zip(user_list, first.tolist(), strict=True)),
-                dict(zip(user_list, last.tolist(), strict=True)),
-            )
+            refused = self._profiles.write(after, start, user_partition, first, last)
         except redis.RedisError as exc:
             metrics.PROFILE_STORE_ERRORS.labels(self.stream).inc()
             log.warning("profile store write failed; profiles of this batch are not kept", error=str(exc))
