@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.child_process import ChildProcess
 from bench.environment import BenchStack
 from shared.config import FleetwatchSettings
+from shared.http_endpoints import wait_until_ready
 from shared.local_infra.processes import free_port
 from shared.registry import ModelRegistry, open_registry
 from shared.training import TrainingResult
@@ -131,16 +132,10 @@ class ScorerDeployment:
 
     def wait_ready(self, worker: WorkerProcess, timeout_s: float) -> None:
         """Ready = the model version is loaded (/readyz answers 200)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not worker.alive():
-                raise RuntimeError(f"worker {self.name} exited ({worker.process.returncode}); see {worker.log_file}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
+        if wait_until_ready(worker.metrics_port, worker.alive, timeout_s):
+            return
+        if not worker.alive():
+            raise RuntimeError(f"worker {self.name} exited ({worker.process.returncode}); see {worker.log_file}")
         raise RuntimeError(f"worker {self.name} was not ready within {timeout_s:.0f}s; see {worker.log_file}")
 
     def wait_assigned(self, partitions: int, timeout_s: float = 60.0) -> float:

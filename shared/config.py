@@ -44,6 +44,7 @@ class TopicNames(BaseModel):
     summary_transactions: str = "summary.transactions"
     summary_logs: str = "summary.logs"
     deadletter: str = "deadletter"
+    reports: str = "reports.summary"
 
     def all(self) -> list[str]:
         return [
@@ -53,6 +54,7 @@ class TopicNames(BaseModel):
             self.summary_transactions,
             self.summary_logs,
             self.deadletter,
+            self.reports,
         ]
 
 
@@ -124,6 +126,31 @@ class WorkerSettings(BaseModel):
     producer_properties: dict[str, str] = Field(default_factory=dict, description="librdkafka, producer only")
 
 
+class RateCriterion(BaseModel):
+    """Seed 000's batch check at stream level, and the per-entity burst limit."""
+
+    window_s: int | None = Field(None, gt=0, description="window size the criteria apply to (default: smallest)")
+    min_alerts: int = Field(100, gt=0, description="a stream window with at least this many alerts raises")
+    baseline_multiple: float = Field(3.0, gt=1, description="...or an anomaly rate above this times the baseline")
+    baseline_windows: int = Field(10, gt=0, description="the baseline is the mean rate of this many past windows")
+    baseline_min_windows: int = Field(3, gt=0, description="no relative criterion before this many windows")
+    entity_max_alerts: int = Field(5, gt=0, description="more alerts than this for one user in a window escalate")
+
+
+class SummarizerSettings(BaseModel):
+    """The faust summarizer: windows over the summary and alert topics, reports to `topics.reports`."""
+
+    app_id: str = Field("fleetwatch-summarizer", description="faust app id: consumer group and internal topic prefix")
+    window_sizes_s: list[int] = Field(default_factory=lambda: [60, 3600], min_length=1)
+    allowed_lateness_s: float = Field(5.0, ge=0, description="how long after its end a window still takes events")
+    partitions: int = Field(6, gt=0, description="partitions of the internal partials topic and the changelog")
+    batch_size: int = Field(1000, gt=0, description="most records folded into one partial aggregate")
+    batch_timeout_s: float = Field(0.5, gt=0, description="longest wait to fill that batch")
+    commit_interval_s: float = Field(1.0, gt=0, description="how often the Kafka transaction commits")
+    metrics_port: int = 9400
+    rate: RateCriterion = Field(default_factory=RateCriterion)
+
+
 class DevStackSettings(BaseModel):
     """Ports and sizes of the local stack started by `fleetwatch dev up` (not the test fixtures)."""
 
@@ -150,6 +177,7 @@ class FleetwatchSettings(BaseSettings):
     dev: DevStackSettings = Field(default_factory=DevStackSettings)
     streams: dict[str, StreamSettings] = Field(default_factory=_default_streams)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    summarizer: SummarizerSettings = Field(default_factory=SummarizerSettings)
     redis_prefix: str = Field("fleetwatch:", description="namespace of every Redis key and channel fleetwatch uses")
     registry_key: SecretStr | None = Field(None, description="HMAC key that signs model versions")
     registry_key_file: Path | None = Field(None, description="file holding the signing key (a mounted secret)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -40,3 +42,16 @@ def start_http_endpoints(
     server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="http-endpoints", daemon=True).start()
     return server
+
+
+def wait_until_ready(port: int, alive: Callable[[], bool], timeout_s: float, host: str = "127.0.0.1") -> bool:
+    """Poll a process's /readyz until it answers 200 (True), or the process dies or time runs out (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.2)
+    return False

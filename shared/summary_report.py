@@ -15,8 +15,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+import msgspec
 import pyarrow.parquet as pq
 
+from shared.kafka_client import KafkaConnection, read_all
 from shared.windows import ScoredItem, WindowSpec, close_windows, fold_items
 
 
@@ -42,6 +44,12 @@ def reports_from_scored_parquet(path: Path, spec: WindowSpec) -> list[dict[str, 
     state: dict[str, Any] = {}
     fold_items(spec, state, items)
     return close_windows(spec, state, "transactions", up_to_s=float("inf")).reports
+
+
+def reports_from_topic(connection: KafkaConnection, topic: str) -> list[dict[str, Any]]:
+    """Every committed window report on the summarizer's reports topic (other record types are skipped)."""
+    records = (msgspec.json.decode(message.value()) for message in read_all(connection, topic, max_wait_s=30.0))
+    return [record for record in records if record.get("type") == "window_summary"]
 
 
 def _chart(path: Path, title: str, labels: list[str], values: list[float], kind: str = "bar") -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -20,7 +19,7 @@ from hypothesis import HealthCheck, settings
 
 from shared.kafka_client import KafkaConnection, ensure_topics
 from shared.local_infra.kafka_broker import KafkaBroker
-from shared.local_infra.processes import free_port
+from shared.local_infra.processes import free_port, interrupt_on_sigterm
 from shared.local_infra.readiness import prove_kafka_round_trip
 from shared.local_infra.redis_server import RedisServer
 
@@ -31,12 +30,8 @@ settings.register_profile("fleetwatch", deadline=None, suppress_health_check=[He
 settings.load_profile("fleetwatch")
 
 
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt("SIGTERM")
-
-
 # A terminated test run (CI timeout, kill) still tears its fixtures down: no broker or Redis is orphaned.
-signal.signal(signal.SIGTERM, _interrupt)
+interrupt_on_sigterm()
 
 
 @pytest.fixture(scope="session")

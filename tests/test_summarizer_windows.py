@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.summary_report import write_report
-from shared.windows import ScoredItem, WindowSpec, close_windows, fold_items
+from shared.windows import ScoredItem, WindowSpec, close_windows, fold_items, merge_partials, partials_of
 
 T0 = 1_780_000_020
 SPEC = WindowSpec(sizes_s=(60,), lateness_s=0, rate_min_alerts=10, entity_max_alerts=3)
@@ -56,7 +57,7 @@ def test_rate_above_a_multiple_of_the_baseline_raises_a_relative_alert() -> None
 def test_entity_burst_escalates_once() -> None:
     burst = [item("mallory", T0 + i, alert=True) for i in range(6)]
     escalations = run(burst)[2]
-    assert [(e["user_id"], e["alerts"]) for e in escalations] == [("mallory", 4)]
+    assert [(e["user_id"], e["alerts"]) for e in escalations] == [("mallory", 6)]  # alerts when escalated
 
 
 def test_late_items_are_dropped_and_counted() -> None:
@@ -74,3 +75,46 @@ def test_report_writes_markdown_and_charts_with_the_figures(tmp_path: Path) -> N
     pngs = sorted(p.name for p in path.parent.glob("*.png"))
     assert len(pngs) == 6 and all((path.parent / p).stat().st_size > 1000 for p in pngs)
     assert all(f"]({p})" in text for p in pngs)
+
+
+def test_batches_merged_as_partials_equal_one_fold_and_escalate_once() -> None:
+    items = [item(f"u{i % 9}", T0 + i, alert=i % 4 == 0, amount=float(i)) for i in range(48)]
+    items += [item("mallory", T0 + 50 + i, alert=True) for i in range(4)]
+    whole: dict[str, Any] = {}
+    whole_escalations = fold_items(SPEC, whole, items).escalations
+    batched: dict[str, Any] = {}
+    batched_escalations = []
+    for start in range(0, len(items), 5):  # mallory's 4 alerts straddle two batches
+        batched_escalations += merge_partials(SPEC, batched, partials_of(SPEC, items[start : start + 5])).escalations
+    assert [e["user_id"] for e in batched_escalations] == [e["user_id"] for e in whole_escalations] == ["mallory"]
+    at_end = T0 + 600
+    closed = [close_windows(SPEC, state, "transactions", at_end) for state in (batched, whole)]
+    assert closed[0].reports == closed[1].reports
+    assert [without_time(r) for r in closed[0].rate_alerts] == [without_time(r) for r in closed[1].rate_alerts]
+    (report,) = close_windows(SPEC, fold_and_return(items), "transactions", at_end).reports
+    assert report["normal"]["distinct_users"] == len({i.user for i in items if not i.is_alert})
+
+
+def without_time(record: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in record.items() if name != "raised_at"}
+
+
+def fold_and_return(items: list[ScoredItem]) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    fold_items(SPEC, state, items)
+    return state
+
+
+def test_items_read_again_after_a_restart_count_once() -> None:
+    items = [
+        dataclasses.replace(item(f"u{i}", T0 + i, alert=i < 3, amount=float(i)), source="summary:0", offset=i)
+        for i in range(20)
+    ]
+    once: dict[str, Any] = {}
+    fold_items(SPEC, once, items)
+    replayed: dict[str, Any] = {}
+    fold_items(SPEC, replayed, items[:12])
+    fold_items(SPEC, replayed, items[5:])  # the restart re-read from offset 5: 5..11 are replays
+    closed = [close_windows(SPEC, state, "transactions", T0 + 600) for state in (once, replayed)]
+    assert closed[0].reports == closed[1].reports
+    assert closed[1].reports[0]["scored"] == 20

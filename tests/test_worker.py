@@ -26,6 +26,7 @@ from shared.config import DetectorConfig, StreamSettings
 from shared.contracts import decode_transactions
 from shared.event_files import transaction_payloads
 from shared.features import TransactionColumns, advance_profiles
+from shared.http_endpoints import wait_until_ready
 from shared.kafka_client import KafkaConnection, consumer, produce_all, producer, topic_partitions
 from shared.local_infra.processes import free_port
 from shared.output_records import AlertRecord, decode_output
@@ -77,16 +78,12 @@ class Fleet:
             [FLEETWATCH, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         self.processes.append(process)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return process, port
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("worker did not become ready")
+        if not wait_until_ready(port, lambda: process.poll() is None, timeout_s=60):
+            # Read the pipe only once the process ended: earlier, reading would block.
+            raise AssertionError(
+                process.stderr.read() if process.poll() is not None and process.stderr else "not ready"
+            )
+        return process, port
 
     def produce(self, payloads: list[bytes], keys: list[str]) -> None:
         assert produce_all(self.kafka, self.topics["transactions"], keys, payloads) == 0

@@ -348,21 +348,55 @@ def score(
 
 
 @app.command()
+def summarizer(
+    metrics_port: Annotated[int | None, typer.Option(help="HTTP port of /metrics, /healthz, /readyz.")] = None,
+    data_dir: Annotated[Path, typer.Option(help="faust's local folder (table state is in Kafka).")] = Path(
+        ".fleetwatch/summarizer"
+    ),
+) -> None:
+    """Windowed summaries of the scored outputs (faust): window reports, rate alerts, entity escalations."""
+    from workers.summarizer import run_summarizer
+
+    settings = _settings()
+    if metrics_port is not None:
+        settings.summarizer.metrics_port = metrics_port
+    run_summarizer(settings, data_dir)
+
+
+@app.command()
 def report(
-    scored: Annotated[Path, typer.Argument(help="A scored Parquet written by `fleetwatch score`.")],
+    scored: Annotated[
+        Path | None,
+        typer.Argument(help="A scored Parquet written by `fleetwatch score` (default: read topics.reports)."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder for report.md and the PNG charts.")] = Path("summary-report"),
-    window_s: Annotated[int, typer.Option(min=1, help="Tumbling window size in seconds.")] = 3600,
+    window_s: Annotated[
+        int | None,
+        typer.Option(min=1, help="Tumbling window size in seconds (default: 3600, or the smallest reported)."),
+    ] = None,
     top_n: Annotated[int, typer.Option(min=1, help="Entities in the top-N chart.")] = 10,
 ) -> None:
-    """Markdown and PNG charts over tumbling windows of a scored file: anomaly rate, detectors, hours, types."""
-    from shared.summary_report import reports_from_scored_parquet, write_report
+    """Markdown and PNG charts over tumbling windows: anomaly rate, detectors, hours, types, segments, entities.
+
+    Without a file, the summarizer's window reports are read from the reports topic."""
+    from shared.summary_report import reports_from_scored_parquet, reports_from_topic, write_report
     from shared.windows import WindowSpec
 
-    if not scored.exists():
-        raise FleetwatchError(f"{scored}: no such file")
-    records = reports_from_scored_parquet(scored, WindowSpec(sizes_s=(window_s,)))
+    if scored is None:
+        settings = _settings()
+        records = reports_from_topic(settings.kafka_connection(), settings.topics.reports)
+        source = f"topic {settings.topics.reports}"
+    else:
+        if not scored.exists():
+            raise FleetwatchError(f"{scored}: no such file")
+        records = reports_from_scored_parquet(scored, WindowSpec(sizes_s=(window_s or 3600,)))
+        source = str(scored)
+    if window_s is not None and not any(r["window_s"] == window_s for r in records):
+        raise FleetwatchError(
+            f"{source}: no {window_s}s window reports (sizes: {sorted({r['window_s'] for r in records})})"
+        )
     if not records:
-        raise FleetwatchError(f"{scored}: no scored events to report on")
+        raise FleetwatchError(f"{source}: no window reports to render")
     path = write_report(records, out, window_s=window_s, top_n=top_n)
     console.print(f"report: {path}")
 
@@ -502,8 +536,10 @@ def bench(
     """The benchmark suite on its own Kafka and Redis (or those FLEETWATCH_KAFKA_BOOTSTRAP/REDIS_URL name)."""
     from bench.runner import run_bench
     from shared.config import dev_dir
+    from shared.local_infra.processes import interrupt_on_sigterm
 
     configure_logging("console", "WARNING")
+    interrupt_on_sigterm()
     run_bench(scenarios or [], quick=quick, out_dir=out or dev_dir() / "bench", console=console)
 
 

@@ -70,3 +70,13 @@ def log_tail(log_file: Path, lines: int = 30) -> str:
     if not log_file.exists():
         return "(no log written)"
     return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt, so `with`/`finally` blocks stop the servers and children a
+    long run started (a killed benchmark, demo or test session leaves no broker or worker behind)."""
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, interrupt)

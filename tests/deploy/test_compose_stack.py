@@ -13,8 +13,6 @@ import pytest
 from .conftest import ALERT_RULES, COMPOSE_FILE, DASHBOARD, PROMETHEUS_CONFIG, Tool
 
 FLEETWATCH_ROLES = ("trainer", "worker", "summarizer")
-# Services that only start with `--profile <name>`: the summarizer, until `fleetwatch summarizer` exists.
-OPT_IN = {"summarizer": ["summarizer"]}
 TOPICS = ("events.transactions", "events.logs", "alerts", "summary.transactions", "summary.logs", "deadletter",
           "reports.summary")  # fmt: skip
 # An exact version tag: digits and dots, optionally a variant (apache/kafka:4.1.1, python:3.11.14-slim-bookworm).
@@ -57,14 +55,14 @@ def test_fleetwatch_roles_share_the_image_and_can_scale(model: dict[str, Any]) -
     )
 
 
-def test_the_summarizer_is_opt_in_and_nothing_started_by_default_needs_it(model: dict[str, Any]) -> None:
-    """The loader keeps every service; `docker compose up` without --profile starts those without profiles."""
+def test_plain_up_starts_every_service_and_nothing_depends_on_the_summarizer(model: dict[str, Any]) -> None:
+    """`docker compose up` without --profile starts the services that have no profiles: all of them."""
     services = model["services"]
-    assert {name: service["profiles"] for name, service in services.items() if "profiles" in service} == OPT_IN
-    started_by_default = {name for name in services if name not in OPT_IN}
-    assert started_by_default == {"kafka", "topics", "redis", "train", "trainer", "worker", "prometheus", "grafana"}
-    for name in started_by_default:
-        assert not set(services[name].get("depends_on", {})) & set(OPT_IN), f"{name} would pull in an opt-in service"
+    assert not [name for name, service in services.items() if "profiles" in service]
+    assert set(services) == {"kafka", "topics", "redis", "train", "trainer", "worker", "summarizer", "prometheus",
+                             "grafana"}  # fmt: skip
+    for name, service in services.items():
+        assert "summarizer" not in service.get("depends_on", {}), f"{name} waits for the summarizer"
 
 
 def test_services_start_once_what_they_need_is_ready(model: dict[str, Any]) -> None:

@@ -36,11 +36,9 @@ SCHEMA_LOCATION = (
     f"{KUBERNETES_SCHEMAS}/"
     "{{ .NormalizedKubernetesVersion }}-local{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json"
 )
-# The roles a default install runs. The summarizer is opt-in until `fleetwatch summarizer` exists (values.yaml);
-# the one value set that enables it keeps its template linted and schema-checked with the others.
-DEFAULT_ROLES = ("worker", "trainer")
-ROLES = (*DEFAULT_ROLES, "summarizer")
-SUMMARIZER_VALUES = CHART / "ci" / "summarizer-values.yaml"
+# The roles a default install runs; one value set in ci/ leaves the summarizer out.
+ROLES = ("worker", "trainer", "summarizer")
+NO_SUMMARIZER_VALUES = CHART / "ci" / "no-summarizer-values.yaml"
 
 
 def kinds(documents: list[dict[str, Any]]) -> list[str]:
@@ -124,44 +122,40 @@ def test_kubeconform_catches_a_misspelled_field(helm: Tool, kubeconform: Tool, y
     assert "Invalid: 1," in result.stdout and "livenesProbe" in result.stdout
 
 
-def test_default_values_give_workers_and_trainer_but_no_summarizer_or_autoscaler(helm: Tool, yaml: ModuleType) -> None:
+def test_default_values_give_every_role_but_no_autoscaler(helm: Tool, yaml: ModuleType) -> None:
     _, documents = render(helm, yaml, None, KUBERNETES_VERSIONS[-1])
     assert {d["metadata"]["name"] for d in documents if d["kind"] == "Deployment"} == {
-        f"fleetwatch-{role}" for role in DEFAULT_ROLES
+        f"fleetwatch-{role}" for role in ROLES
     }
-    assert not [d["metadata"]["name"] for d in documents if "summarizer" in d["metadata"]["name"]]
     assert not {"HorizontalPodAutoscaler", "ScaledObject", "ServiceMonitor", "PrometheusRule"} & set(kinds(documents))
     assert only(documents, "Deployment", "-worker")["spec"]["replicas"] == 2
     assert only(documents, "PodDisruptionBudget", "-worker")["spec"]["maxUnavailable"] == 1
 
 
-def test_the_summarizer_value_set_adds_only_the_summarizer_and_its_service(helm: Tool, yaml: ModuleType) -> None:
-    assert SUMMARIZER_VALUES in value_sets(), "lint and kubeconform run over every value set in ci/"
-    _, default = render(helm, yaml, None, KUBERNETES_VERSIONS[-1])
-    _, enabled = render(helm, yaml, SUMMARIZER_VALUES, KUBERNETES_VERSIONS[-1])
+def test_disabling_the_summarizer_removes_only_the_summarizer_and_its_service(helm: Tool, yaml: ModuleType) -> None:
+    assert NO_SUMMARIZER_VALUES in value_sets(), "lint and kubeconform run over every value set in ci/"
+    _, disabled = render(helm, yaml, NO_SUMMARIZER_VALUES, KUBERNETES_VERSIONS[-1])
+    _, enabled = render(helm, yaml, None, KUBERNETES_VERSIONS[-1])
 
     def objects(documents: list[dict[str, Any]]) -> set[tuple[str, str]]:
         return {(d["kind"], d["metadata"]["name"]) for d in documents}
 
-    assert objects(enabled) - objects(default) == {
+    assert objects(enabled) - objects(disabled) == {
         ("Deployment", "fleetwatch-summarizer"),
         ("Service", "fleetwatch-summarizer"),
     }
-    assert objects(default) <= objects(enabled)
-    assert container(only(enabled, "Deployment", "-summarizer"))["args"] == ["summarizer"]
+    assert objects(disabled) <= objects(enabled)
+    assert container(only(enabled, "Deployment", "-summarizer"))["args"] == ["summarizer", "--metrics-port", "9400"]
     assert only(enabled, "Service", "-summarizer")["metadata"]["labels"]["fleetwatch.io/job"] == "fleetwatch-summarizer"
 
 
 def test_every_pod_is_restricted_probed_and_configured_from_the_configmap(helm: Tool, yaml: ModuleType) -> None:
-    # The value set with every role, the opt-in summarizer included.
-    _, documents = render(helm, yaml, SUMMARIZER_VALUES, KUBERNETES_VERSIONS[-1])
+    _, documents = render(helm, yaml, None, KUBERNETES_VERSIONS[-1])
     configmap = only(documents, "ConfigMap", "fleetwatch")
     for role in ROLES:
         pod = only(documents, "Deployment", f"-{role}")["spec"]["template"]
         spec, main = pod["spec"], container(only(documents, "Deployment", f"-{role}"))
-        assert main["args"][0] == role
-        if role != "summarizer":
-            assert main["args"][1:] == ["--metrics-port", "9400"]
+        assert main["args"] == [role, "--metrics-port", "9400"]
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert main["securityContext"] == {
@@ -223,7 +217,7 @@ def test_hpa_and_keda_together_fail_to_render(helm: Tool) -> None:
 def test_existing_secrets_are_referenced_and_no_secret_is_created(helm: Tool, yaml: ModuleType) -> None:
     _, documents = render(helm, yaml, CHART / "ci" / "existing-secrets-values.yaml", KUBERNETES_VERSIONS[-1])
     assert "Secret" not in kinds(documents)
-    for role in DEFAULT_ROLES:
+    for role in ROLES:
         main = container(only(documents, "Deployment", f"-{role}"))
         references = {
             env["name"]: (env["valueFrom"]["secretKeyRef"]["name"], env["valueFrom"]["secretKeyRef"]["key"])
@@ -302,10 +296,7 @@ def test_monitoring_objects_carry_the_one_alert_file_and_dashboard(helm: Tool, y
     monitor = only(documents, "ServiceMonitor")
     assert monitor["spec"]["jobLabel"] == "fleetwatch.io/job"
     services = [doc for doc in documents if doc["kind"] == "Service"]
-    assert {s["metadata"]["labels"]["fleetwatch.io/job"] for s in services} == {
-        "fleetwatch-worker",
-        "fleetwatch-trainer",
-    }
+    assert {s["metadata"]["labels"]["fleetwatch.io/job"] for s in services} == {f"fleetwatch-{role}" for role in ROLES}
     assert all(monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items() for s in services)
     assert 'job="fleetwatch-worker"' in ALERT_RULES.read_text()
     assert all("prometheus.io/scrape" not in d["spec"]["template"]["metadata"]["annotations"]

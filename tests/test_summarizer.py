@@ -1,0 +1,249 @@
+"""`fleetwatch summarizer` as a real process on the real broker: window figures, recovery, rate alerts, report.
+
+The input is alert and summary records as the workers write them, with known event times: one 60 s
+window that passes the rate criterion (10 alerts, one user with 5 of them), one just below it (9
+alerts), and a late-coming record that moves event time past both so they close.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from shared.http_endpoints import wait_until_ready
+from shared.kafka_client import KafkaConnection, produce_all, read_all
+from shared.local_infra.processes import free_port
+from shared.output_records import AlertRecord, DetectorVerdict, Source, SummaryRecord
+
+FLEETWATCH = str(Path(sys.executable).with_name("fleetwatch"))
+T0 = 1_780_000_020  # a minute boundary
+SEGMENTS, TYPES = ("tight-passive", "loose-active"), ("purchase", "transfer")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One record the workers would have written, and what the windows should make of it."""
+
+    user: str
+    at_s: float
+    amount: float
+    segment: str
+    transaction_type: str
+    alert: bool
+
+    def encode(self) -> bytes:
+        event = msgspec.json.encode(
+            {"event_id": f"{self.user}-{self.at_s}", "user_id": self.user, "amount": self.amount,
+             "timestamp": f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(self.at_s))}Z",
+             "segment": self.segment, "transaction_type": self.transaction_type}
+        )  # fmt: skip
+        source = Source("events", 0, 0)
+        if self.alert:
+            verdict = DetectorVerdict("iforest", -0.7, -0.5, -1, "alerting")
+            return msgspec.json.encode(
+                AlertRecord("transactions", 1, "high", 1.0, ["iforest"], [verdict], [], source, "now",
+                            msgspec.Raw(event))
+            )  # fmt: skip
+        scores = {"iforest": 0.1 * (self.amount % 7), "robust_z": 0.3}
+        return msgspec.json.encode(SummaryRecord("transactions", 1, scores, source, "now", msgspec.Raw(event)))
+
+
+def window(start: int, normals: int, alerts: int, burst_user: str | None = None) -> list[Scored]:
+    records = [
+        Scored(f"u{i % 7}", start + (i * 53) % 60, 10.0 + i, SEGMENTS[i % 2], TYPES[(i // 2) % 2], False)
+        for i in range(normals)
+    ]
+    for i in range(alerts):
+        user = burst_user if burst_user is not None and i < 5 else f"a{start}-{i}"
+        records.append(Scored(user, start + (i * 7) % 60, 500.0 + i, SEGMENTS[i % 2], TYPES[0], True))
+    return sorted(records, key=lambda r: r.at_s)
+
+
+PASSING = window(T0, normals=40, alerts=10, burst_user="mallory")
+BELOW = window(T0 + 60, normals=30, alerts=9)
+CLOSER = Scored("closer", T0 + 1000, 1.0, SEGMENTS[0], TYPES[0], False)
+
+
+def expected_figures(records: list[Scored]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The direct computation: per (segment, type), counts, sums and distinct users of one window."""
+    figures: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        f = figures.setdefault((r.segment, r.transaction_type), {"normal": 0, "sum": 0.0, "users": set(), "alerts": 0})
+        if r.alert:
+            f["alerts"] += 1
+        else:
+            f["normal"] += 1
+            f["sum"] += r.amount
+            f["users"].add(r.user)
+    return figures
+
+
+@dataclass
+class Summarizers:
+    kafka: KafkaConnection
+    env: dict[str, str]
+    topics: dict[str, str]
+    log_dir: Path
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        env = {**self.env, "FLEETWATCH_SUMMARIZER__METRICS_PORT": str(port)}
+        log = self.log_dir / f"summarizer-{len(self.processes) + 1}.log"
+        with log.open("wb") as output:  # a file, not a pipe: faust logs enough to fill a pipe and block
+            process = subprocess.Popen(
+                [FLEETWATCH, "summarizer", "--data-dir", str(self.log_dir / "faust")],
+                env=env, stdout=output, stderr=output,
+            )  # fmt: skip
+        self.processes.append(process)
+        assert wait_until_ready(port, lambda: process.poll() is None, timeout_s=90), log.read_text()[-3000:]
+        return process, port
+
+    def produce(self, records: list[Scored]) -> None:
+        alerts = [r for r in records if r.alert]
+        normals = [r for r in records if not r.alert]
+        for topic, chosen in ((self.topics["alerts"], alerts), (self.topics["summary_transactions"], normals)):
+            assert produce_all(self.kafka, topic, [r.user for r in chosen], [r.encode() for r in chosen]) == 0
+
+    def records(self, role: str) -> list[dict[str, Any]]:
+        return [msgspec.json.decode(m.value()) for m in read_all(self.kafka, self.topics[role], max_wait_s=10)]
+
+    def wait_for_reports(self, windows: int, timeout_s: float = 90) -> list[dict[str, Any]]:
+        """Window reports of the 60 s windows, once `windows` distinct window starts have reported."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            reports = [r for r in self.records("reports") if r["type"] == "window_summary"]
+            if len({r["window_start"] for r in reports}) >= windows or time.monotonic() > deadline:
+                return reports
+            time.sleep(1.0)
+
+
+def aggregated(port: int) -> float:
+    """Records folded into windows so far, from the summarizer's own /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    pattern = r'fleetwatch_summary_records_aggregated_total\{kind="(?:alert|normal)",stream="transactions"\} (\S+)'
+    return sum(float(value) for value in re.findall(pattern, text))
+
+
+def wait_until(condition: Any, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def summarizers(kafka: KafkaConnection, make_topic: Any, unique_name: str, tmp_path: Path) -> Iterator[Summarizers]:
+    topics = {
+        "alerts": make_topic("alerts", partitions=3),
+        "summary_transactions": make_topic("summary", partitions=3),
+        "summary_logs": make_topic("summary-logs"),
+        "reports": make_topic("reports"),
+    }
+    env = {
+        **os.environ,
+        "FLEETWATCH_CONFIG": str(tmp_path / "absent.toml"),
+        "FLEETWATCH_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "FLEETWATCH_LOG_FORMAT": "json",
+        "FLEETWATCH_SUMMARIZER__APP_ID": f"summarizer-{unique_name}",
+        "FLEETWATCH_SUMMARIZER__WINDOW_SIZES_S": "[60]",
+        # Alerts and summaries are read by two agents, so one may run ahead of the other by a batch.
+        "FLEETWATCH_SUMMARIZER__ALLOWED_LATENESS_S": "300",
+        "FLEETWATCH_SUMMARIZER__PARTITIONS": "2",
+        "FLEETWATCH_SUMMARIZER__BATCH_TIMEOUT_S": "0.2",
+        "FLEETWATCH_SUMMARIZER__COMMIT_INTERVAL_S": "0.2",
+        "FLEETWATCH_SUMMARIZER__RATE__MIN_ALERTS": "10",
+        "FLEETWATCH_SUMMARIZER__RATE__ENTITY_MAX_ALERTS": "3",
+        **{f"FLEETWATCH_TOPICS__{role.upper()}": name for role, name in topics.items()},
+    }
+    group = Summarizers(kafka, env, topics, tmp_path)
+    yield group
+    for process in group.processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def assert_figures(reports: list[dict[str, Any]], start: int, records: list[Scored]) -> None:
+    start_iso = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(start))
+    mine = {(r["segment"], r["transaction_type"]): r for r in reports if r["window_start"] == start_iso}
+    expected = expected_figures(records)
+    assert sorted(mine) == sorted(expected), "one report per key, no more, no fewer"
+    for key, figures in expected.items():
+        report = mine[key]
+        assert report["normal"]["count"] == figures["normal"]
+        assert report["normal"]["amount_sum"] == pytest.approx(figures["sum"])
+        assert report["normal"]["distinct_users"] == len(figures["users"])
+        assert report["alerts"]["count"] == figures["alerts"]
+        assert report["scored"] == figures["normal"] + figures["alerts"]
+        assert sum(report["normal"]["score_histograms"]["iforest"]) == figures["normal"]
+        assert report["alerts"]["by_detector"] == ({"iforest": figures["alerts"]} if figures["alerts"] else {})
+
+
+def test_windows_rate_alerts_and_escalations_from_a_known_stream(summarizers: Summarizers, tmp_path: Path) -> None:
+    _, port = summarizers.start()
+    summarizers.produce(PASSING[:25])
+    wait_until(lambda: aggregated(port) >= 25)  # a second batch: the window's figures come from merged partials
+    summarizers.produce(PASSING[25:] + BELOW)
+    wait_until(lambda: aggregated(port) >= len(PASSING) + len(BELOW))
+    summarizers.produce([CLOSER])  # event time moves past both windows and their allowed lateness
+    reports = summarizers.wait_for_reports(windows=2)
+
+    assert_figures(reports, T0, PASSING)
+    assert_figures(reports, T0 + 60, BELOW)
+    assert len(reports) == len(expected_figures(PASSING)) + len(expected_figures(BELOW)), "each window reported once"
+
+    alerts = summarizers.records("alerts")
+    rate_alerts = [a for a in alerts if a.get("type") == "rate_alert"]
+    assert [(a["alerts"], a["scored"], a["criteria"]) for a in rate_alerts] == [(10, 50, ["absolute"])]
+    assert rate_alerts[0]["top_entities"][0] == ["mallory", 5]
+    escalations = [a for a in alerts if a.get("type") == "entity_escalation"]
+    assert [e["user_id"] for e in escalations] == ["mallory"]
+
+    out = tmp_path / "report"
+    result = subprocess.run(
+        [FLEETWATCH, "report", "--out", str(out), "--window-s", "60"], env=summarizers.env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    text = (out / "report.md").read_text()
+    assert "2 windows, 89 scored, 19 alerts (21.35%)" in text
+    assert "| mallory | 5 |" in text
+    charts = sorted(out.glob("*.png"))
+    assert len(charts) == 6 and all(chart.stat().st_size > 1000 for chart in charts)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_a_restarted_summarizer_recovers_its_windows_from_the_changelog(
+    summarizers: Summarizers, stop: signal.Signals
+) -> None:
+    first, port = summarizers.start()
+    summarizers.produce(PASSING[:25])
+    wait_until(lambda: aggregated(port) >= 25)
+    first.send_signal(stop)
+    assert first.wait(timeout=60) == (0 if stop == signal.SIGTERM else -signal.SIGKILL)
+    assert summarizers.records("reports") == [], "the window was still open when it stopped"
+
+    _, port = summarizers.start()  # same app id: recovers the table from its changelog, resumes after the offsets
+    summarizers.produce(PASSING[25:])
+    wait_until(lambda: aggregated(port) >= len(PASSING) - 25)
+    summarizers.produce([CLOSER])
+    reports = summarizers.wait_for_reports(windows=1)
+    # Figures equal to an uninterrupted run's (the direct computation): nothing lost, nothing counted twice.
+    assert_figures(reports, T0, PASSING)
+    assert len(reports) == len(expected_figures(PASSING))
+    rate_alerts = [a for a in summarizers.records("alerts") if a.get("type") == "rate_alert"]
+    assert len(rate_alerts) == 1
