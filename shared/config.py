@@ -146,7 +146,9 @@ class SummarizerSettings(BaseModel):
     partitions: int = Field(6, gt=0, description="partitions of the internal partials topic and the changelog")
     batch_size: int = Field(1000, gt=0, description="most records folded into one partial aggregate")
     batch_timeout_s: float = Field(0.5, gt=0, description="longest wait to fill that batch")
-    commit_interval_s: float = Field(1.0, gt=0, description="how often the Kafka transaction commits")
+    commit_interval_s: float = Field(1.0, gt=0, description="how often consumed offsets are committed")
+    shutdown_timeout_s: float = Field(20.0, gt=0, description="bound on a graceful stop after SIGTERM")
+    reports_file: Path | None = Field(None, description="also append every window report here, one JSON line each")
     metrics_port: int = 9400
     rate: RateCriterion = Field(default_factory=RateCriterion)
 

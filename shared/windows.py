@@ -110,8 +110,11 @@ def watermark_id(stream: str) -> str:
     return f"watermark|{stream}"
 
 
-def open_index_id(stream: str) -> str:
-    return f"open|{stream}"
+def _open_windows(state: MutableMapping[str, Any], stream: str) -> list[str]:
+    """The stream's open windows, oldest first: every key of `state` is one (no separate index to keep
+    in step, so a state written key by key is consistent after any crash)."""
+    ids = [key.split("|") for key in list(state) if key.startswith(("key|", "stream|"))]
+    return ["|".join(parts) for parts in sorted((p for p in ids if p[3] == stream), key=lambda p: int(p[2]))]
 
 
 def baseline_id(stream: str) -> str:
@@ -304,7 +307,6 @@ def merge_partials(
                 if partial["kind"] == "key"
                 else _empty_stream(size_s, start, stream)
             )
-            state[open_index_id(stream)] = [*state.get(open_index_id(stream), []), pid]
         if partial["kind"] == "key":
             _merge_key(state[pid], partial)
         else:
@@ -385,12 +387,10 @@ def close_windows(
         return ClosedWindows()
     limit = up_to_s if up_to_s is not None else watermark - spec.lateness_s
     closed = ClosedWindows()
-    still_open = []
     # Oldest first, so that each stream window's baseline holds only the windows before it.
-    for entry in sorted(state.get(open_index_id(stream), []), key=lambda e: state[e]["start"]):
+    for entry in _open_windows(state, stream):
         window = state[entry]
         if window["start"] + window["window_s"] > limit:
-            still_open.append(entry)
             continue
         del state[entry]
         if entry.startswith("key|"):
@@ -402,7 +402,6 @@ def close_windows(
                 closed.rate_alerts.append(verdict)
             rate = window["alerts"] / window["scored"] if window["scored"] else 0.0
             state[baseline_id(stream)] = ([*baseline, rate])[-spec.rate_baseline_windows :]
-    state[open_index_id(stream)] = still_open
     closed.reports.sort(key=lambda r: (r["window_start"], r["window_s"], r["segment"], r["transaction_type"]))
     return closed
 

@@ -167,6 +167,7 @@ def summarizers(kafka: KafkaConnection, make_topic: Any, unique_name: str, tmp_p
         "FLEETWATCH_SUMMARIZER__COMMIT_INTERVAL_S": "0.2",
         "FLEETWATCH_SUMMARIZER__RATE__MIN_ALERTS": "10",
         "FLEETWATCH_SUMMARIZER__RATE__ENTITY_MAX_ALERTS": "3",
+        "FLEETWATCH_SUMMARIZER__REPORTS_FILE": str(tmp_path / "window-reports.jsonl"),
         **{f"FLEETWATCH_TOPICS__{role.upper()}": name for role, name in topics.items()},
     }
     group = Summarizers(kafka, env, topics, tmp_path)
@@ -205,6 +206,10 @@ def test_windows_rate_alerts_and_escalations_from_a_known_stream(summarizers: Su
     assert_figures(reports, T0, PASSING)
     assert_figures(reports, T0 + 60, BELOW)
     assert len(reports) == len(expected_figures(PASSING)) + len(expected_figures(BELOW)), "each window reported once"
+    written = (tmp_path / "window-reports.jsonl").read_text().splitlines()
+    assert sorted(msgspec.json.decode(line)["window_start"] for line in written) == sorted(
+        r["window_start"] for r in reports
+    ), "the optional file holds the same reports"
 
     alerts = summarizers.records("alerts")
     rate_alerts = [a for a in alerts if a.get("type") == "rate_alert"]

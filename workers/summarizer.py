@@ -27,6 +27,8 @@ cleanup timer, while reports here follow the embedded event time with an allowed
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator, MutableMapping
@@ -90,7 +92,8 @@ class TableView(MutableMapping[str, Any]):
     """A faust Table of msgpack values as the plain mapping `shared.windows` merges into.
 
     Nested values are changed in place, so every key read is treated as changed; `write_back` writes
-    each once (one changelog record per window per batch, not per event).
+    each once (one changelog record per window per batch, not per event). Each key is a whole window,
+    so a crash between two writes leaves every window consistent on its own.
     """
 
     def __init__(self, table: Any) -> None:
@@ -118,10 +121,12 @@ class TableView(MutableMapping[str, Any]):
         self._deleted.add(key)
 
     def __iter__(self) -> Iterator[str]:
-        raise TypeError("a TableView is for lookups; the table's keys are not listed")
+        """The table's keys (of every partition this replica holds) with this batch's changes."""
+        stored = {key.decode() for key in self._table}
+        yield from (stored | set(self._local)) - self._deleted
 
     def __len__(self) -> int:
-        raise TypeError("a TableView is for lookups; the table's keys are not counted")
+        return sum(1 for _ in self)
 
     def write_back(self) -> None:
         for key, value in self._local.items():
@@ -197,6 +202,9 @@ def build_app(settings: FleetwatchSettings, data_dir: Path, recovered: threading
             for report in closed.reports:
                 await reports.send(key=stream_name.encode(), value=msgspec.json.encode(report))
                 WINDOWS_CLOSED.labels(stream_name, f"{report['window_s']}s").inc()
+            if closed.reports and summarizer.reports_file is not None:
+                with summarizer.reports_file.open("ab") as lines:
+                    lines.writelines(msgspec.json.encode(report) + b"\n" for report in closed.reports)
             for rate_alert in closed.rate_alerts:
                 await alerts.send(key=stream_name.encode(), value=msgspec.json.encode(rate_alert))
                 RATE_ALERTS.labels(stream_name, "rate_alert").inc()
@@ -225,6 +233,26 @@ def _count_aggregated(stream: str, batch: dict[str, dict[str, Any]], late: int) 
         RECORDS_AGGREGATED.labels(stream, "late").inc(late)
 
 
+class BoundedStopWorker(faust.Worker):
+    """faust's worker with a bound on the graceful stop: a stop that hangs (a broker gone, an agent
+    stuck) ends the process after `stop_bound_s`, so an orchestrator's restart is never blocked."""
+
+    def __init__(self, app: faust.App, stop_bound_s: float, **options: Any) -> None:
+        super().__init__(app, **options)
+        self._stop_bound_s = stop_bound_s
+
+    def _schedule_shutdown(self, signal: signal.Signals) -> None:
+        watchdog = threading.Timer(self._stop_bound_s, _exit_after_bound)
+        watchdog.daemon = True
+        watchdog.start()
+        super()._schedule_shutdown(signal)
+
+
+def _exit_after_bound() -> None:
+    log.error("graceful stop exceeded its bound; exiting now")
+    os._exit(3)
+
+
 def run_summarizer(settings: FleetwatchSettings, data_dir: Path) -> None:
     """Run until SIGTERM or SIGINT (faust's worker stops the agents, commits and closes the clients)."""
     summarizer = settings.summarizer
@@ -244,7 +272,8 @@ def run_summarizer(settings: FleetwatchSettings, data_dir: Path) -> None:
     log.info("summarizer_starting", app_id=summarizer.app_id, metrics_port=server.server_port,
              window_sizes_s=summarizer.window_sizes_s, lateness_s=summarizer.allowed_lateness_s)  # fmt: skip
     try:
-        faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+        worker = BoundedStopWorker(app, summarizer.shutdown_timeout_s, loglevel=settings.log_level, quiet=True)
+        worker.execute_from_commandline()
     except SystemExit as exc:  # faust's worker always exits; only a failure is news
         if exc.code not in (0, None):
             raise FleetwatchError(f"summarizer stopped with exit code {exc.code} (see the log above)") from None
