@@ -42,6 +42,7 @@ class BenchSize:
         LatencySetting("exactly-once, batch 1000 / 50 ms", "exactly_once", 1000, 0.05),
         LatencySetting("exactly-once, batch 200 / 10 ms", "exactly_once", 200, 0.01),
         LatencySetting("exactly-once, batch 5000 / 200 ms", "exactly_once", 5000, 0.2),
+        LatencySetting("at-least-once, batch 1000 / 10 ms", "at_least_once", 1000, 0.01),
     )
     reload_window_s: float = 5.0
     scaling_events: int = 500_000
