@@ -5,10 +5,10 @@ summarizer), in memory (`fleetwatch report` over a scored Parquet) and in tests.
 [start, start + size) closes once the watermark (max event time seen minus the allowed lateness)
 reaches its end; events for an already closed window are late and dropped.
 
-Aggregation is in two steps that use one merge: `partials_of` folds a batch of items into one
-partial window per (window, key) and per stream window, and `merge_partials` adds partials into the
-open windows. The summarizer runs the first step where the records arrive (any replica) and the
-second where a stream's windows live; a window's state therefore changes once per batch, not per event.
+Aggregation is in two steps: `partials_of` folds a batch of items into one partial window per
+(window, key) and per stream window, leaving out items a window already holds (replays), and
+`merge_partials` adds the partials into the open windows, or counts them late. A window's state
+therefore changes once per batch, not once per event.
 Distinct users are a HyperLogLog sketch (p = 12: about 1.6 % standard error, exact-ish below a few
 hundred users), so a window's state stays a few kilobytes whatever the traffic.
 
@@ -110,11 +110,16 @@ def watermark_id(stream: str) -> str:
     return f"watermark|{stream}"
 
 
-def _open_windows(state: MutableMapping[str, Any], stream: str) -> list[str]:
-    """The stream's open windows, oldest first: every key of `state` is one (no separate index to keep
-    in step, so a state written key by key is consistent after any crash)."""
+def _windows_ending_by(state: MutableMapping[str, Any], stream: str, limit_s: float) -> list[str]:
+    """The stream's windows that end at or before `limit_s`, oldest first, found from the keys alone.
+
+    Every window is a key of `state` (no separate index to keep in step, so a state written key by key
+    is consistent after any crash), and its id holds its size and start: the windows that stay open
+    are not read, so the summarizer neither decodes nor rewrites them.
+    """
     ids = [key.split("|") for key in list(state) if key.startswith(("key|", "stream|"))]
-    return ["|".join(parts) for parts in sorted((p for p in ids if p[3] == stream), key=lambda p: int(p[2]))]
+    ending = [p for p in ids if p[3] == stream and int(p[2]) + int(p[1]) <= limit_s]
+    return ["|".join(parts) for parts in sorted(ending, key=lambda p: int(p[2]))]
 
 
 def baseline_id(stream: str) -> str:
@@ -151,7 +156,7 @@ def distinct_users(sketch: bytes) -> int:
 def _empty_key(size_s: int, start: int, stream: str, segment: str, transaction_type: str) -> dict[str, Any]:
     return {
         "kind": "key", "stream": stream, "segment": segment, "transaction_type": transaction_type,
-        "window_s": size_s, "start": start, "items": 0, "applied": {},
+        "window_s": size_s, "start": start, "applied": {},
         # users: a window's dense HyperLogLog registers; a partial's sparse ones (`_users_sketch`).
         "normal": {"count": 0, "amount_sum": 0.0, "users": b"", "histograms": {}},
         "alerts": {"count": 0, "by_detector": {}, "severity": {}, "entities": {}},
@@ -159,8 +164,8 @@ def _empty_key(size_s: int, start: int, stream: str, segment: str, transaction_t
 
 
 def _empty_stream(size_s: int, start: int, stream: str) -> dict[str, Any]:
-    return {"kind": "stream", "stream": stream, "window_s": size_s, "start": start, "items": 0, "applied": {},
-            "scored": 0, "alerts": 0, "by_detector": {}, "entities": {}, "escalated": []}  # fmt: skip
+    return {"kind": "stream", "stream": stream, "window_s": size_s, "start": start, "applied": {}, "scored": 0,
+            "alerts": 0, "by_detector": {}, "entities": {}, "escalated": []}  # fmt: skip
 
 
 def _is_new(applied: dict[str, int], item: ScoredItem) -> bool:
@@ -214,7 +219,6 @@ def partials_of(
 
 
 def _add_to_key(spec: WindowSpec, key: dict[str, Any], item: ScoredItem) -> None:
-    key["items"] += 1
     _applied(key, item)
     if item.is_alert:
         alerts = key["alerts"]
@@ -232,7 +236,6 @@ def _add_to_key(spec: WindowSpec, key: dict[str, Any], item: ScoredItem) -> None
 
 
 def _add_to_stream(window: dict[str, Any], item: ScoredItem) -> None:
-    window["items"] += 1
     _applied(window, item)
     window["scored"] += 1
     if item.is_alert:
@@ -247,7 +250,6 @@ def _merge_applied(into: dict[str, Any], partial: dict[str, Any]) -> None:
 
 
 def _merge_key(into: dict[str, Any], partial: dict[str, Any]) -> None:
-    into["items"] += partial["items"]
     _merge_applied(into, partial)
     normal, more = into["normal"], partial["normal"]
     normal["count"] += more["count"]
@@ -265,7 +267,7 @@ def _merge_key(into: dict[str, Any], partial: dict[str, Any]) -> None:
 
 def _merge_stream(spec: WindowSpec, into: dict[str, Any], partial: dict[str, Any]) -> list[dict[str, Any]]:
     """Add a stream partial; return an escalation for each user this takes past the per-window limit."""
-    for name in ("items", "scored", "alerts"):
+    for name in ("scored", "alerts"):
         into[name] += partial[name]
     _merge_applied(into, partial)
     _add_counts(into["by_detector"], partial["by_detector"])
@@ -298,7 +300,7 @@ def merge_partials(
         stream = partial["stream"]
         watermark = state.get(watermark_id(stream))
         if watermark is not None and partial["start"] + partial["window_s"] <= watermark - spec.lateness_s:
-            outcome.late += partial["items"] if partial["kind"] == "key" else 0
+            outcome.late += partial["normal"]["count"] + partial["alerts"]["count"] if partial["kind"] == "key" else 0
             continue
         if pid not in state:
             size_s, start = partial["window_s"], partial["start"]
@@ -388,10 +390,8 @@ def close_windows(
     limit = up_to_s if up_to_s is not None else watermark - spec.lateness_s
     closed = ClosedWindows()
     # Oldest first, so that each stream window's baseline holds only the windows before it.
-    for entry in _open_windows(state, stream):
+    for entry in _windows_ending_by(state, stream, limit):
         window = state[entry]
-        if window["start"] + window["window_s"] > limit:
-            continue
         del state[entry]
         if entry.startswith("key|"):
             closed.reports.append(key_report(spec, window))
