@@ -97,12 +97,5 @@ class Profiles:
         whole, size = self.records.tobytes(), PROFILE_DTYPE.itemsize
         return [whole[start : start + size] for start in range(0, len(whole), size)]
 
-    def updated(self, newer: Profiles) -> Profiles:
-        """These profiles with `newer` replacing or adding users (keeping a whole history in memory)."""
-        kept = ~np.isin(self.users, newer.users)
-        return Profiles.of(
-            np.concatenate([self.users[kept], newer.users]), np.concatenate([self.records[kept], newer.records])
-        )
-
     def __len__(self) -> int:
         return len(self.users)

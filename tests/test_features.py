@@ -40,7 +40,10 @@ def run_in_batches(cols: TransactionColumns, sizes: list[int]) -> np.ndarray:
         )
         features, after = advance_profiles(profiles, part)
         # Profiles go through the same bytes the Redis store keeps.
-        profiles = profiles.updated(Profiles.from_blobs(after.users.tolist(), after.blobs()))
+        stored = Profiles.from_blobs(after.users.tolist(), after.blobs())
+        kept = ~np.isin(profiles.users, stored.users)  # users not in this batch keep their profile
+        users = np.concatenate([profiles.users[kept], stored.users])
+        profiles = Profiles.of(users, np.concatenate([profiles.records[kept], stored.records]))
         rows.append(features)
         start += size
     return np.vstack(rows)
