@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.child_process import ChildProcess
 from bench.environment import BenchStack
 from shared.config import FleetwatchSettings
-from shared.http_endpoints import wait_until_ready
+from shared.http_endpoints import scrape_metrics, wait_until_ready
 from shared.local_infra.processes import free_port
 from shared.registry import ModelRegistry, open_registry
 from shared.training import TrainingResult
@@ -65,10 +64,8 @@ class WorkerProcess(ChildProcess):
 
     def stage_seconds(self) -> dict[str, float]:
         """Seconds spent per batch stage so far (the worker's own fleetwatch_batch_stage_seconds)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
         totals: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
+        for family in text_string_to_metric_families(scrape_metrics(self.metrics_port)):
             if family.name != "fleetwatch_batch_stage_seconds":
                 continue
             for sample in family.samples:

@@ -44,6 +44,12 @@ def start_http_endpoints(
     return server
 
 
+def scrape_metrics(port: int, host: str = "127.0.0.1", timeout_s: float = 5.0) -> str:
+    """A process's /metrics page, as Prometheus would read it."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s) as response:
+        return str(response.read().decode())
+
+
 def wait_until_ready(port: int, alive: Callable[[], bool], timeout_s: float, host: str = "127.0.0.1") -> bool:
     """Poll a process's /readyz until it answers 200 (True), or the process dies or time runs out (False)."""
     deadline = time.monotonic() + timeout_s

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from shared.http_endpoints import wait_until_ready
+from shared.http_endpoints import scrape_metrics, wait_until_ready
 from shared.kafka_client import KafkaConnection, produce_all, read_all
 from shared.local_infra.processes import free_port
 from shared.output_records import AlertRecord, DetectorVerdict, Source, SummaryRecord
@@ -132,10 +131,8 @@ class Summarizers:
 
 def aggregated(port: int) -> float:
     """Records folded into windows so far, from the summarizer's own /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
     pattern = r'fleetwatch_summary_records_aggregated_total\{kind="(?:alert|normal)",stream="transactions"\} (\S+)'
-    return sum(float(value) for value in re.findall(pattern, text))
+    return sum(float(value) for value in re.findall(pattern, scrape_metrics(port)))
 
 
 def wait_until(condition: Any, timeout_s: float = 60) -> None:

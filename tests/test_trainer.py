@@ -18,6 +18,7 @@ import redis
 from shared.config import DetectorConfig, FleetwatchSettings, StreamSettings
 from shared.errors import FleetwatchError
 from shared.event_files import labels_path_for, transaction_payloads, write_labels, write_transactions
+from shared.http_endpoints import scrape_metrics
 from shared.kafka_client import KafkaConnection, produce_all
 from shared.local_infra.processes import free_port
 from shared.output_records import Source, SummaryRecord
@@ -147,11 +148,6 @@ def test_sampling_keeps_whole_users(settings: FleetwatchSettings, events_file: P
     assert all(int((half.columns.user_id == u).sum()) == count for u, count in per_user_all.items())
 
 
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return str(response.read().decode())
-
-
 def test_trainer_service_trains_on_schedule_and_on_request_then_stops_on_sigterm(
     redis_server,
     unique_name: str,
@@ -182,9 +178,9 @@ def test_trainer_service_trains_on_schedule_and_on_request_then_stops_on_sigterm
             time.sleep(0.2)
         assert registry.version_numbers("transactions") == [1, 2], "the requested round did not publish"
         published = 'fleetwatch_training_runs_total{result="published",stream="transactions"} 2.0'
-        while published not in scrape(port) and time.monotonic() < deadline:
+        while published not in scrape_metrics(port) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert published in scrape(port)
+        assert published in scrape_metrics(port)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
             assert response.status == 200
     finally:

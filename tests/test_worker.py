@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from shared.config import DetectorConfig, StreamSettings
 from shared.contracts import decode_transactions
 from shared.event_files import transaction_payloads
 from shared.features import TransactionColumns, advance_profiles
-from shared.http_endpoints import wait_until_ready
+from shared.http_endpoints import scrape_metrics, wait_until_ready
 from shared.kafka_client import KafkaConnection, consumer, produce_all, producer, topic_partitions
 from shared.local_infra.processes import free_port
 from shared.output_records import AlertRecord, decode_output
@@ -339,15 +338,11 @@ def test_tampered_version_is_refused_while_scoring_goes_on(fleet: Fleet, trained
     fleet.client.set(fleet.registry.keys.deployed("transactions"), 2)
     refused = 'fleetwatch_model_reloads_total{result="refused",stream="transactions"} 1.0'
 
-    def scrape() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            return str(response.read().decode())
-
-    assert wait_until(lambda: refused in scrape(), 15)
+    assert wait_until(lambda: refused in scrape_metrics(port), 15)
     payloads, keys = labelled_stream(500, seed=46)
     fleet.produce(payloads, keys)
     outputs = fleet.wait_for_outputs(len(payloads))
     versions = {decode_output(r.value()).model_version for r in outputs["summary_transactions"] + outputs["alerts"]}
     assert versions == {1} and sum(len(r) for r in outputs.values()) == len(payloads)
-    assert 'fleetwatch_deployed_version{stream="transactions"} 1.0' in scrape()
+    assert 'fleetwatch_deployed_version{stream="transactions"} 1.0' in scrape_metrics(port)
     assert outputs["deadletter"] == []

@@ -26,6 +26,7 @@ from shared.artifact_store import RedisArtifactStore
 from shared.config import DetectorConfig, StreamSettings
 from shared.contracts import decode_transactions
 from shared.event_files import transaction_payloads
+from shared.http_endpoints import wait_until_ready
 from shared.kafka_client import KafkaConnection, produce_all
 from shared.local_infra.processes import free_port
 from shared.local_infra.redis_server import RedisServer
@@ -129,16 +130,8 @@ def running_worker(
     with worker.log.open("wb") as log:
         process = subprocess.Popen([FLEETWATCH, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-
-        def ready() -> bool:
-            assert process.poll() is None, f"worker exited {process.returncode}:\n{worker.log_tail()}"
-            try:
-                with urllib.request.urlopen(f"{worker.url}/readyz", timeout=1) as response:
-                    return response.status == 200
-            except OSError:  # not listening yet, or 503 until a model version is loaded
-                return False
-
-        wait_for(ready, 30, "the worker became ready", worker)
+        if not wait_until_ready(port, lambda: process.poll() is None, timeout_s=30):
+            raise AssertionError(f"worker not ready in 30 s (exit code {process.poll()}):\n{worker.log_tail()}")
         yield worker
     finally:
         process.kill()
