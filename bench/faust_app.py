@@ -18,10 +18,9 @@ import faust
 from faust.streams import Stream
 from faust.types import EventT, SchemaT, StreamT
 
-from bench.peers import PeerConfig, dead_letters, deployed_version, read_config, score_events
-from shared.contracts import decode_transactions
+from bench.peers import PeerConfig, dead_letters, deployed_version, read_config, score_events, stored_profiles
 from shared.output_records import Source
-from shared.user_profiles import Profiles
+from shared.streams.transactions.contract import decode_transactions
 
 
 def build_app(config: PeerConfig) -> faust.App:
@@ -58,7 +57,7 @@ def build_app(config: PeerConfig) -> faust.App:
         records = dead_letters(config, decoded.errors, keys, sources)
         if decoded.events:
             users = sorted({event.user_id for event in decoded.events})
-            start = Profiles.from_blobs(users, [profiles.get(user.encode()) for user in users])
+            start = stored_profiles(users, [profiles.get(user.encode()) for user in users])
             at = decoded.positions
             scored, after = score_events(
                 version,
@@ -70,7 +69,7 @@ def build_app(config: PeerConfig) -> faust.App:
                 start,
             )
             records += scored
-            for user, blob in zip(after.users.tolist(), after.blobs(), strict=True):
+            for user, blob in zip(after.keys.tolist(), after.blobs(), strict=True):
                 profiles[user.encode()] = blob
         for record in records:  # faust sends one record per call; it buffers and batches underneath
             await outputs[record.topic].send(key=record.key, value=record.value)

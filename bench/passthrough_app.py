@@ -11,8 +11,7 @@ import os
 import uuid
 
 from bench.peers import PeerConfig, read_config, serve
-from shared.kafka_client import KafkaConnection, consumer, producer
-from workers.scoring_worker import _next_offsets
+from shared.kafka_client import KafkaConnection, consumer, next_offsets, producer
 
 
 def run(config: PeerConfig) -> None:
@@ -32,14 +31,8 @@ def run(config: PeerConfig) -> None:
         # The loop is the work being measured: one produce call per record is the client's only way.
         for message in messages:
             topic = config.alerts_topic if (message.offset() or 0) % 100 == 0 else config.summary_topic
-            while True:
-                try:
-                    writer.produce(topic, value=message.value(), key=message.key())
-                    break
-                except BufferError:
-                    writer.poll(0.05)
-        writer.poll(0)
-        offsets = _next_offsets(messages)
+            writer.produce(topic, value=message.value(), key=message.key())
+        offsets = next_offsets(messages)
         if config.exactly_once:
             writer.send_offsets_to_transaction(offsets, reader.consumer_group_metadata(), 30)
             writer.commit_transaction(30)

@@ -23,13 +23,15 @@ from confluent_kafka import Consumer, Producer
 
 from bench.child_process import ChildProcess
 from shared.config import FleetwatchSettings
-from shared.contracts import DecodeError, Transaction
-from shared.features import TransactionColumns, advance_profiles
+from shared.contracts import DecodeError
+from shared.entity_state import EntityStates
 from shared.model_version import DeployedVersion
-from shared.output_records import OutputRecord, Source, dead_letter, scored_records
+from shared.output_records import OutputRecord, OutputTopics, ScoredEvents, Source, dead_letter, scored_records
 from shared.registry import open_registry
 from shared.scoring import score_batch
-from shared.user_profiles import Profiles
+from shared.streams.transactions.contract import Transaction
+from shared.streams.transactions.features import TransactionColumns, advance_profiles
+from shared.streams.transactions.profiles import PROFILE_LAYOUT
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -80,15 +82,21 @@ def score_events(
     payloads: list[bytes],
     keys: list[bytes | None],
     sources: list[Source],
-    profiles: Profiles,
-) -> tuple[list[OutputRecord], Profiles]:
+    profiles: EntityStates,
+) -> tuple[list[OutputRecord], EntityStates]:
     """Features from `profiles`, every detector's score, one output record per event: the scorer's steps."""
     raw, after = advance_profiles(profiles, TransactionColumns.from_events(events))
-    scored = score_batch(version, raw, "transactions")
+    scored = score_batch(version, raw)
     outputs = scored_records(
-        version, scored, raw, payloads, keys, sources, "transactions", config.alerts_topic, config.summary_topic
+        ScoredEvents(version, scored, raw, payloads, keys, sources),
+        OutputTopics(config.alerts_topic, config.summary_topic, config.deadletter_topic),
     )
     return outputs, after
+
+
+def stored_profiles(users: list[str], blobs: list[bytes | None]) -> EntityStates:
+    """The peers' own profile stores hold the same fixed-size records as the worker's."""
+    return EntityStates.from_blobs(PROFILE_LAYOUT, users, blobs)
 
 
 def dead_letters(

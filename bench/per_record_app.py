@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 
-from bench.peers import PeerConfig, deployed_version, read_config, serve
-from shared.contracts import decode_transactions
-from shared.features import TransactionColumns, advance_profiles
+from bench.peers import PeerConfig, deployed_version, read_config, serve, stored_profiles
 from shared.kafka_client import KafkaConnection, consumer, producer
-from shared.user_profiles import Profiles
+from shared.streams.transactions.contract import decode_transactions
+from shared.streams.transactions.features import TransactionColumns, advance_profiles
 
 
 def run(config: PeerConfig) -> None:
@@ -35,7 +34,7 @@ def run(config: PeerConfig) -> None:
             return
         event = decoded.events[0]
         raw, after = advance_profiles(
-            Profiles.from_blobs([event.user_id], [profiles.get(event.user_id)]),
+            stored_profiles([event.user_id], [profiles.get(event.user_id)]),
             TransactionColumns.from_events([event]),
         )
         profiles[event.user_id] = after.blobs()[0]

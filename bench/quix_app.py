@@ -17,10 +17,9 @@ from typing import Any
 from quixstreams import Application, State, message_context
 from quixstreams.models import SerializationContext, Serializer
 
-from bench.peers import PeerConfig, dead_letters, deployed_version, read_config, score_events
-from shared.contracts import decode_transactions
+from bench.peers import PeerConfig, dead_letters, deployed_version, read_config, score_events, stored_profiles
 from shared.output_records import OutputRecord, Source
-from shared.user_profiles import Profiles
+from shared.streams.transactions.contract import decode_transactions
 
 
 class OutputRecordValue(Serializer):
@@ -56,7 +55,7 @@ def run(config: PeerConfig) -> None:
             return dead_letters(config, decoded.errors, [key], [source])[0]
         event = decoded.events[0]
         stored = state.get("profile")  # the profile record, hex text: Quix state values are JSON
-        start = Profiles.from_blobs([event.user_id], [bytes.fromhex(stored) if stored is not None else None])
+        start = stored_profiles([event.user_id], [bytes.fromhex(stored) if stored is not None else None])
         records, after = score_events(version, config, decoded.events, [value], [key], [source], start)
         state.set("profile", after.blobs()[0].hex())
         return records[0]

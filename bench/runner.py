@@ -29,7 +29,8 @@ from bench.training_cost import run_training_cost
 from bench.workload import preload, synthetic_workload
 from shared.config import StreamSettings
 from shared.errors import FleetwatchError
-from shared.synthetic import GeneratorSpec, generate_transactions
+from shared.streams.transactions.stream import TRANSACTIONS
+from shared.streams.transactions.synthetic import GeneratorSpec, generate_transactions
 from shared.training import TrainingData, TrainingResult, train_round
 
 SCENARIOS: dict[str, Callable[[BenchContext], dict[str, Any]]] = {
@@ -51,7 +52,10 @@ def train_default_version(rows: int, seed: int = 11) -> TrainingResult:
     """Every detector of the default stream configuration, trained on a labelled synthetic history."""
     data = generate_transactions(GeneratorSpec(users=max(rows // 10, 10), events=rows, seed=seed))
     return train_round(
-        TrainingData(data.transaction_columns(), data.is_anomaly, "bench"), StreamSettings(), "transactions", None
+        TrainingData(data.transaction_columns(), data.is_anomaly, "bench"),
+        StreamSettings().completed(TRANSACTIONS),
+        TRANSACTIONS,
+        None,
     )
 
 

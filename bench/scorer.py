@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.child_process import ChildProcess
 from bench.environment import BenchStack
-from shared.config import FleetwatchSettings
+from shared.config import FleetwatchSettings, topic_environment
 from shared.http_endpoints import scrape_metrics, wait_until_ready
 from shared.local_infra.processes import free_port
 from shared.registry import ModelRegistry, open_registry
@@ -28,7 +28,7 @@ from shared.training import TrainingResult
 
 FLEETWATCH = str(Path(sys.executable).with_name("fleetwatch"))
 REGISTRY_KEY = "fleetwatch-bench-signing-key-0123456789"
-OUTPUT_ROLES = ("alerts", "summary_transactions", "deadletter")
+OUTPUT_ROLES = ("alerts", "summary", "deadletter")
 
 
 def registry_for(stack: BenchStack, prefix: str) -> ModelRegistry:
@@ -109,8 +109,7 @@ class ScorerDeployment:
             "FLEETWATCH_LOG_FORMAT": "json",
             "FLEETWATCH_WORKER__GROUP_ID": f"bench-{self.stack.run_id}-{self.name}",
             "FLEETWATCH_WORKER__STREAMS": '["transactions"]',
-            "FLEETWATCH_TOPICS__TRANSACTIONS": self.input_topic,
-            **{f"FLEETWATCH_TOPICS__{role.upper()}": topic for role, topic in self.topics.items()},
+            **topic_environment({"input": self.input_topic, **self.topics}),
             **self.settings,
         }
 

@@ -20,19 +20,19 @@ from sklearn.exceptions import ConvergenceWarning
 from bench.probes import ProcessTreeSampler
 from shared.config import StreamSettings
 from shared.detectors import build_detector
-from shared.features import FeatureScaler, advance_profiles
-from shared.synthetic import GeneratorSpec, generate_transactions
+from shared.feature_scaler import FeatureScaler
+from shared.streams.transactions.stream import TRANSACTIONS
+from shared.streams.transactions.synthetic import GeneratorSpec, generate_transactions
 from shared.training import TrainingData, time_ordered_split, train_round
-from shared.user_profiles import Profiles
 
 MIB = 2**20
 
 
 def measure(rows: int) -> dict[str, object]:
-    settings = StreamSettings()
+    settings = StreamSettings().completed(TRANSACTIONS)
     data = generate_transactions(GeneratorSpec(users=max(rows // 10, 10), events=rows, seed=23))
     history = TrainingData(data.transaction_columns(), data.is_anomaly, "bench")
-    raw, _ = advance_profiles(Profiles.empty(), history.columns)
+    raw, _ = TRANSACTIONS.advance(TRANSACTIONS.empty_states(), data.transaction_columns())
     train = time_ordered_split(len(raw), labelled=True).train
     scaled = FeatureScaler().fit(raw[train]).transform(raw[train])
     detectors = {}
@@ -52,7 +52,7 @@ def measure(rows: int) -> dict[str, object]:
     baseline = psutil.Process().memory_info().rss
     with ProcessTreeSampler(psutil.Process().pid, interval_s=0.05) as sampler:
         started = time.perf_counter()
-        result = train_round(history, settings, "transactions", None)
+        result = train_round(history, settings, TRANSACTIONS, None)
         seconds = time.perf_counter() - started
     return {
         "rows": rows,

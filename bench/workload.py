@@ -11,13 +11,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import Message
 
-from shared.event_files import chunk_bounds, transaction_payloads
-from shared.kafka_client import KafkaConnection, produce_all, producer
-from shared.synthetic import GeneratorSpec, generate_transactions
+from shared.event_files import chunk_bounds
+from shared.kafka_client import DeliveryTrackingProducer, KafkaConnection, produce_all, producer_config
+from shared.streams.transactions.files import transaction_payloads
+from shared.streams.transactions.synthetic import GeneratorSpec, generate_transactions
 
 
 @dataclass(frozen=True)
@@ -77,15 +77,12 @@ class PacedProducer:
     def set_rate(self, rate: float) -> None:
         self.rate = rate
 
-    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
-        if error is not None:
-            self.failed += 1
-            return
+    def _on_delivered(self, message: Message) -> None:
         _, stamp = message.timestamp()
         self.produced_at_ms[(int(message.partition() or 0), int(message.offset() or 0))] = stamp
 
     def _run(self) -> None:
-        writer = producer(self.kafka, **{"linger.ms": 1})
+        writer = DeliveryTrackingProducer(producer_config(self.kafka, **{"linger.ms": 1}), self._on_delivered)
         started = time.monotonic()
         window_start, sent_in_window, rate = started, 0, self.rate
         index = 0
@@ -97,14 +94,9 @@ class PacedProducer:
             due = int((now - window_start) * rate) - sent_in_window
             for _ in range(max(due, 0)):
                 position = index % len(self.workload)
-                kwargs: dict[str, Any] = {"key": self.workload.keys[position], "on_delivery": self._on_delivery}
-                try:
-                    writer.produce(self.topic, value=self.workload.payloads[position], **kwargs)
-                except BufferError:
-                    break
+                writer.produce(self.topic, value=self.workload.payloads[position], key=self.workload.keys[position])
                 index += 1
                 sent_in_window += 1
                 self.produced += 1
-            writer.poll(0)
             time.sleep(0.005)
-        writer.flush(30)
+        self.failed = writer.flush(30)

@@ -9,10 +9,11 @@ librdkafka properties (SASL, TLS, tuning) pass through unchanged in `kafka_prope
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -22,6 +23,8 @@ from pydantic_settings import (
 )
 
 from shared.kafka_client import KafkaConnection
+from shared.pipeline import Stream
+from shared.streams.catalog import CATALOG, load_plugins
 
 DEV_DIR_NAME = ".fleetwatch"
 CONNECTION_FILE_NAME = "connection.env"
@@ -38,24 +41,11 @@ def cache_dir() -> Path:
 
 
 class TopicNames(BaseModel):
-    transactions: str = "events.transactions"
-    logs: str = "events.logs"
+    """The topics every stream shares; each stream's input and summary topics are in its own settings."""
+
     alerts: str = "alerts"
-    summary_transactions: str = "summary.transactions"
-    summary_logs: str = "summary.logs"
     deadletter: str = "deadletter"
     reports: str = "reports.summary"
-
-    def all(self) -> list[str]:
-        return [
-            self.transactions,
-            self.logs,
-            self.alerts,
-            self.summary_transactions,
-            self.summary_logs,
-            self.deadletter,
-            self.reports,
-        ]
 
 
 class DetectorConfig(BaseModel):
@@ -66,20 +56,14 @@ class DetectorConfig(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-def _default_detectors() -> list[DetectorConfig]:
-    return [
-        # Fixed seeds: the same data and configuration give the same version.
-        DetectorConfig(name="iforest", kind="isolation_forest", params={"n_estimators": 100, "random_state": 0}),
-        DetectorConfig(name="ocsvm", kind="ocsvm", params={"random_state": 0}),
-        DetectorConfig(name="autoencoder", kind="autoencoder", params={"random_state": 0}),
-        DetectorConfig(name="robust_z", kind="robust_zscore"),
-    ]
-
-
 class StreamSettings(BaseModel):
-    """How one stream's models are trained, thresholded, gated and sampled."""
+    """One stream's topics, and how its models are trained, thresholded, gated and sampled.
 
-    detectors: list[DetectorConfig] = Field(default_factory=_default_detectors)
+    Left empty, the topics and detectors are the stream's defaults (`completed`)."""
+
+    input_topic: str = Field("", description="the topic producers write this stream's events to")
+    summary_topic: str = Field("", description="where events judged normal go")
+    detectors: list[DetectorConfig] = Field(default_factory=list, description="seed 000's model_configs")
     std_multiplier: float = 6.0
     quantile: float = 0.95
     target_fpr: float = 0.01
@@ -99,6 +83,16 @@ class StreamSettings(BaseModel):
     window_hours: float | None = Field(None, gt=0, description="train on the last N hours of the topic")
     train_interval_s: float = Field(3600.0, gt=0)
     batch_alert_rate: float = Field(0.02, gt=0, lt=1, description="a batch whose anomaly rate passes this alerts")
+
+    def completed(self, stream: Stream[Any, Any]) -> StreamSettings:
+        """These settings with the stream's default topics and detectors where none are set."""
+        return self.model_copy(
+            update={
+                "input_topic": self.input_topic or stream.topics.input,
+                "summary_topic": self.summary_topic or stream.topics.summary,
+                "detectors": self.detectors or [DetectorConfig(**entry) for entry in stream.default_detectors],
+            }
+        )
 
 
 def _default_streams() -> dict[str, StreamSettings]:
@@ -144,6 +138,9 @@ class SummarizerSettings(BaseModel):
     window_sizes_s: list[int] = Field(default_factory=lambda: [60, 3600], min_length=1)
     allowed_lateness_s: float = Field(5.0, ge=0, description="how long after its end a window still takes events")
     partitions: int = Field(6, gt=0, description="partitions of the internal partials topic and the changelog")
+    replication_factor: int = Field(
+        1, gt=0, description="replicas of the internal topic and the changelog: 1 locally, 3 on a cluster"
+    )
     batch_size: int = Field(1000, gt=0, description="most records folded into one partial aggregate")
     batch_timeout_s: float = Field(0.5, gt=0, description="longest wait to fill that batch")
     commit_interval_s: float = Field(1.0, gt=0, description="how often consumed offsets are committed")
@@ -177,7 +174,12 @@ class FleetwatchSettings(BaseSettings):
     )
     topics: TopicNames = Field(default_factory=TopicNames)
     dev: DevStackSettings = Field(default_factory=DevStackSettings)
-    streams: dict[str, StreamSettings] = Field(default_factory=_default_streams)
+    streams: dict[str, StreamSettings] = Field(
+        default_factory=_default_streams, description="per stream of the catalog: topics, detectors, training"
+    )
+    stream_plugins: list[str] = Field(
+        default_factory=list, description="`module:attribute` of Stream objects to add to the catalog"
+    )
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     summarizer: SummarizerSettings = Field(default_factory=SummarizerSettings)
     redis_prefix: str = Field("fleetwatch:", description="namespace of every Redis key and channel fleetwatch uses")
@@ -187,6 +189,24 @@ class FleetwatchSettings(BaseSettings):
     artifact_dir: Path = Field(Path(".fleetwatch/artifacts"), description="the file store's folder")
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _streams_from_the_catalog(self) -> FleetwatchSettings:
+        """Every configured or served stream exists; each gets its defaults where the config is silent."""
+        load_plugins(self.stream_plugins)
+        for name in {*self.streams, *self.worker.streams}:
+            if name not in CATALOG:
+                raise ValueError(f"unknown stream {name!r}; known streams: {', '.join(sorted(CATALOG))}")
+        self.streams = {
+            name: self.streams.get(name, StreamSettings()).completed(CATALOG[name])
+            for name in sorted({*self.streams, *self.worker.streams})
+        }
+        return self
+
+    def all_topics(self) -> list[str]:
+        """Every topic the fleet reads or writes: the streams' input and summary topics and the shared ones."""
+        per_stream = [topic for s in self.streams.values() for topic in (s.input_topic, s.summary_topic)]
+        return [*per_stream, self.topics.alerts, self.topics.deadletter, self.topics.reports]
 
     def kafka_connection(self) -> KafkaConnection:
         return KafkaConnection(self.kafka_bootstrap, self.kafka_properties)
@@ -214,3 +234,19 @@ def load_settings(**overrides: Any) -> FleetwatchSettings:
     """Settings from every source; `overrides` are CLI flags (None means 'not given')."""
     given = {key: value for key, value in overrides.items() if value is not None}
     return FleetwatchSettings(**given)
+
+
+def topic_environment(topics: Mapping[str, str], stream: str = "transactions") -> dict[str, str]:
+    """Environment variables that point a fleetwatch process at these topics, by role: `input` and
+    `summary` (the stream's own), `alerts`, `deadletter`, `reports` (shared). For tests and benchmarks.
+
+    >>> topic_environment({"input": "in.t", "alerts": "a.t"})
+    {'FLEETWATCH_STREAMS__TRANSACTIONS__INPUT_TOPIC': 'in.t', 'FLEETWATCH_TOPICS__ALERTS': 'a.t'}
+    """
+    per_stream = {"input": "INPUT_TOPIC", "summary": "SUMMARY_TOPIC"}
+    return {
+        f"FLEETWATCH_STREAMS__{stream.upper()}__{per_stream[role]}"
+        if role in per_stream
+        else f"FLEETWATCH_TOPICS__{role.upper()}": name
+        for role, name in topics.items()
+    }

@@ -1,19 +1,35 @@
-"""The one place that builds confluent-kafka clients.
+"""The one place that builds confluent-kafka clients, and the one produce path.
 
 Every client gets the bootstrap servers plus the user's librdkafka properties unchanged (SASL, TLS,
 tuning); a caller's own settings (group id, transactional id) are layered on top.
+
+Every producer is a `DeliveryTrackingProducer` (the shape of quix-streams' `kafka/producer.py`): it
+retries a full local queue within a bound, serves delivery reports as it goes, counts what the broker
+refused, and its `flush` says how many records were not acknowledged, so that no caller commits
+offsets past an output that was lost. Its transactional calls retry while librdkafka calls the error
+retriable, as confluent-kafka's `examples/eos-transactions.py` does; abortable and fatal errors are
+the caller's to handle (abort and re-read the batch, or exit).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from shared.errors import FleetwatchError
+from shared.logs import get_logger
+
+log = get_logger("fleetwatch.kafka")
+
+QUEUE_FULL_POLL_S = 0.05
+"""How long a produce call on a full local queue waits for delivery reports (which free room) per try."""
 
 
 @dataclass(frozen=True)
@@ -30,9 +46,164 @@ def admin_client(connection: KafkaConnection) -> AdminClient:
     return AdminClient(connection.config())
 
 
-def producer(connection: KafkaConnection, **overrides: Any) -> Producer:
+class ProducerQueueFull(FleetwatchError):
+    """The producer's local queue stayed full past its bound: the broker is not taking records."""
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What became of the records produced since the previous report.
+
+    `unacknowledged` counts records still queued or in flight when the wait ended (they may yet be
+    delivered, or fail in a later report); `errors` counts failures by topic, then librdkafka's error name.
+    """
+
+    produced: int
+    failed: int
+    unacknowledged: int
+    errors: Mapping[str, Mapping[str, int]]
+    fatal: KafkaError | None = None
+
+    @property
+    def not_acknowledged(self) -> int:
+        return self.failed + self.unacknowledged
+
+    @property
+    def complete(self) -> bool:
+        return self.not_acknowledged == 0
+
+
+class _DeliveryLedger:
+    """The producer-wide delivery callback (kept apart from the producer, so the two make no cycle)."""
+
+    def __init__(self, on_delivered: Callable[[Message], None] | None) -> None:
+        self._on_delivered = on_delivered
+        self.produced = 0
+        self._failed = 0
+        self._errors: dict[str, Counter[str]] = {}
+        self._fatal: KafkaError | None = None
+
+    def record(self, error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            if self._on_delivered is not None:
+                self._on_delivered(message)
+            return
+        self._failed += 1
+        self._errors.setdefault(message.topic() or "", Counter())[error.name()] += 1
+        if error.fatal() or error.code() == KafkaError._FATAL:
+            self._fatal = error
+
+    def take(self, unacknowledged: int) -> DeliveryReport:
+        errors = {topic: dict(by_error) for topic, by_error in self._errors.items()}
+        report = DeliveryReport(self.produced, self._failed, unacknowledged, errors, self._fatal)
+        self.produced, self._failed, self._errors = 0, 0, {}
+        return report
+
+
+class DeliveryTrackingProducer(Producer):
+    """confluent-kafka's Producer with the one produce path fleetwatch uses; see the module docstring.
+
+    Only failed deliveries reach Python (`delivery.report.only.error`) unless `on_delivered` asks to see
+    every acknowledged record (the benchmark's latency probe does). A per-record callback is refused.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        on_delivered: Callable[[Message], None] | None = None,
+        full_queue_timeout_s: float = 60.0,
+        transaction_retry_s: float = 60.0,
+    ) -> None:
+        self._ledger = _DeliveryLedger(on_delivered)
+        self._full_queue_timeout_s = full_queue_timeout_s
+        self._transaction_retry_s = transaction_retry_s
+        reports = {"delivery.report.only.error": on_delivered is None, **config, "on_delivery": self._ledger.record}
+        super().__init__(reports)
+
+    def produce(
+        self,
+        topic: str,
+        value: str | bytes | None = None,
+        key: str | bytes | None = None,
+        partition: int = -1,
+        callback: Any = None,
+        on_delivery: Any = None,
+        timestamp: int = 0,
+        headers: Any = None,
+    ) -> None:
+        """Queue one record (confluent-kafka has no batch produce); wait, boundedly, while the queue is full."""
+        if callback is not None or on_delivery is not None:
+            raise TypeError("the producer counts delivery reports itself: give DeliveryTrackingProducer on_delivered")
+        full_since: float | None = None
+        while True:
+            try:
+                super().produce(topic, value, key, partition=partition, timestamp=timestamp, headers=headers)
+                break
+            except BufferError:
+                now = time.monotonic()
+                full_since = now if full_since is None else full_since
+                if now - full_since > self._full_queue_timeout_s:
+                    raise ProducerQueueFull(
+                        f"the producer's local queue stayed full for {self._full_queue_timeout_s:.0f}s "
+                        f"({len(self)} records waiting for {topic}): the broker is not acknowledging them"
+                    ) from None
+                super().poll(QUEUE_FULL_POLL_S)
+        self._ledger.produced += 1
+        super().poll(0)
+
+    def wait_for_deliveries(self, timeout: float = -1) -> DeliveryReport:
+        """Wait up to `timeout` seconds for every queued record; report on those produced since the last report."""
+        remaining = super().flush(timeout)
+        return self._ledger.take(remaining)
+
+    def flush(self, timeout: float = -1) -> int:
+        """How many records produced since the previous flush were not acknowledged (failed, or still queued)."""
+        return self.wait_for_deliveries(timeout).not_acknowledged
+
+    # --- transactions: retriable errors are retried here, the rest go to the caller -----------------
+    def init_transactions(self, timeout: float = -1) -> None:
+        self._retry_while_retriable("init_transactions", super().init_transactions, timeout)
+
+    def send_offsets_to_transaction(
+        self, positions: list[TopicPartition], group_metadata: Any, timeout: float = -1
+    ) -> None:
+        def send(attempt_timeout: float) -> None:
+            super(DeliveryTrackingProducer, self).send_offsets_to_transaction(
+                positions, group_metadata, attempt_timeout
+            )
+
+        self._retry_while_retriable("send_offsets_to_transaction", send, timeout)
+
+    def commit_transaction(self, timeout: float = -1) -> None:
+        self._retry_while_retriable("commit_transaction", super().commit_transaction, timeout)
+
+    def abort_transaction(self, timeout: float = -1) -> None:
+        self._retry_while_retriable("abort_transaction", super().abort_transaction, timeout)
+
+    def _retry_while_retriable(self, name: str, call: Callable[[float], None], timeout: float) -> None:
+        """Call again while the error is retriable (librdkafka's documented recovery), up to the bound."""
+        started = time.monotonic()
+        attempt = 1
+        while True:
+            try:
+                call(timeout)
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if not error.retriable() or time.monotonic() - started > self._transaction_retry_s:
+                    raise
+                log.warning("transactional call failed; retrying it", call=name, attempt=attempt, error=str(error))
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+                attempt += 1
+
+
+def producer_config(connection: KafkaConnection, **overrides: Any) -> dict[str, Any]:
     defaults = {"linger.ms": 5, "compression.type": "lz4", "enable.idempotence": True}
-    return Producer(connection.config(**{**defaults, **overrides}))
+    return connection.config(**{**defaults, **overrides})
+
+
+def producer(connection: KafkaConnection, **overrides: Any) -> DeliveryTrackingProducer:
+    return DeliveryTrackingProducer(producer_config(connection, **overrides))
 
 
 def consumer(connection: KafkaConnection, group_id: str, **overrides: Any) -> Consumer:
@@ -47,12 +218,17 @@ def consumer(connection: KafkaConnection, group_id: str, **overrides: Any) -> Co
 
 
 def ensure_topics(
-    connection: KafkaConnection, names: Iterable[str], partitions: int, timeout_s: float = 30.0
+    connection: KafkaConnection,
+    names: Iterable[str],
+    partitions: int,
+    timeout_s: float = 30.0,
+    replication_factor: int = -1,
 ) -> list[str]:
-    """Create the topics that do not exist yet (replication 1 locally); return the ones created."""
+    """Create the topics that do not exist yet (replicas: the broker's default unless given); return the ones
+    created."""
     admin = admin_client(connection)
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    wanted = [NewTopic(name, num_partitions=partitions, replication_factor=-1) for name in names]
+    wanted = [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor) for name in names]
     missing = [topic for topic in wanted if topic.topic not in existing]
     if not missing:
         return []
@@ -107,26 +283,22 @@ def produce_all(
     on_progress: Callable[[int], None] = lambda done: None,
     report_every: int = 20_000,
 ) -> int:
-    """Produce every payload (keyed) and wait for all acknowledgements; return how many failed."""
-    failures = 0
-
-    def on_delivery(error: KafkaError | None, _message: Any) -> None:
-        nonlocal failures
-        if error is not None:
-            failures += 1
-
+    """Produce every payload (keyed) and wait for all acknowledgements; return how many were not acknowledged."""
     writer = producer(connection, **{"linger.ms": 20, "batch.size": 1_000_000, "queue.buffering.max.messages": 500_000})
     # confluent-kafka has no batch produce call; this loop is the client's own idiom for bulk writes.
     for index, (key, payload) in enumerate(zip(keys, payloads, strict=True), start=1):
-        while True:
-            try:
-                writer.produce(topic, value=payload, key=key, on_delivery=on_delivery)
-                break
-            except BufferError:
-                writer.poll(0.05)
+        writer.produce(topic, value=payload, key=key)
         if index % report_every == 0:
-            writer.poll(0)
             on_progress(report_every)
-    remaining = writer.flush(120)
+    not_acknowledged = writer.flush(120)
     on_progress(len(payloads) % report_every)
-    return failures + remaining
+    return not_acknowledged
+
+
+def next_offsets(messages: Iterable[Message]) -> list[TopicPartition]:
+    """The offsets to commit after `messages`: one past the highest consumed, per topic partition."""
+    highest: dict[tuple[str, int], int] = {}
+    for message in messages:
+        key = (message.topic() or "", int(message.partition() or 0))
+        highest[key] = max(highest.get(key, -1), int(message.offset() or 0))
+    return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in highest.items()]

@@ -51,6 +51,17 @@ RELOADS = Counter(
 TRANSACTIONS_ABORTED = Counter(
     "fleetwatch_kafka_transactions_aborted_total", "Kafka transactions aborted and retried.", ["stream"]
 )
+OUTPUTS_NOT_ACKNOWLEDGED = Counter(
+    "fleetwatch_outputs_not_acknowledged_total",
+    "Output records the broker refused or did not acknowledge in time, by error (their batch is read again).",
+    ["error"],
+)
+BATCHES_REREAD = Counter(
+    "fleetwatch_batches_reread_total",
+    "Batches consumed again because their outputs or offsets did not commit, by reason "
+    "(delivery_failed, commit_failed, transaction_aborted).",
+    ["stream", "reason"],
+)
 PROFILE_STORE_ERRORS = Counter(
     "fleetwatch_profile_store_errors_total",
     "Batches whose user profiles could not be read or written (scored with empty histories instead).",
@@ -65,8 +76,13 @@ CONSUMER_LAG = Gauge(
 # Trainer
 TRAINING_RUNS = Counter(
     "fleetwatch_training_runs_total",
-    "Training rounds, by result (published, refused_by_gate, failed).",
+    "Training rounds, by result (published, refused_by_gate, failed; crashed: an unexpected error, see the log).",
     ["stream", "result"],
+)
+TRAINING_REQUESTS_REJECTED = Counter(
+    "fleetwatch_training_requests_rejected_total",
+    "Requests on the trainer's Redis list that were dropped, by kind (not_json, wrong_shape, unknown_stream).",
+    ["kind"],
 )
 TRAINING_SECONDS = Histogram(
     "fleetwatch_training_duration_seconds",

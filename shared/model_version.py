@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 
 from shared.detectors import Detector
-from shared.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, FeatureScaler
+from shared.feature_scaler import FeatureScaler
 from shared.thresholds import DetectorThresholds, ThresholdMethod
 
 DetectorMode = Literal["alerting", "shadow"]
@@ -102,11 +102,7 @@ class DeployedVersion:
 
     @classmethod
     def assemble(cls, manifest: Manifest, bundle: ModelBundle) -> DeployedVersion:
-        if manifest.feature_spec_version != FEATURE_SPEC_VERSION or tuple(manifest.feature_names) != FEATURE_NAMES:
-            raise ValueError(
-                f"v{manifest.version} was trained on feature spec {manifest.feature_spec_version}; "
-                f"this build computes spec {FEATURE_SPEC_VERSION}"
-            )
+        """Detectors set to the manifest's active thresholds; the feature spec was checked before unpickling."""
         missing = [entry.name for entry in manifest.detectors if entry.name not in bundle.detectors]
         if missing:
             raise ValueError(f"v{manifest.version}'s artifact lacks detectors {missing}")
@@ -117,6 +113,10 @@ class DeployedVersion:
     @property
     def version(self) -> int:
         return self.manifest.version
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.manifest.feature_names
 
     @property
     def detector_names(self) -> list[str]:

@@ -15,7 +15,6 @@ import msgspec
 import numpy as np
 
 from shared.contracts import DecodeError
-from shared.features import FEATURE_NAMES
 from shared.model_version import DeployedVersion
 from shared.scoring import ScoredBatch
 
@@ -77,18 +76,32 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def scored_records(
-    version: DeployedVersion,
-    scored: ScoredBatch,
-    raw_features: np.ndarray,
-    payloads: list[bytes],
-    keys: list[bytes | None],
-    sources: list[Source],
-    stream: str,
-    alert_topic: str,
-    summary_topic: str,
-) -> list[OutputRecord]:
+@dataclass(frozen=True)
+class OutputTopics:
+    """Where one stream's outputs go."""
+
+    alerts: str
+    summary: str
+    deadletter: str
+
+
+@dataclass(frozen=True)
+class ScoredEvents:
+    """A scored batch with what its output records carry: the original payloads, keys and sources."""
+
+    version: DeployedVersion
+    scored: ScoredBatch
+    raw_features: np.ndarray
+    payloads: list[bytes]
+    keys: list[bytes | None]
+    sources: list[Source]
+
+
+def scored_records(batch: ScoredEvents, topics: OutputTopics) -> list[OutputRecord]:
     """One output per scored event: an alert report when any alerting detector fired, else a summary."""
+    version, scored, raw_features = batch.version, batch.scored, batch.raw_features
+    payloads, keys, sources, stream = batch.payloads, batch.keys, batch.sources, version.manifest.stream
+    feature_names = version.feature_names
     names = version.detector_names
     offsets = version.offsets.tolist()
     modes = [entry.mode for entry in version.manifest.detectors]
@@ -112,7 +125,7 @@ def scored_records(
                         for n, s, t, f, m in zip(names, scores[row], offsets, flags, modes, strict=True)
                     ],
                     standout_features=[
-                        StandoutFeature(FEATURE_NAMES[j], float(raw_features[row, j]), float(z))
+                        StandoutFeature(feature_names[j], float(raw_features[row, j]), float(z))
                         for j, z in zip(scored.top_features[row].tolist(), scored.top_z[row].tolist(), strict=True)
                     ],
                     source=sources[row],
@@ -120,7 +133,7 @@ def scored_records(
                     event=msgspec.Raw(payloads[row]),
                 )
             )
-            records.append(OutputRecord(alert_topic, keys[row], value))
+            records.append(OutputRecord(topics.alerts, keys[row], value))
         else:
             value = _ENCODER.encode(
                 SummaryRecord(
@@ -132,7 +145,7 @@ def scored_records(
                     event=msgspec.Raw(payloads[row]),
                 )
             )
-            records.append(OutputRecord(summary_topic, keys[row], value))
+            records.append(OutputRecord(topics.summary, keys[row], value))
     return records
 
 

@@ -21,6 +21,7 @@ from shared.config import FleetwatchSettings
 from shared.errors import FleetwatchError
 from shared.model_version import ArtifactRef, DeployedVersion, Manifest, ModelBundle
 from shared.signing import content_hash, sign, signature_matches, signing_key
+from shared.streams.catalog import CATALOG
 from shared.thresholds import ThresholdMethod
 
 
@@ -177,8 +178,11 @@ class ModelRegistry:
         return [self.manifest(stream, version) for version in self.version_numbers(stream)]
 
     def load(self, stream: str, version: int) -> DeployedVersion:
-        """Verify the manifest and the artifact's hash and signature, then unpickle and assemble."""
+        """Verify the manifest (signature, stream, feature spec) and the artifact's hash and signature, then
+        unpickle and assemble. Anything that goes wrong, unpickling included, is a refusal with its reason."""
         manifest = self.manifest(stream, version)
+        if problem := _manifest_problem(stream, manifest):
+            raise VersionRefused(f"{stream} v{version}: {problem}; retrain with `fleetwatch train --stream {stream}`")
         try:
             payload = self._store.get(stream, manifest.artifact.version)
         except ArtifactMissing as exc:
@@ -189,12 +193,24 @@ class ModelRegistry:
             raise VersionRefused(f"{stream} v{version}: the artifact's signature does not match (another key?)")
         try:
             return DeployedVersion.assemble(manifest, ModelBundle.from_verified_bytes(payload))
-        except (ValueError, TypeError) as exc:
-            raise VersionRefused(f"{stream} v{version}: {exc}") from exc
+        except Exception as exc:  # a signed artifact from another build: any unpickling error is a refusal
+            raise VersionRefused(
+                f"{stream} v{version}: its artifact does not load in this build ({type(exc).__name__}: {exc}); "
+                f"retrain with `fleetwatch train --stream {stream}`"
+            ) from exc
 
     def load_deployed(self, stream: str) -> DeployedVersion | None:
         version = self.deployed_version(stream)
         return None if version is None else self.load(stream, version)
+
+
+def _manifest_problem(stream: str, manifest: Manifest) -> str | None:
+    """Why this build cannot serve the manifest's version for `stream`, read before anything is unpickled."""
+    if manifest.stream != stream:
+        return f"the manifest is for stream {manifest.stream!r}"
+    if stream not in CATALOG:
+        return f"this build has no stream {stream!r} (known: {', '.join(sorted(CATALOG))})"
+    return CATALOG[stream].feature_spec.mismatch(manifest.feature_spec_version, manifest.feature_names)
 
 
 def draft_manifest(stream: str, parent: int | None, **fields: Any) -> Manifest:

@@ -25,7 +25,7 @@ class ScoredBatch:
     flags: np.ndarray  # (n, k) score < active threshold
     alert: np.ndarray  # (n,) any alerting detector flagged
     severity_score: np.ndarray  # (n,) share of alerting detectors that flagged
-    top_features: np.ndarray  # (n, top) indices into FEATURE_NAMES, by |z| descending
+    top_features: np.ndarray  # (n, top) indices into the version's feature names, by |z| descending
     top_z: np.ndarray  # (n, top) the z values of those features
 
     def severity(self) -> np.ndarray:
@@ -33,7 +33,8 @@ class ScoredBatch:
         return np.asarray(SEVERITY_LEVELS, dtype=object)[np.digitize(self.severity_score, [1 / 3 + 1e-9, 2 / 3 - 1e-9])]
 
 
-def score_batch(version: DeployedVersion, raw_features: np.ndarray, stream: str, top: int = 3) -> ScoredBatch:
+def score_batch(version: DeployedVersion, raw_features: np.ndarray, top: int = 3) -> ScoredBatch:
+    stream = version.manifest.stream
     scaled = version.bundle.scaler.transform(raw_features)
     names = version.detector_names
     columns = []

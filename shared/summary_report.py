@@ -19,22 +19,26 @@ import msgspec
 import pyarrow.parquet as pq
 
 from shared.kafka_client import KafkaConnection, read_all
+from shared.streams.catalog import stream_named
 from shared.windows import ScoredItem, WindowSpec, close_windows, fold_items
 
 
 def reports_from_scored_parquet(path: Path, spec: WindowSpec) -> list[dict[str, Any]]:
     """Every window of a scored Parquet, closed at the end of the file (no lateness: the file is complete)."""
     table = pq.read_table(path).to_pylist()
-    score_columns = [c for c in (table[0] if table else {}) if c.startswith("score_")]
+    if not table:
+        return []
+    stream = table[0]["stream"]
+    fields = stream_named(stream).windows
+    score_columns = [c for c in table[0] if c.startswith("score_")]
     items = [
         ScoredItem(
-            stream="transactions",
+            stream=stream,
             is_alert=bool(row["is_alert"]),
             event_time_s=row["timestamp"].timestamp(),
-            user=row["user_id"],
-            segment=row["segment"],
-            transaction_type=row["transaction_type"],
-            amount=float(row["amount"]),
+            entity=str(row[fields.entity]),
+            dimensions={name: str(row[name]) for name in fields.dimensions},
+            measure=float(row[fields.measure]) if fields.measure else 0.0,
             scores={c.removeprefix("score_"): float(row[c]) for c in score_columns},
             fired=tuple(row["fired"] or ()),
             severity=row["severity"],
@@ -43,7 +47,7 @@ def reports_from_scored_parquet(path: Path, spec: WindowSpec) -> list[dict[str, 
     ]
     state: dict[str, Any] = {}
     fold_items(spec, state, items)
-    return close_windows(spec, state, "transactions", up_to_s=float("inf")).reports
+    return close_windows(spec, state, stream, up_to_s=float("inf")).reports
 
 
 def reports_from_topic(connection: KafkaConnection, topic: str) -> list[dict[str, Any]]:
@@ -88,14 +92,13 @@ def write_report(records: list[dict[str, Any]], out_dir: Path, window_s: int | N
         rates = [by_window[s][0] / by_window[s][1] if by_window[s][1] else 0.0 for s in starts]
         detectors: Counter[str] = Counter()
         hours: Counter[str] = Counter()
-        types: Counter[str] = Counter()
-        segments: Counter[str] = Counter()
+        by_dimension: dict[str, Counter[str]] = {}
         entities: Counter[str] = Counter()
         for r in rows:
             detectors.update(r["alerts"]["by_detector"])
             hours[f"{datetime.fromisoformat(r['window_start']).hour:02d}"] += r["alerts"]["count"]
-            types[r["transaction_type"]] += r["alerts"]["count"]
-            segments[r["segment"]] += r["alerts"]["count"]
+            for name, value in r["dimensions"].items():
+                by_dimension.setdefault(name, Counter())[value] += r["alerts"]["count"]
             entities.update(dict((name, count) for name, count in r["alerts"]["top_entities"]))
         charts = [
             _chart(out_dir / f"{stream}-anomaly-rate.png", f"{stream}: anomaly rate per window",
@@ -104,8 +107,8 @@ def write_report(records: list[dict[str, Any]], out_dir: Path, window_s: int | N
                    list(detectors), list(detectors.values())),
             _chart(out_dir / f"{stream}-by-hour.png", "alerts by hour of day",
                    sorted(hours), [hours[h] for h in sorted(hours)]),
-            _chart(out_dir / f"{stream}-by-type.png", "alerts by transaction type", list(types), list(types.values())),
-            _chart(out_dir / f"{stream}-by-segment.png", "alerts by segment", list(segments), list(segments.values())),
+            *(_chart(out_dir / f"{stream}-by-{name}.png", f"alerts by {name.replace('_', ' ')}",
+                     list(counts), list(counts.values())) for name, counts in sorted(by_dimension.items())),
             _chart(out_dir / f"{stream}-top-entities.png", f"top {top_n} entities by alerts",
                    [n for n, _ in entities.most_common(top_n)], [c for _, c in entities.most_common(top_n)]),
         ]  # fmt: skip

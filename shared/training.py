@@ -21,11 +21,11 @@ from shared.config import StreamSettings
 from shared.detectors import Detector, build_detector
 from shared.errors import FleetwatchError
 from shared.evaluation import FleetEvaluation, evaluate_fleet
-from shared.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, FeatureScaler, TransactionColumns, advance_profiles
+from shared.feature_scaler import FeatureScaler
 from shared.model_version import DeployedVersion, DetectorEntry, Manifest, ModelBundle, TrainingInfo, score_matrix
+from shared.pipeline import EventColumns, Stream
 from shared.registry import draft_manifest
 from shared.thresholds import DetectorThresholds, ThresholdConfig, compute_thresholds
-from shared.user_profiles import Profiles
 
 TRAIN_SHARE, CALIBRATION_SHARE = 0.70, 0.15
 """With labels: 70 % train, 15 % calibrate, 15 % evaluate. Without: 80 % train, 20 % calibrate."""
@@ -37,9 +37,9 @@ class TrainingError(FleetwatchError):
 
 @dataclass(frozen=True)
 class TrainingData:
-    """Time-ordered events as columns, with ground truth when a labelled set is available."""
+    """Time-ordered events of one stream as columns, with ground truth when a labelled set is available."""
 
-    columns: TransactionColumns
+    columns: EventColumns
     is_anomaly: np.ndarray | None
     source: str
 
@@ -144,10 +144,12 @@ def _below_floor(evaluation: FleetEvaluation, settings: StreamSettings) -> set[s
     }
 
 
-def train_round(data: TrainingData, settings: StreamSettings, stream: str, parent: int | None) -> TrainingResult:
+def train_round(
+    data: TrainingData, settings: StreamSettings, stream: Stream[Any, Any], parent: int | None
+) -> TrainingResult:
     """Train every configured detector on `data` and return the bundle and its draft manifest."""
     started = time.perf_counter()
-    raw, _ = advance_profiles(Profiles.empty(), data.columns)
+    raw, _ = stream.advance(stream.empty_states(), data.columns)
     labelled = data.is_anomaly is not None
     split = time_ordered_split(len(raw), labelled)
     train_rows, calibration_rows = split.train, split.calibration
@@ -191,12 +193,12 @@ def train_round(data: TrainingData, settings: StreamSettings, stream: str, paren
         )
         for c in settings.detectors
     ]
-    timestamps = data.columns.timestamp_s
+    timestamps = data.columns.event_time_s
     draft = draft_manifest(
-        stream,
+        stream.name,
         parent,
-        feature_spec_version=FEATURE_SPEC_VERSION,
-        feature_names=list(FEATURE_NAMES),
+        feature_spec_version=stream.feature_spec.version,
+        feature_names=list(stream.feature_spec.names),
         detectors=entries,
         training=TrainingInfo(
             source=data.source,

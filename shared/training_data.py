@@ -1,8 +1,8 @@
 """Training data for a round (seed 000: a time range and a sample rate), from files or a Kafka topic:
-the raw input topic, or a summary topic of the records the workers judged normal.
+the raw input topic, or a summary topic of the records the workers judged normal. Any stream.
 
-Sampling keeps or drops whole users (by a hash of the user id), never single events: a sampled
-user's history stays complete, so the behaviour features mean in training what they mean online.
+Sampling keeps or drops whole entities (by a hash of the entity key), never single events: a sampled
+entity's history stays complete, so the behaviour features mean in training what they mean online.
 """
 
 from __future__ import annotations
@@ -11,57 +11,69 @@ import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
 from confluent_kafka import TopicPartition
 
-from shared.contracts import Transaction, decode_transactions
 from shared.event_files import read_labels, read_payloads
-from shared.features import TransactionColumns
 from shared.kafka_client import KafkaConnection, consumer, topic_partitions
 from shared.output_records import decode_output
+from shared.pipeline import Stream
 from shared.training import TrainingData, TrainingError
 
 
-def _user_kept(user_id: str, sample_rate: float) -> bool:
+def _entities_kept(entities: np.ndarray, sample_rate: float) -> np.ndarray:
+    """Which events belong to a sampled entity; each distinct entity is hashed once."""
     if sample_rate >= 1.0:
-        return True
-    digest = hashlib.blake2b(user_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < sample_rate
+        return np.ones(len(entities), dtype=bool)
+    distinct, inverse = np.unique(entities, return_inverse=True)
+    kept = np.array(
+        [
+            int.from_bytes(hashlib.blake2b(str(key).encode(), digest_size=8).digest(), "big") / 2**64 < sample_rate
+            for key in distinct.tolist()
+        ],
+        dtype=bool,
+    )
+    return kept[inverse.reshape(-1)]
 
 
-def training_data_from_events(
-    events: Sequence[Transaction],
+def training_data_from_payloads(
+    stream: Stream[Any, Any],
+    payloads: Sequence[bytes | None],
     source: str,
     sample_rate: float,
     max_rows: int,
     labels: dict[str, tuple[bool, str]] | None = None,
 ) -> TrainingData:
-    """Sample by user, order by time, keep the latest `max_rows`, attach labels where known."""
-    kept = [event for event in events if _user_kept(event.user_id, sample_rate)]
-    kept.sort(key=lambda event: event.timestamp)
-    kept = kept[-max_rows:]
-    if not kept:
+    """Decode, sample by entity, order by time, keep the latest `max_rows`, attach labels where known."""
+    columns = stream.columns(stream.decode(payloads).events)
+    kept = np.flatnonzero(_entities_kept(columns.entity, sample_rate))
+    kept = kept[np.argsort(columns.event_time_s[kept], kind="stable")][-max_rows:]
+    if not len(kept):
         raise TrainingError(f"no events to train on from {source}")
+    columns = columns.take(kept)
     is_anomaly = None
     if labels is not None:
-        missing = sum(1 for event in kept if event.event_id not in labels)
+        missing = sum(1 for event_id in columns.event_id.tolist() if event_id not in labels)
         if missing:
-            raise TrainingError(f"{missing} of {len(kept)} events have no label in the labelled set")
-        is_anomaly = np.array([labels[event.event_id][0] for event in kept])
-    return TrainingData(TransactionColumns.from_events(kept), is_anomaly, source)
+            raise TrainingError(f"{missing} of {len(columns)} events have no label in the labelled set")
+        is_anomaly = np.array([labels[event_id][0] for event_id in columns.event_id.tolist()])
+    return TrainingData(columns, is_anomaly, source)
 
 
-def from_files(paths: Sequence[Path], labels_path: Path | None, sample_rate: float, max_rows: int) -> TrainingData:
+def from_files(
+    stream: Stream[Any, Any], paths: Sequence[Path], labels_path: Path | None, sample_rate: float, max_rows: int
+) -> TrainingData:
     payloads = [payload for path in paths for payload in read_payloads(path)]
-    batch = decode_transactions(payloads)
     labels = read_labels(labels_path) if labels_path else None
     source = ", ".join(str(path) for path in paths)
-    return training_data_from_events(batch.events, f"file:{source}", sample_rate, max_rows, labels)
+    return training_data_from_payloads(stream, payloads, f"file:{source}", sample_rate, max_rows, labels)
 
 
 def from_topic(
+    stream: Stream[Any, Any],
     connection: KafkaConnection,
     topic: str,
     window_hours: float | None,
@@ -100,9 +112,9 @@ def from_topic(
         reader.close()
     if pending:
         raise TrainingError(f"reading {topic} did not reach its end within {timeout_s:.0f}s")
-    batch = decode_transactions([unwrap_scored_event(payload) for payload in payloads])
     labels = read_labels(labels_path) if labels_path else None
-    return training_data_from_events(batch.events, f"kafka:{topic}", sample_rate, max_rows, labels)
+    unwrapped = [unwrap_scored_event(payload) for payload in payloads]
+    return training_data_from_payloads(stream, unwrapped, f"kafka:{topic}", sample_rate, max_rows, labels)
 
 
 def unwrap_scored_event(payload: bytes) -> bytes:

@@ -9,12 +9,14 @@ Aggregation is in two steps: `partials_of` folds a batch of items into one parti
 (window, key) and per stream window, leaving out items a window already holds (replays), and
 `merge_partials` adds the partials into the open windows, or counts them late. A window's state
 therefore changes once per batch, not once per event.
-Distinct users are a HyperLogLog sketch (p = 12: about 1.6 % standard error, exact-ish below a few
+Windows are keyed by the stream's summary dimensions (`shared.pipeline.WindowDimensions`: for
+transactions, segment and transaction type), so nothing here knows a stream's fields.
+Distinct entities are a HyperLogLog sketch (p = 12: about 1.6 % standard error, exact-ish below a few
 hundred users), so a window's state stays a few kilobytes whatever the traffic.
 
 >>> spec = WindowSpec(sizes_s=(60,), lateness_s=0)
 >>> state: dict = {}
->>> item = ScoredItem("transactions", False, 30.0, "u1", "tight-passive", "purchase", 10.0, {"iforest": 0.2})
+>>> item = ScoredItem("transactions", False, 30.0, "u1", {"segment": "tight-passive"}, 10.0, {"iforest": 0.2})
 >>> fold_items(spec, state, [item]).escalations
 []
 >>> [r["normal"]["count"] for r in close_windows(spec, state, "transactions", 60.0).reports]
@@ -33,6 +35,7 @@ import numpy as np
 from datasketch import HyperLogLogPlusPlus
 
 from shared.output_records import AlertRecord, decode_output
+from shared.streams.catalog import CATALOG
 
 DEFAULT_SCORE_BIN_EDGES: tuple[float, ...] = (-10.0, -5.0, -2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 """Fixed histogram edges on `score_samples` (higher = more normal); two more bins catch under- and overflow."""
@@ -62,15 +65,15 @@ class WindowSpec:
 
 @dataclass(frozen=True)
 class ScoredItem:
-    """The part of an alert or summary record the windows need; `event_time_s` is the event's own time."""
+    """The part of an alert or summary record the windows need; `event_time_s` is the event's own time,
+    `dimensions` the values of the stream's summary dimensions, `measure` its summed field (0 if none)."""
 
     stream: str
     is_alert: bool
     event_time_s: float
-    user: str
-    segment: str
-    transaction_type: str
-    amount: float
+    entity: str
+    dimensions: dict[str, str]
+    measure: float
     scores: dict[str, float]
     fired: tuple[str, ...] = ()
     severity: str = ""
@@ -98,8 +101,9 @@ def window_start(event_time_s: float, size_s: int) -> int:
     return int(event_time_s // size_s) * size_s
 
 
-def key_id(size_s: int, start: int, stream: str, segment: str, transaction_type: str) -> str:
-    return f"key|{size_s}|{start}|{stream}|{segment}|{transaction_type}"
+def key_id(size_s: int, start: int, stream: str, dimensions: dict[str, str]) -> str:
+    values = "|".join(f"{name}={value.replace('|', '/')}" for name, value in sorted(dimensions.items()))
+    return f"key|{size_s}|{start}|{stream}|{values}"
 
 
 def stream_id(size_s: int, start: int, stream: str) -> str:
@@ -153,12 +157,12 @@ def distinct_users(sketch: bytes) -> int:
     return round(HyperLogLogPlusPlus(reg=registers).count()) if registers.any() else 0
 
 
-def _empty_key(size_s: int, start: int, stream: str, segment: str, transaction_type: str) -> dict[str, Any]:
+def _empty_key(size_s: int, start: int, stream: str, dimensions: dict[str, str]) -> dict[str, Any]:
     return {
-        "kind": "key", "stream": stream, "segment": segment, "transaction_type": transaction_type,
+        "kind": "key", "stream": stream, "dimensions": dict(dimensions),
         "window_s": size_s, "start": start, "applied": {},
-        # users: a window's dense HyperLogLog registers; a partial's sparse ones (`_users_sketch`).
-        "normal": {"count": 0, "amount_sum": 0.0, "users": b"", "histograms": {}},
+        # users: a window's dense HyperLogLog registers of entities; a partial's sparse ones (`_users_sketch`).
+        "normal": {"count": 0, "measure_sum": 0.0, "users": b"", "histograms": {}},
         "alerts": {"count": 0, "by_detector": {}, "severity": {}, "entities": {}},
     }  # fmt: skip
 
@@ -201,13 +205,13 @@ def partials_of(
         newest["at"] = max(newest["at"], item.event_time_s)
         for size_s in spec.sizes_s:
             start = window_start(item.event_time_s, size_s)
-            kid = key_id(size_s, start, item.stream, item.segment, item.transaction_type)
+            kid = key_id(size_s, start, item.stream, item.dimensions)
             if is_new(kid, item):
                 if kid not in partials:
-                    partials[kid] = _empty_key(size_s, start, item.stream, item.segment, item.transaction_type)
+                    partials[kid] = _empty_key(size_s, start, item.stream, item.dimensions)
                 _add_to_key(spec, partials[kid], item)
                 if not item.is_alert:
-                    users.setdefault(kid, set()).add(item.user)
+                    users.setdefault(kid, set()).add(item.entity)
             sid = stream_id(size_s, start, item.stream)
             if size_s == spec.rate_size_s and is_new(sid, item):
                 if sid not in partials:
@@ -225,11 +229,11 @@ def _add_to_key(spec: WindowSpec, key: dict[str, Any], item: ScoredItem) -> None
         alerts["count"] += 1
         _add_counts(alerts["by_detector"], dict.fromkeys(item.fired, 1))
         _add_counts(alerts["severity"], {item.severity: 1})
-        _add_counts(alerts["entities"], {item.user: 1})
+        _add_counts(alerts["entities"], {item.entity: 1})
         return
     normal = key["normal"]
     normal["count"] += 1
-    normal["amount_sum"] += item.amount
+    normal["measure_sum"] += item.measure
     for name, score in item.scores.items():
         histogram = normal["histograms"].setdefault(name, [0] * (len(spec.score_bin_edges) + 1))
         histogram[int(np.searchsorted(spec.score_bin_edges, score, side="right"))] += 1
@@ -241,7 +245,7 @@ def _add_to_stream(window: dict[str, Any], item: ScoredItem) -> None:
     if item.is_alert:
         window["alerts"] += 1
         _add_counts(window["by_detector"], dict.fromkeys(item.fired, 1))
-        _add_counts(window["entities"], {item.user: 1})
+        _add_counts(window["entities"], {item.entity: 1})
 
 
 def _merge_applied(into: dict[str, Any], partial: dict[str, Any]) -> None:
@@ -253,7 +257,7 @@ def _merge_key(into: dict[str, Any], partial: dict[str, Any]) -> None:
     _merge_applied(into, partial)
     normal, more = into["normal"], partial["normal"]
     normal["count"] += more["count"]
-    normal["amount_sum"] += more["amount_sum"]
+    normal["measure_sum"] += more["measure_sum"]
     if more["users"]:
         normal["users"] = _merge_sketches(normal["users"], more["users"])
     for name, histogram in more["histograms"].items():
@@ -266,20 +270,20 @@ def _merge_key(into: dict[str, Any], partial: dict[str, Any]) -> None:
 
 
 def _merge_stream(spec: WindowSpec, into: dict[str, Any], partial: dict[str, Any]) -> list[dict[str, Any]]:
-    """Add a stream partial; return an escalation for each user this takes past the per-window limit."""
+    """Add a stream partial; return an escalation for each entity this takes past the per-window limit."""
     for name in ("scored", "alerts"):
         into[name] += partial[name]
     _merge_applied(into, partial)
     _add_counts(into["by_detector"], partial["by_detector"])
     _add_counts(into["entities"], partial["entities"])
     escalations = []
-    for user in sorted(partial["entities"]):
-        count = into["entities"][user]
-        if count > spec.entity_max_alerts and user not in into["escalated"]:
-            into["escalated"].append(user)
+    for entity in sorted(partial["entities"]):
+        count = into["entities"][entity]
+        if count > spec.entity_max_alerts and entity not in into["escalated"]:
+            into["escalated"].append(entity)
             start, size = into["start"], into["window_s"]
             escalations.append(
-                {"type": "entity_escalation", "stream": into["stream"], "user_id": user, "window_s": size,
+                {"type": "entity_escalation", "stream": into["stream"], "entity": entity, "window_s": size,
                  "window_start": iso(start), "window_end": iso(start + size), "alerts": count,
                  "limit": spec.entity_max_alerts, "raised_at": datetime.now(UTC).isoformat()}
             )  # fmt: skip
@@ -305,7 +309,7 @@ def merge_partials(
         if pid not in state:
             size_s, start = partial["window_s"], partial["start"]
             state[pid] = (
-                _empty_key(size_s, start, stream, partial["segment"], partial["transaction_type"])
+                _empty_key(size_s, start, stream, partial["dimensions"])
                 if partial["kind"] == "key"
                 else _empty_stream(size_s, start, stream)
             )
@@ -330,14 +334,13 @@ def _top(counts: dict[str, int], n: int = TOP_ENTITIES) -> list[list[Any]]:
 
 
 def key_report(spec: WindowSpec, state: dict[str, Any]) -> dict[str, Any]:
-    """The `reports.summary` record of one closed (window, stream, segment, transaction type)."""
+    """The `reports.summary` record of one closed (window, stream, dimension values)."""
     normal, alerts = state["normal"], state["alerts"]
     scored = normal["count"] + alerts["count"]
     return {
         "type": "window_summary",
         "stream": state["stream"],
-        "segment": state["segment"],
-        "transaction_type": state["transaction_type"],
+        "dimensions": state["dimensions"],
         "window_s": state["window_s"],
         "window_start": iso(state["start"]),
         "window_end": iso(state["start"] + state["window_s"]),
@@ -345,9 +348,9 @@ def key_report(spec: WindowSpec, state: dict[str, Any]) -> dict[str, Any]:
         "anomaly_rate": alerts["count"] / scored if scored else 0.0,
         "normal": {
             "count": normal["count"],
-            "amount_sum": normal["amount_sum"],
-            "amount_mean": normal["amount_sum"] / normal["count"] if normal["count"] else 0.0,
-            "distinct_users": distinct_users(normal["users"]),
+            "measure_sum": normal["measure_sum"],
+            "measure_mean": normal["measure_sum"] / normal["count"] if normal["count"] else 0.0,
+            "distinct_entities": distinct_users(normal["users"]),
             "score_bin_edges": list(spec.score_bin_edges),
             "score_histograms": normal["histograms"],
         },
@@ -402,41 +405,29 @@ def close_windows(
                 closed.rate_alerts.append(verdict)
             rate = window["alerts"] / window["scored"] if window["scored"] else 0.0
             state[baseline_id(stream)] = ([*baseline, rate])[-spec.rate_baseline_windows :]
-    closed.reports.sort(key=lambda r: (r["window_start"], r["window_s"], r["segment"], r["transaction_type"]))
+    closed.reports.sort(key=lambda r: (r["window_start"], r["window_s"], sorted(r["dimensions"].items())))
     return closed
 
 
-class _EventFields(msgspec.Struct, forbid_unknown_fields=False):
-    """What the windows read of the embedded event; log lines have a session instead of a user."""
-
-    timestamp: datetime
-    user_id: str = ""
-    session_id: str = ""
-    segment: str = "-"
-    transaction_type: str = "-"
-    amount: float = 0.0
-
-
-_EVENT_DECODER = msgspec.json.Decoder(_EventFields)
-
-
 def scored_item(value: bytes, source: str = "", offset: int = -1) -> ScoredItem | None:
-    """An alert or summary record as a window item; None for anything else (rate alerts, foreign records)."""
+    """An alert or summary record as a window item; None for anything else (rate alerts, foreign records,
+    records of a stream this build does not know)."""
     try:
         record = decode_output(value)
-        event = _EVENT_DECODER.decode(record.event)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+        event = msgspec.json.decode(record.event)
+        fields = CATALOG[record.stream].windows
+        event_time_s = datetime.fromisoformat(event[fields.time]).timestamp()
+        common: dict[str, Any] = {
+            "stream": record.stream,
+            "event_time_s": event_time_s,
+            "entity": str(event.get(fields.entity, "")),
+            "dimensions": {name: str(event.get(name, "-")) for name in fields.dimensions},
+            "measure": float(event.get(fields.measure, 0.0)) if fields.measure else 0.0,
+            "source": source,
+            "offset": offset,
+        }
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError, TypeError, ValueError, AttributeError):
         return None
-    common: dict[str, Any] = {
-        "stream": record.stream,
-        "event_time_s": event.timestamp.timestamp(),
-        "user": event.user_id or event.session_id,
-        "segment": event.segment,
-        "transaction_type": event.transaction_type,
-        "amount": event.amount,
-        "source": source,
-        "offset": offset,
-    }
     if isinstance(record, AlertRecord):
         scores = {d.name: d.score for d in record.detectors}
         return ScoredItem(is_alert=True, scores=scores, fired=tuple(record.fired), severity=record.severity, **common)

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, settings
 
 from shared.kafka_client import KafkaConnection, ensure_topics
 from shared.local_infra.kafka_broker import KafkaBroker
-from shared.local_infra.processes import free_port, interrupt_on_sigterm
-from shared.local_infra.readiness import prove_kafka_round_trip
+from shared.local_infra.processes import interrupt_on_sigterm
 from shared.local_infra.redis_server import RedisServer
+from tests.servers import running_broker, running_redis
 
 INTEGRATION_FIXTURES = {"kafka_broker", "redis_server"}
 
@@ -36,23 +36,14 @@ interrupt_on_sigterm()
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), free_port(), free_port(), heap_mb=512)
-    try:
-        broker.start()
-        prove_kafka_round_trip(KafkaConnection(broker.bootstrap))
+    with running_broker(tmp_path_factory.mktemp("kafka")) as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port(), persistent=False)
-    try:
-        server.start()
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from shared.config import DetectorConfig, StreamSettings
-from shared.synthetic import GeneratorSpec, generate_transactions
+from shared.streams.transactions.stream import TRANSACTIONS
+from shared.streams.transactions.synthetic import GeneratorSpec, generate_transactions
 from shared.training import TrainingData, TrainingResult, train_round
 
 SMALL_DETECTORS = [
@@ -18,6 +19,4 @@ def train_small(
     """A version trained on generated data; the loose budget makes sure some events alert."""
     data = generate_transactions(GeneratorSpec(users=events // 10, events=events, anomaly_rate=0.03, seed=seed))
     settings = StreamSettings(detectors=detectors, fleet_fpr_budget=0.02, shadow_floor_auc=0.0)
-    return train_round(
-        TrainingData(data.transaction_columns(), data.is_anomaly, "test"), settings, "transactions", None
-    )
+    return train_round(TrainingData(data.transaction_columns(), data.is_anomaly, "test"), settings, TRANSACTIONS, None)

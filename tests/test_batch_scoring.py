@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from shared.event_files import write_transactions
 from shared.model_version import DeployedVersion
-from shared.synthetic import GeneratorSpec, generate_transactions
+from shared.streams.transactions.files import write_transactions
+from shared.streams.transactions.synthetic import GeneratorSpec, generate_transactions
 from tests.small_models import train_small
 from workers.batch_scoring import score_file
 

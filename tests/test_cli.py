@@ -113,3 +113,14 @@ def test_dev_up_refuses_a_taken_port(tmp_path: Path, redis_server: RedisServer) 
     result = run("dev", "up", env=env, cwd=tmp_path)
     assert result.returncode == 1
     assert f"port {redis_server.port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_without_its_extra_says_what_to_install_in_one_line(tmp_path: Path) -> None:
+    # None in sys.modules is how Python marks a module as not importable: psutil is "not installed".
+    (tmp_path / "sitecustomize.py").write_text("import sys\n\nsys.modules['psutil'] = None\n")
+    python_path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    result = run("bench", "--quick", env={"PYTHONPATH": python_path}, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "psutil not installed" in lines[0], result.stderr
+    assert ".[bench]" in lines[0] and "bench/peers-requirements.txt" in lines[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from shared.config import load_settings
 
@@ -22,7 +23,14 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_defaults_point_at_the_local_dev_stack(isolated: Path) -> None:
     settings = load_settings()
     assert settings.kafka_bootstrap == "127.0.0.1:19092"
-    assert settings.topics.transactions == "events.transactions" and settings.topics.deadletter == "deadletter"
+    assert settings.streams["transactions"].input_topic == "events.transactions"
+    assert settings.topics.deadletter == "deadletter"
+    assert [d.name for d in settings.streams["transactions"].detectors] == [
+        "iforest",
+        "ocsvm",
+        "autoencoder",
+        "robust_z",
+    ]
 
 
 def test_each_source_overrides_the_ones_below_it(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,7 +45,14 @@ def test_each_source_overrides_the_ones_below_it(isolated: Path, monkeypatch: py
     )
     settings = load_settings()
     assert settings.kafka_bootstrap == "file:2222" and settings.redis_url == "redis://127.0.0.1:1112/0"
-    assert settings.topics.alerts == "fraud.alerts" and settings.topics.transactions == "events.transactions"
+    assert (
+        settings.topics.alerts == "fraud.alerts"
+        and settings.streams["transactions"].input_topic == "events.transactions"
+    )
+
+    monkeypatch.setenv("FLEETWATCH_STREAMS__TRANSACTIONS__SUMMARY_TOPIC", "normal.tx")
+    stream = load_settings().streams["transactions"]
+    assert stream.summary_topic == "normal.tx" and stream.input_topic == "events.transactions" and stream.detectors
 
     monkeypatch.setenv("FLEETWATCH_KAFKA_BOOTSTRAP", "env:3333")
     monkeypatch.setenv("FLEETWATCH_TOPICS__DEADLETTER", "dlq")
@@ -52,3 +67,9 @@ def test_librdkafka_properties_pass_through_unchanged(isolated: Path, monkeypatc
     config = load_settings().kafka_connection().config(**{"group.id": "g"})
     assert config["security.protocol"] == "SSL" and config["ssl.ca.location"] == "/ca.pem"
     assert config["group.id"] == "g" and config["bootstrap.servers"] == "127.0.0.1:19092"
+
+
+def test_an_unknown_stream_is_refused_with_the_known_ones(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWATCH_WORKER__STREAMS", '["weather"]')
+    with pytest.raises(ValidationError, match="unknown stream 'weather'; known streams: transactions"):
+        load_settings()

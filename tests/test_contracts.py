@@ -12,10 +12,10 @@ from shared.contracts import (
     DecodeErrorKind,
     LogLine,
     decode_log_lines,
-    decode_transactions,
     encode_event,
     encode_events,
 )
+from shared.streams.transactions.contract import decode_transactions
 
 VALID_TRANSACTION = {
     "event_id": "tx-1",

@@ -7,15 +7,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.features import (
+from shared.entity_state import EntityStates
+from shared.feature_scaler import FeatureScaler
+from shared.streams.transactions.features import (
     FEATURE_NAMES,
     NO_HISTORY_GAP_S,
-    FeatureScaler,
     TransactionColumns,
     advance_profiles,
 )
-from shared.synthetic import AnomalyKind, GeneratorSpec, generate_transactions
-from shared.user_profiles import Profiles, ip_hashes
+from shared.streams.transactions.profiles import PROFILE_LAYOUT, empty_profiles, ip_hashes
+from shared.streams.transactions.synthetic import AnomalyKind, GeneratorSpec, generate_transactions
 
 
 def columns_of(data) -> TransactionColumns:  # type: ignore[no-untyped-def]
@@ -32,7 +33,7 @@ def data():  # type: ignore[no-untyped-def]
 
 
 def run_in_batches(cols: TransactionColumns, sizes: list[int]) -> np.ndarray:
-    profiles = Profiles.empty()
+    profiles = empty_profiles()
     rows, start = [], 0
     for size in sizes:
         part = TransactionColumns(
@@ -40,10 +41,10 @@ def run_in_batches(cols: TransactionColumns, sizes: list[int]) -> np.ndarray:
         )
         features, after = advance_profiles(profiles, part)
         # Profiles go through the same bytes the Redis store keeps.
-        stored = Profiles.from_blobs(after.users.tolist(), after.blobs())
-        kept = ~np.isin(profiles.users, stored.users)  # users not in this batch keep their profile
-        users = np.concatenate([profiles.users[kept], stored.users])
-        profiles = Profiles.of(users, np.concatenate([profiles.records[kept], stored.records]))
+        stored = EntityStates.from_blobs(PROFILE_LAYOUT, after.keys.tolist(), after.blobs())
+        kept = ~np.isin(profiles.keys, stored.keys)  # users not in this batch keep their profile
+        users = np.concatenate([profiles.keys[kept], stored.keys])
+        profiles = EntityStates.of(PROFILE_LAYOUT, users, np.concatenate([profiles.records[kept], stored.records]))
         rows.append(features)
         start += size
     return np.vstack(rows)
@@ -51,7 +52,7 @@ def run_in_batches(cols: TransactionColumns, sizes: list[int]) -> np.ndarray:
 
 def test_online_batches_reproduce_offline_features_exactly(data) -> None:  # type: ignore[no-untyped-def]
     cols = columns_of(data)
-    offline, _ = advance_profiles(Profiles.empty(), cols)
+    offline, _ = advance_profiles(empty_profiles(), cols)
     online = run_in_batches(cols, [1] * 50 + [7] * 50 + [1000] * 29 + [len(cols) - 29_400])
     np.testing.assert_allclose(online, offline, rtol=1e-9, atol=1e-9)
 
@@ -60,7 +61,7 @@ def test_online_batches_reproduce_offline_features_exactly(data) -> None:  # typ
 def test_any_batching_gives_the_same_features(sizes: list[int]) -> None:
     small = generate_transactions(GeneratorSpec(users=40, events=sum(sizes), seed=len(sizes)))
     cols = columns_of(small)
-    offline, _ = advance_profiles(Profiles.empty(), cols)
+    offline, _ = advance_profiles(empty_profiles(), cols)
     np.testing.assert_allclose(run_in_batches(cols, sizes), offline, rtol=1e-9, atol=1e-9)
 
 
@@ -70,7 +71,7 @@ def test_user_features_mean_what_their_names_say() -> None:
         ip=["1.1.1.1", "1.1.1.1", "9.9.9.9", "2.2.2.2"], transaction_type=["purchase"] * 4, channel=["web"] * 4,
         segment=["tight-passive"] * 4,
     )  # fmt: skip
-    rows, after = advance_profiles(Profiles.empty(), cols)
+    rows, after = advance_profiles(empty_profiles(), cols)
     np.testing.assert_allclose(np.expm1(feature(rows, "user_tx_count_log")), [0, 1, 2, 0])
     np.testing.assert_allclose(np.expm1(feature(rows, "user_mean_amount_log")), [0, 10, 20, 0])
     np.testing.assert_allclose(np.expm1(feature(rows, "user_max_amount_log")), [0, 10, 30, 0])
@@ -85,14 +86,14 @@ def test_user_features_mean_what_their_names_say() -> None:
         (np.log1p(500) - history.mean()) / np.sqrt(shrunk_variance)
     )
     assert feature(rows, "new_ip_with_history").tolist() == pytest.approx([0, 0, np.log1p(2), 0])
-    a = after.records[after.users.tolist().index("a")]
+    a = after.records[after.keys.tolist().index("a")]
     assert a["count"] == 3 and a["amount_max"] == 500
     assert a["ips"].tolist() == [*ip_hashes(np.array(["9.9.9.9", "1.1.1.1"], dtype=object)).tolist(), 0, 0, 0, 0, 0, 0]
     np.testing.assert_array_equal(a["recent_ts"], [900.0, 600.0, 0.0, np.nan, np.nan])
 
 
 def test_injected_anomalies_stand_out_on_the_features_built_for_them(data) -> None:  # type: ignore[no-untyped-def]
-    rows, _ = advance_profiles(Profiles.empty(), columns_of(data))
+    rows, _ = advance_profiles(empty_profiles(), columns_of(data))
     normal = ~data.is_anomaly
     expectations = {
         AnomalyKind.AMOUNT_SPIKE: "amount_z_vs_user",

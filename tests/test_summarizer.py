@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,10 +22,12 @@ from typing import Any
 import msgspec
 import pytest
 
+from shared.config import FleetwatchSettings, SummarizerSettings, topic_environment
 from shared.http_endpoints import scrape_metrics, wait_until_ready
 from shared.kafka_client import KafkaConnection, produce_all, read_all
 from shared.local_infra.processes import free_port
 from shared.output_records import AlertRecord, DetectorVerdict, Source, SummaryRecord
+from workers.summarizer import build_app
 
 FLEETWATCH = str(Path(sys.executable).with_name("fleetwatch"))
 T0 = 1_780_000_020  # a minute boundary
@@ -113,7 +116,7 @@ class Summarizers:
     def produce(self, records: list[Scored]) -> None:
         alerts = [r for r in records if r.alert]
         normals = [r for r in records if not r.alert]
-        for topic, chosen in ((self.topics["alerts"], alerts), (self.topics["summary_transactions"], normals)):
+        for topic, chosen in ((self.topics["alerts"], alerts), (self.topics["summary"], normals)):
             assert produce_all(self.kafka, topic, [r.user for r in chosen], [r.encode() for r in chosen]) == 0
 
     def records(self, role: str) -> list[dict[str, Any]]:
@@ -146,8 +149,7 @@ def wait_until(condition: Any, timeout_s: float = 60) -> None:
 def summarizers(kafka: KafkaConnection, make_topic: Any, unique_name: str, tmp_path: Path) -> Iterator[Summarizers]:
     topics = {
         "alerts": make_topic("alerts", partitions=3),
-        "summary_transactions": make_topic("summary", partitions=3),
-        "summary_logs": make_topic("summary-logs"),
+        "summary": make_topic("summary", partitions=3),
         "reports": make_topic("reports"),
     }
     env = {
@@ -165,7 +167,7 @@ def summarizers(kafka: KafkaConnection, make_topic: Any, unique_name: str, tmp_p
         "FLEETWATCH_SUMMARIZER__RATE__MIN_ALERTS": "10",
         "FLEETWATCH_SUMMARIZER__RATE__ENTITY_MAX_ALERTS": "3",
         "FLEETWATCH_SUMMARIZER__REPORTS_FILE": str(tmp_path / "window-reports.jsonl"),
-        **{f"FLEETWATCH_TOPICS__{role.upper()}": name for role, name in topics.items()},
+        **topic_environment(topics),
     }
     group = Summarizers(kafka, env, topics, tmp_path)
     yield group
@@ -177,14 +179,18 @@ def summarizers(kafka: KafkaConnection, make_topic: Any, unique_name: str, tmp_p
 
 def assert_figures(reports: list[dict[str, Any]], start: int, records: list[Scored]) -> None:
     start_iso = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(start))
-    mine = {(r["segment"], r["transaction_type"]): r for r in reports if r["window_start"] == start_iso}
+    mine = {
+        (r["dimensions"]["segment"], r["dimensions"]["transaction_type"]): r
+        for r in reports
+        if r["window_start"] == start_iso
+    }
     expected = expected_figures(records)
     assert sorted(mine) == sorted(expected), "one report per key, no more, no fewer"
     for key, figures in expected.items():
         report = mine[key]
         assert report["normal"]["count"] == figures["normal"]
-        assert report["normal"]["amount_sum"] == pytest.approx(figures["sum"])
-        assert report["normal"]["distinct_users"] == len(figures["users"])
+        assert report["normal"]["measure_sum"] == pytest.approx(figures["sum"])
+        assert report["normal"]["distinct_entities"] == len(figures["users"])
         assert report["alerts"]["count"] == figures["alerts"]
         assert report["scored"] == figures["normal"] + figures["alerts"]
         assert sum(report["normal"]["score_histograms"]["iforest"]) == figures["normal"]
@@ -213,7 +219,7 @@ def test_windows_rate_alerts_and_escalations_from_a_known_stream(summarizers: Su
     assert [(a["alerts"], a["scored"], a["criteria"]) for a in rate_alerts] == [(10, 50, ["absolute"])]
     assert rate_alerts[0]["top_entities"][0] == ["mallory", 5]
     escalations = [a for a in alerts if a.get("type") == "entity_escalation"]
-    assert [e["user_id"] for e in escalations] == ["mallory"]
+    assert [e["entity"] for e in escalations] == ["mallory"]
 
     out = tmp_path / "report"
     result = subprocess.run(
@@ -249,3 +255,11 @@ def test_a_restarted_summarizer_recovers_its_windows_from_the_changelog(
     assert len(reports) == len(expected_figures(PASSING))
     rate_alerts = [a for a in summarizers.records("alerts") if a.get("type") == "rate_alert"]
     assert len(rate_alerts) == 1
+
+
+def test_internal_topics_and_the_changelog_get_the_configured_replication_factor(tmp_path: Path) -> None:
+    settings = FleetwatchSettings(summarizer=SummarizerSettings(replication_factor=3))
+    app = build_app(settings, tmp_path, threading.Event())
+    # faust declares its changelog and internal topics with this unless a topic names its own.
+    assert app.conf.topic_replication_factor == 3
+    assert app.tables["windows"].changelog_topic.replicas is None

@@ -18,8 +18,9 @@ SPEC = WindowSpec(sizes_s=(60,), lateness_s=0, rate_min_alerts=10, entity_max_al
 def item(user: str, at_s: float, alert: bool = False, amount: float = 10.0) -> ScoredItem:
     fired = ("iforest",) if alert else ()
     return ScoredItem(
-        "transactions", alert, at_s, user, "tight-passive", "purchase", amount, {"iforest": 0.3}, fired, "high"
-    )
+        "transactions", alert, at_s, user, {"segment": "tight-passive", "transaction_type": "purchase"}, amount,
+        {"iforest": 0.3}, fired, "high",
+    )  # fmt: skip
 
 
 def run(items: list[ScoredItem]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -34,8 +35,8 @@ def test_closed_window_counts_and_sums_equal_a_direct_computation() -> None:
     reports, _, _ = run([*normals, item("u9", T0 + 5, alert=True), item("late-closer", T0 + 600)])
     (figures,) = reports
     assert figures["normal"]["count"] == 30
-    assert figures["normal"]["amount_sum"] == pytest.approx(sum(10.0 + i for i in range(30)))
-    assert figures["normal"]["distinct_users"] == 4
+    assert figures["normal"]["measure_sum"] == pytest.approx(sum(10.0 + i for i in range(30)))
+    assert figures["normal"]["distinct_entities"] == 4
     assert figures["alerts"]["by_detector"] == {"iforest": 1}
     assert figures["anomaly_rate"] == pytest.approx(1 / 31)
 
@@ -57,7 +58,7 @@ def test_rate_above_a_multiple_of_the_baseline_raises_a_relative_alert() -> None
 def test_entity_burst_escalates_once() -> None:
     burst = [item("mallory", T0 + i, alert=True) for i in range(6)]
     escalations = run(burst)[2]
-    assert [(e["user_id"], e["alerts"]) for e in escalations] == [("mallory", 6)]  # alerts when escalated
+    assert [(e["entity"], e["alerts"]) for e in escalations] == [("mallory", 6)]  # alerts when escalated
 
 
 def test_late_items_are_dropped_and_counted() -> None:
@@ -86,13 +87,13 @@ def test_batches_merged_as_partials_equal_one_fold_and_escalate_once() -> None:
     batched_escalations = []
     for start in range(0, len(items), 5):  # mallory's 4 alerts straddle two batches
         batched_escalations += merge_partials(SPEC, batched, partials_of(SPEC, items[start : start + 5])).escalations
-    assert [e["user_id"] for e in batched_escalations] == [e["user_id"] for e in whole_escalations] == ["mallory"]
+    assert [e["entity"] for e in batched_escalations] == [e["entity"] for e in whole_escalations] == ["mallory"]
     at_end = T0 + 600
     closed = [close_windows(SPEC, state, "transactions", at_end) for state in (batched, whole)]
     assert closed[0].reports == closed[1].reports
     assert [without_time(r) for r in closed[0].rate_alerts] == [without_time(r) for r in closed[1].rate_alerts]
     (report,) = close_windows(SPEC, fold_and_return(items), "transactions", at_end).reports
-    assert report["normal"]["distinct_users"] == len({i.user for i in items if not i.is_alert})
+    assert report["normal"]["distinct_entities"] == len({i.entity for i in items if not i.is_alert})
 
 
 def without_time(record: dict[str, Any]) -> dict[str, Any]:

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.contracts import decode_transactions
-from shared.event_files import labels_path_for, read_labels, read_payloads, write_labels, write_transactions
-from shared.synthetic import (
+from shared.event_files import labels_path_for, read_labels, read_payloads
+from shared.streams.transactions.contract import decode_transactions
+from shared.streams.transactions.files import write_labels, write_transactions
+from shared.streams.transactions.synthetic import (
     BURST_SIZE,
     BURST_SPAN_S,
     AnomalyKind,

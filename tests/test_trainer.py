@@ -12,19 +12,22 @@ import urllib.request
 from pathlib import Path
 
 import msgspec
+import numpy as np
 import pytest
 import redis
 
 from shared.config import DetectorConfig, FleetwatchSettings, StreamSettings
 from shared.errors import FleetwatchError
-from shared.event_files import labels_path_for, transaction_payloads, write_labels, write_transactions
+from shared.event_files import labels_path_for
 from shared.http_endpoints import scrape_metrics
 from shared.kafka_client import KafkaConnection, produce_all
 from shared.local_infra.processes import free_port
 from shared.output_records import Source, SummaryRecord
 from shared.registry import ModelRegistry, open_registry
-from shared.synthetic import GeneratorSpec, generate_transactions
-from workers.trainer import TrainingSource, request_round, run_round
+from shared.streams.transactions.files import transaction_payloads, write_labels, write_transactions
+from shared.streams.transactions.stream import TRANSACTIONS
+from shared.streams.transactions.synthetic import GeneratorSpec, generate_transactions
+from workers.trainer import TrainingSource, request_key, request_round, run_round
 
 SMALL = [
     DetectorConfig(name="iforest", kind="isolation_forest", params={"n_estimators": 25, "random_state": 0}),
@@ -140,12 +143,13 @@ def test_round_reads_the_summary_topic_of_records_judged_normal(
 def test_sampling_keeps_whole_users(settings: FleetwatchSettings, events_file: Path) -> None:
     from shared.training_data import from_files
 
-    half = from_files([events_file], None, sample_rate=0.5, max_rows=10**9)
-    everything = from_files([events_file], None, sample_rate=1.0, max_rows=10**9)
-    kept_users = set(half.columns.user_id.tolist())
-    assert 0.3 < len(kept_users) / len(set(everything.columns.user_id.tolist())) < 0.7
-    per_user_all = {u: int((everything.columns.user_id == u).sum()) for u in kept_users}
-    assert all(int((half.columns.user_id == u).sum()) == count for u, count in per_user_all.items())
+    half = from_files(TRANSACTIONS, [events_file], None, sample_rate=0.5, max_rows=10**9)
+    everything = from_files(TRANSACTIONS, [events_file], None, sample_rate=1.0, max_rows=10**9)
+    kept_users = set(half.columns.entity.tolist())
+    assert 0.3 < len(kept_users) / len(set(everything.columns.entity.tolist())) < 0.7
+    per_user_all = {u: int((everything.columns.entity == u).sum()) for u in kept_users}
+    assert all(int((half.columns.entity == u).sum()) == count for u, count in per_user_all.items())
+    assert np.all(np.diff(half.columns.event_time_s) >= 0)
 
 
 def test_trainer_service_trains_on_schedule_and_on_request_then_stops_on_sigterm(
@@ -188,3 +192,54 @@ def test_trainer_service_trains_on_schedule_and_on_request_then_stops_on_sigterm
         _, stderr = service.communicate(timeout=30)
     assert service.returncode == 0, stderr
     assert '"trainer stopped"' in stderr
+
+
+def test_trainer_service_drops_malformed_requests_and_survives_a_crashing_round(
+    redis_server,  # type: ignore[no-untyped-def]
+    unique_name: str,
+    events_file: Path,
+    tmp_path: Path,
+) -> None:
+    prefix, port = f"{unique_name}:", free_port()
+    settings = settings_for(redis_server.url, prefix, SMALL)
+    client = redis.Redis.from_url(redis_server.url)
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"not a parquet file")  # pyarrow raises ArrowInvalid: no error the round expects
+    # Queued before the service starts: it reads them in this order, before its scheduled round.
+    client.rpush(request_key(settings), b"{not json", b'{"stream": "transactions"}', b'{"stream": "x", "source": {}}')
+    request_round(settings, "transactions", TrainingSource(files=[str(corrupt)]))
+    request_round(settings, "transactions", file_source(events_file))
+    env = {
+        **os.environ,
+        "FLEETWATCH_REDIS_URL": redis_server.url,
+        "FLEETWATCH_REDIS_PREFIX": prefix,
+        "FLEETWATCH_REGISTRY_KEY": "test-key-0123456789abcdef",
+        "FLEETWATCH_STREAMS": json.dumps({"transactions": {"detectors": [d.model_dump() for d in SMALL]}}),
+        "FLEETWATCH_LOG_FORMAT": "json",
+    }
+    # The scheduled round reads a file that does not exist: only the valid request can publish.
+    command = [str(Path(sys.executable).with_name("fleetwatch")), "trainer", "--file", str(tmp_path / "absent.jsonl"),
+               "--metrics-port", str(port)]  # fmt: skip
+    service = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    registry = open_registry(settings)
+    try:
+        deadline = time.monotonic() + 120
+        while registry.version_numbers("transactions") != [1] and time.monotonic() < deadline:
+            assert service.poll() is None, "the trainer ended"
+            time.sleep(0.2)
+        assert registry.version_numbers("transactions") == [1], "the valid request after the bad ones did not run"
+        assert registry.manifest("transactions", 1).training.source == f"file:{events_file}"
+        scraped = scrape_metrics(port)
+        for kind in ("not_json", "wrong_shape", "unknown_stream"):
+            assert f'fleetwatch_training_requests_rejected_total{{kind="{kind}"}} 1.0' in scraped
+        assert 'fleetwatch_training_runs_total{result="crashed",stream="transactions"} 1.0' in scraped
+    finally:
+        service.send_signal(signal.SIGTERM)
+        _, stderr = service.communicate(timeout=30)
+    assert service.returncode == 0, stderr
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    rejected = [e for e in events if e["event"] == "training request rejected"]
+    assert [e["kind"] for e in rejected] == ["not_json", "wrong_shape", "unknown_stream"]
+    assert rejected[0]["request"] == "{not json" and rejected[0]["level"] == "warning"
+    crashed = [e for e in events if e["event"] == "training round crashed; nothing published"]
+    assert len(crashed) == 1 and "ArrowInvalid" in crashed[0]["exception"], "the log carries the traceback"

@@ -21,19 +21,20 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from shared.artifact_store import RedisArtifactStore
-from shared.config import DetectorConfig, StreamSettings
-from shared.contracts import decode_transactions
-from shared.event_files import transaction_payloads
-from shared.features import TransactionColumns, advance_profiles
+from shared.config import DetectorConfig, StreamSettings, topic_environment
 from shared.http_endpoints import scrape_metrics, wait_until_ready
 from shared.kafka_client import KafkaConnection, consumer, produce_all, producer, topic_partitions
 from shared.local_infra.processes import free_port
 from shared.output_records import AlertRecord, decode_output
 from shared.registry import ModelRegistry
 from shared.scoring import score_batch
-from shared.synthetic import GeneratorSpec, generate_transactions
+from shared.streams.transactions.contract import decode_transactions
+from shared.streams.transactions.features import TransactionColumns, advance_profiles
+from shared.streams.transactions.files import transaction_payloads
+from shared.streams.transactions.profiles import empty_profiles
+from shared.streams.transactions.stream import TRANSACTIONS
+from shared.streams.transactions.synthetic import GeneratorSpec, generate_transactions
 from shared.training import TrainingData, TrainingResult, train_round
-from shared.user_profiles import Profiles
 
 KEY = "worker-test-key-0123456789"
 FLEETWATCH = str(Path(sys.executable).with_name("fleetwatch"))
@@ -41,7 +42,7 @@ DETECTORS = [
     DetectorConfig(name="iforest", kind="isolation_forest", params={"n_estimators": 30, "random_state": 0}),
     DetectorConfig(name="robust_z", kind="robust_zscore"),
 ]
-OUTPUT_ROLES = ("alerts", "summary_transactions", "deadletter")
+OUTPUT_ROLES = ("alerts", "summary", "deadletter")
 MALFORMED = [b"not json", b'{"event_id": "x"}', b'{"event_id":"y","amount":-1}', b"\xff\xfe"]
 
 
@@ -54,7 +55,7 @@ def trained() -> TrainingResult:
         transaction_type=c["transaction_type"], channel=c["channel"], segment=c["segment"],
     )  # fmt: skip
     settings = StreamSettings(detectors=DETECTORS, fleet_fpr_budget=0.02, shadow_floor_auc=0.0)
-    return train_round(TrainingData(columns, data.is_anomaly, "test"), settings, "transactions", None)
+    return train_round(TrainingData(columns, data.is_anomaly, "test"), settings, TRANSACTIONS, None)
 
 
 @dataclass
@@ -85,7 +86,7 @@ class Fleet:
         return process, port
 
     def produce(self, payloads: list[bytes], keys: list[str]) -> None:
-        assert produce_all(self.kafka, self.topics["transactions"], keys, payloads) == 0
+        assert produce_all(self.kafka, self.topics["input"], keys, payloads) == 0
 
     def outputs(self) -> dict[str, list]:
         """Every committed output so far, read incrementally by one read_committed consumer."""
@@ -118,9 +119,9 @@ class Fleet:
 @pytest.fixture
 def fleet(kafka: KafkaConnection, redis_server, make_topic, unique_name: str) -> Iterator[Fleet]:  # type: ignore[no-untyped-def]
     topics = {
-        "transactions": make_topic("events", partitions=3),
+        "input": make_topic("events", partitions=3),
         "alerts": make_topic("alerts"),
-        "summary_transactions": make_topic("summary"),
+        "summary": make_topic("summary"),
         "deadletter": make_topic("deadletter"),
     }
     prefix = f"{unique_name}:"
@@ -136,7 +137,7 @@ def fleet(kafka: KafkaConnection, redis_server, make_topic, unique_name: str) ->
         "FLEETWATCH_WORKER__GROUP_ID": f"scorers-{unique_name}",
         "FLEETWATCH_WORKER__RECONCILE_INTERVAL_S": "1",
         "FLEETWATCH_WORKER__BATCH_SIZE": "200",
-        **{f"FLEETWATCH_TOPICS__{role.upper()}": name for role, name in topics.items()},
+        **topic_environment(topics),
     }
     fleet = Fleet(kafka, client, registry, env, topics)
     yield fleet
@@ -158,8 +159,8 @@ def offline_alert_ids(trained: TrainingResult, registry: ModelRegistry, payloads
     version = registry.load_deployed("transactions")
     assert version is not None
     events = decode_transactions(payloads).events
-    raw, _ = advance_profiles(Profiles.empty(), TransactionColumns.from_events(events))
-    flagged = score_batch(version, raw, "transactions").alert
+    raw, _ = advance_profiles(empty_profiles(), TransactionColumns.from_events(events))
+    flagged = score_batch(version, raw).alert
     return {event.event_id for event, alert in zip(events, flagged.tolist(), strict=True) if alert}
 
 
@@ -176,7 +177,7 @@ def test_every_input_lands_once_in_exactly_one_place(fleet: Fleet, trained: Trai
     fleet.start_worker()
     outputs = fleet.wait_for_outputs(len(mixed))
 
-    alerts, summaries = event_ids(outputs["alerts"]), event_ids(outputs["summary_transactions"])
+    alerts, summaries = event_ids(outputs["alerts"]), event_ids(outputs["summary"])
     assert len(alerts) + len(summaries) + len(outputs["deadletter"]) == len(mixed)
     assert sorted(alerts + summaries) == sorted(msgspec.json.decode(p)["event_id"] for p in payloads)
     assert set(alerts) == offline_alert_ids(trained, fleet.registry, payloads)
@@ -187,11 +188,11 @@ def test_every_input_lands_once_in_exactly_one_place(fleet: Fleet, trained: Trai
     headers = dict(dead[0].headers())
     assert (
         headers["fleetwatch.error.kind"] == b"not_json"
-        and headers["fleetwatch.source.topic"] == fleet.topics["transactions"].encode()
+        and headers["fleetwatch.source.topic"] == fleet.topics["input"].encode()
     )
     first_alert = decode_output(outputs["alerts"][0].value())
     assert first_alert.model_version == 1 and first_alert.fired and len(first_alert.standout_features) == 3
-    assert first_alert.source.topic == fleet.topics["transactions"]
+    assert first_alert.source.topic == fleet.topics["input"]
 
 
 @contextmanager
@@ -206,7 +207,7 @@ def steady_traffic(fleet: Fleet, seed: int) -> Iterator[None]:
         start = 0
         while not stop.is_set():
             for payload, key in zip(payloads[start : start + 100], keys[start : start + 100], strict=True):
-                writer.produce(fleet.topics["transactions"], value=payload, key=key)
+                writer.produce(fleet.topics["input"], value=payload, key=key)
             writer.poll(0)
             start = (start + 100) % len(payloads)
             time.sleep(0.02)
@@ -224,7 +225,7 @@ def steady_traffic(fleet: Fleet, seed: int) -> Iterator[None]:
 def versions_by_partition(outputs: dict[str, list]) -> dict[int, list[tuple[int, int]]]:
     """(source offset, model version) of every scored output, per input partition, in offset order."""
     per_partition: dict[int, list[tuple[int, int]]] = {}
-    for record in outputs["alerts"] + outputs["summary_transactions"]:
+    for record in outputs["alerts"] + outputs["summary"]:
         decoded = decode_output(record.value())
         per_partition.setdefault(decoded.source.partition, []).append((decoded.source.offset, decoded.model_version))
     return {p: sorted(values) for p, values in per_partition.items()}
@@ -244,7 +245,7 @@ def first_output_time_of(fleet: Fleet, version: int) -> float | None:
 
     outputs = fleet.outputs()
     stamps = []
-    for record in outputs["alerts"] + outputs["summary_transactions"]:
+    for record in outputs["alerts"] + outputs["summary"]:
         decoded = decode_output(record.value())
         if decoded.model_version == version:
             text = decoded.detected_at if isinstance(decoded, AlertRecord) else decoded.scored_at
@@ -256,7 +257,7 @@ def test_version_published_mid_stream_is_picked_up_within_a_second(fleet: Fleet,
     fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
     fleet.start_worker()
     with steady_traffic(fleet, seed=42):
-        assert wait_until(lambda: len(fleet.outputs()["summary_transactions"]) > 500, 60)
+        assert wait_until(lambda: len(fleet.outputs()["summary"]) > 500, 60)
         published_at = time.time()
         fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
         assert wait_until(lambda: first_output_time_of(fleet, 2) is not None, 30)
@@ -272,7 +273,7 @@ def test_missed_notices_are_recovered_by_reconciliation(fleet: Fleet, trained: T
     fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
     fleet.start_worker()
     with steady_traffic(fleet, seed=43):
-        assert wait_until(lambda: len(fleet.outputs()["summary_transactions"]) > 200, 60)
+        assert wait_until(lambda: len(fleet.outputs()["summary"]) > 200, 60)
         # A notice that never arrives: the pointer moves without one.
         fleet.registry.publish(trained.bundle, trained.draft, deploy=False)
         fleet.client.set(fleet.registry.keys.deployed("transactions"), 2)
@@ -289,7 +290,7 @@ def produce_paced(fleet: Fleet, payloads: list[bytes], keys: list[str], per_seco
     step = per_second // 20
     for start in range(0, len(payloads), step):
         for payload, key in zip(payloads[start : start + step], keys[start : start + step], strict=True):
-            writer.produce(fleet.topics["transactions"], value=payload, key=key)
+            writer.produce(fleet.topics["input"], value=payload, key=key)
         writer.poll(0)
         time.sleep(0.05)
     assert writer.flush(30) == 0
@@ -301,7 +302,7 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(fleet: Fleet, trained: 
     first, _ = fleet.start_worker(FLEETWATCH_WORKER__BATCH_SIZE="100")
     paced = threading.Thread(target=produce_paced, args=(fleet, payloads, keys, 4_000), daemon=True)
     paced.start()
-    assert wait_until(lambda: len(fleet.outputs()["summary_transactions"]) > 1_000, 60)
+    assert wait_until(lambda: len(fleet.outputs()["summary"]) > 1_000, 60)
     first.send_signal(signal.SIGKILL)
     first.wait()
     scored_before_kill = sum(len(r) for r in fleet.outputs().values())
@@ -309,7 +310,7 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(fleet: Fleet, trained: 
     fleet.start_worker()
     paced.join()
     outputs = fleet.wait_for_outputs(len(payloads))
-    ids = event_ids(outputs["alerts"]) + event_ids(outputs["summary_transactions"])
+    ids = event_ids(outputs["alerts"]) + event_ids(outputs["summary"])
     duplicates = [event for event, count in Counter(ids).items() if count > 1]
     assert duplicates == [] and len(ids) == len(payloads)
     # Profiles were not double-counted by the replay: the alerts are exactly the one-pass ones.
@@ -320,7 +321,7 @@ def test_sigterm_stops_cleanly_within_the_bound(fleet: Fleet, trained: TrainingR
     fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
     worker, _ = fleet.start_worker()
     with steady_traffic(fleet, seed=45):
-        assert wait_until(lambda: len(fleet.outputs()["summary_transactions"]) > 200, 60)
+        assert wait_until(lambda: len(fleet.outputs()["summary"]) > 200, 60)
         started = time.monotonic()
         worker.send_signal(signal.SIGTERM)
         _, stderr = worker.communicate(timeout=25)
@@ -342,7 +343,7 @@ def test_tampered_version_is_refused_while_scoring_goes_on(fleet: Fleet, trained
     payloads, keys = labelled_stream(500, seed=46)
     fleet.produce(payloads, keys)
     outputs = fleet.wait_for_outputs(len(payloads))
-    versions = {decode_output(r.value()).model_version for r in outputs["summary_transactions"] + outputs["alerts"]}
+    versions = {decode_output(r.value()).model_version for r in outputs["summary"] + outputs["alerts"]}
     assert versions == {1} and sum(len(r) for r in outputs.values()) == len(payloads)
     assert 'fleetwatch_deployed_version{stream="transactions"} 1.0' in scrape_metrics(port)
     assert outputs["deadletter"] == []

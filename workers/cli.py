@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from shared.logs import configure_logging
 
 if TYPE_CHECKING:
     from shared.registry import ModelRegistry
-    from shared.synthetic import SyntheticTransactions
+    from shared.streams.transactions.synthetic import SyntheticTransactions
 
 # Piped output (CI logs, files) gets wide lines so that tables are not cut at 80 columns.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -58,7 +59,7 @@ def dev_up() -> None:
     with console.status("starting Kafka (KRaft) and Redis ..."):
         stack = dev_stack.up(settings)
     console.print(
-        f"[green]ready[/green] in {time.monotonic() - started:.1f}s; topics: {', '.join(settings.topics.all())}"
+        f"[green]ready[/green] in {time.monotonic() - started:.1f}s; topics: {', '.join(settings.all_topics())}"
     )
     sys.stdout.write(stack.connection_lines())
 
@@ -126,15 +127,17 @@ def generate(
     """Synthetic transactions of four user segments with labelled injected anomalies (seed 001)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from shared import event_files, synthetic
+    from shared import event_files
     from shared.config import dev_dir
     from shared.kafka_client import produce_all
+    from shared.streams.transactions import synthetic
+    from shared.streams.transactions.files import write_labels, write_transactions
 
     settings = _settings()
     spec = synthetic.GeneratorSpec(users=users, events=events, anomaly_rate=anomaly_rate, days=days, seed=seed)
     if out is not None:
         event_files.check_suffix(out)
-    target_topic = topic or settings.topics.transactions
+    target_topic = topic or settings.streams["transactions"].input_topic
     labels_path = labels or (
         event_files.labels_path_for(out) if out else dev_dir() / "labels" / f"{target_topic}.labels.jsonl"
     )
@@ -153,10 +156,11 @@ def generate(
             progress.advance(task, done)
 
         if out is not None:
-            event_files.write_transactions(data, out, on_progress=advance)
+            write_transactions(data, out, on_progress=advance)
             failed = 0
         else:
-            from shared.event_files import chunk_bounds, transaction_payloads
+            from shared.event_files import chunk_bounds
+            from shared.streams.transactions.files import transaction_payloads
 
             failed = 0
             connection = settings.kafka_connection()
@@ -168,7 +172,7 @@ def generate(
                     transaction_payloads(data, start, stop),
                     on_progress=advance,
                 )
-    event_files.write_labels(data, labels_path)
+    write_labels(data, labels_path)
     elapsed = time.monotonic() - started
     _print_generation_summary(data, elapsed, time.monotonic() - drawn)
     console.print(f"labels: {labels_path}")
@@ -177,7 +181,7 @@ def generate(
 
 
 def _print_generation_summary(data: SyntheticTransactions, elapsed_s: float, write_s: float) -> None:
-    from shared.synthetic import anomaly_counts, segment_summary
+    from shared.streams.transactions.synthetic import anomaly_counts, segment_summary
 
     table = Table(title="segments (normal events)")
     rows = segment_summary(data)
@@ -522,6 +526,15 @@ def models_compare(
     console.print(render_comparison(first, second, baseline_label=f"v{a}", candidate_label=f"v{b}"), markup=False)
 
 
+# The benchmark is optional: its package (absent from the image), its extra and its peers, which pip cannot
+# resolve together with this project's pins (bench/peers-requirements.txt says why).
+BENCH_MODULES = ("bench", "psutil", "quixstreams")
+BENCH_INSTALL = (
+    "in a source checkout: pip install -e '.[bench]' && pip install --no-deps -r bench/peers-requirements.txt "
+    "(bin/setup does both)"
+)
+
+
 @app.command()
 def bench(
     scenarios: Annotated[
@@ -534,6 +547,10 @@ def bench(
     ] = None,
 ) -> None:
     """The benchmark suite on its own Kafka and Redis (or those FLEETWATCH_KAFKA_BOOTSTRAP/REDIS_URL name)."""
+    missing = [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        sys.stderr.write(f"fleetwatch bench: error: {', '.join(missing)} not installed; {BENCH_INSTALL}\n")
+        raise typer.Exit(2)
     from bench.runner import run_bench
     from shared.config import dev_dir
     from shared.local_infra.processes import interrupt_on_sigterm

@@ -26,14 +26,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from shared import synthetic
 from shared.config import FleetwatchSettings, dev_dir
-from shared.event_files import chunk_bounds, transaction_payloads, write_labels, write_transactions
+from shared.event_files import chunk_bounds
 from shared.kafka_client import consumer, produce_all, topic_partitions
 from shared.local_infra import dev_stack
 from shared.local_infra.processes import free_port
 from shared.output_records import decode_output
 from shared.registry import open_registry
+from shared.streams.transactions import synthetic
+from shared.streams.transactions.files import transaction_payloads, write_labels, write_transactions
 from workers.trainer import TrainingSource, run_round
 
 MALFORMED = [b"{not json", b'{"event_id": "demo-bad", "amount": "lots"}']
@@ -57,7 +58,7 @@ class Tally:
 
 def _tail_outputs(settings: FleetwatchSettings, run_prefix: str, tally: Tally, stop: threading.Event) -> None:
     connection = settings.kafka_connection()
-    topics = {settings.topics.alerts: "alert", settings.topics.summary_transactions: "summary",
+    topics = {settings.topics.alerts: "alert", settings.streams["transactions"].summary_topic: "summary",
               settings.topics.deadletter: "deadletter"}  # fmt: skip
     reader = consumer(connection, group_id=f"fleetwatch-demo-{uuid.uuid4().hex[:8]}")
     assignment = []
@@ -172,10 +173,15 @@ def run_demo(settings: FleetwatchSettings, events: int, users: int, keep: bool, 
         def produce() -> None:
             nonlocal produced
             connection = settings.kafka_connection()
-            produce_all(connection, settings.topics.transactions, ["bad"] * len(MALFORMED), MALFORMED)
+            produce_all(connection, settings.streams["transactions"].input_topic, ["bad"] * len(MALFORMED), MALFORMED)
             for start, stop in chunk_bounds(len(data), 20_000):
                 keys = data.columns["user_id"][start:stop].tolist()
-                produce_all(connection, settings.topics.transactions, keys, transaction_payloads(data, start, stop))
+                produce_all(
+                    connection,
+                    settings.streams["transactions"].input_topic,
+                    keys,
+                    transaction_payloads(data, start, stop),
+                )
                 produced = stop
 
         threading.Thread(target=produce, daemon=True).start()

@@ -2,8 +2,11 @@
 
 The loop has the shape of confluent-kafka's transactional example: consume a batch, build all its
 outputs (alerts, summaries, dead letters), then produce them and commit the consumed offsets in one
-Kafka transaction. A transaction that must abort is aborted and the batch is consumed again from the
-last committed offsets; a fenced producer (another worker took over) ends this worker. New model
+Kafka transaction (exactly-once), or produce them, wait until the broker acknowledged every one, and
+only then commit the offsets (at-least-once). A batch that does not commit (its transaction aborted,
+an output refused or not acknowledged in time, the offset commit failed) is consumed again from its
+first offsets after a short backoff, so nothing is lost. Retriable transactional errors are retried by
+the producer; a fatal one (a fenced producer: another worker took over) ends this worker. New model
 versions are swapped in between batches, so a batch is never scored by two versions.
 """
 
@@ -16,131 +19,30 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 
-import numpy as np
 import redis
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from shared import metrics
 from shared.config import FleetwatchSettings
-from shared.contracts import decode_transactions
-from shared.errors import FleetwatchError
-from shared.features import TransactionColumns, advance_profiles
 from shared.http_endpoints import start_http_endpoints
-from shared.kafka_client import consumer, producer
+from shared.kafka_client import DeliveryReport, ProducerQueueFull, consumer, next_offsets, producer
 from shared.logs import get_logger
-from shared.model_version import DeployedVersion
-from shared.output_records import OutputRecord, Source, dead_letter, scored_records
-from shared.profile_store import ProfileStore
+from shared.output_records import OutputRecord
 from shared.registry import open_registry
-from shared.scoring import score_batch
-from shared.user_profiles import Profiles
+from shared.state_store import EntityStateStore
+from shared.streams.catalog import stream_named
+from workers.stream_scorer import StreamScorer
 from workers.version_watcher import VersionWatcher
 
 log = get_logger("fleetwatch.worker")
 
-
-@dataclass
-class Stage:
-    """Times one stage of a batch into fleetwatch_batch_stage_seconds."""
-
-    stream: str
-    name: str
-
-    def __enter__(self) -> Stage:
-        self._started = time.perf_counter()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        metrics.STAGE_SECONDS.labels(self.stream, self.name).observe(time.perf_counter() - self._started)
-
-
-class StreamScorer:
-    """Everything one stream's batch needs between the consumed messages and the output records."""
-
-    def __init__(self, stream: str, settings: FleetwatchSettings, profiles: ProfileStore) -> None:
-        if stream != "transactions":
-            raise FleetwatchError(f"stream {stream!r}: only 'transactions' has a feature pipeline so far")
-        self.stream = stream
-        self.input_topic: str = getattr(settings.topics, stream)
-        self._summary_topic: str = getattr(settings.topics, f"summary_{stream}")
-        self._alert_topic = settings.topics.alerts
-        self._deadletter_topic = settings.topics.deadletter
-        self._top = settings.worker.top_features
-        self._profiles = profiles
-        self.version: DeployedVersion | None = None
-
-    def build_outputs(self, messages: list[Message]) -> list[OutputRecord]:
-        assert self.version is not None
-        stream = self.stream
-        with Stage(stream, "decode"):
-            payloads = [m.value() for m in messages]
-            decoded = decode_transactions(payloads)
-        outputs = []
-        for error in decoded.errors:
-            source = _source(messages[error.index])
-            outputs.append(dead_letter(error, messages[error.index].key(), source, stream, self._deadletter_topic))
-            metrics.DEAD_LETTERS.labels(stream, error.kind.value).inc()
-        metrics.EVENTS.labels(stream, "deadletter").inc(len(decoded.errors))
-        if not decoded.events:
-            return outputs
-        valid = [messages[i] for i in decoded.positions]
-        with Stage(stream, "featurize"):
-            columns = TransactionColumns.from_events(decoded.events)
-        with Stage(stream, "state"):
-            raw = self._features_with_profiles(columns, valid)
-        with Stage(stream, "score"):
-            scored = score_batch(self.version, raw, stream, self._top)
-        with Stage(stream, "encode"):
-            outputs += scored_records(
-                self.version,
-                scored,
-                raw,
-                [payloads[i] or b"" for i in decoded.positions],
-                [m.key() for m in valid],
-                [_source(m) for m in valid],
-                stream,
-                self._alert_topic,
-                self._summary_topic,
-            )
-        alerts = int(scored.alert.sum())
-        metrics.EVENTS.labels(stream, "alert").inc(alerts)
-        metrics.EVENTS.labels(stream, "summary").inc(len(valid) - alerts)
-        return outputs
-
-    def _features_with_profiles(self, columns: TransactionColumns, messages: list[Message]) -> np.ndarray:
-        """Features from the users' Redis profiles; without Redis, from empty histories (and say so)."""
-        offsets = np.array([m.offset() for m in messages], dtype=np.int64)
-        partitions = np.array([m.partition() for m in messages], dtype=np.int64)
-        users, inverse = np.unique(columns.user_id, return_inverse=True)
-        first = np.full(len(users), np.iinfo(np.int64).max)
-        last = np.full(len(users), -1)
-        np.minimum.at(first, inverse, offsets)
-        np.maximum.at(last, inverse, offsets)
-        user_partition = np.zeros(len(users), dtype=np.int64)
-        user_partition[inverse] = partitions
-        try:
-            start = self._profiles.read(users, user_partition, first)
-        except redis.RedisError as exc:
-            metrics.PROFILE_STORE_ERRORS.labels(self.stream).inc()
-            log.warning("profile store unavailable; scoring with empty histories", error=str(exc))
-            raw, _ = advance_profiles(Profiles.empty(), columns)
-            return raw
-        raw, after = advance_profiles(start, columns)
-        try:
-            refused = self._profiles.write(after, start, user_partition, first, last)
-        except redis.RedisError as exc:
-            metrics.PROFILE_STORE_ERRORS.labels(self.stream).inc()
-            log.warning("profile store write failed; profiles of this batch are not kept", error=str(exc))
-        else:
-            if refused:
-                log.warning("profiles newer than this batch were kept (another worker is ahead)", users=refused)
-        return raw
-
-
-def _source(message: Message) -> Source:
-    return Source(message.topic() or "", int(message.partition() or 0), int(message.offset() or 0))
+DELIVERY_TIMEOUT_S = 30.0
+"""At-least-once: how long a batch waits for its outputs' acknowledgements before it is read again."""
+TRANSACTION_CALL_TIMEOUT_S = 30.0
+"""Exactly-once: one attempt of a transactional call (the producer retries retriable errors, bounded)."""
+REREAD_BACKOFF_S, REREAD_BACKOFF_MAX_S = 0.25, 5.0
+"""Pause before reading a failed batch again, doubling per consecutive failure up to the maximum."""
 
 
 class ScoringWorker:
@@ -151,13 +53,17 @@ class ScoringWorker:
         self._registry = open_registry(settings, self._client)
         self._watcher = VersionWatcher(self._registry, self._client, worker.streams, worker.reconcile_interval_s)
         ttl = worker.profile_ttl_days * 86400
+        streams = [stream_named(name) for name in worker.streams]
         self._scorers = {
-            stream: StreamScorer(stream, settings, ProfileStore(self._client, settings.redis_prefix, stream, ttl))
-            for stream in worker.streams
+            stream.name: StreamScorer(
+                stream, settings, EntityStateStore(self._client, settings.redis_prefix, stream, ttl)
+            )
+            for stream in streams
         }
         self._by_topic = {scorer.input_topic: scorer for scorer in self._scorers.values()}
         self._exactly_once = worker.delivery == "exactly_once"
         self._stopping = threading.Event()
+        self._failed_attempts = 0  # consecutive batches that did not commit
         self._ready = False
         connection = settings.kafka_connection()
         self._consumer = consumer(
@@ -228,7 +134,11 @@ class ScoringWorker:
     def _close(self) -> None:
         self._watcher.stop()
         self._consumer.close()  # leaves the group, so partitions move on at once
-        self._producer.flush(10)
+        unacknowledged = self._producer.flush(10)
+        if unacknowledged:
+            log.warning(
+                "stopped with outputs not acknowledged; their offsets were not committed", outputs=unacknowledged
+            )
         log.info("worker stopped")
 
     # --- one batch -----------------------------------------------------------------------------
@@ -242,19 +152,25 @@ class ScoringWorker:
                 log.warning("consumer error", error=str(error))
                 continue
             valid[message.topic() or ""].append(message)
+        if not valid:
+            return
         outputs: list[OutputRecord] = []
         for topic, batch in valid.items():
             scorer = self._by_topic[topic]
-            metrics.BATCH_SIZE.labels(scorer.stream).observe(len(batch))
+            metrics.BATCH_SIZE.labels(scorer.stream.name).observe(len(batch))
             outputs += scorer.build_outputs(batch)
-        offsets = _next_offsets(messages)
+        consumed = [message for batch in valid.values() for message in batch]
+        offsets = next_offsets(consumed)
+        streams = sorted({self._by_topic[topic].stream.name for topic in valid})
         if self._exactly_once:
-            self._commit_transaction(outputs, offsets)
+            committed = self._commit_transaction(outputs, offsets, streams)
         else:
-            self._produce(outputs)
-            self._producer.flush(30)
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        self._observe_latency(messages)
+            committed = self._commit_after_delivery(outputs, offsets, streams)
+        if committed:
+            self._failed_attempts = 0
+            self._observe_latency(consumed)
+        else:
+            self._read_again(consumed)
 
     def _observe_latency(self, messages: list[Message]) -> None:
         """Event time (the input record's Kafka timestamp) to output handed over and committed."""
@@ -263,53 +179,134 @@ class ScoringWorker:
             kind, stamp = message.timestamp()
             scorer = self._by_topic.get(message.topic() or "")
             if scorer is not None and kind and stamp > 0:  # prometheus-client has no batch observe
-                metrics.EVENT_LATENCY.labels(scorer.stream).observe((now_ms - stamp) / 1000.0)
+                metrics.EVENT_LATENCY.labels(scorer.stream.name).observe((now_ms - stamp) / 1000.0)
 
     def _produce(self, outputs: list[OutputRecord]) -> None:
+        # One call per record: confluent-kafka has no batch produce (the producer retries a full queue).
         for record in outputs:
-            while True:
-                try:
-                    self._producer.produce(record.topic, value=record.value, key=record.key, headers=record.headers)
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)
-        self._producer.poll(0)
+            self._producer.produce(record.topic, value=record.value, key=record.key, headers=record.headers)
 
-    def _commit_transaction(self, outputs: list[OutputRecord], offsets: list[TopicPartition]) -> None:
-        streams = {self._by_topic[tp.topic].stream for tp in offsets}
+    def _commit_after_delivery(
+        self, outputs: list[OutputRecord], offsets: list[TopicPartition], streams: list[str]
+    ) -> bool:
+        """At-least-once: commit the batch's offsets only once the broker acknowledged every one of its outputs."""
+        try:
+            self._produce(outputs)
+            report = self._producer.wait_for_deliveries(DELIVERY_TIMEOUT_S)
+        except ProducerQueueFull as exc:
+            log.warning("producer queue full", error=str(exc))
+            report = self._producer.wait_for_deliveries(0)
+        if not report.complete:
+            if report.fatal is not None:
+                log.error("producer failed fatally; exiting", error=str(report.fatal))
+                raise KafkaException(report.fatal)
+            _count_not_acknowledged(report)
+            log.warning(
+                "outputs not acknowledged; offsets not committed, batch read again",
+                outputs=len(outputs),
+                failed=report.failed,
+                unacknowledged=report.unacknowledged,
+                errors=report.errors,
+                offsets=_describe(offsets),
+            )
+            for stream in streams:
+                metrics.BATCHES_REREAD.labels(stream, "delivery_failed").inc()
+            return False
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.fatal():
+                raise
+            log.warning(
+                "offset commit failed; batch read again (its outputs may repeat)",
+                error=str(error),
+                offsets=_describe(offsets),
+            )
+            for stream in streams:
+                metrics.BATCHES_REREAD.labels(stream, "commit_failed").inc()
+            return False
+        return True
+
+    def _commit_transaction(
+        self, outputs: list[OutputRecord], offsets: list[TopicPartition], streams: list[str]
+    ) -> bool:
+        """Exactly-once: outputs and offsets in one transaction.
+
+        Retriable errors were already retried by the producer (bounded); anything else but a fatal error
+        aborts the transaction and the batch is read again. A fatal error (fenced: another worker owns
+        these partitions now) ends this worker.
+        """
         try:
             self._producer.begin_transaction()
             self._produce(outputs)
-            self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
+            metadata = self._consumer.consumer_group_metadata()
+            self._producer.send_offsets_to_transaction(offsets, metadata, TRANSACTION_CALL_TIMEOUT_S)
             started = time.perf_counter()
-            self._producer.commit_transaction(30)
-            for stream in streams:
-                metrics.STAGE_SECONDS.labels(stream, "commit").observe(time.perf_counter() - started)
-        except KafkaException as exc:
-            error: KafkaError = exc.args[0]
-            if error.fatal() or error.code() == KafkaError._FENCED:
-                log.error("producer fenced or fatal; another worker owns these partitions now", error=str(error))
+            self._producer.commit_transaction(TRANSACTION_CALL_TIMEOUT_S)
+        except (KafkaException, ProducerQueueFull) as exc:
+            error: KafkaError | None = exc.args[0] if isinstance(exc, KafkaException) else None
+            if error is not None and error.fatal():
+                log.error("producer fenced or failed fatally; exiting", error=str(error), offsets=_describe(offsets))
                 raise
-            log.warning("transaction failed; aborting and re-reading the batch", error=str(error))
+            self._producer.abort_transaction(TRANSACTION_CALL_TIMEOUT_S)
+            report = self._producer.wait_for_deliveries(0)  # the outputs the abort purged, and any refused
+            _count_not_acknowledged(report)
+            log.warning(
+                "transaction aborted; batch read again",
+                error=str(error or exc),
+                abortable=bool(error and error.txn_requires_abort()),
+                outputs=len(outputs),
+                failed=report.failed,
+                errors=report.errors,
+                offsets=_describe(offsets),
+            )
             for stream in streams:
                 metrics.TRANSACTIONS_ABORTED.labels(stream).inc()
-            self._producer.abort_transaction(30)
-            self._rewind(offsets)
+                metrics.BATCHES_REREAD.labels(stream, "transaction_aborted").inc()
+            return False
+        for stream in streams:
+            metrics.STAGE_SECONDS.labels(stream, "commit").observe(time.perf_counter() - started)
+        self._producer.wait_for_deliveries(0)  # a committed transaction delivered every output: start a new count
+        return True
 
-    def _rewind(self, offsets: list[TopicPartition]) -> None:
-        """Seek back to the last committed offsets, so the aborted batch is consumed again."""
-        committed = self._consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in offsets], timeout=30)
-        for tp in committed:
-            tp.offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            self._consumer.seek(tp)
+    def _read_again(self, consumed: list[Message]) -> None:
+        """Seek back to the batch's first offsets, then back off (a broker that refuses is not hammered).
+
+        Those offsets are the committed ones: a batch is consumed only once the one before it committed.
+        A partition revoked meanwhile is skipped; its new owner starts from the committed offset anyway.
+        """
+        for position in _first_offsets(consumed):
+            try:
+                self._consumer.seek(position)
+            except KafkaException as exc:
+                log.info(
+                    "not re-reading a partition this worker no longer owns",
+                    partition=f"{position.topic}[{position.partition}]",
+                    error=str(exc),
+                )
+        self._failed_attempts += 1
+        self._stopping.wait(min(REREAD_BACKOFF_S * 2 ** (self._failed_attempts - 1), REREAD_BACKOFF_MAX_S))
 
 
-def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
-    highest: dict[tuple[str, int], int] = {}
+def _first_offsets(messages: list[Message]) -> list[TopicPartition]:
+    lowest: dict[tuple[str, int], int] = {}
     for message in messages:
         key = (message.topic() or "", int(message.partition() or 0))
-        highest[key] = max(highest.get(key, -1), int(message.offset() or 0))
-    return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in highest.items()]
+        lowest[key] = min(lowest.get(key, int(message.offset() or 0)), int(message.offset() or 0))
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in lowest.items()]
+
+
+def _describe(offsets: list[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in offsets]
+
+
+def _count_not_acknowledged(report: DeliveryReport) -> None:
+    for by_error in report.errors.values():
+        for error, count in by_error.items():
+            metrics.OUTPUTS_NOT_ACKNOWLEDGED.labels(error).inc(count)
+    if report.unacknowledged:
+        metrics.OUTPUTS_NOT_ACKNOWLEDGED.labels("not_acknowledged_in_time").inc(report.unacknowledged)
 
 
 def _record_lag(stats_json: str) -> None:

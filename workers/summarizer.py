@@ -42,6 +42,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from shared.config import FleetwatchSettings, SummarizerSettings
 from shared.errors import FleetwatchError
+from shared.faust_connection import faust_connection
 from shared.http_endpoints import start_http_endpoints
 from shared.kafka_client import ensure_topics
 from shared.logs import get_logger
@@ -65,6 +66,11 @@ def window_spec(summarizer: SummarizerSettings) -> WindowSpec:
         rate_baseline_min_windows=rate.baseline_min_windows,
         entity_max_alerts=rate.entity_max_alerts,
     )
+
+
+def summary_topics(settings: FleetwatchSettings) -> list[str]:
+    """Every configured stream's summary topic (the alert topic is shared)."""
+    return sorted({stream.summary_topic for stream in settings.streams.values()})
 
 
 def items_topic(summarizer: SummarizerSettings) -> str:
@@ -142,22 +148,24 @@ def build_app(settings: FleetwatchSettings, data_dir: Path, recovered: threading
     thread and must not touch faust's objects: they belong to the event loop's thread)."""
     summarizer = settings.summarizer
     spec = window_spec(summarizer)
+    connection = faust_connection(settings.kafka_connection())
+    if connection.not_applied:
+        log.warning("kafka_properties_not_applied", properties=connection.not_applied, reason="no aiokafka counterpart")
     app = faust.App(
         summarizer.app_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=connection.brokers,
+        broker_credentials=connection.credentials,
         store="memory://",
         web_enabled=False,
         processing_guarantee="at_least_once",
         topic_partitions=summarizer.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=summarizer.replication_factor,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=summarizer.commit_interval_s,
         datadir=str(data_dir),
     )
     # Bytes in and out everywhere: records are decoded with msgspec, not faust's codecs.
-    summaries = app.topic(
-        settings.topics.summary_transactions, settings.topics.summary_logs, key_serializer="raw", value_serializer="raw"
-    )
+    summaries = app.topic(*summary_topics(settings), key_serializer="raw", value_serializer="raw")
     alerts = app.topic(settings.topics.alerts, key_serializer="raw", value_serializer="raw")
     items = app.topic(
         items_topic(summarizer), partitions=summarizer.partitions, internal=True, key_serializer="raw",
@@ -196,9 +204,9 @@ def build_app(settings: FleetwatchSettings, data_dir: Path, recovered: threading
             view.write_back()
             _count_aggregated(stream_name, partials, outcome.late)
             for escalation in outcome.escalations:
-                await alerts.send(key=escalation["user_id"].encode(), value=msgspec.json.encode(escalation))
+                await alerts.send(key=escalation["entity"].encode(), value=msgspec.json.encode(escalation))
                 RATE_ALERTS.labels(stream_name, "entity_escalation").inc()
-                log.warning("entity_escalation", stream=stream_name, user=escalation["user_id"])
+                log.warning("entity_escalation", stream=stream_name, entity=escalation["entity"])
             for report in closed.reports:
                 await reports.send(key=stream_name.encode(), value=msgspec.json.encode(report))
                 WINDOWS_CLOSED.labels(stream_name, f"{report['window_s']}s").inc()
@@ -259,10 +267,15 @@ def run_summarizer(settings: FleetwatchSettings, data_dir: Path) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     # faust subscribes to the topics that exist when it starts; create the ones this app reads or writes.
     topics = settings.topics
-    ensure_topics(settings.kafka_connection(), [items_topic(summarizer)], partitions=summarizer.partitions)
     ensure_topics(
         settings.kafka_connection(),
-        [topics.summary_transactions, topics.summary_logs, topics.alerts, topics.reports],
+        [items_topic(summarizer)],
+        partitions=summarizer.partitions,
+        replication_factor=summarizer.replication_factor,
+    )
+    ensure_topics(
+        settings.kafka_connection(),
+        [*summary_topics(settings), topics.alerts, topics.reports],
         partitions=summarizer.partitions,
     )
     recovered = threading.Event()

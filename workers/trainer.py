@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from shared.errors import FleetwatchError
 from shared.logs import get_logger
 from shared.model_version import Manifest
 from shared.registry import ModelRegistry, VersionRefused, open_registry
+from shared.streams.catalog import stream_named
 from shared.training import GateDecision, TrainingData, TrainingResult, quality_gate, train_round
 from shared.training_data import from_files, from_topic
 
@@ -51,12 +52,13 @@ def _read_source(settings: FleetwatchSettings, stream: str, source: TrainingSour
     labels = Path(source.labels) if source.labels else None
     if source.files:
         return from_files(
-            [Path(f) for f in source.files], labels, stream_settings.sample_rate, stream_settings.max_rows
-        )
-    topic = source.topic or getattr(settings.topics, stream)
+            stream_named(stream), [Path(f) for f in source.files], labels, stream_settings.sample_rate,
+            stream_settings.max_rows,
+        )  # fmt: skip
     return from_topic(
+        stream_named(stream),
         settings.kafka_connection(),
-        topic,
+        source.topic or stream_settings.input_topic,
         stream_settings.window_hours,
         stream_settings.sample_rate,
         stream_settings.max_rows,
@@ -75,15 +77,13 @@ def run_round(
     """One training round; raises (publishing nothing) when any step fails."""
     if stream not in settings.streams:
         raise FleetwatchError(f"stream {stream!r} has no model configuration; configured: {sorted(settings.streams)}")
-    if stream != "transactions":
-        raise FleetwatchError(f"stream {stream!r}: only 'transactions' has a feature pipeline so far")
     stream_settings = settings.streams[stream]
     started = time.perf_counter()
     on_stage("reading training data")
     data = _read_source(settings, stream, source)
     deployed_version = registry.deployed_version(stream)
     on_stage(f"training {len(stream_settings.detectors)} detectors on {len(data.columns):,} events")
-    result = train_round(data, stream_settings, stream, deployed_version)
+    result = train_round(data, stream_settings, stream_named(stream), deployed_version)
     on_stage("quality gate")
     try:
         deployed = registry.load_deployed(stream)
@@ -125,6 +125,41 @@ class TrainingRequest(msgspec.Struct):
     source: TrainingSource
 
 
+@dataclass(frozen=True)
+class RejectedRequest:
+    """A request the service drops: `kind` is a metric label (not_json, wrong_shape, unknown_stream)."""
+
+    kind: str
+    reason: str
+    request: str  # its first 200 characters, for the log
+
+
+_REQUEST_DECODER = msgspec.json.Decoder(TrainingRequest)
+
+
+def decode_request(raw: bytes | str, streams: Collection[str]) -> TrainingRequest | RejectedRequest:
+    """A request from the Redis list, or why it is refused: anyone can push there, so nothing raises.
+
+    >>> decode_request(b"{not json", ["transactions"]).kind
+    'not_json'
+    >>> decode_request(b'{"stream": "transactions"}', ["transactions"]).kind
+    'wrong_shape'
+    >>> decode_request(b'{"stream": "nope", "source": {}}', ["transactions"]).kind
+    'unknown_stream'
+    """
+    text = raw if isinstance(raw, str) else raw.decode(errors="replace")
+    try:
+        request = _REQUEST_DECODER.decode(text)
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: valid JSON, wrong fields
+        return RejectedRequest("wrong_shape", str(exc), text[:200])
+    except msgspec.DecodeError as exc:
+        return RejectedRequest("not_json", str(exc), text[:200])
+    if request.stream not in streams:
+        reason = f"stream {request.stream!r} is not configured: {sorted(streams)}"
+        return RejectedRequest("unknown_stream", reason, text[:200])
+    return request
+
+
 def serve(settings: FleetwatchSettings, stream: str, source: TrainingSource, metrics_port: int) -> None:
     """Run rounds on the schedule and on request until SIGTERM/SIGINT."""
     from shared.http_endpoints import start_http_endpoints
@@ -148,7 +183,14 @@ def serve(settings: FleetwatchSettings, stream: str, source: TrainingSource, met
             stopping.wait(1.0)
             continue
         if popped is not None:
-            request = msgspec.json.decode(popped[1], type=TrainingRequest)
+            decoded = decode_request(popped[1], settings.streams)
+            if isinstance(decoded, RejectedRequest):
+                metrics.TRAINING_REQUESTS_REJECTED.labels(decoded.kind).inc()
+                log.warning(
+                    "training request rejected", kind=decoded.kind, reason=decoded.reason, request=decoded.request
+                )
+                continue
+            request = decoded
         elif time.monotonic() < next_run:
             continue
         round_stream, round_source = (request.stream, request.source) if request else (stream, source)
@@ -157,6 +199,9 @@ def serve(settings: FleetwatchSettings, stream: str, source: TrainingSource, met
         except (FleetwatchError, redis.RedisError, OSError) as exc:
             metrics.TRAINING_RUNS.labels(round_stream, "failed").inc()
             log.error("training round failed; nothing published", stream=round_stream, error=str(exc))
+        except Exception as exc:  # a bug or a library's surprise in one round must not end the service
+            metrics.TRAINING_RUNS.labels(round_stream, "crashed").inc()
+            log.exception("training round crashed; nothing published", stream=round_stream, error=repr(exc))
         if request is None:
             next_run = time.monotonic() + interval
     log.info("trainer stopped")

@@ -17,7 +17,7 @@ import redis
 from shared.logs import get_logger
 from shared.metrics import DEPLOYED_VERSION, RELOADS
 from shared.model_version import DeployedVersion
-from shared.registry import ModelRegistry, Notice, VersionRefused
+from shared.registry import ModelRegistry, Notice
 
 log = get_logger("fleetwatch.reload")
 
@@ -102,8 +102,8 @@ class VersionWatcher:
         started = time.perf_counter()
         try:
             loaded = self._registry.load(stream, version)
-        except (VersionRefused, redis.RedisError) as exc:
-            if isinstance(exc, VersionRefused):
+        except Exception as exc:  # whatever a version does, this thread must live on
+            if not isinstance(exc, redis.RedisError):  # Redis down is retried; anything else is final
                 self._refused[stream] = version
             RELOADS.labels(stream, "refused").inc()
             log.error(

@@ -104,7 +104,7 @@ def up(settings: FleetwatchSettings) -> StackStatus:
     connection = KafkaConnection(stack.kafka_bootstrap, settings.kafka_properties)
     prove_redis_ping(stack.redis_url)
     prove_kafka_round_trip(connection)
-    ensure_topics(connection, settings.topics.all(), partitions=settings.dev.partitions)
+    ensure_topics(connection, settings.all_topics(), partitions=settings.dev.partitions)
     return stack
 
 

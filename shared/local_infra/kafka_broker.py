@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,40 @@ logger.started.level = INFO
 """
 
 
+SCRAM_LOGIN_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
+
+
 class KafkaBrokerError(FleetwatchError):
     pass
+
+
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A SASL_SSL listener for clients, beside the PLAINTEXT one (which stays for the controller and
+    readiness checks): SCRAM-SHA-512 users, created when the storage is formatted, and the broker's
+    certificate chain and unencrypted PKCS#8 key as PEM files (Kafka reads them inline, no keystore)."""
+
+    port: int
+    users: Mapping[str, str]  # name -> password
+    certificate_chain: Path
+    private_key: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def server_properties(self) -> dict[str, str]:
+        prefix = "listener.name.sasl_ssl."
+        return {
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            f"{prefix}scram-sha-512.sasl.jaas.config": f"{SCRAM_LOGIN_MODULE} required;",
+            f"{prefix}ssl.keystore.type": "PEM",
+            f"{prefix}ssl.keystore.certificate.chain": self.certificate_chain.read_text(),
+            f"{prefix}ssl.keystore.key": self.private_key.read_text(),
+        }
+
+    def scram_arguments(self) -> list[str]:
+        return [f"--add-scram=SCRAM-SHA-512=[name={name},password={password}]" for name, password in self.users.items()]
 
 
 @dataclass
@@ -48,6 +81,7 @@ class KafkaBroker:
     controller_port: int
     heap_mb: int = 512
     pid: int | None = None
+    sasl_ssl: SaslSslListener | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -58,15 +92,18 @@ class KafkaBroker:
         return self.data_dir / "broker.log"
 
     def _server_properties(self) -> str:
+        client_listeners = {"PLAINTEXT": self.port} | ({"SASL_SSL": self.sasl_ssl.port} if self.sasl_ssl else {})
+        advertised = ",".join(f"{name}://127.0.0.1:{port}" for name, port in client_listeners.items())
+        protocols = ",".join(f"{name}:{name}" for name in client_listeners)
         settings = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": f"{advertised},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": advertised,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": f"{protocols},CONTROLLER:PLAINTEXT",
             "log.dirs": str(self.data_dir / "log"),
             "num.partitions": "3",
             # One node: internal topics must not ask for replicas that cannot exist.
@@ -80,8 +117,10 @@ class KafkaBroker:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
             "log.retention.hours": "24",
+            **(self.sasl_ssl.server_properties() if self.sasl_ssl else {}),
         }
-        return "".join(f"{key}={value}\n" for key, value in settings.items())
+        # One line per key: the line breaks inside PEM values are written as \n, which Java reads back.
+        return "".join(f"{key}={value.strip()}".replace("\n", "\\n") + "\n" for key, value in settings.items())
 
     def _java_command(self, main_class: str, *args: str) -> list[str]:
         java = shutil.which("java")
@@ -106,8 +145,9 @@ class KafkaBroker:
         if (self.data_dir / "log" / "meta.properties").exists():
             return
         command = self._java_command(
-            "kafka.tools.StorageTool", "format", "-t", uuid.uuid4().hex[:22], "-c", str(properties)
-        )
+            "kafka.tools.StorageTool", "format", "-t", uuid.uuid4().hex[:22], "-c", str(properties),
+            *(self.sasl_ssl.scram_arguments() if self.sasl_ssl else []),
+        )  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise KafkaBrokerError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")

@@ -23,17 +23,17 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.artifact_store import RedisArtifactStore
-from shared.config import DetectorConfig, StreamSettings
-from shared.contracts import decode_transactions
-from shared.event_files import transaction_payloads
+from shared.config import DetectorConfig, StreamSettings, topic_environment
 from shared.http_endpoints import wait_until_ready
 from shared.kafka_client import KafkaConnection, produce_all
 from shared.local_infra.processes import free_port
 from shared.local_infra.redis_server import RedisServer
 from shared.registry import ModelRegistry
-from shared.synthetic import GeneratorSpec, generate_transactions
+from shared.streams.transactions.files import transaction_payloads
+from shared.streams.transactions.stream import TRANSACTIONS
+from shared.streams.transactions.synthetic import GeneratorSpec, generate_transactions
 from shared.training import train_round
-from shared.training_data import training_data_from_events
+from shared.training_data import training_data_from_payloads
 
 from .test_metric_names import (
     alert_queries,
@@ -91,9 +91,9 @@ def publish_small_model(registry: ModelRegistry) -> list[bytes]:
     """Train two small detectors on generated events, deploy them, and return the events to score."""
     data = generate_transactions(GeneratorSpec(users=200, events=2_000, seed=53))
     payloads = transaction_payloads(data, 0, len(data))
-    events = decode_transactions(payloads).events
     settings = StreamSettings(detectors=DETECTORS, fleet_fpr_budget=0.02, shadow_floor_auc=0.0)
-    trained = train_round(training_data_from_events(events, "test", 1.0, len(events)), settings, "transactions", None)
+    data = training_data_from_payloads(TRANSACTIONS, payloads, "test", 1.0, len(payloads))
+    trained = train_round(data, settings, TRANSACTIONS, None)
     registry.publish(trained.bundle, trained.draft, deploy=True)
     return payloads[-SCORED_EVENTS:]
 
@@ -104,9 +104,9 @@ def running_worker(
 ) -> Iterator[RunningWorker]:
     """A `fleetwatch worker` process with a deployed model version, ready; killed at the end, also on failure."""
     topics = {
-        "transactions": make_topic("events"),
+        "input": make_topic("events"),
         "alerts": make_topic("alerts"),
-        "summary_transactions": make_topic("summary"),
+        "summary": make_topic("summary"),
         "deadletter": make_topic("deadletter"),
     }
     prefix = f"{unique_name}:"
@@ -124,9 +124,9 @@ def running_worker(
         "FLEETWATCH_REGISTRY_KEY": REGISTRY_KEY,
         "FLEETWATCH_WORKER__GROUP_ID": f"scorers-{unique_name}",
         "FLEETWATCH_WORKER__METRICS_PORT": str(port),
-        **{f"FLEETWATCH_TOPICS__{role.upper()}": name for role, name in topics.items()},
+        **topic_environment(topics),
     }
-    worker = RunningWorker(f"http://127.0.0.1:{port}", topics["transactions"], tmp_path / "worker.log", payloads)
+    worker = RunningWorker(f"http://127.0.0.1:{port}", topics["input"], tmp_path / "worker.log", payloads)
     with worker.log.open("wb") as log:
         process = subprocess.Popen([FLEETWATCH, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

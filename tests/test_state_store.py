@@ -1,13 +1,15 @@
-"""The Redis profile store on a real Redis: round trip, replays start from the snapshot, zombies are refused."""
+"""The Redis entity-state store on a real Redis: round trip, replays start from the snapshot, zombies are refused."""
 
 from __future__ import annotations
 
 import numpy as np
 import redis
 
-from shared.features import TransactionColumns, advance_profiles
-from shared.profile_store import ProfileStore
-from shared.user_profiles import Profiles
+from shared.entity_state import EntityStates
+from shared.state_store import EntityStateStore
+from shared.streams.transactions.features import TransactionColumns, advance_profiles
+from shared.streams.transactions.profiles import empty_profiles
+from shared.streams.transactions.stream import TRANSACTIONS
 
 
 def batch(users: list[str], amounts: list[float], start_s: float) -> TransactionColumns:
@@ -18,7 +20,7 @@ def batch(users: list[str], amounts: list[float], start_s: float) -> Transaction
     )  # fmt: skip
 
 
-def apply(store: ProfileStore, cols: TransactionColumns, partition: int, first: int) -> tuple[Profiles, int]:
+def apply(store: EntityStateStore, cols: TransactionColumns, partition: int, first: int) -> tuple[EntityStates, int]:
     """One worker batch: read, advance, write; offsets first.. per event, all users on one partition."""
     users, inverse = np.unique(cols.user_id, return_inverse=True)
     offsets = first + np.arange(len(cols))
@@ -33,10 +35,10 @@ def apply(store: ProfileStore, cols: TransactionColumns, partition: int, first: 
 
 
 def test_profiles_round_trip_and_replays_do_not_count_twice(redis_client: redis.Redis, unique_name: str) -> None:
-    store = ProfileStore(redis_client, f"{unique_name}:", "transactions")
+    store = EntityStateStore(redis_client, f"{unique_name}:", TRANSACTIONS)
     first, _ = apply(store, batch(["a", "b", "a"], [10.0, 20.0, 30.0], 0.0), partition=0, first=0)
     stored = store.read(np.array(["a", "b", "c"], dtype=object), np.zeros(3, dtype=np.int64), np.full(3, 3))
-    assert stored.users.tolist() == ["a", "b"]
+    assert stored.keys.tolist() == ["a", "b"]
     assert stored.records.tobytes() == first.records.tobytes()
 
     second, refused = apply(store, batch(["a"], [40.0], 100.0), partition=0, first=3)
@@ -47,11 +49,11 @@ def test_profiles_round_trip_and_replays_do_not_count_twice(redis_client: redis.
 
 
 def test_a_zombie_writing_an_older_batch_is_refused(redis_client: redis.Redis, unique_name: str) -> None:
-    store = ProfileStore(redis_client, f"{unique_name}:", "transactions")
+    store = EntityStateStore(redis_client, f"{unique_name}:", TRANSACTIONS)
     apply(store, batch(["a"], [10.0], 0.0), partition=2, first=0)
     newer, _ = apply(store, batch(["a"], [20.0], 10.0), partition=2, first=1)
     # A fenced worker still holding the batch at offset 0 tries to write after the newer batch landed.
-    start = Profiles.empty()
+    start = empty_profiles()
     _, stale = advance_profiles(start, batch(["a"], [10.0], 0.0))
     one = np.zeros(1, dtype=np.int64)
     assert store.write(stale, start, one + 2, one, one) == 1

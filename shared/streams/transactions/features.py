@@ -1,7 +1,7 @@
 """Transaction features, with one definition for training (offline) and scoring (online).
 
 Per-user behaviour features need each user's history. History is summarised in a profile record
-(`shared.user_profiles`: counts, amount sums, the last few timestamps and IPs, the hour-of-day
+(`shared.streams.transactions.profiles`: counts, amount sums, the last few timestamps and IPs, the hour-of-day
 vector). `advance_profiles` takes the profiles as they were before a batch and the batch's events,
 and returns every event's features (computed from the history *before* that event) plus the profiles
 after the batch. Training calls it once over the whole time-ordered history with empty profiles; a
@@ -11,24 +11,25 @@ scoring worker calls it per micro-batch with the profiles it keeps in Redis. Sam
 ...     user_id=["a", "a", "b"], amount=[10.0, 100.0, 5.0],
 ...     timestamp_s=[0.0, 60.0, 30.0], ip=["1.1.1.1", "2.2.2.2", "3.3.3.3"],
 ...     transaction_type=["purchase"] * 3, channel=["web"] * 3, segment=["tight-passive"] * 3)
->>> raw, after = advance_profiles(Profiles.empty(), cols)
+>>> raw, after = advance_profiles(EntityStates.empty(PROFILE_LAYOUT), cols)
 >>> raw[:, FEATURE_NAMES.index("user_tx_count_log")].round(3).tolist()
 [0.0, 0.693, 0.0]
->>> float(raw[1, FEATURE_NAMES.index("new_ip_for_user")]), after.users.tolist(), after.records["count"].tolist()
+>>> float(raw[1, FEATURE_NAMES.index("new_ip_for_user")]), after.keys.tolist(), after.records["count"].tolist()
 (1.0, ['a', 'b'], [2.0, 1.0])
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.preprocessing import StandardScaler
 
-from shared.contracts import CHANNELS, SEGMENTS, TRANSACTION_TYPES, Transaction
-from shared.user_profiles import KNOWN_IPS, MOMENTS, RECENT_TIMESTAMPS, Profiles, ip_hashes
+from shared.entity_state import EntityStates
+from shared.pipeline import FeatureSpec
+from shared.streams.transactions.contract import CHANNELS, SEGMENTS, TRANSACTION_TYPES, Transaction
+from shared.streams.transactions.profiles import KNOWN_IPS, MOMENTS, PROFILE_LAYOUT, RECENT_TIMESTAMPS, ip_hashes
 
 FEATURE_SPEC_VERSION = 2
 """Bump when a feature's definition changes: a model trained on another spec is refused at load."""
@@ -64,12 +65,14 @@ USER_FEATURES = (
     "hour_off_user_habit",
 )
 FEATURE_NAMES: tuple[str, ...] = (*TRANSACTION_FEATURES, *USER_FEATURES)
+FEATURE_SPEC = FeatureSpec(FEATURE_SPEC_VERSION, FEATURE_NAMES)
 
 
 @dataclass(frozen=True)
 class TransactionColumns:
     """A batch of transactions as columns: what featurizing needs, in arrival order."""
 
+    event_id: np.ndarray
     user_id: np.ndarray
     amount: np.ndarray
     timestamp_s: np.ndarray
@@ -80,9 +83,13 @@ class TransactionColumns:
 
     @classmethod
     def from_arrays(cls, **columns: ArrayLike) -> TransactionColumns:
+        """Columns from arrays; without `event_id`, events are numbered by position."""
+        amount = np.asarray(columns["amount"], dtype=np.float64)
+        event_id = columns.get("event_id")
         return cls(
+            event_id=np.asarray(event_id if event_id is not None else np.arange(len(amount)).astype(str), dtype=object),
             user_id=np.asarray(columns["user_id"], dtype=object),
-            amount=np.asarray(columns["amount"], dtype=np.float64),
+            amount=amount,
             timestamp_s=np.asarray(columns["timestamp_s"], dtype=np.float64),
             ip=np.asarray(columns["ip"], dtype=object),
             transaction_type=np.asarray(columns["transaction_type"], dtype=object),
@@ -94,6 +101,7 @@ class TransactionColumns:
     def from_events(cls, events: Sequence[Transaction]) -> TransactionColumns:
         # Struct attributes have no columnar view; one comprehension per column is the cheapest way out.
         return cls.from_arrays(
+            event_id=[e.event_id for e in events],
             user_id=[e.user_id for e in events],
             amount=[e.amount for e in events],
             timestamp_s=[e.timestamp.timestamp() for e in events],
@@ -102,6 +110,17 @@ class TransactionColumns:
             channel=[e.channel for e in events],
             segment=[e.segment for e in events],
         )
+
+    @property
+    def entity(self) -> np.ndarray:
+        return self.user_id
+
+    @property
+    def event_time_s(self) -> np.ndarray:
+        return self.timestamp_s
+
+    def take(self, rows: np.ndarray) -> TransactionColumns:
+        return TransactionColumns(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
     def __len__(self) -> int:
         return len(self.amount)
@@ -150,7 +169,7 @@ def _segmented_exclusive_cummax(values: np.ndarray, group: np.ndarray, group_sta
     return sorted_values[np.maximum(previous, 0)]
 
 
-def advance_profiles(before: Profiles, cols: TransactionColumns) -> tuple[np.ndarray, Profiles]:
+def advance_profiles(before: EntityStates, cols: TransactionColumns) -> tuple[np.ndarray, EntityStates]:
     """Raw (unscaled) features of every event, and the profiles of the batch's users after it.
 
     Events of one user are taken in timestamp order; the feature rows come back in input order.
@@ -228,7 +247,7 @@ def advance_profiles(before: Profiles, cols: TransactionColumns) -> tuple[np.nda
     rows[order] = np.hstack([_transaction_features(cols)[order], user_features])
 
     last = np.append(group_start[1:], n) - 1  # each user's last row
-    after = Profiles.empty_records(len(users))
+    after = PROFILE_LAYOUT.empty(len(users))
     after["count"] = count[last] + 1
     after["amount_sum"] = amount_sum[last] + amount[last]
     after["amount_max"] = np.maximum(amount_max[last], amount[last])
@@ -236,7 +255,7 @@ def advance_profiles(before: Profiles, cols: TransactionColumns) -> tuple[np.nda
         after[name] = moments[last, k] + moment_terms[last, k]
     after["recent_ts"] = _newest_first(ts, last, start["recent_ts"], rank_in_group[last] + 1)
     after["ips"] = _recent_distinct_ips(g, ip, rank_in_group, last, start["ips"])
-    return rows, Profiles(users, after)
+    return rows, EntityStates(PROFILE_LAYOUT, users, after)
 
 
 def _newest_first(ts: np.ndarray, last: np.ndarray, stored: np.ndarray, batch_count: np.ndarray) -> np.ndarray:
@@ -270,19 +289,3 @@ def _recent_distinct_ips(
     ips = np.zeros((len(last), KNOWN_IPS), dtype=np.uint64)
     ips[user[slot < KNOWN_IPS], slot[slot < KNOWN_IPS]] = address[slot < KNOWN_IPS]
     return ips
-
-
-class FeatureScaler:
-    """Standardises raw features; fitted on the training split only (seed 003's leakage fix)."""
-
-    def __init__(self) -> None:
-        self._scaler = StandardScaler()
-
-    def fit(self, raw: np.ndarray) -> FeatureScaler:
-        self._scaler.fit(raw)
-        # A constant feature (e.g. a channel absent from training) must not divide by zero later.
-        self._scaler.scale_ = np.where(self._scaler.scale_ > 1e-9, self._scaler.scale_, 1.0)
-        return self
-
-    def transform(self, raw: np.ndarray) -> np.ndarray:
-        return np.asarray(self._scaler.transform(raw))

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from shared.contracts import CHANNELS, SEGMENTS, TRANSACTION_TYPES
-from shared.features import TransactionColumns
+from shared.streams.transactions.contract import CHANNELS, SEGMENTS, TRANSACTION_TYPES
+from shared.streams.transactions.features import TransactionColumns
 
 COUNTRIES = ("DE", "FR", "NL", "ES", "IT", "PL", "SE", "AT", "BE", "PT")
 FOREIGN_COUNTRIES = ("NG", "RU", "BR", "VN", "KP", "IR")
@@ -99,8 +99,8 @@ class SyntheticTransactions:
         """The columns featurizing needs, as a decoder would hand them over."""
         c = self.columns
         return TransactionColumns.from_arrays(
-            user_id=c["user_id"], amount=c["amount"], timestamp_s=c["timestamp_ms"] / 1000.0, ip=c["ip"],
-            transaction_type=c["transaction_type"], channel=c["channel"], segment=c["segment"],
+            event_id=c["event_id"], user_id=c["user_id"], amount=c["amount"], timestamp_s=c["timestamp_ms"] / 1000.0,
+            ip=c["ip"], transaction_type=c["transaction_type"], channel=c["channel"], segment=c["segment"],
         )  # fmt: skip
 
 

@@ -1,0 +1,166 @@
+"""The Stream interface: everything the engine needs to know about one kind of event, and nothing more.
+
+The engine (worker loop, trainer round, batch mode, registry, output records, summarizer windows)
+knows no stream. A stream supplies:
+
+- its event contract, as a batch decoder that never raises (`decode`: bad records come back as
+  `DecodeError` values with the reason and the original bytes);
+- its columns (`columns`): a batch as arrays, with the entity key and the event time every stream has;
+- its feature spec (names and version) and its entity state (`state_layout`: a fixed-size record);
+- `advance`, the one function that takes the entities' state before a batch and the batch, and
+  returns every event's raw features and the state after it: called once over a whole time-ordered
+  history offline (training, batch mode), and per micro-batch online (worker), so the two cannot drift;
+- its default detectors, the event fields an alert report headlines, the dimensions its summaries
+  are windowed by, its default topics, and a synthetic generator with ground truth kept apart.
+
+A stream is one subpackage of `shared/streams/` implementing this class, plus one line in
+`shared/streams/catalog.py` (or a `stream_plugins` entry in the configuration).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, Self, TypeVar
+
+import numpy as np
+
+from shared.contracts import DecodedBatch, DecodeError
+from shared.entity_state import EntityStates, StateLayout
+
+
+class EventColumns(Protocol):
+    """A batch of one stream's events as arrays; what the engine itself reads of any stream's columns."""
+
+    @property
+    def event_id(self) -> np.ndarray: ...
+
+    @property
+    def entity(self) -> np.ndarray:
+        """The key whose history the features follow (user, session, asset): object array of str."""
+        ...
+
+    @property
+    def event_time_s(self) -> np.ndarray:
+        """Each event's own time, seconds since the epoch (float64)."""
+        ...
+
+    def take(self, rows: np.ndarray) -> Self:
+        """The columns of `rows`, in that order."""
+        ...
+
+    def __len__(self) -> int: ...
+
+
+EventT = TypeVar("EventT")
+ColumnsT = TypeVar("ColumnsT", bound=EventColumns)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Names of the raw feature columns `advance` returns, and the version of their definitions."""
+
+    version: int
+    names: tuple[str, ...]
+
+    def mismatch(self, version: int, names: Sequence[str]) -> str | None:
+        """Why a model trained on (version, names) cannot score this spec's features; None if it can."""
+        if version != self.version or tuple(names) != self.names:
+            return f"trained on feature spec {version} ({len(names)} features); this build computes spec " + (
+                f"{self.version} ({len(self.names)} features)"
+            )
+        return None
+
+
+@dataclass(frozen=True)
+class StreamTopics:
+    """Default topic names; a deployment overrides them in the stream's settings."""
+
+    input: str
+    summary: str
+
+
+@dataclass(frozen=True)
+class WindowDimensions:
+    """How the summarizer windows a stream's scored events: fields of the event as it arrived (JSON)."""
+
+    entity: str  # the field counted as distinct entities and top entities
+    time: str  # RFC 3339 event time: windows follow it, not Kafka's timestamps
+    dimensions: tuple[str, ...]  # a window per combination of these fields' values
+    measure: str | None = None  # a numeric field summed and averaged per window
+
+
+@dataclass(frozen=True)
+class SyntheticEvents:
+    """Generated events as the producers would send them, and their ground truth, kept apart."""
+
+    payloads: list[bytes]
+    keys: list[str]
+    event_id: np.ndarray
+    is_anomaly: np.ndarray
+    anomaly_kind: np.ndarray  # "" for normal events
+
+    def labels(self) -> dict[str, tuple[bool, str]]:
+        return dict(
+            zip(
+                self.event_id.tolist(),
+                zip(self.is_anomaly.tolist(), self.anomaly_kind.tolist(), strict=True),
+                strict=True,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class OfflineBatch(Generic[ColumnsT]):
+    """A whole history featurized at once: valid events in time order, their raw features, the rejects."""
+
+    columns: ColumnsT
+    raw_features: np.ndarray
+    errors: list[DecodeError]
+
+
+class Stream(ABC, Generic[EventT, ColumnsT]):
+    """One kind of event, as the engine sees it. Subclasses set the attributes and implement the methods."""
+
+    name: str
+    feature_spec: FeatureSpec
+    state_layout: StateLayout
+    topics: StreamTopics
+    windows: WindowDimensions
+    alert_fields: tuple[str, ...]
+    """Columns of `report_table` an alert report headlines (batch report's top anomalies)."""
+    default_detectors: tuple[Mapping[str, Any], ...]
+    """`{name, kind, params}` entries, as a stream's `detectors` setting lists them."""
+
+    @abstractmethod
+    def decode(self, payloads: Sequence[bytes | None]) -> DecodedBatch[EventT]:
+        """Raw payloads to events; never raises for bad input."""
+
+    @abstractmethod
+    def columns(self, events: Sequence[EventT]) -> ColumnsT:
+        """Decoded events as columns, in the given order."""
+
+    @abstractmethod
+    def advance(self, before: EntityStates, columns: ColumnsT) -> tuple[np.ndarray, EntityStates]:
+        """Raw features of every event (rows in input order, `feature_spec.names` columns), computed from
+        each entity's history before the event, and the states of the batch's entities after it."""
+
+    @abstractmethod
+    def report_table(self, columns: ColumnsT) -> dict[str, Any]:
+        """Per-event columns worth keeping beside the scores (batch mode's Parquet and report)."""
+
+    @abstractmethod
+    def synthetic(self, events: int, entities: int, anomaly_rate: float, seed: int) -> SyntheticEvents:
+        """Labelled synthetic events in time order, for demos and tests."""
+
+    def empty_states(self) -> EntityStates:
+        return EntityStates.empty(self.state_layout)
+
+    def offline(self, payloads: Sequence[bytes | None]) -> OfflineBatch[ColumnsT]:
+        """Decode a whole history, order it by event time, featurize it from empty states."""
+        decoded = self.decode(payloads)
+        columns = self.columns(decoded.events)
+        columns = columns.take(np.argsort(columns.event_time_s, kind="stable"))
+        raw, _ = self.advance(self.empty_states(), columns)
+        return OfflineBatch(columns, raw, decoded.errors)

@@ -1,0 +1,154 @@
+"""Entities' state in Redis, so that scoring workers stay stateless and any of them can take over a partition.
+
+Each batch reads its entities' states with one MGET and writes them back with one script call. Replays
+are idempotent per (partition, offset): a stored state remembers the state it had before the batch
+that last wrote it (`snapshot`) and the offsets that batch covered. When a batch is replayed (its
+Kafka transaction aborted, or its worker died before committing), the worker starts again from that
+snapshot, so no event counts twice. The write is refused for an entity whose stored state comes from a
+later batch, so a fenced zombie worker cannot overwrite newer state.
+
+A stored value is one fixed-size record (`envelope_dtype`): an ASCII header the write script can read
+(partition, first and last offset of the batch that wrote it), then the state and the snapshot as
+records of the stream's layout. A batch of values therefore decodes with one `np.frombuffer`, no
+per-entity parsing. When Redis is unavailable the batch is still scored, from empty states, and the
+failure is logged and counted: a worker keeps serving, and its outputs say nothing they should not.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import numpy as np
+import redis
+
+from shared import metrics
+from shared.entity_state import EntityStates, StateLayout
+from shared.logs import get_logger
+from shared.pipeline import EventColumns, Stream
+
+log = get_logger("fleetwatch.state")
+
+PARTITION_DIGITS, OFFSET_DIGITS = 10, 19
+
+
+def envelope_dtype(layout: StateLayout) -> np.dtype:
+    return np.dtype(
+        [
+            ("partition", f"S{PARTITION_DIGITS}"),
+            ("snap_offset", f"S{OFFSET_DIGITS}"),
+            ("applied_offset", f"S{OFFSET_DIGITS}"),
+            ("state", layout.dtype),
+            ("snapshot", layout.dtype),
+        ]
+    )
+
+
+KEY_VERSION = "v2"
+"""Part of every key: bump when the envelope layout changes, so old values are never misread."""
+
+WRITE_SCRIPT = f"""
+-- KEYS: profile keys; ARGV: ttl_seconds, then one envelope per key (header: partition, snap offset)
+local ttl = tonumber(ARGV[1])
+local refused = 0
+for i, key in ipairs(KEYS) do
+  local envelope = ARGV[i + 1]
+  local stored = redis.call('GET', key)
+  if stored and string.sub(stored, 1, {PARTITION_DIGITS}) == string.sub(envelope, 1, {PARTITION_DIGITS})
+      and tonumber(string.sub(stored, {PARTITION_DIGITS + 1}, {PARTITION_DIGITS + OFFSET_DIGITS}))
+        > tonumber(string.sub(envelope, {PARTITION_DIGITS + 1}, {PARTITION_DIGITS + OFFSET_DIGITS})) then
+    refused = refused + 1
+  else
+    redis.call('SET', key, envelope, 'EX', ttl)
+  end
+end
+return refused
+"""
+
+
+def _digits(values: np.ndarray, width: int) -> np.ndarray:
+    """Non-negative integers as zero-padded ASCII of a fixed width (what Lua's tonumber reads)."""
+    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
+    ascii_digits = (values.astype(np.int64)[:, None] // powers[None, :]) % 10 + ord("0")
+    return np.ascontiguousarray(ascii_digits.astype(np.uint8)).view(f"S{width}").reshape(-1)
+
+
+class EntityStateStore:
+    """One stream's entity states in Redis, under `{prefix}profile:{KEY_VERSION}:{stream}:{entity}`."""
+
+    def __init__(self, client: redis.Redis, prefix: str, stream: Stream[Any, Any], ttl_s: int = 90 * 86400) -> None:
+        self._redis = client
+        self._stream = stream
+        self._layout = stream.state_layout
+        self._envelope = envelope_dtype(self._layout)
+        self._prefix = f"{prefix}profile:{KEY_VERSION}:{stream.name}:"
+        self._ttl_s = ttl_s
+        self._write = client.register_script(WRITE_SCRIPT)
+
+    def _keys(self, entities: np.ndarray) -> list[str]:
+        return [self._prefix + entity for entity in entities.tolist()]
+
+    def features(self, columns: EventColumns, partitions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Raw features of a consumed batch from its entities' stored states, which are advanced and stored.
+
+        `partitions` and `offsets` say where each event was read; an entity's events of one batch come from
+        one partition (events are keyed by entity). Without Redis: from empty states, logged and counted."""
+        entities, inverse = np.unique(columns.entity, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        first = np.full(len(entities), np.iinfo(np.int64).max)
+        last = np.full(len(entities), -1)
+        np.minimum.at(first, inverse, offsets)
+        np.maximum.at(last, inverse, offsets)
+        entity_partition = np.zeros(len(entities), dtype=np.int64)
+        entity_partition[inverse] = partitions
+        try:
+            start = self.read(entities, entity_partition, first)
+        except redis.RedisError as exc:
+            metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
+            log.warning("state store unavailable; scoring with empty histories", error=str(exc))
+            raw, _ = self._stream.advance(self._stream.empty_states(), columns)
+            return raw
+        raw, after = self._stream.advance(start, columns)
+        try:
+            refused = self.write(after, start, entity_partition, first, last)
+        except redis.RedisError as exc:
+            metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
+            log.warning("state store write failed; states of this batch are not kept", error=str(exc))
+        else:
+            if refused:
+                log.warning("states newer than this batch were kept (another worker is ahead)", entities=refused)
+        return raw
+
+    def read(self, entities: np.ndarray, partitions: np.ndarray, first_offsets: np.ndarray) -> EntityStates:
+        """States to start each entity from: the stored state, or its snapshot when this is a replay."""
+        stored = cast(list[bytes | None], self._redis.mget(self._keys(entities)))
+        present = np.array([value is not None for value in stored], dtype=bool)
+        envelopes = np.frombuffer(b"".join(value for value in stored if value is not None), dtype=self._envelope)
+        replay = (envelopes["partition"].astype(np.int64) == partitions[present]) & (
+            first_offsets[present] <= envelopes["applied_offset"].astype(np.int64)
+        )
+        start = envelopes["state"].copy()
+        start[replay] = envelopes["snapshot"][replay]
+        return EntityStates.of(self._layout, entities[present], start)
+
+    def write(
+        self,
+        after: EntityStates,
+        start: EntityStates,
+        partitions: np.ndarray,
+        first_offsets: np.ndarray,
+        last_offsets: np.ndarray,
+    ) -> int:
+        """Store every entity's new state with the snapshot it started from; return how many were refused.
+
+        `partitions` and the offsets are per entity of `after`, in its order."""
+        if not len(after):
+            return 0
+        envelopes = np.empty(len(after), dtype=self._envelope)
+        envelopes["partition"] = _digits(partitions, PARTITION_DIGITS)
+        envelopes["snap_offset"] = _digits(first_offsets, OFFSET_DIGITS)
+        envelopes["applied_offset"] = _digits(last_offsets, OFFSET_DIGITS)
+        envelopes["state"] = after.records
+        envelopes["snapshot"] = start.aligned(after.keys)
+        whole, size = envelopes.tobytes(), self._envelope.itemsize
+        values = [whole[offset : offset + size] for offset in range(0, len(whole), size)]
+        return int(self._write(keys=self._keys(after.keys), args=[self._ttl_s, *values]))

@@ -1,0 +1,1 @@
+"""The transaction stream: contract, features, profiles, synthetic data and files; `TRANSACTIONS` is its Stream."""
