@@ -302,3 +302,12 @@ def next_offsets(messages: Iterable[Message]) -> list[TopicPartition]:
         key = (message.topic() or "", int(message.partition() or 0))
         highest[key] = max(highest.get(key, -1), int(message.offset() or 0))
     return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in highest.items()]
+
+
+def first_offsets(messages: Iterable[Message]) -> list[TopicPartition]:
+    """Where `messages` start, per topic partition: the positions to seek back to, to read them again."""
+    lowest: dict[tuple[str, int], int] = {}
+    for message in messages:
+        key, offset = (message.topic() or "", int(message.partition() or 0)), int(message.offset() or 0)
+        lowest[key] = min(lowest.get(key, offset), offset)
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in lowest.items()]

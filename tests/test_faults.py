@@ -183,7 +183,7 @@ def test_at_least_once_reads_a_batch_again_until_the_refusing_topic_takes_it(
         reread = worker_events(fleet.log_of(worker), NOT_ACKNOWLEDGED)
         assert reread and reread[0]["failed"] > 0
         assert reread[0]["errors"][fleet.topics["summary"]]["MSG_SIZE_TOO_LARGE"] > 0
-        assert all(offset.startswith(fleet.topics["input"]) for offset in reread[0]["offsets"])
+        assert all(batch.startswith(fleet.topics["input"]) for batch in reread[0]["batch"])
 
 
 # --- Redis ---------------------------------------------------------------------------------------

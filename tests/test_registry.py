@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import io
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import joblib
 import msgspec
 import numpy as np
 import pytest
@@ -171,3 +175,41 @@ def test_manifest_records_what_a_person_needs(trained: TrainingResult) -> None:
     assert entry.active_method == "fleet_budget" and entry.params["n_estimators"] == 30
     assert draft.training.rows_train > draft.training.rows_calibration > 0
     assert draft.evaluation is not None and draft.evaluation["weakest_detector"] in {"iforest", "robust_z"}
+
+
+class _UnloadableBundle:
+    """Pickles fine here; unpickling it in a worker fails as a bundle from another build would."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (importlib.import_module, ("shared.no_such_module_from_an_older_build",))
+
+
+def test_an_artifact_that_does_not_unpickle_is_refused_with_how_to_retrain(
+    registry: ModelRegistry, trained: TrainingResult
+) -> None:
+    bundle = dataclasses.replace(trained.bundle)
+    bundle.to_bytes = lambda: joblib_bytes(_UnloadableBundle())  # type: ignore[method-assign]
+    manifest = registry.publish(bundle, trained.draft, deploy=True)
+    with pytest.raises(VersionRefused, match=r"does not load in this build \(ModuleNotFoundError.*retrain with"):
+        registry.load("transactions", manifest.version)
+
+
+def test_another_feature_spec_is_refused_before_anything_is_unpickled(
+    registry: ModelRegistry, trained: TrainingResult
+) -> None:
+    bundle = dataclasses.replace(trained.bundle)
+    bundle.to_bytes = lambda: b"not a pickle: reading it would fail differently"  # type: ignore[method-assign]
+    draft = msgspec.structs.replace(trained.draft, feature_spec_version=1, feature_names=["amount"])
+    manifest = registry.publish(bundle, draft, deploy=True)
+    with pytest.raises(VersionRefused, match=r"trained on feature spec 1 \(1 features\); this build computes spec 2"):
+        registry.load("transactions", manifest.version)
+    other_stream = msgspec.structs.replace(trained.draft, stream="weather")
+    weather = registry.publish(trained.bundle, other_stream, deploy=True)
+    with pytest.raises(VersionRefused, match="this build has no stream 'weather'"):
+        registry.load("weather", weather.version)
+
+
+def joblib_bytes(value: object) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(value, buffer)
+    return buffer.getvalue()

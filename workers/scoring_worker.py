@@ -26,7 +26,14 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from shared import metrics
 from shared.config import FleetwatchSettings
 from shared.http_endpoints import start_http_endpoints
-from shared.kafka_client import DeliveryReport, ProducerQueueFull, consumer, next_offsets, producer
+from shared.kafka_client import (
+    DeliveryReport,
+    ProducerQueueFull,
+    consumer,
+    first_offsets,
+    next_offsets,
+    producer,
+)
 from shared.logs import get_logger
 from shared.output_records import OutputRecord
 from shared.registry import open_registry
@@ -160,12 +167,11 @@ class ScoringWorker:
             metrics.BATCH_SIZE.labels(scorer.stream.name).observe(len(batch))
             outputs += scorer.build_outputs(batch)
         consumed = [message for batch in valid.values() for message in batch]
-        offsets = next_offsets(consumed)
         streams = sorted({self._by_topic[topic].stream.name for topic in valid})
         if self._exactly_once:
-            committed = self._commit_transaction(outputs, offsets, streams)
+            committed = self._commit_transaction(outputs, consumed, streams)
         else:
-            committed = self._commit_after_delivery(outputs, offsets, streams)
+            committed = self._commit_after_delivery(outputs, consumed, streams)
         if committed:
             self._failed_attempts = 0
             self._observe_latency(consumed)
@@ -186,9 +192,7 @@ class ScoringWorker:
         for record in outputs:
             self._producer.produce(record.topic, value=record.value, key=record.key, headers=record.headers)
 
-    def _commit_after_delivery(
-        self, outputs: list[OutputRecord], offsets: list[TopicPartition], streams: list[str]
-    ) -> bool:
+    def _commit_after_delivery(self, outputs: list[OutputRecord], consumed: list[Message], streams: list[str]) -> bool:
         """At-least-once: commit the batch's offsets only once the broker acknowledged every one of its outputs."""
         try:
             self._produce(outputs)
@@ -207,13 +211,13 @@ class ScoringWorker:
                 failed=report.failed,
                 unacknowledged=report.unacknowledged,
                 errors=report.errors,
-                offsets=_describe(offsets),
+                batch=_offset_ranges(consumed),
             )
             for stream in streams:
                 metrics.BATCHES_REREAD.labels(stream, "delivery_failed").inc()
             return False
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._consumer.commit(offsets=next_offsets(consumed), asynchronous=False)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.fatal():
@@ -221,16 +225,14 @@ class ScoringWorker:
             log.warning(
                 "offset commit failed; batch read again (its outputs may repeat)",
                 error=str(error),
-                offsets=_describe(offsets),
+                batch=_offset_ranges(consumed),
             )
             for stream in streams:
                 metrics.BATCHES_REREAD.labels(stream, "commit_failed").inc()
             return False
         return True
 
-    def _commit_transaction(
-        self, outputs: list[OutputRecord], offsets: list[TopicPartition], streams: list[str]
-    ) -> bool:
+    def _commit_transaction(self, outputs: list[OutputRecord], consumed: list[Message], streams: list[str]) -> bool:
         """Exactly-once: outputs and offsets in one transaction.
 
         Retriable errors were already retried by the producer (bounded); anything else but a fatal error
@@ -241,13 +243,15 @@ class ScoringWorker:
             self._producer.begin_transaction()
             self._produce(outputs)
             metadata = self._consumer.consumer_group_metadata()
-            self._producer.send_offsets_to_transaction(offsets, metadata, TRANSACTION_CALL_TIMEOUT_S)
+            self._producer.send_offsets_to_transaction(next_offsets(consumed), metadata, TRANSACTION_CALL_TIMEOUT_S)
             started = time.perf_counter()
             self._producer.commit_transaction(TRANSACTION_CALL_TIMEOUT_S)
         except (KafkaException, ProducerQueueFull) as exc:
             error: KafkaError | None = exc.args[0] if isinstance(exc, KafkaException) else None
             if error is not None and error.fatal():
-                log.error("producer fenced or failed fatally; exiting", error=str(error), offsets=_describe(offsets))
+                log.error(
+                    "producer fenced or failed fatally; exiting", error=str(error), batch=_offset_ranges(consumed)
+                )
                 raise
             self._producer.abort_transaction(TRANSACTION_CALL_TIMEOUT_S)
             report = self._producer.wait_for_deliveries(0)  # the outputs the abort purged, and any refused
@@ -259,7 +263,7 @@ class ScoringWorker:
                 outputs=len(outputs),
                 failed=report.failed,
                 errors=report.errors,
-                offsets=_describe(offsets),
+                batch=_offset_ranges(consumed),
             )
             for stream in streams:
                 metrics.TRANSACTIONS_ABORTED.labels(stream).inc()
@@ -276,7 +280,7 @@ class ScoringWorker:
         Those offsets are the committed ones: a batch is consumed only once the one before it committed.
         A partition revoked meanwhile is skipped; its new owner starts from the committed offset anyway.
         """
-        for position in _first_offsets(consumed):
+        for position in first_offsets(consumed):
             try:
                 self._consumer.seek(position)
             except KafkaException as exc:
@@ -289,16 +293,12 @@ class ScoringWorker:
         self._stopping.wait(min(REREAD_BACKOFF_S * 2 ** (self._failed_attempts - 1), REREAD_BACKOFF_MAX_S))
 
 
-def _first_offsets(messages: list[Message]) -> list[TopicPartition]:
-    lowest: dict[tuple[str, int], int] = {}
-    for message in messages:
-        key = (message.topic() or "", int(message.partition() or 0))
-        lowest[key] = min(lowest.get(key, int(message.offset() or 0)), int(message.offset() or 0))
-    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in lowest.items()]
-
-
-def _describe(offsets: list[TopicPartition]) -> list[str]:
-    return [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in offsets]
+def _offset_ranges(messages: list[Message]) -> list[str]:
+    """Where a batch lies, for logs: topic[partition]@first-last."""
+    return [
+        f"{first.topic}[{first.partition}]@{first.offset}-{after.offset - 1}"
+        for first, after in zip(first_offsets(messages), next_offsets(messages), strict=True)
+    ]
 
 
 def _count_not_acknowledged(report: DeliveryReport) -> None:
