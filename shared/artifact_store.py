@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-import redis
-
 from shared.errors import FleetwatchError
+from shared.redis_connection import RedisClient
 
 
 class ArtifactMissing(FleetwatchError):
@@ -21,7 +20,7 @@ class ArtifactStore(Protocol):
 
 
 class RedisArtifactStore:
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self._client = client
         self._prefix = prefix
 

@@ -168,7 +168,10 @@ class FleetwatchSettings(BaseSettings):
     )
 
     kafka_bootstrap: str = "127.0.0.1:19092"
-    redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_url: str = Field(
+        "redis://127.0.0.1:16379/0",
+        description="redis:// or rediss:// for one server; redis+cluster:// (any node) for a Redis Cluster",
+    )
     kafka_properties: dict[str, str] = Field(
         default_factory=dict, description="librdkafka properties passed through unchanged"
     )

@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import redis
 
 from shared.artifact_store import ArtifactMissing, ArtifactStore, FileArtifactStore, RedisArtifactStore
 from shared.config import FleetwatchSettings
 from shared.errors import FleetwatchError
 from shared.model_version import ArtifactRef, DeployedVersion, Manifest, ModelBundle
+from shared.redis_connection import RedisClient, connect_redis
 from shared.signing import content_hash, sign, signature_matches, signing_key
 from shared.streams.catalog import CATALOG
 from shared.thresholds import ThresholdMethod
@@ -38,22 +38,28 @@ class Notice(msgspec.Struct, kw_only=True):
 
 @dataclass(frozen=True)
 class RegistryKeys:
+    """A stream's keys share the hash tag `{<prefix>registry:<stream>}`: one slot on a Redis Cluster, so a
+    publish or a pointer move stays one transaction."""
+
     prefix: str
 
+    def _tag(self, stream: str) -> str:
+        return f"{{{self.prefix}registry:{stream}}}"
+
     def manifest(self, stream: str, version: int) -> str:
-        return f"{self.prefix}registry:{stream}:manifest:{version}"
+        return f"{self._tag(stream)}:manifest:{version}"
 
     def versions(self, stream: str) -> str:
-        return f"{self.prefix}registry:{stream}:versions"
+        return f"{self._tag(stream)}:versions"
 
     def counter(self, stream: str) -> str:
-        return f"{self.prefix}registry:{stream}:next"
+        return f"{self._tag(stream)}:next"
 
     def deployed(self, stream: str) -> str:
-        return f"{self.prefix}registry:{stream}:deployed"
+        return f"{self._tag(stream)}:deployed"
 
     def history(self, stream: str) -> str:
-        return f"{self.prefix}registry:{stream}:history"
+        return f"{self._tag(stream)}:history"
 
     @property
     def notices(self) -> str:
@@ -61,7 +67,7 @@ class RegistryKeys:
 
 
 class ModelRegistry:
-    def __init__(self, client: redis.Redis, store: ArtifactStore, key: bytes, prefix: str) -> None:
+    def __init__(self, client: RedisClient, store: ArtifactStore, key: bytes, prefix: str) -> None:
         self._redis = client
         self._store = store
         self._key = key
@@ -225,9 +231,9 @@ def draft_manifest(stream: str, parent: int | None, **fields: Any) -> Manifest:
     )
 
 
-def open_registry(settings: FleetwatchSettings, client: redis.Redis | None = None) -> ModelRegistry:
+def open_registry(settings: FleetwatchSettings, client: RedisClient | None = None) -> ModelRegistry:
     """The registry the settings describe: Redis index, the configured artifact store, the signing key."""
-    client = client or redis.Redis.from_url(settings.redis_url)
+    client = client or connect_redis(settings.redis_url)
     store: ArtifactStore = (
         RedisArtifactStore(client, settings.redis_prefix)
         if settings.artifact_store == "redis"

@@ -10,12 +10,19 @@ later batch, so a fenced zombie worker cannot overwrite newer state.
 A stored value is one fixed-size record (`envelope_dtype`): an ASCII header the write script can read
 (partition, first and last offset of the batch that wrote it), then the state and the snapshot as
 records of the stream's layout. A batch of values therefore decodes with one `np.frombuffer`, no
-per-entity parsing. When Redis is unavailable the batch is still scored, from empty states, and the
-failure is logged and counted: a worker keeps serving, and its outputs say nothing they should not.
+per-entity parsing.
+
+Keys carry a hash tag naming one of `BUCKETS` buckets of entities (a stable CRC32 of the entity), so on
+a Redis Cluster a batch's states are read with one MGET per bucket and written with one script call per
+bucket, pipelined: one round trip per node, every script inside one slot. On a single server it is one
+MGET and one script call per batch, as before. When Redis is unavailable the batch is still scored, from
+empty states, and the failure is logged and counted: a worker keeps serving, and its outputs say nothing
+they should not.
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, cast
 
 import numpy as np
@@ -25,6 +32,7 @@ from shared import metrics
 from shared.entity_state import EntityStates, StateLayout
 from shared.logs import get_logger
 from shared.pipeline import EventColumns, Stream
+from shared.redis_connection import RedisClient, is_cluster
 
 log = get_logger("fleetwatch.state")
 
@@ -43,8 +51,11 @@ def envelope_dtype(layout: StateLayout) -> np.dtype:
     )
 
 
-KEY_VERSION = "v2"
-"""Part of every key: bump when the envelope layout changes, so old values are never misread."""
+KEY_VERSION = "v3"
+"""Part of every key: bump when the envelope layout or the key scheme changes, so old values are never misread."""
+
+BUCKETS = 256
+"""Hash-tag buckets: enough to spread a cluster's slots over its nodes, few enough to batch per bucket."""
 
 WRITE_SCRIPT = f"""
 -- KEYS: profile keys; ARGV: ttl_seconds, then one envelope per key (header: partition, snap offset)
@@ -73,19 +84,28 @@ def _digits(values: np.ndarray, width: int) -> np.ndarray:
 
 
 class EntityStateStore:
-    """One stream's entity states in Redis, under `{prefix}profile:{KEY_VERSION}:{stream}:{entity}`."""
+    """One stream's entity states in Redis, under `{prefix}state:{KEY_VERSION}:{stream}:{{b<bucket>}}:{entity}`."""
 
-    def __init__(self, client: redis.Redis, prefix: str, stream: Stream[Any, Any], ttl_s: int = 90 * 86400) -> None:
+    def __init__(self, client: RedisClient, prefix: str, stream: Stream[Any, Any], ttl_s: int = 90 * 86400) -> None:
         self._redis = client
+        self._cluster = is_cluster(client)
         self._stream = stream
         self._layout = stream.state_layout
         self._envelope = envelope_dtype(self._layout)
-        self._prefix = f"{prefix}profile:{KEY_VERSION}:{stream.name}:"
+        self._prefix = f"{prefix}state:{KEY_VERSION}:{stream.name}:"
         self._ttl_s = ttl_s
         self._write = client.register_script(WRITE_SCRIPT)
 
-    def _keys(self, entities: np.ndarray) -> list[str]:
-        return [self._prefix + entity for entity in entities.tolist()]
+    def _keys(self, entities: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Each entity's key, and its bucket (the key's hash tag)."""
+        buckets = np.fromiter(
+            (zlib.crc32(entity.encode()) % BUCKETS for entity in entities.tolist()), dtype=np.int64, count=len(entities)
+        )
+        keys = [
+            f"{self._prefix}{{b{bucket}}}:{entity}"
+            for bucket, entity in zip(buckets.tolist(), entities.tolist(), strict=True)
+        ]
+        return keys, buckets
 
     def features(self, columns: EventColumns, partitions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Raw features of a consumed batch from its entities' stored states, which are advanced and stored.
@@ -120,7 +140,12 @@ class EntityStateStore:
 
     def read(self, entities: np.ndarray, partitions: np.ndarray, first_offsets: np.ndarray) -> EntityStates:
         """States to start each entity from: the stored state, or its snapshot when this is a replay."""
-        stored = cast(list[bytes | None], self._redis.mget(self._keys(entities)))
+        keys, _ = self._keys(entities)
+        # A cluster refuses a multi-slot MGET; redis-py's non-atomic MGET sends one per slot, pipelined per node.
+        stored = cast(
+            list[bytes | None],
+            self._redis.mget_nonatomic(keys) if self._cluster else self._redis.mget(keys),  # type: ignore[union-attr]
+        )
         present = np.array([value is not None for value in stored], dtype=bool)
         envelopes = np.frombuffer(b"".join(value for value in stored if value is not None), dtype=self._envelope)
         replay = (envelopes["partition"].astype(np.int64) == partitions[present]) & (
@@ -151,4 +176,28 @@ class EntityStateStore:
         envelopes["snapshot"] = start.aligned(after.keys)
         whole, size = envelopes.tobytes(), self._envelope.itemsize
         values = [whole[offset : offset + size] for offset in range(0, len(whole), size)]
-        return int(self._write(keys=self._keys(after.keys), args=[self._ttl_s, *values]))
+        keys, buckets = self._keys(after.keys)
+        if not self._cluster:
+            return int(self._write(keys=keys, args=[self._ttl_s, *values]))
+        return self._write_by_bucket(keys, buckets, values)
+
+    def _write_by_bucket(self, keys: list[str], buckets: np.ndarray, values: list[bytes]) -> int:
+        """One script call per bucket (one slot each), pipelined: one round trip per cluster node."""
+        order = np.argsort(buckets, kind="stable")
+        starts = np.flatnonzero(np.r_[True, buckets[order][1:] != buckets[order][:-1]])
+        groups = np.split(order, starts[1:])
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for rows in groups:
+                chosen = rows.tolist()
+                pipe.execute_command(
+                    "EVALSHA", self._write.sha, len(chosen), *(keys[i] for i in chosen), self._ttl_s,
+                    *(values[i] for i in chosen),
+                )  # fmt: skip
+            try:
+                return sum(int(refused) for refused in pipe.execute())
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                self._redis.script_load(WRITE_SCRIPT)  # a restarted node forgot it; loads on every primary
+        raise AssertionError("unreachable")

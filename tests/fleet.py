@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from shared.artifact_store import RedisArtifactStore
@@ -26,6 +25,7 @@ from shared.http_endpoints import wait_until_ready
 from shared.kafka_client import KafkaConnection, consumer, ensure_topics, produce_all, producer, topic_partitions
 from shared.local_infra.processes import free_port
 from shared.output_records import decode_output
+from shared.redis_connection import RedisClient, connect_redis
 from shared.registry import ModelRegistry
 from shared.streams.transactions.files import transaction_payloads
 from shared.streams.transactions.synthetic import GeneratorSpec, generate_transactions
@@ -41,7 +41,7 @@ class Fleet:
     """One test's topics, registry and worker processes."""
 
     kafka: KafkaConnection
-    client: redis.Redis
+    client: RedisClient
     registry: ModelRegistry
     env: dict[str, str]
     topics: dict[str, str]
@@ -108,7 +108,7 @@ def open_fleet(kafka: KafkaConnection, redis_url: str, name: str, log_dir: Path)
     topics = {role: f"{topic}.{name}" for role, topic in TOPIC_NAMES.items()}
     ensure_topics(kafka, topics.values(), partitions=3)
     prefix = f"{name}:"
-    client = redis.Redis.from_url(redis_url)
+    client = connect_redis(redis_url)
     registry = ModelRegistry(client, RedisArtifactStore(client, prefix), KEY.encode(), prefix)
     env = {
         **os.environ,

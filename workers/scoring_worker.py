@@ -20,7 +20,6 @@ import threading
 import time
 from collections import defaultdict
 
-import redis
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from shared import metrics
@@ -36,6 +35,7 @@ from shared.kafka_client import (
 )
 from shared.logs import get_logger
 from shared.output_records import OutputRecord
+from shared.redis_connection import connect_redis
 from shared.registry import open_registry
 from shared.state_store import EntityStateStore
 from shared.streams.catalog import stream_named
@@ -56,7 +56,7 @@ class ScoringWorker:
     def __init__(self, settings: FleetwatchSettings) -> None:
         self.settings = settings
         worker = settings.worker
-        self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self._client = connect_redis(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self._registry = open_registry(settings, self._client)
         self._watcher = VersionWatcher(self._registry, self._client, worker.streams, worker.reconcile_interval_s)
         ttl = worker.profile_ttl_days * 86400

@@ -23,6 +23,7 @@ from shared.config import FleetwatchSettings
 from shared.errors import FleetwatchError
 from shared.logs import get_logger
 from shared.model_version import Manifest
+from shared.redis_connection import connect_redis
 from shared.registry import ModelRegistry, VersionRefused, open_registry
 from shared.streams.catalog import stream_named
 from shared.training import GateDecision, TrainingData, TrainingResult, quality_gate, train_round
@@ -116,7 +117,7 @@ def request_key(settings: FleetwatchSettings) -> str:
 
 def request_round(settings: FleetwatchSettings, stream: str, source: TrainingSource) -> None:
     """Ask a running trainer service for a round now."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect_redis(settings.redis_url)
     client.rpush(request_key(settings), msgspec.json.encode({"stream": stream, "source": source}))
 
 
@@ -168,7 +169,7 @@ def serve(settings: FleetwatchSettings, stream: str, source: TrainingSource, met
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     start_http_endpoints(metrics_port, ready=lambda: not stopping.is_set())
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect_redis(settings.redis_url)
     registry = open_registry(settings, client)
     interval = settings.streams[stream].train_interval_s
     next_run = time.monotonic()

@@ -17,13 +17,14 @@ import redis
 from shared.logs import get_logger
 from shared.metrics import DEPLOYED_VERSION, RELOADS
 from shared.model_version import DeployedVersion
+from shared.redis_connection import RedisClient
 from shared.registry import ModelRegistry, Notice
 
 log = get_logger("fleetwatch.reload")
 
 
 class VersionWatcher:
-    def __init__(self, registry: ModelRegistry, client: redis.Redis, streams: list[str], reconcile_interval_s: float):
+    def __init__(self, registry: ModelRegistry, client: RedisClient, streams: list[str], reconcile_interval_s: float):
         self._registry = registry
         self._client = client
         self._streams = streams
