@@ -71,5 +71,5 @@ def test_librdkafka_properties_pass_through_unchanged(isolated: Path, monkeypatc
 
 def test_an_unknown_stream_is_refused_with_the_known_ones(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLEETWATCH_WORKER__STREAMS", '["weather"]')
-    with pytest.raises(ValidationError, match="unknown stream 'weather'; known streams: .*transactions"):
+    with pytest.raises(ValidationError, match=r"unknown stream 'weather'; known streams: .*transactions"):
         load_settings()

@@ -27,7 +27,7 @@ from shared.local_infra.redis_server import RedisServer
 from tests.fleet import FLEETWATCH, open_fleet
 from tests.servers import running_broker
 from tests.small_models import SMALL_DETECTORS
-from tests.test_summarizer import Summarizers
+from tests.summarizer_processes import Summarizers
 from tests.throwaway_ca import issue_certificates
 
 USER, PASSWORD = "fleetwatch", "scram-secret-0123"
