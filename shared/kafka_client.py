@@ -199,7 +199,15 @@ class DeliveryTrackingProducer(Producer):
 
 def producer_config(connection: KafkaConnection, **overrides: Any) -> dict[str, Any]:
     defaults = {"linger.ms": 5, "compression.type": "lz4", "enable.idempotence": True}
-    return connection.config(**{**defaults, **overrides})
+    config = connection.config(**{**defaults, **overrides})
+    if "transactional.id" in config:
+        # When every known broker was down, librdkafka re-bootstraps and drops the brokers it knew; a
+        # transactional producer can then wait on a dropped group coordinator and block in
+        # send_offsets_to_transaction past its timeout (confluentinc/librdkafka#5456, #5511: a one-broker
+        # restart hangs the worker for good). Brokers that come back on their addresses need no
+        # re-bootstrap; a cluster that moves all of them at once may set "rebootstrap" again.
+        config.setdefault("metadata.recovery.strategy", "none")
+    return config
 
 
 def producer(connection: KafkaConnection, **overrides: Any) -> DeliveryTrackingProducer:

@@ -2,47 +2,37 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 import pytest
-import redis
-from confluent_kafka import Consumer, TopicPartition
 
 from shared.artifact_store import RedisArtifactStore
-from shared.config import DetectorConfig, StreamSettings, topic_environment
-from shared.http_endpoints import scrape_metrics, wait_until_ready
-from shared.kafka_client import KafkaConnection, consumer, produce_all, producer, topic_partitions
-from shared.local_infra.processes import free_port
+from shared.config import DetectorConfig, StreamSettings
+from shared.http_endpoints import scrape_metrics
+from shared.kafka_client import KafkaConnection, producer
+from shared.local_infra.redis_server import RedisServer
 from shared.output_records import AlertRecord, decode_output
 from shared.registry import ModelRegistry
 from shared.scoring import score_batch
 from shared.streams.transactions.contract import decode_transactions
 from shared.streams.transactions.features import TransactionColumns, advance_profiles
-from shared.streams.transactions.files import transaction_payloads
 from shared.streams.transactions.profiles import empty_profiles
 from shared.streams.transactions.stream import TRANSACTIONS
 from shared.streams.transactions.synthetic import GeneratorSpec, generate_transactions
 from shared.training import TrainingData, TrainingResult, train_round
+from tests.fleet import Fleet, event_ids, labelled_stream, open_fleet, produce_paced, wait_until
 
-KEY = "worker-test-key-0123456789"
-FLEETWATCH = str(Path(sys.executable).with_name("fleetwatch"))
 DETECTORS = [
     DetectorConfig(name="iforest", kind="isolation_forest", params={"n_estimators": 30, "random_state": 0}),
     DetectorConfig(name="robust_z", kind="robust_zscore"),
 ]
-OUTPUT_ROLES = ("alerts", "summary", "deadletter")
 MALFORMED = [b"not json", b'{"event_id": "x"}', b'{"event_id":"y","amount":-1}', b"\xff\xfe"]
 
 
@@ -58,100 +48,10 @@ def trained() -> TrainingResult:
     return train_round(TrainingData(columns, data.is_anomaly, "test"), settings, TRANSACTIONS, None)
 
 
-@dataclass
-class Fleet:
-    """One test's topics, registry and worker processes."""
-
-    kafka: KafkaConnection
-    client: redis.Redis
-    registry: ModelRegistry
-    env: dict[str, str]
-    topics: dict[str, str]
-    processes: list[subprocess.Popen] = field(default_factory=list)
-    _tail: Consumer | None = None
-    _received: dict[str, list] = field(default_factory=lambda: {role: [] for role in OUTPUT_ROLES})
-
-    def start_worker(self, **extra_env: str) -> tuple[subprocess.Popen, int]:
-        port = free_port()
-        env = {**self.env, "FLEETWATCH_WORKER__METRICS_PORT": str(port), **extra_env}
-        process = subprocess.Popen(
-            [FLEETWATCH, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        self.processes.append(process)
-        if not wait_until_ready(port, lambda: process.poll() is None, timeout_s=60):
-            # Read the pipe only once the process ended: earlier, reading would block.
-            raise AssertionError(
-                process.stderr.read() if process.poll() is not None and process.stderr else "not ready"
-            )
-        return process, port
-
-    def produce(self, payloads: list[bytes], keys: list[str]) -> None:
-        assert produce_all(self.kafka, self.topics["input"], keys, payloads) == 0
-
-    def outputs(self) -> dict[str, list]:
-        """Every committed output so far, read incrementally by one read_committed consumer."""
-        if self._tail is None:
-            self._tail = consumer(self.kafka, group_id=f"tail-{uuid.uuid4().hex}")
-            self._tail.assign(
-                [TopicPartition(self.topics[role], p, 0) for role in OUTPUT_ROLES
-                 for p in topic_partitions(self.kafka, self.topics[role])]
-            )  # fmt: skip
-        roles = {self.topics[role]: role for role in OUTPUT_ROLES}
-        deadline = time.monotonic() + 1.0  # bounded: outputs keep coming while a producer runs
-        while batch := self._tail.consume(num_messages=10_000, timeout=0.2):
-            for message in batch:
-                if message.error() is None:
-                    self._received[roles[message.topic()]].append(message)
-            if time.monotonic() > deadline:
-                break
-        return {role: list(records) for role, records in self._received.items()}
-
-    def wait_for_outputs(self, expected: int, timeout_s: float = 120) -> dict[str, list]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            outputs = self.outputs()
-            total = sum(len(records) for records in outputs.values())
-            if total >= expected or time.monotonic() > deadline:
-                return outputs
-            time.sleep(0.5)
-
-
 @pytest.fixture
-def fleet(kafka: KafkaConnection, redis_server, make_topic, unique_name: str) -> Iterator[Fleet]:  # type: ignore[no-untyped-def]
-    topics = {
-        "input": make_topic("events", partitions=3),
-        "alerts": make_topic("alerts"),
-        "summary": make_topic("summary"),
-        "deadletter": make_topic("deadletter"),
-    }
-    prefix = f"{unique_name}:"
-    client = redis.Redis.from_url(redis_server.url)
-    registry = ModelRegistry(client, RedisArtifactStore(client, prefix), KEY.encode(), prefix)
-    env = {
-        **os.environ,
-        "FLEETWATCH_KAFKA_BOOTSTRAP": kafka.bootstrap,
-        "FLEETWATCH_REDIS_URL": redis_server.url,
-        "FLEETWATCH_REDIS_PREFIX": prefix,
-        "FLEETWATCH_REGISTRY_KEY": KEY,
-        "FLEETWATCH_LOG_FORMAT": "json",
-        "FLEETWATCH_WORKER__GROUP_ID": f"scorers-{unique_name}",
-        "FLEETWATCH_WORKER__RECONCILE_INTERVAL_S": "1",
-        "FLEETWATCH_WORKER__BATCH_SIZE": "200",
-        **topic_environment(topics),
-    }
-    fleet = Fleet(kafka, client, registry, env, topics)
-    yield fleet
-    for process in fleet.processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    if fleet._tail is not None:
-        fleet._tail.close()
-
-
-def labelled_stream(events: int, seed: int) -> tuple[list[bytes], list[str]]:
-    data = generate_transactions(GeneratorSpec(users=max(events // 10, 10), events=events, seed=seed))
-    return transaction_payloads(data, 0, len(data)), data.columns["user_id"].tolist()
+def fleet(kafka: KafkaConnection, redis_server: RedisServer, unique_name: str, tmp_path: Path) -> Iterator[Fleet]:
+    with open_fleet(kafka, redis_server.url, unique_name, tmp_path) as fleet:
+        yield fleet
 
 
 def offline_alert_ids(trained: TrainingResult, registry: ModelRegistry, payloads: list[bytes]) -> set[str]:
@@ -162,10 +62,6 @@ def offline_alert_ids(trained: TrainingResult, registry: ModelRegistry, payloads
     raw, _ = advance_profiles(empty_profiles(), TransactionColumns.from_events(events))
     flagged = score_batch(version, raw).alert
     return {event.event_id for event, alert in zip(events, flagged.tolist(), strict=True) if alert}
-
-
-def event_ids(records: list) -> list[str]:
-    return [msgspec.json.decode(decode_output(r.value()).event)["event_id"] for r in records]
 
 
 def test_every_input_lands_once_in_exactly_one_place(fleet: Fleet, trained: TrainingResult) -> None:
@@ -231,15 +127,6 @@ def versions_by_partition(outputs: dict[str, list]) -> dict[int, list[tuple[int,
     return {p: sorted(values) for p, values in per_partition.items()}
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 def first_output_time_of(fleet: Fleet, version: int) -> float | None:
     from datetime import datetime
 
@@ -285,17 +172,6 @@ def test_missed_notices_are_recovered_by_reconciliation(fleet: Fleet, trained: T
         assert wait_until(lambda: first_output_time_of(fleet, 3) is not None, 15)
 
 
-def produce_paced(fleet: Fleet, payloads: list[bytes], keys: list[str], per_second: int) -> None:
-    writer = producer(fleet.kafka)
-    step = per_second // 20
-    for start in range(0, len(payloads), step):
-        for payload, key in zip(payloads[start : start + step], keys[start : start + step], strict=True):
-            writer.produce(fleet.topics["input"], value=payload, key=key)
-        writer.poll(0)
-        time.sleep(0.05)
-    assert writer.flush(30) == 0
-
-
 def test_sigkill_mid_stream_loses_and_duplicates_nothing(fleet: Fleet, trained: TrainingResult) -> None:
     fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
     payloads, keys = labelled_stream(12_000, seed=44)
@@ -324,9 +200,9 @@ def test_sigterm_stops_cleanly_within_the_bound(fleet: Fleet, trained: TrainingR
         assert wait_until(lambda: len(fleet.outputs()["summary"]) > 200, 60)
         started = time.monotonic()
         worker.send_signal(signal.SIGTERM)
-        _, stderr = worker.communicate(timeout=25)
+        worker.wait(timeout=25)
         stopped_in = time.monotonic() - started
-    assert worker.returncode == 0 and '"worker stopped"' in stderr
+    assert worker.returncode == 0 and '"worker stopped"' in fleet.log_of(worker)
     assert stopped_in < 20.0
 
 
