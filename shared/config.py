@@ -150,6 +150,33 @@ class SummarizerSettings(BaseModel):
     rate: RateCriterion = Field(default_factory=RateCriterion)
 
 
+class ConsoleSettings(BaseModel):
+    """`fleetwatch console`: the HTTP API and admin page over alerts, registry and interventions."""
+
+    host: str = "127.0.0.1"
+    port: int = 8443
+    store_url: str = Field(
+        "sqlite:///.fleetwatch/console.db",
+        description="sqlite:///PATH (embedded, the default) or postgresql://user@host/db (psycopg 3)",
+    )
+    tls: bool = Field(True, description="serve HTTPS; a development certificate is generated on first start")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate (default: generated in .fleetwatch/)")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+    signing_key: SecretStr | None = Field(None, description="HMAC key of the console's JWTs")
+    signing_key_file: Path | None = Field(None, description="file holding that key (a mounted secret)")
+    token_ttl_s: int = Field(3600, gt=0, description="lifetime of an access token")
+    login_max_failures: int = Field(5, gt=0, description="failed logins per user and address before a pause")
+    login_window_s: float = Field(300.0, gt=0, description="...within this many seconds; the pause lasts as long")
+    interventions_topic: str = "interventions"
+    audit_topic: str = "audit"
+    group_id: str = Field("fleetwatch-console", description="consumer group reading the alert and report topics")
+    automation: bool = Field(True, description="apply the automation rules to every new alert")
+    step_up_severity: str | None = Field("high", description="alerts of this severity require extra authentication")
+    step_up_streams: list[str] = Field(default_factory=lambda: ["transactions"])
+    lock_after_alerts: int | None = Field(5, gt=0, description="this many alerts of one entity lock its account")
+    lock_window_s: float = Field(3600.0, gt=0, description="...within this many seconds")
+
+
 class DevStackSettings(BaseModel):
     """Ports and sizes of the local stack started by `fleetwatch dev up` (not the test fixtures)."""
 
@@ -185,6 +212,7 @@ class FleetwatchSettings(BaseSettings):
     )
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     summarizer: SummarizerSettings = Field(default_factory=SummarizerSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     redis_prefix: str = Field("fleetwatch:", description="namespace of every Redis key and channel fleetwatch uses")
     registry_key: SecretStr | None = Field(None, description="HMAC key that signs model versions")
     registry_key_file: Path | None = Field(None, description="file holding the signing key (a mounted secret)")

@@ -64,10 +64,17 @@ def read_payloads(path: Path) -> list[bytes]:
     check_suffix(path)
     if path.suffix == ".jsonl":
         return [line for line in path.read_bytes().splitlines() if line.strip()]
-    table = pq.read_table(path)
+    return table_payloads(pq.read_table(path))
+
+
+def table_payloads(table: pa.Table) -> list[bytes]:
+    """Rows of an event table (as Parquet holds them) as the JSON payloads a producer would send.
+
+    A timestamp column becomes RFC 3339 text with milliseconds, whatever its unit (Spark hands over microseconds).
+    """
     if "timestamp" in table.column_names and pa.types.is_timestamp(table.schema.field("timestamp").type):
-        iso = iso_timestamps(table.column("timestamp").cast(pa.int64()).to_numpy())
-        table = table.set_column(table.column_names.index("timestamp"), "timestamp", pa.array(iso))
+        epoch_ms = table.column("timestamp").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy()
+        table = table.set_column(table.column_names.index("timestamp"), "timestamp", pa.array(iso_timestamps(epoch_ms)))
     return [_ENCODER.encode(row) for row in table.to_pylist()]
 
 

@@ -102,3 +102,22 @@ RATE_ALERTS = Counter("fleetwatch_rate_alerts_total", "Rate alerts and entity es
 CHANGELOG_RECOVERY_SECONDS = Gauge(
     "fleetwatch_changelog_recovery_seconds", "Time the summarizer took to recover its tables at start."
 )
+
+# Operations console
+CONSOLE_ACTIONS = Counter(
+    "fleetwatch_console_actions_total",
+    "Interventions recorded by the console, by action and actor kind (person, automation).",
+    ["action", "actor"],
+)
+CONSOLE_LOGINS = Counter(
+    "fleetwatch_console_logins_total", "Console login attempts, by result (ok, refused, throttled).", ["result"]
+)
+CONSOLE_RECORDS_INGESTED = Counter(
+    "fleetwatch_console_records_ingested_total",
+    "Records the console read from Kafka into its store, by kind (alert, report, skipped).",
+    ["kind"],
+)
+CONSOLE_EXPORT_FAILURES = Counter(
+    "fleetwatch_console_export_failures_total",
+    "Export rounds to the interventions and audit topics that left records unacknowledged (retried later).",
+)

@@ -56,7 +56,7 @@ def reports_from_topic(connection: KafkaConnection, topic: str) -> list[dict[str
     return [record for record in records if record.get("type") == "window_summary"]
 
 
-def _chart(path: Path, title: str, labels: list[str], values: list[float], kind: str = "bar") -> Path:
+def save_chart(path: Path, title: str, labels: list[str], values: list[float], kind: str = "bar") -> Path:
     figure, axes = plt.subplots(figsize=(8, 4))
     if kind == "line":
         axes.plot(labels, values, marker="o")
@@ -70,7 +70,7 @@ def _chart(path: Path, title: str, labels: list[str], values: list[float], kind:
     return path
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
@@ -101,15 +101,15 @@ def write_report(records: list[dict[str, Any]], out_dir: Path, window_s: int | N
                 by_dimension.setdefault(name, Counter())[value] += r["alerts"]["count"]
             entities.update(dict((name, count) for name, count in r["alerts"]["top_entities"]))
         charts = [
-            _chart(out_dir / f"{stream}-anomaly-rate.png", f"{stream}: anomaly rate per window",
+            save_chart(out_dir / f"{stream}-anomaly-rate.png", f"{stream}: anomaly rate per window",
                    [s[11:16] for s in starts], rates, kind="line"),
-            _chart(out_dir / f"{stream}-by-detector.png", "alerts by detector",
+            save_chart(out_dir / f"{stream}-by-detector.png", "alerts by detector",
                    list(detectors), list(detectors.values())),
-            _chart(out_dir / f"{stream}-by-hour.png", "alerts by hour of day",
+            save_chart(out_dir / f"{stream}-by-hour.png", "alerts by hour of day",
                    sorted(hours), [hours[h] for h in sorted(hours)]),
-            *(_chart(out_dir / f"{stream}-by-{name}.png", f"alerts by {name.replace('_', ' ')}",
+            *(save_chart(out_dir / f"{stream}-by-{name}.png", f"alerts by {name.replace('_', ' ')}",
                      list(counts), list(counts.values())) for name, counts in sorted(by_dimension.items())),
-            _chart(out_dir / f"{stream}-top-entities.png", f"top {top_n} entities by alerts",
+            save_chart(out_dir / f"{stream}-top-entities.png", f"top {top_n} entities by alerts",
                    [n for n, _ in entities.most_common(top_n)], [c for _, c in entities.most_common(top_n)]),
         ]  # fmt: skip
         alerts_total = sum(v[0] for v in by_window.values())
@@ -119,11 +119,11 @@ def write_report(records: list[dict[str, Any]], out_dir: Path, window_s: int | N
             f"## {stream}",
             f"{len(starts)} windows, {scored_total:,} scored, {alerts_total:,} alerts "
             f"({alerts_total / max(scored_total, 1):.2%}); latest window starts {latest}.",
-            _table(["window start", "scored", "alerts", "anomaly rate"],
+            markdown_table(["window start", "scored", "alerts", "anomaly rate"],
                    [[s, f"{by_window[s][1]:,}", f"{by_window[s][0]:,}", f"{rate:.2%}"]
                     for s, rate in zip(starts, rates, strict=True)]),
             "### Top entities",
-            _table(["entity", "alerts"], [[n, str(c)] for n, c in entities.most_common(top_n)]),
+            markdown_table(["entity", "alerts"], [[n, str(c)] for n, c in entities.most_common(top_n)]),
             *[f"![{chart.stem}]({chart.name})" for chart in charts],
         ]  # fmt: skip
     path = out_dir / "report.md"

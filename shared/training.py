@@ -42,12 +42,17 @@ class TrainingData:
     columns: EventColumns
     is_anomaly: np.ndarray | None
     source: str
+    raw_features: np.ndarray | None = None
+    """The stream's features of these rows, computed upstream from the same history (the Spark path featurizes
+    on its executors); None: the round computes them with `Stream.advance`."""
 
     def __post_init__(self) -> None:
         if len(self.columns) < 50:
             raise TrainingError(f"{len(self.columns)} events are too few to train on (need at least 50)")
         if self.is_anomaly is not None and len(self.is_anomaly) != len(self.columns):
             raise TrainingError("labels and events differ in length")
+        if self.raw_features is not None and len(self.raw_features) != len(self.columns):
+            raise TrainingError("features and events differ in length")
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,7 @@ def train_round(
 ) -> TrainingResult:
     """Train every configured detector on `data` and return the bundle and its draft manifest."""
     started = time.perf_counter()
-    raw, _ = stream.advance(stream.empty_states(), data.columns)
+    raw = data.raw_features if data.raw_features is not None else stream.advance(stream.empty_states(), data.columns)[0]
     labelled = data.is_anomaly is not None
     split = time_ordered_split(len(raw), labelled)
     train_rows, calibration_rows = split.train, split.calibration

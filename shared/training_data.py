@@ -24,7 +24,7 @@ from shared.pipeline import Stream
 from shared.training import TrainingData, TrainingError
 
 
-def _entities_kept(entities: np.ndarray, sample_rate: float) -> np.ndarray:
+def entities_kept(entities: np.ndarray, sample_rate: float) -> np.ndarray:
     """Which events belong to a sampled entity; each distinct entity is hashed once."""
     if sample_rate >= 1.0:
         return np.ones(len(entities), dtype=bool)
@@ -49,7 +49,7 @@ def training_data_from_payloads(
 ) -> TrainingData:
     """Decode, sample by entity, order by time, keep the latest `max_rows`, attach labels where known."""
     columns = stream.columns(stream.decode(payloads).events)
-    kept = np.flatnonzero(_entities_kept(columns.entity, sample_rate))
+    kept = np.flatnonzero(entities_kept(columns.entity, sample_rate))
     kept = kept[np.argsort(columns.event_time_s[kept], kind="stable")][-max_rows:]
     if not len(kept):
         raise TrainingError(f"no events to train on from {source}")

@@ -19,7 +19,9 @@ from shared.logs import configure_logging
 
 if TYPE_CHECKING:
     from shared.registry import ModelRegistry
+    from shared.spark_job import SparkJob
     from shared.streams.transactions.synthetic import SyntheticTransactions
+    from workers.trainer import TrainingSource
 
 # Piped output (CI logs, files) gets wide lines so that tables are not cut at 80 columns.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -245,9 +247,7 @@ def train(
     ] = False,
 ) -> None:
     """One training round: sample, fit every detector, thresholds, evaluate, gate, publish."""
-    from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
-
-    from workers.trainer import TrainingSource, request_round, run_round
+    from workers.trainer import TrainingSource, request_round
 
     settings = _settings()
     source = TrainingSource(files=[str(f) for f in files or []], topic=topic, labels=str(labels) if labels else None)
@@ -255,6 +255,15 @@ def train(
         request_round(settings, stream, source)
         console.print(f"requested a training round for {stream}")
         return
+    _train_and_show(settings, stream, source, deploy=not no_deploy)
+
+
+def _train_and_show(settings: FleetwatchSettings, stream: str, source: TrainingSource, deploy: bool) -> None:
+    """One round with its stages on a spinner, then the evaluation table and the published version."""
+    from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
+
+    from workers.trainer import run_round
+
     progress = Progress(
         SpinnerColumn(), "[progress.description]{task.description}", TimeElapsedColumn(), console=console
     )
@@ -265,7 +274,7 @@ def train(
             _registry(settings),
             stream,
             source,
-            deploy=not no_deploy,
+            deploy=deploy,
             on_stage=lambda stage: progress.update(task, description=stage),
         )
     if outcome.result.evaluation is not None:
@@ -285,11 +294,19 @@ def trainer(
     ] = None,
     labels: Annotated[Path | None, typer.Option(help="Ground truth for evaluation and the quality gate.")] = None,
     metrics_port: Annotated[int, typer.Option(help="HTTP port of /metrics, /healthz and /readyz.")] = 9401,
+    spark_master: Annotated[
+        str | None, typer.Option(help="Sample and featurize the (Parquet) files with Spark on this master.")
+    ] = None,
 ) -> None:
     """The trainer service: a round every train_interval_s and on request, until SIGTERM."""
+    from shared.spark_job import SparkJob
     from workers.trainer import TrainingSource, serve
 
-    source = TrainingSource(files=[str(f) for f in files or []], labels=str(labels) if labels else None)
+    source = TrainingSource(
+        files=[str(f) for f in files or []],
+        labels=str(labels) if labels else None,
+        spark=SparkJob(master=spark_master) if spark_master else None,
+    )
     serve(_settings(), stream, source, metrics_port)
 
 
@@ -349,6 +366,113 @@ def score(
     )
     if report.batch_alert:
         raise typer.Exit(4)
+
+
+spark_app = typer.Typer(
+    help="The batch path on Apache Spark (the `spark` extra, Java 17): score and train over Parquet beyond one "
+    "machine's memory; local mode by default, --master for a cluster.",
+    no_args_is_help=True,
+)
+app.add_typer(spark_app, name="spark")
+
+ParquetFiles = Annotated[list[Path], typer.Argument(help="Parquet event files (as `fleetwatch generate` writes).")]
+MasterOption = Annotated[
+    str, typer.Option(help="Spark master: local[N] runs here; spark://host:7077, yarn or k8s://... a cluster.")
+]
+PartitionsOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="Partitions by entity (default: one per 100,000 events, at least two per core)."),
+]
+ConfOption = Annotated[list[str] | None, typer.Option("--conf", help="Any Spark setting as KEY=VALUE (repeatable).")]
+
+
+def _spark_job(master: str, partitions: int | None, conf: list[str] | None) -> SparkJob:
+    from shared.spark_job import SparkJob
+
+    malformed = [item for item in conf or [] if "=" not in item]
+    if malformed:
+        raise FleetwatchError(f"--conf takes KEY=VALUE, not {', '.join(map(repr, malformed))}")
+    pairs = dict(item.split("=", 1) for item in conf or [])
+    return SparkJob(master=master, partitions=partitions, conf=pairs)
+
+
+def _parquet_files(files: list[Path]) -> list[Path]:
+    for path in files:
+        if path.suffix != ".parquet":
+            raise FleetwatchError(f"{path}: the Spark path reads Parquet (`fleetwatch generate --out x.parquet`)")
+        if not path.exists():
+            raise FleetwatchError(f"{path}: no such file")
+    return files
+
+
+@spark_app.command("score")
+def spark_score(
+    files: ParquetFiles,
+    out: Annotated[Path, typer.Option(help="Folder for scored.parquet/, report.md, charts, insights.")] = Path(
+        "scored"
+    ),
+    version: Annotated[int | None, typer.Option(help="Model version (default: the deployed one).")] = None,
+    stream: StreamOption = "transactions",
+    top: Annotated[int, typer.Option(min=1, help="How many anomalies the report lists.")] = 20,
+    master: MasterOption = "local[2]",
+    partitions: PartitionsOption = None,
+    conf: ConfOption = None,
+) -> None:
+    """Batch mode on Spark: every event scored with a verified version, then the same report as `fleetwatch score`."""
+    from shared.spark_batch import score_with_spark
+    from shared.spark_job import spark_session
+    from shared.streams.catalog import stream_named
+
+    job, files = _spark_job(master, partitions, conf), _parquet_files(files)
+    settings = _settings()
+    registry = _registry(settings)
+    number = _version_or_deployed(registry, stream, version)
+    deployed = registry.load(stream, number)
+    with console.status(f"scoring {len(files)} file(s) with v{number} on Spark ({master}) ..."):
+        result = score_with_spark(
+            spark_session(job, app_name="fleetwatch-score"), job, deployed, stream_named(stream), files, out,
+            settings.streams[stream].batch_alert_rate, top,
+        )  # fmt: skip
+    summary = result.summary
+    console.print(
+        f"{summary.events:,} events ({summary.malformed:,} malformed): {summary.alerts:,} anomalies "
+        f"({summary.anomaly_rate:.2%}){'; BATCH ALERT' if summary.batch_alert else ''}; {result.partitions} "
+        f"partitions, {result.seconds:.1f}s\nscored: {result.scored_path}\nreport: {result.files.report}"
+    )
+    if summary.batch_alert:
+        raise typer.Exit(4)
+
+
+@spark_app.command("train")
+def spark_train(
+    files: ParquetFiles,
+    stream: StreamOption = "transactions",
+    labels: Annotated[Path | None, typer.Option(help="Ground truth for evaluation and the quality gate.")] = None,
+    sample_rate: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Share of entities kept (default: the stream's setting).")
+    ] = None,
+    no_deploy: Annotated[bool, typer.Option("--no-deploy", help="Publish without moving the pointer.")] = False,
+    master: MasterOption = "local[2]",
+    partitions: PartitionsOption = None,
+    conf: ConfOption = None,
+) -> None:
+    """One training round whose sample is drawn and featurized by Spark; detectors, gate and publishing as `train`."""
+    from workers.trainer import TrainingSource
+
+    job, files = _spark_job(master, partitions, conf), _parquet_files(files)
+    settings = _settings()
+    if sample_rate is not None:
+        if stream not in settings.streams:
+            raise FleetwatchError(f"stream {stream!r} has no model configuration")
+        try:
+            tuned = settings.streams[stream].model_validate(
+                {**settings.streams[stream].model_dump(), "sample_rate": sample_rate}
+            )
+        except ValidationError as exc:
+            raise FleetwatchError(f"--sample-rate: {exc.errors()[0]['msg']}") from exc
+        settings = settings.model_copy(update={"streams": {**settings.streams, stream: tuned}})
+    source = TrainingSource(files=[str(f) for f in files], labels=str(labels) if labels else None, spark=job)
+    _train_and_show(settings, stream, source, deploy=not no_deploy)
 
 
 @app.command()
@@ -558,6 +682,94 @@ def bench(
     configure_logging("console", "WARNING")
     interrupt_on_sigterm()
     run_bench(scenarios or [], quick=quick, out_dir=out or dev_dir() / "bench", console=console)
+
+
+# --- the operations console ------------------------------------------------------------------------
+console_app = typer.Typer(
+    help="The operations console: HTTPS API and admin page, users, the audit log, analysts' labels.",
+    no_args_is_help=True,
+)
+app.add_typer(console_app, name="console")
+
+
+@console_app.command("serve")
+def console_serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8443).")] = None,
+    tls: Annotated[
+        bool | None, typer.Option("--tls/--no-tls", help="HTTPS (default; a dev certificate is made on first start).")
+    ] = None,
+) -> None:
+    """Serve the console: alerts and reports fed from Kafka, interventions, audit; until SIGINT/SIGTERM."""
+    from workers.console import serve
+
+    settings = _settings()
+    given = {"host": host, "port": port, "tls": tls}
+    settings.console = settings.console.model_copy(update={k: v for k, v in given.items() if v is not None})
+    serve(settings)
+
+
+@console_app.command("add-user")
+def console_add_user(
+    username: Annotated[str, typer.Argument(help="The user's login name.")],
+    role: Annotated[str, typer.Option(help="viewer, analyst, operator or admin.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input instead of a prompt.")
+    ] = False,
+) -> None:
+    """Create a console user or set a new password and role (argon2id hash in the console store)."""
+    from shared.console_auth import Role, UserDirectory
+    from shared.console_store import ConsoleStore
+
+    if role not in {r.value for r in Role}:
+        raise FleetwatchError(f"--role must be one of {', '.join(r.value for r in Role)}")
+    password = (
+        sys.stdin.readline().rstrip("\n")
+        if password_stdin
+        else typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    )
+    store = ConsoleStore.open(_settings().console.store_url)
+    UserDirectory(store).put(username, password, Role(role))
+    console.print(f"user {username}: {role}")
+
+
+@console_app.command("verify-audit")
+def console_verify_audit() -> None:
+    """Check the audit log's hash chain from the first record; exit 1 at the first broken link."""
+    from shared.audit_log import verify_store
+    from shared.console_store import ConsoleStore
+
+    verdict = verify_store(ConsoleStore.open(_settings().console.store_url))
+    if not verdict.ok:
+        console.print(f"audit chain BROKEN at record {verdict.first_bad_seq}: {verdict.problem}")
+        raise typer.Exit(1)
+    console.print(f"audit chain intact: {verdict.checked} records")
+
+
+@console_app.command("export-labels")
+def console_export_labels(
+    out: Annotated[Path, typer.Argument(help="Labels file to write (.jsonl), the format `train --labels` reads.")],
+    base: Annotated[
+        Path | None, typer.Option(help="Labels of a whole events file; analysts' verdicts override its rows.")
+    ] = None,
+) -> None:
+    """Write the analysts' true/false-positive verdicts as a labels file for `fleetwatch train --labels`."""
+    import msgspec
+
+    from shared.console_store import ConsoleStore
+    from shared.event_files import read_labels
+    from shared.interventions import labels_for_trainer
+
+    rows = {row["event_id"]: row for row in labels_for_trainer(ConsoleStore.open(_settings().console.store_url))}
+    merged = {}
+    if base is not None:
+        merged = {
+            event_id: {"event_id": event_id, "is_anomaly": is_anomaly, "anomaly_kind": kind}
+            for event_id, (is_anomaly, kind) in read_labels(base).items()
+        }
+    merged.update(rows)
+    out.write_bytes(b"".join(msgspec.json.encode(row) + b"\n" for row in merged.values()))
+    console.print(f"{out}: {len(merged)} labels, {len(rows)} from analysts")
 
 
 def main() -> None:

@@ -19,12 +19,13 @@ import msgspec
 import redis
 
 from shared import metrics
-from shared.config import FleetwatchSettings
+from shared.config import FleetwatchSettings, StreamSettings
 from shared.errors import FleetwatchError
 from shared.logs import get_logger
 from shared.model_version import Manifest
 from shared.redis_connection import connect_redis
 from shared.registry import ModelRegistry, VersionRefused, open_registry
+from shared.spark_job import SparkJob, spark_session
 from shared.streams.catalog import stream_named
 from shared.training import GateDecision, TrainingData, TrainingResult, quality_gate, train_round
 from shared.training_data import from_files, from_topic
@@ -33,11 +34,13 @@ log = get_logger("fleetwatch.trainer")
 
 
 class TrainingSource(msgspec.Struct, kw_only=True):
-    """Where a round reads its events: files, or the stream's input topic when no file is given."""
+    """Where a round reads its events: files, or the stream's input topic when no file is given; with `spark`,
+    Parquet files sampled and featurized by Spark (`shared.spark_batch`) instead of in this process."""
 
     files: list[str] = msgspec.field(default_factory=list)
     topic: str | None = None
     labels: str | None = None
+    spark: SparkJob | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class RoundOutcome:
 def _read_source(settings: FleetwatchSettings, stream: str, source: TrainingSource) -> TrainingData:
     stream_settings = settings.streams[stream]
     labels = Path(source.labels) if source.labels else None
+    if source.spark is not None:
+        return _read_with_spark(stream, source.spark, source.files, labels, stream_settings)
     if source.files:
         return from_files(
             stream_named(stream), [Path(f) for f in source.files], labels, stream_settings.sample_rate,
@@ -65,6 +70,20 @@ def _read_source(settings: FleetwatchSettings, stream: str, source: TrainingSour
         stream_settings.max_rows,
         labels,
     )
+
+
+def _read_with_spark(
+    stream: str, job: SparkJob, files: list[str], labels: Path | None, stream_settings: StreamSettings
+) -> TrainingData:
+    """The session stays up for the process's later rounds (a JVM start is seconds); the process's exit ends it."""
+    if not files:
+        raise FleetwatchError("training with Spark reads Parquet files; name at least one")
+    from shared.spark_batch import training_data_with_spark
+
+    return training_data_with_spark(
+        spark_session(job, app_name=f"fleetwatch-train-{stream}"), job, stream_named(stream),
+        [Path(f) for f in files], labels, stream_settings.sample_rate, stream_settings.max_rows,
+    )  # fmt: skip
 
 
 def run_round(

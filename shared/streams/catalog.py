@@ -5,10 +5,10 @@ so a stream can live outside this repository and still be served without editing
 
 >>> stream_named("transactions").topics.input
 'events.transactions'
->>> stream_named("weather")
+>>> stream_named("weather")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-shared.errors.FleetwatchError: unknown stream 'weather'; known streams: transactions
+shared.errors.FleetwatchError: unknown stream 'weather'; known streams: ...transactions
 """
 
 from __future__ import annotations

@@ -150,9 +150,26 @@ def _transaction_features(cols: TransactionColumns) -> np.ndarray:
 
 
 def _segmented_exclusive_cumsum(values: np.ndarray, group_start: np.ndarray) -> np.ndarray:
-    """For each row, the sum of the earlier rows of its group (rows sorted by group)."""
-    total = np.cumsum(values) - values
-    return total - total[group_start]
+    """For each row, the sum of the earlier rows of its group (rows sorted by group; `group_start` per group).
+
+    Each group is summed on its own, left to right, so a row's sum does not depend on which other groups
+    share the batch: a whole-batch cumsum minus the group's start differs in its last bits with the batch's
+    other entities, and the Spark path (entities spread over partitions) must give the batch mode's features
+    bit for bit. Groups are padded into blocks of power-of-two widths: O(log longest group) numpy calls.
+    """
+    n = len(values)
+    lengths = np.diff(np.append(group_start, n))
+    out = np.zeros_like(values)
+    width_class = np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64)
+    for width_log in np.unique(width_class).tolist():
+        groups = np.flatnonzero(width_class == width_log)
+        position = np.arange(1 << width_log)[None, :]
+        rows = group_start[groups][:, None] + position
+        inside = position < lengths[groups][:, None]
+        block = np.where(inside, values[np.minimum(rows, n - 1)], 0.0)
+        running = np.cumsum(block[:, :-1], axis=1)  # add.accumulate: strictly left to right
+        out[rows[:, 1:][inside[:, 1:]]] = running[inside[:, 1:]]
+    return out
 
 
 def _segmented_exclusive_cummax(values: np.ndarray, group: np.ndarray, group_start: np.ndarray) -> np.ndarray:
@@ -187,7 +204,7 @@ def advance_profiles(before: EntityStates, cols: TransactionColumns) -> tuple[np
 
     start = before.aligned(users)
     count = start["count"][g] + rank_in_group
-    amount_sum = start["amount_sum"][g] + _segmented_exclusive_cumsum(amount, group_start[g])
+    amount_sum = start["amount_sum"][g] + _segmented_exclusive_cumsum(amount, group_start)
     amount_max = np.maximum(start["amount_max"][g], _segmented_exclusive_cummax(amount, g, group_start))
     hour_angle = 2 * np.pi * ((ts % 86400.0) / 3600.0) / 24.0
     log_amount = np.log1p(amount)
@@ -195,7 +212,7 @@ def advance_profiles(before: EntityStates, cols: TransactionColumns) -> tuple[np
     moment_terms = np.column_stack([np.cos(hour_angle), np.sin(hour_angle), log_amount, log_amount**2])
     init_moments = np.column_stack([start[name] for name in MOMENTS])
     moments = init_moments[g] + np.column_stack(
-        [_segmented_exclusive_cumsum(moment_terms[:, k], group_start[g]) for k in range(4)]
+        [_segmented_exclusive_cumsum(moment_terms[:, k], group_start) for k in range(4)]
     )
     hour_vec, hour_sum = moment_terms[:, :2], moments[:, :2]
 

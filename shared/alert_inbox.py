@@ -1,0 +1,165 @@
+"""What the console reads: the workers' alert records and the summarizer's window reports, kept in the store.
+
+An alert is identified by the input record it was raised for (`stream:topic:partition:offset` of its
+source), so a batch the workers wrote twice (at-least-once delivery, a replayed topic) is stored once.
+The entity of an alert is the field its stream windows by (`user_id` for transactions).
+
+>>> alert_id({"stream": "transactions", "source": {"topic": "t", "partition": 0, "offset": 7}})
+'transactions:t:0:7'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from shared.console_store import ConsoleStore, Row, Transaction
+from shared.streams.catalog import CATALOG
+
+AlertFilter = dict[str, str | None]
+
+
+def alert_id(record: dict[str, Any]) -> str:
+    source = record["source"]
+    return f"{record['stream']}:{source['topic']}:{source['partition']}:{source['offset']}"
+
+
+def _entity_field(stream: str) -> str:
+    return CATALOG[stream].windows.entity if stream in CATALOG else "entity"
+
+
+def store_alert(tx: Transaction, record: dict[str, Any]) -> str | None:
+    """Insert one worker alert record; its id when it is new, None when it was stored before."""
+    event = record.get("event") or {}
+    identifier = alert_id(record)
+    inserted = tx.run(
+        "INSERT INTO alerts (id, stream, model_version, severity, severity_score, fired, entity, event_id, "
+        "detected_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        (
+            identifier,
+            record["stream"],
+            int(record["model_version"]),
+            record["severity"],
+            float(record["severity_score"]),
+            msgspec.json.encode(record["fired"]).decode(),
+            str(event.get(_entity_field(record["stream"]), "")),
+            str(event.get("event_id", "")),
+            record["detected_at"],
+            msgspec.json.encode(record).decode(),
+        ),
+    )
+    return identifier if inserted else None
+
+
+def store_window_report(tx: Transaction, record: dict[str, Any]) -> bool:
+    """Insert one `window_summary` record; (stream, window, dimensions) identifies it, so a repeat is dropped."""
+    dimensions = msgspec.json.encode(dict(sorted(record["dimensions"].items()))).decode()
+    identifier = f"{record['stream']}:{record['window_s']}:{record['window_start']}:{dimensions}"
+    return bool(
+        tx.run(
+            "INSERT INTO window_reports (id, stream, window_s, window_start, scored, alerts, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (
+                identifier,
+                record["stream"],
+                int(record["window_s"]),
+                record["window_start"],
+                int(record["scored"]),
+                int(record["alerts"]["count"]),
+                msgspec.json.encode(record).decode(),
+            ),
+        )
+    )
+
+
+_SUMMARY_COLUMNS = "seq, id, stream, model_version, severity, severity_score, fired, entity, event_id, detected_at"
+
+
+def _summary(row: Row) -> dict[str, Any]:
+    return {**row, "fired": msgspec.json.decode(row["fired"])}
+
+
+def recent_alerts(
+    store: ConsoleStore,
+    *,
+    stream: str | None = None,
+    detector: str | None = None,
+    severity: str | None = None,
+    entity: str | None = None,
+    after_seq: int = 0,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Newest first; `after_seq` returns only alerts stored after that one (what a polling page asks for)."""
+    clauses: list[str] = ["seq > ?"]
+    params: list[Any] = [after_seq]
+    for column, value in (("stream", stream), ("severity", severity), ("entity", entity)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if detector is not None:
+        # `fired` is a JSON list of names; names are [a-z0-9_], so a quoted match is exact.
+        clauses.append("fired LIKE ?")
+        params.append(f'%"{detector}"%')
+    sql = f"SELECT {_SUMMARY_COLUMNS} FROM alerts WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ?"
+    return [_summary(row) for row in store.rows(sql, (*params, limit))]
+
+
+def top_alerts(store: ConsoleStore, n: int, stream: str | None = None) -> list[dict[str, Any]]:
+    """The n alerts with the highest severity score (seed 001's sorted insights), newest first among equals."""
+    where, params = ("WHERE stream = ?", (stream,)) if stream else ("", ())
+    sql = f"SELECT {_SUMMARY_COLUMNS} FROM alerts {where} ORDER BY severity_score DESC, seq DESC LIMIT ?"
+    return [_summary(row) for row in store.rows(sql, (*params, n))]
+
+
+def alert_report(store: ConsoleStore, identifier: str) -> dict[str, Any] | None:
+    """The full alert record: detectors with score, threshold and verdict, standout features, the event."""
+    rows = store.rows(f"SELECT {_SUMMARY_COLUMNS}, body FROM alerts WHERE id = ?", (identifier,))
+    if not rows:
+        return None
+    row = rows[0]
+    return {**_summary({k: v for k, v in row.items() if k != "body"}), "report": msgspec.json.decode(row["body"])}
+
+
+def entity_alert_count(tx: Transaction, entity: str, since_iso: str) -> int:
+    rows = tx.rows("SELECT COUNT(*) AS n FROM alerts WHERE entity = ? AND detected_at >= ?", (entity, since_iso))
+    return int(rows[0]["n"])
+
+
+def window_reports(
+    store: ConsoleStore, stream: str | None = None, window_s: int | None = None, limit: int = 500
+) -> list[dict[str, Any]]:
+    """Anomaly rate per window, summed over the dimension keys of each (stream, window size, start)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("stream", stream), ("window_s", window_s)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = (
+        "SELECT stream, window_s, window_start, SUM(scored) AS scored, SUM(alerts) AS alerts FROM window_reports "
+        f"{where} GROUP BY stream, window_s, window_start ORDER BY window_start DESC LIMIT ?"
+    )
+    rows = store.rows(sql, (*params, limit))
+    return [
+        {**row, "scored": int(row["scored"]), "alerts": int(row["alerts"]), "anomaly_rate": _rate(row)}
+        for row in reversed(rows)
+    ]
+
+
+def _rate(row: Row) -> float:
+    return int(row["alerts"]) / int(row["scored"]) if int(row["scored"]) else 0.0
+
+
+def decode_records(payloads: Sequence[bytes]) -> list[dict[str, Any] | None]:
+    """JSON objects, or None for a payload that is not one (skipped and counted by the caller)."""
+    decoded: list[dict[str, Any] | None] = []
+    for payload in payloads:
+        try:
+            value = msgspec.json.decode(payload)
+        except msgspec.DecodeError:
+            value = None
+        decoded.append(value if isinstance(value, dict) else None)
+    return decoded

@@ -1,0 +1,159 @@
+"""The operations console's SQL store: SQLite embedded (the default), PostgreSQL as the server option.
+
+One schema and one SQL text for both: statements are written with `?` placeholders (SQLite's) and
+rewritten to psycopg's `%s`; only the auto-numbered key column differs. Every write goes through
+`transaction()`, which serialises writers (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: the caller can take
+`lock_chain()`, an advisory lock), so the audit chain cannot fork between two appenders.
+
+>>> store = ConsoleStore.open("sqlite://:memory:")
+>>> with store.transaction() as tx:
+...     changed = tx.run("INSERT INTO entity_controls (kind, target, state, updated_at) VALUES (?, ?, ?, ?)",
+...                      ("account", "u1", "locked", "2026-01-01T00:00:00Z"))
+>>> store.rows("SELECT state FROM entity_controls WHERE target = ?", ("u1",))
+[{'state': 'locked'}]
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from shared.errors import FleetwatchError
+
+Dialect = Literal["sqlite", "postgresql"]
+Row = dict[str, Any]
+
+_SERIAL = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "postgresql": "BIGSERIAL PRIMARY KEY"}
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS console_users (
+        username TEXT PRIMARY KEY, password_hash TEXT NOT NULL, role TEXT NOT NULL, created_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS alerts (
+        seq {serial}, id TEXT NOT NULL UNIQUE, stream TEXT NOT NULL, model_version INTEGER NOT NULL,
+        severity TEXT NOT NULL, severity_score REAL NOT NULL, fired TEXT NOT NULL, entity TEXT NOT NULL,
+        event_id TEXT NOT NULL, detected_at TEXT NOT NULL, body TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS alerts_by_entity ON alerts (entity, detected_at)",
+    "CREATE INDEX IF NOT EXISTS alerts_by_score ON alerts (severity_score)",
+    """CREATE TABLE IF NOT EXISTS window_reports (
+        id TEXT PRIMARY KEY, stream TEXT NOT NULL, window_s INTEGER NOT NULL, window_start TEXT NOT NULL,
+        scored INTEGER NOT NULL, alerts INTEGER NOT NULL, body TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS entity_controls (
+        kind TEXT NOT NULL, target TEXT NOT NULL, state TEXT NOT NULL, updated_at TEXT NOT NULL,
+        PRIMARY KEY (kind, target))""",
+    """CREATE TABLE IF NOT EXISTS interventions (
+        seq {serial}, id TEXT NOT NULL UNIQUE, action TEXT NOT NULL, target TEXT NOT NULL, reason TEXT NOT NULL,
+        actor TEXT NOT NULL, alert_id TEXT, idempotency_key TEXT UNIQUE, before_state TEXT NOT NULL,
+        after_state TEXT NOT NULL, acted_at TEXT NOT NULL, request_id TEXT NOT NULL,
+        published INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS alert_labels (
+        alert_id TEXT PRIMARY KEY, event_id TEXT NOT NULL, is_anomaly INTEGER NOT NULL, labelled_by TEXT NOT NULL,
+        labelled_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS audit_log (
+        seq INTEGER PRIMARY KEY, acted_at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+        target TEXT NOT NULL, reason TEXT NOT NULL, before_state TEXT NOT NULL, after_state TEXT NOT NULL,
+        request_id TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL,
+        published INTEGER NOT NULL DEFAULT 0)""",
+)
+_CHAIN_LOCK_ID = 0x66_77_61_75  # PostgreSQL advisory lock key of the audit chain ("fwau")
+
+
+class StoreUnavailable(FleetwatchError):
+    """The store URL names no supported database, or the database cannot be reached."""
+
+
+class Transaction:
+    """Statements inside one database transaction (committed when the `with` block ends without error)."""
+
+    def __init__(self, cursor: Any, dialect: Dialect) -> None:
+        self._cursor = cursor
+        self.dialect = dialect
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self._cursor.execute(_placeholders(sql, self.dialect), tuple(params))
+        if self._cursor.description is None:
+            return []
+        names = [column[0] for column in self._cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in self._cursor.fetchall()]
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Execute one statement; return the number of rows it changed."""
+        self._cursor.execute(_placeholders(sql, self.dialect), tuple(params))
+        return int(self._cursor.rowcount)
+
+    def lock_chain(self) -> None:
+        """Hold the audit chain for the rest of this transaction (PostgreSQL; SQLite's writers are serial)."""
+        if self.dialect == "postgresql":
+            self._cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAIN_LOCK_ID,))
+
+
+class ConsoleStore:
+    """One connection, shared by the console's threads under a lock: the console is one process and its
+    writes are small; a PostgreSQL server is what lets several console replicas share one store."""
+
+    def __init__(self, connection: Any, dialect: Dialect) -> None:
+        self._connection = connection
+        self.dialect = dialect
+        self._lock = threading.RLock()
+        with self.transaction() as tx:
+            for statement in _SCHEMA:
+                tx.run(statement.format(serial=_SERIAL[dialect]))
+
+    @classmethod
+    def open(cls, url: str) -> ConsoleStore:
+        """`sqlite:///relative/or/absolute.db`, `sqlite://:memory:`, or `postgresql://...`."""
+        if url.startswith("sqlite://"):
+            path = url.removeprefix("sqlite://").removeprefix("/")
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            if path != ":memory:":
+                connection.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer
+            return cls(connection, "sqlite")
+        if url.startswith(("postgresql://", "postgres://")):
+            import psycopg
+
+            try:
+                return cls(psycopg.connect(url, autocommit=True), "postgresql")
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"cannot reach the console store {_redacted(url)}: {exc}") from exc
+        raise StoreUnavailable(f"console store URL must start with sqlite:// or postgresql://, got {_redacted(url)}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        with self._lock:
+            cursor = self._connection.cursor()
+            try:
+                cursor.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+                try:
+                    yield Transaction(cursor, self.dialect)
+                except BaseException:
+                    cursor.execute("ROLLBACK")
+                    raise
+                cursor.execute("COMMIT")
+            finally:
+                cursor.close()
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """A read outside any explicit transaction."""
+        with self.transaction() as tx:
+            return tx.rows(sql, params)
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+
+def _placeholders(sql: str, dialect: Dialect) -> str:
+    return sql.replace("?", "%s") if dialect == "postgresql" else sql
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"

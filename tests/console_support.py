@@ -1,0 +1,101 @@
+"""What the console's tests share: alert records as the workers write them, services on a store, tokens."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from shared.config import ConsoleSettings
+from shared.console_auth import LoginThrottle, Role, TokenIssuer, UserDirectory
+from shared.console_store import ConsoleStore
+from shared.kafka_client import KafkaConnection
+from shared.registry import ModelRegistry
+from workers.console import ConsoleServices
+from workers.console_feeds import ConsoleFeeds, FeedTopics
+
+SIGNING_KEY = b"console-test-key-" + b"k" * 32
+PASSWORD = "correct horse battery"
+_offsets = itertools.count()
+
+
+def alert_payload(
+    user: str = "user-1",
+    severity: str = "medium",
+    event_id: str | None = None,
+    detected_at: str | None = None,
+    stream: str = "transactions",
+) -> bytes:
+    """One alert record in the shape of `shared.output_records.AlertRecord` (a fresh source offset each call)."""
+    offset = next(_offsets)
+    event = {
+        "event_id": event_id or f"evt-{offset}",
+        "user_id": user,
+        "segment": "loose-passive",
+        "amount": 4200.0,
+        "currency": "EUR",
+        "timestamp": "2026-11-30T08:00:00+00:00",
+        "transaction_type": "transfer",
+        "channel": "web",
+        "ip": "10.0.0.1",
+        "counterparty": "cp-1",
+    }
+    record: dict[str, Any] = {
+        "type": "alert",
+        "stream": stream,
+        "model_version": 1,
+        "severity": severity,
+        "severity_score": {"low": 0.2, "medium": 0.5, "high": 1.0}[severity],
+        "fired": ["iforest"] if severity != "high" else ["iforest", "robust_z"],
+        "detectors": [
+            {"name": "iforest", "score": -0.61, "threshold": -0.55, "verdict": -1, "mode": "alerting"},
+            {
+                "name": "robust_z",
+                "score": -3.2,
+                "threshold": -2.5,
+                "verdict": -1 if severity == "high" else 1,
+                "mode": "alerting",
+            },
+        ],
+        "standout_features": [{"name": "amount_z", "value": 4200.0, "z": 7.5}],
+        "source": {"topic": "events.transactions", "partition": 0, "offset": offset},
+        "detected_at": detected_at or datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "event": event,
+    }
+    return msgspec.json.encode(record)
+
+
+def make_services(store_url: str, registry: ModelRegistry | None = None, **settings: Any) -> ConsoleServices:
+    console = ConsoleSettings(store_url=store_url, **settings)
+    store = ConsoleStore.open(store_url)
+    return ConsoleServices(
+        settings=console,
+        streams=["transactions"],
+        store=store,
+        users=UserDirectory(store),
+        issuer=TokenIssuer(SIGNING_KEY, console.token_ttl_s),
+        throttle=LoginThrottle(console.login_max_failures, console.login_window_s),
+        registry=registry,
+    )
+
+
+def offline_feeds(services: ConsoleServices) -> ConsoleFeeds:
+    """The feeds' ingest path without a broker (never started)."""
+    return ConsoleFeeds(
+        connection=KafkaConnection("127.0.0.1:9"),
+        topics=FeedTopics("alerts", "reports", "interventions", "audit"),
+        store=services.store,
+        desk=services.desk,
+        rules=services.automation_rules(),
+        group_id="unused",
+    )
+
+
+def bearer(services: ConsoleServices, role: Role, username: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {services.issuer.issue(username or role.value, role)}"}
+
+
+def audit_count(store: ConsoleStore) -> int:
+    return int(store.rows("SELECT COUNT(*) AS n FROM audit_log")[0]["n"])

@@ -1,0 +1,399 @@
+"""The console's HTTP API: every endpoint × every role against the permission table, tokens, audit, automation."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from shared.artifact_store import RedisArtifactStore
+from shared.console_auth import PERMISSIONS, Permission, Role, TokenIssuer
+from shared.registry import ModelRegistry
+from shared.training import TrainingResult
+from tests.console_support import (
+    PASSWORD,
+    SIGNING_KEY,
+    alert_payload,
+    audit_count,
+    bearer,
+    make_services,
+    offline_feeds,
+)
+from tests.small_models import train_small
+from workers.cli import app as cli_app
+from workers.console import ConsoleServices, create_app
+
+REGISTRY_KEY = b"r" * 32
+
+
+@pytest.fixture(scope="module")
+def trained() -> TrainingResult:
+    return train_small(events=3_000, seed=5)
+
+
+@pytest.fixture
+def services(tmp_path: Path, redis_client: redis.Redis, unique_name: str, trained: TrainingResult) -> ConsoleServices:
+    """A console on a fresh SQLite store and registry: v1 deployed then v2 deployed (so a rollback has a target),
+    one medium alert of user-1 stored, automation off (its own tests turn it on)."""
+    prefix = f"{unique_name}:"
+    registry = ModelRegistry(redis_client, RedisArtifactStore(redis_client, prefix), REGISTRY_KEY, prefix)
+    registry.publish(trained.bundle, trained.draft, deploy=True)
+    registry.publish(trained.bundle, trained.draft, deploy=True)
+    built = make_services(f"sqlite:///{tmp_path}/console.db", registry, automation=False)
+    offline_feeds(built).ingest([alert_payload("user-1", "medium", event_id="evt-first")])
+    return built
+
+
+@pytest.fixture
+def client(services: ConsoleServices) -> Iterator[TestClient]:
+    with TestClient(create_app(services)) as test_client:
+        yield test_client
+
+
+def first_alert_id(services: ConsoleServices) -> str:
+    return str(services.store.rows("SELECT id FROM alerts ORDER BY seq LIMIT 1")[0]["id"])
+
+
+REASON = {"reason": "seen in the review"}
+# (method, path, JSON body, the permission the endpoint needs); {alert} is the stored alert's id.
+ENDPOINTS: list[tuple[str, str, dict[str, Any] | None, Permission]] = [
+    ("GET", "/api/me", None, Permission.READ),
+    ("GET", "/api/alerts?severity=medium&detector=iforest&entity=user-1&stream=transactions", None, Permission.READ),
+    ("GET", "/api/alerts/top?n=5", None, Permission.READ),
+    ("GET", "/api/alerts/{alert}", None, Permission.READ),
+    ("GET", "/api/entities/user-1", None, Permission.READ),
+    ("GET", "/api/models", None, Permission.READ),
+    ("GET", "/api/reports?window_s=60", None, Permission.READ),
+    ("GET", "/api/interventions", None, Permission.READ),
+    ("GET", "/api/audit", None, Permission.READ_AUDIT),
+    ("GET", "/api/audit/verify", None, Permission.READ_AUDIT),
+    ("POST", "/api/interventions", {"action": "lock_account", "target": "user-1", **REASON}, Permission.INTERVENE),
+    ("POST", "/api/interventions", {"action": "unlock_account", "target": "user-1", **REASON}, Permission.INTERVENE),
+    (
+        "POST",
+        "/api/interventions",
+        {"action": "block_transaction", "target": "evt-first", **REASON},
+        Permission.INTERVENE,
+    ),
+    (
+        "POST",
+        "/api/interventions",
+        {"action": "release_transaction", "target": "evt-first", **REASON},
+        Permission.INTERVENE,
+    ),
+    ("POST", "/api/interventions", {"action": "require_step_up", "target": "user-1", **REASON}, Permission.INTERVENE),
+    ("POST", "/api/alerts/{alert}/label", {"verdict": "true_positive", **REASON}, Permission.LABEL_ALERTS),
+    ("POST", "/api/alerts/{alert}/label", {"verdict": "false_positive", **REASON}, Permission.LABEL_ALERTS),
+    ("POST", "/api/models/transactions/promote", {"version": 1, **REASON}, Permission.MANAGE_MODELS),
+    ("POST", "/api/models/transactions/rollback", REASON, Permission.MANAGE_MODELS),
+    (
+        "POST",
+        "/api/models/transactions/thresholds",
+        {"methods": {"robust_z": "quantile"}, **REASON},
+        Permission.MANAGE_MODELS,
+    ),
+]
+
+
+def call(client: TestClient, services: ConsoleServices, endpoint: tuple[Any, ...], headers: dict[str, str]) -> Any:
+    method, path, body, _ = endpoint
+    return client.request(method, path.format(alert=first_alert_id(services)), json=body, headers=headers)
+
+
+@pytest.mark.parametrize("role", list(Role))
+@pytest.mark.parametrize(
+    "endpoint", ENDPOINTS, ids=[f"{m} {p.split('?')[0]} {(b or {}).get('action', '')}" for m, p, b, _ in ENDPOINTS]
+)
+def test_every_endpoint_does_what_the_permission_table_says_for_every_role(
+    client: TestClient, services: ConsoleServices, endpoint: tuple[Any, ...], role: Role
+) -> None:
+    method, _, _, permission = endpoint
+    audited_before = audit_count(services.store)
+    response = call(client, services, endpoint, bearer(services, role))
+    if permission in PERMISSIONS[role]:
+        assert response.status_code < 400, response.text
+        # every action leaves exactly one audit record; a read leaves none
+        assert audit_count(services.store) - audited_before == (1 if method == "POST" else 0)
+    else:
+        assert response.status_code == 403, response.text
+        assert audit_count(services.store) == audited_before
+
+
+def test_permission_table_grows_with_the_role() -> None:
+    ordered = [PERMISSIONS[role] for role in (Role.VIEWER, Role.ANALYST, Role.OPERATOR, Role.ADMIN)]
+    assert all(lower < higher for lower, higher in itertools.pairwise(ordered))
+    assert PERMISSIONS[Role.ADMIN] == frozenset(Permission)
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=[f"{m} {p.split('?')[0]}" for m, p, _, _ in ENDPOINTS])
+def test_unauthenticated_requests_are_refused(
+    client: TestClient, services: ConsoleServices, endpoint: tuple[Any, ...]
+) -> None:
+    response = call(client, services, endpoint, {})
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert audit_count(services.store) == 0
+
+
+def _forged_tokens(services: ConsoleServices) -> dict[str, str]:
+    import jwt
+
+    claims = {
+        "sub": "mallory",
+        "role": "admin",
+        "iss": "fleetwatch-console",
+        "aud": "fleetwatch-console",
+        "iat": 1,
+        "exp": 4_000_000_000,
+    }
+    return {
+        "expired": TokenIssuer(SIGNING_KEY, ttl_s=60).issue("ann", Role.ADMIN, now=1_000_000),
+        "other key": TokenIssuer(b"x" * 40, ttl_s=60).issue("ann", Role.ADMIN),
+        "alg none": jwt.encode(claims, None, algorithm="none"),
+        "wrong audience": jwt.encode({**claims, "aud": "elsewhere"}, SIGNING_KEY, algorithm="HS256"),
+        "unknown role": jwt.encode({**claims, "role": "root"}, SIGNING_KEY, algorithm="HS256"),
+        "garbage": "not.a.token",
+    }
+
+
+@pytest.mark.parametrize("kind", ["expired", "other key", "alg none", "wrong audience", "unknown role", "garbage"])
+def test_expired_and_forged_tokens_are_refused(client: TestClient, services: ConsoleServices, kind: str) -> None:
+    token = _forged_tokens(services)[kind]
+    for endpoint in (ENDPOINTS[0], ENDPOINTS[10]):
+        assert call(client, services, endpoint, {"Authorization": f"Bearer {token}"}).status_code == 401
+    assert audit_count(services.store) == 0
+
+
+def test_login_issues_a_working_token_and_throttles_guessing(client: TestClient, services: ConsoleServices) -> None:
+    services.users.put("olga", PASSWORD, Role.OPERATOR)
+    answer = client.post("/api/login", json={"username": "olga", "password": PASSWORD})
+    assert answer.status_code == 200 and answer.json()["role"] == "operator"
+    me = client.get("/api/me", headers={"Authorization": f"Bearer {answer.json()['access_token']}"})
+    assert me.json()["username"] == "olga" and "intervene" in me.json()["permissions"]
+    stored = services.store.rows("SELECT password_hash FROM console_users WHERE username = 'olga'")[0]
+    assert stored["password_hash"].startswith("$argon2id$") and PASSWORD not in stored["password_hash"]
+    for _ in range(services.settings.login_max_failures):
+        assert client.post("/api/login", json={"username": "olga", "password": "wrong!"}).status_code == 401
+    throttled = client.post("/api/login", json={"username": "olga", "password": PASSWORD})
+    assert throttled.status_code == 429 and int(throttled.headers["Retry-After"]) > 0
+    assert client.post("/api/login", json={"username": "nobody", "password": "x"}).status_code == 401
+
+
+def test_an_action_is_audited_with_who_what_target_reason_states_and_request_id(
+    client: TestClient, services: ConsoleServices
+) -> None:
+    response = client.post(
+        "/api/interventions",
+        json={"action": "lock_account", "target": "user-1", "reason": "card testing", "alert_id": "a-1"},
+        headers={**bearer(services, Role.OPERATOR, "olga"), "X-Request-ID": "req-42"},
+    )
+    assert response.status_code == 201 and response.headers["X-Request-ID"] == "req-42"
+    [entry] = client.get("/api/audit", headers=bearer(services, Role.ADMIN)).json()
+    assert {k: entry[k] for k in ("actor", "action", "target", "reason", "before", "after", "request_id")} == {
+        "actor": "olga",
+        "action": "lock_account",
+        "target": "user-1",
+        "reason": "card testing",
+        "before": {"account": "unlocked"},
+        "after": {"account": "locked"},
+        "request_id": "req-42",
+    }
+    history = client.get("/api/entities/user-1", headers=bearer(services, Role.VIEWER)).json()
+    assert history["controls"] == {"account": "locked"} and history["interventions"][0]["actor"] == "olga"
+
+
+def test_a_modified_audit_record_breaks_the_chain_check(
+    client: TestClient, services: ConsoleServices, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    admin = bearer(services, Role.ADMIN)
+    for action in ("lock_account", "unlock_account", "lock_account"):
+        client.post("/api/interventions", json={"action": action, "target": "user-1", **REASON}, headers=admin)
+    assert client.get("/api/audit/verify", headers=admin).json() == {
+        "ok": True,
+        "checked": 3,
+        "first_bad_seq": None,
+        "problem": "",
+    }
+    monkeypatch.setenv("FLEETWATCH_CONSOLE__STORE_URL", f"sqlite:///{tmp_path}/console.db")
+    intact = CliRunner().invoke(cli_app, ["console", "verify-audit"])
+    assert intact.exit_code == 0, intact.output
+
+    with services.store.transaction() as tx:
+        tx.run("UPDATE audit_log SET reason = 'routine' WHERE seq = 2")
+    verdict = client.get("/api/audit/verify", headers=admin).json()
+    assert verdict["ok"] is False and verdict["first_bad_seq"] == 2 and "modified" in verdict["problem"]
+    broken = CliRunner().invoke(cli_app, ["console", "verify-audit"])
+    assert broken.exit_code == 1 and "BROKEN at record 2" in broken.output
+
+
+def test_a_deleted_audit_record_breaks_the_chain_check(client: TestClient, services: ConsoleServices) -> None:
+    admin = bearer(services, Role.ADMIN)
+    for action in ("lock_account", "unlock_account", "lock_account"):
+        client.post("/api/interventions", json={"action": action, "target": "user-1", **REASON}, headers=admin)
+    with services.store.transaction() as tx:
+        tx.run("DELETE FROM audit_log WHERE seq = 2")
+    verdict = client.get("/api/audit/verify", headers=admin).json()
+    assert verdict["ok"] is False and verdict["first_bad_seq"] == 3
+
+
+def test_model_actions_move_the_registry_and_show_every_threshold_method(
+    client: TestClient, services: ConsoleServices
+) -> None:
+    admin = bearer(services, Role.ADMIN)
+    [stream] = client.get("/api/models", headers=admin).json()
+    assert stream["deployed"] == 2 and [v["version"] for v in stream["versions"]] == [1, 2]
+    detector = stream["versions"][1]["detectors"][0]
+    assert set(detector["thresholds"]) == set(stream["methods"]) and detector["active_method"] == "fleet_budget"
+
+    rolled = client.post("/api/models/transactions/rollback", json=REASON, headers=admin).json()
+    assert rolled["before"] == {"deployed": 2} and rolled["after"] == {"deployed": 1}
+    changed = client.post(
+        "/api/models/transactions/thresholds", json={"methods": {"robust_z": "quantile"}, **REASON}, headers=admin
+    ).json()
+    assert changed["after"]["version"] == 3 and changed["after"]["deployed"] == 3
+    assert changed["after"]["methods"]["robust_z"] == "quantile"
+    refused = client.post("/api/models/transactions/promote", json={"version": 99, **REASON}, headers=admin)
+    assert refused.status_code == 409 and "does not exist" in refused.json()["detail"]
+    unknown = client.post(
+        "/api/models/transactions/thresholds", json={"methods": {"nope": "quantile"}, **REASON}, headers=admin
+    )
+    assert unknown.status_code == 409
+    assert audit_count(services.store) == 2  # refused actions changed nothing and left no record
+
+
+def test_labels_reach_the_trainers_labels_format(
+    client: TestClient, services: ConsoleServices, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from shared.event_files import read_labels
+
+    alert = first_alert_id(services)
+    analyst = bearer(services, Role.ANALYST)
+    client.post(f"/api/alerts/{alert}/label", json={"verdict": "false_positive", **REASON}, headers=analyst)
+    second = client.post(f"/api/alerts/{alert}/label", json={"verdict": "true_positive", **REASON}, headers=analyst)
+    assert second.json()["before"] == {"label": "false_positive"}
+    assert client.get(f"/api/alerts/{alert}", headers=analyst).json()["label"]["verdict"] == "true_positive"
+    base = tmp_path / "day.labels.jsonl"
+    base.write_text(
+        '{"event_id": "evt-first", "is_anomaly": false, "anomaly_kind": ""}\n'
+        '{"event_id": "evt-other", "is_anomaly": false, "anomaly_kind": ""}\n'
+    )
+    monkeypatch.setenv("FLEETWATCH_CONSOLE__STORE_URL", f"sqlite:///{tmp_path}/console.db")
+    out = tmp_path / "merged.labels.jsonl"
+    result = CliRunner().invoke(cli_app, ["console", "export-labels", str(out), "--base", str(base)])
+    assert result.exit_code == 0, result.output
+    assert read_labels(out) == {"evt-first": (True, "analyst_confirmed"), "evt-other": (False, "")}
+
+
+def test_unknown_alert_is_not_found_and_labelling_it_is_refused(client: TestClient, services: ConsoleServices) -> None:
+    admin = bearer(services, Role.ADMIN)
+    assert client.get("/api/alerts/nope", headers=admin).status_code == 404
+    response = client.post("/api/alerts/nope/label", json={"verdict": "true_positive", **REASON}, headers=admin)
+    assert response.status_code == 409 and audit_count(services.store) == 0
+
+
+def test_alert_filters_top_n_and_polling(client: TestClient, services: ConsoleServices) -> None:
+    feeds = offline_feeds(services)
+    feeds.ingest([alert_payload("user-2", "high"), alert_payload("user-3", "low"), alert_payload("user-2", "medium")])
+    viewer = bearer(services, Role.VIEWER)
+    everything = client.get("/api/alerts", headers=viewer).json()
+    assert [a["entity"] for a in everything] == ["user-2", "user-3", "user-2", "user-1"]
+    assert [a["severity"] for a in client.get("/api/alerts/top?n=2", headers=viewer).json()] == ["high", "medium"]
+    assert len(client.get("/api/alerts?entity=user-2", headers=viewer).json()) == 2
+    assert [a["entity"] for a in client.get("/api/alerts?detector=robust_z", headers=viewer).json()] == ["user-2"]
+    newest_seq = everything[1]["seq"]
+    assert [a["entity"] for a in client.get(f"/api/alerts?after={newest_seq}", headers=viewer).json()] == ["user-2"]
+    report = client.get(f"/api/alerts/{everything[0]['id']}", headers=viewer).json()["report"]
+    assert report["detectors"][0]["threshold"] == -0.55 and report["standout_features"][0]["name"] == "amount_z"
+
+
+def test_window_reports_give_the_anomaly_rate_series(client: TestClient, services: ConsoleServices) -> None:
+    import msgspec
+
+    def report(start: str, segment: str, scored: int, alerts: int) -> bytes:
+        return msgspec.json.encode(
+            {
+                "type": "window_summary",
+                "stream": "transactions",
+                "dimensions": {"segment": segment},
+                "window_s": 60,
+                "window_start": start,
+                "window_end": start,
+                "scored": scored,
+                "anomaly_rate": alerts / scored,
+                "normal": {},
+                "alerts": {"count": alerts},
+            }
+        )
+
+    records = [
+        report("2026-11-30T08:00:00+00:00", "a", 100, 1),
+        report("2026-11-30T08:00:00+00:00", "b", 100, 3),
+        report("2026-11-30T08:01:00+00:00", "a", 50, 0),
+    ]
+    offline_feeds(services).ingest([*records, records[0]])  # a repeated report counts once
+    series = client.get("/api/reports?window_s=60", headers=bearer(services, Role.VIEWER)).json()
+    assert [(r["window_start"][11:16], r["scored"], r["anomaly_rate"]) for r in series] == [
+        ("08:00", 200, 0.02),
+        ("08:01", 50, 0.0),
+    ]
+
+
+def test_automation_acts_once_per_alert_and_a_replay_does_not_act_again(tmp_path: Path) -> None:
+    services = make_services(f"sqlite:///{tmp_path}/c.db", None, lock_after_alerts=3, lock_window_s=3600)
+    feeds = offline_feeds(services)
+    high = alert_payload("user-9", "high")
+    burst = [alert_payload("user-7", "medium") for _ in range(4)]
+    feeds.ingest([high, *burst])
+    feeds.ingest([high, *burst])  # the topic read again
+    rows = services.store.rows("SELECT action, target, actor, idempotency_key FROM interventions ORDER BY seq")
+    assert [(r["action"], r["target"], r["actor"]) for r in rows] == [
+        ("require_step_up", "user-9", "system:automation"),
+        ("lock_account", "user-7", "system:automation"),  # at the third alert; the fourth finds it locked
+    ]
+    assert all(r["idempotency_key"].startswith("rule:") for r in rows)
+    assert audit_count(services.store) == 2
+
+    # the same rule and alert through the desk directly: the first outcome, not a second action
+    from shared.alert_inbox import alert_report
+    from shared.automation_rules import run_rules
+
+    alert = alert_report(services.store, services.store.rows("SELECT id FROM alerts WHERE entity = 'user-9'")[0]["id"])
+    assert alert is not None
+    [again] = run_rules(services.automation_rules(), services.desk, services.store, alert)
+    assert again.applied is False and audit_count(services.store) == 2
+
+
+def test_an_action_needs_a_reason(client: TestClient, services: ConsoleServices) -> None:
+    response = client.post(
+        "/api/interventions",
+        json={"action": "lock_account", "target": "user-1", "reason": "   "},
+        headers=bearer(services, Role.ADMIN),
+    )
+    assert response.status_code == 422 and audit_count(services.store) == 0
+
+
+def test_probes_and_metrics_need_no_token(client: TestClient, services: ConsoleServices) -> None:
+    client.post("/api/login", json={"username": "nobody", "password": "wrong"})
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert 'fleetwatch_console_logins_total{result="refused"}' in client.get("/metrics").text
+
+
+def test_add_user_stores_an_argon2_hash_and_the_user_can_log_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path}/users.db"
+    monkeypatch.setenv("FLEETWATCH_CONSOLE__STORE_URL", url)
+    result = CliRunner().invoke(
+        cli_app, ["console", "add-user", "ann", "--role", "analyst", "--password-stdin"], input=PASSWORD + "\n"
+    )
+    assert result.exit_code == 0, result.output
+    services = make_services(url)
+    assert services.users.authenticate("ann", PASSWORD).role is Role.ANALYST
+    bad = CliRunner().invoke(cli_app, ["console", "add-user", "bob", "--role", "root", "--password-stdin"], input="x\n")
+    assert bad.exit_code != 0

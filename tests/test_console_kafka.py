@@ -1,0 +1,68 @@
+"""The console on the real broker: alerts in from the alert topic, interventions and audit records out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+from fastapi.testclient import TestClient
+
+from shared.console_auth import Role
+from shared.kafka_client import KafkaConnection, producer, read_all
+from tests.console_support import alert_payload, bearer, make_services
+from workers.console import create_app
+from workers.console_feeds import ConsoleFeeds, FeedTopics
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_alerts_flow_in_and_interventions_and_audit_records_flow_out(
+    kafka: KafkaConnection, make_topic: Callable[..., str], unique_name: str, tmp_path: Path
+) -> None:
+    topics = FeedTopics(make_topic("alerts"), make_topic("reports"), make_topic("interventions"), make_topic("audit"))
+    services = make_services(f"sqlite:///{tmp_path}/console.db")
+    feeds = ConsoleFeeds(kafka, topics, services.store, services.desk, services.automation_rules(), unique_name)
+    services.on_applied.append(feeds.wake)
+    writer = producer(kafka)
+    writer.produce(topics.alerts, alert_payload("user-77", "high"), key="user-77")
+    writer.produce(topics.alerts, b"not json", key="x")  # skipped, counted, not fatal
+    assert writer.flush(10) == 0
+    feeds.start()
+    try:
+        wait_until(lambda: len(services.store.rows("SELECT id FROM alerts")) == 1)
+        with TestClient(create_app(services)) as client:
+            answer = client.post(
+                "/api/interventions",
+                json={"action": "lock_account", "target": "user-77", "reason": "confirmed fraud"},
+                headers={**bearer(services, Role.OPERATOR, "olga"), "X-Request-ID": "req-kafka"},
+            )
+        assert answer.status_code == 201
+        wait_until(
+            lambda: (
+                not services.store.rows("SELECT seq FROM audit_log WHERE published = 0")
+                and len(services.store.rows("SELECT seq FROM audit_log")) == 2
+            )
+        )
+    finally:
+        feeds.stop()
+
+    published = [msgspec.json.decode(m.value()) for m in read_all(kafka, topics.interventions, max_wait_s=10)]
+    assert sorted((r["action"], r["actor"]) for r in published) == [
+        ("lock_account", "olga"),
+        ("require_step_up", "system:automation"),
+    ]
+    lock = next(r for r in published if r["action"] == "lock_account")
+    assert lock["target"] == "user-77" and lock["after"] == {"account": "locked"} and lock["request_id"] == "req-kafka"
+    audit = sorted(
+        (msgspec.json.decode(m.value()) for m in read_all(kafka, topics.audit, max_wait_s=10)), key=lambda e: e["seq"]
+    )
+    stored = services.store.rows("SELECT seq, hash FROM audit_log ORDER BY seq")
+    assert [(e["seq"], e["hash"]) for e in audit] == [(r["seq"], r["hash"]) for r in stored]
+    assert audit[1]["prev_hash"] == audit[0]["hash"] and audit[1]["actor"] == "olga"

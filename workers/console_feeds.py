@@ -1,0 +1,134 @@
+"""The console's Kafka edges: alerts and window reports in, interventions and audit records out.
+
+One thread reads the alert topic and the reports topic (`read_committed`, its own consumer group),
+stores each record (ids make repeats harmless), runs the automation rules on alerts that are new, and
+commits offsets after the store did. The same thread exports the store's outbox to the `interventions`
+and `audit` topics (keyed by target) and marks records published only once the broker acknowledged
+them: at least once on Kafka, the intervention id / audit seq identifies a repeat.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from confluent_kafka import KafkaError
+
+from shared import alert_inbox, interventions
+from shared.automation_rules import AutomationRule, run_rules
+from shared.console_store import ConsoleStore
+from shared.interventions import InterventionDesk
+from shared.kafka_client import KafkaConnection, consumer, producer
+from shared.logs import get_logger
+from shared.metrics import CONSOLE_EXPORT_FAILURES, CONSOLE_RECORDS_INGESTED
+
+log = get_logger("fleetwatch.console")
+
+
+@dataclass(frozen=True)
+class FeedTopics:
+    alerts: str
+    reports: str
+    interventions: str
+    audit: str
+
+
+@dataclass
+class ConsoleFeeds:
+    connection: KafkaConnection
+    topics: FeedTopics
+    store: ConsoleStore
+    desk: InterventionDesk
+    rules: list[AutomationRule]
+    group_id: str
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    assigned: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="console-feeds", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def wake(self) -> None:
+        """Export now (called after an intervention was stored)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        reader = consumer(self.connection, self.group_id)
+        writer = producer(self.connection)
+        reader.subscribe(
+            [self.topics.alerts, self.topics.reports], on_assign=lambda _consumer, _partitions: self.assigned.set()
+        )
+        try:
+            while not self._stop.is_set():
+                messages = reader.consume(num_messages=500, timeout=0.2)
+                good = [m for m in messages if m.error() is None]
+                for message in messages:
+                    error = message.error()
+                    if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("console consumer error", error=str(error))
+                if good:
+                    self.ingest([m.value() or b"" for m in good])
+                    reader.commit(asynchronous=False)
+                self.export(writer)
+                if not good:
+                    self._wake.wait(0.2)
+                    self._wake.clear()
+        except Exception:
+            log.exception("console feeds stopped by an unexpected error")
+            raise
+        finally:
+            reader.close()
+            writer.flush(5)
+
+    def ingest(self, payloads: list[bytes]) -> list[str]:
+        """Store alerts and window reports; run the rules on alerts seen for the first time; return their ids."""
+        new_alerts = []
+        with self.store.transaction() as tx:
+            for record in alert_inbox.decode_records(payloads):
+                kind = (record or {}).get("type")
+                try:
+                    if kind == "alert" and record is not None:
+                        if (identifier := alert_inbox.store_alert(tx, record)) is not None:
+                            new_alerts.append(identifier)
+                    elif kind == "window_summary" and record is not None:
+                        alert_inbox.store_window_report(tx, record)
+                    else:
+                        kind = "skipped"  # rate alerts, escalations, anything else
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.warning("console skipped a malformed record", kind=kind, error=repr(exc))
+                    kind = "skipped"
+                CONSOLE_RECORDS_INGESTED.labels("report" if kind == "window_summary" else kind).inc()
+        for identifier in new_alerts:
+            summary = alert_inbox.alert_report(self.store, identifier)
+            if summary is not None:
+                run_rules(self.rules, self.desk, self.store, summary)
+        return new_alerts
+
+    def export(self, writer: Any) -> int:
+        """Send the outbox to Kafka; mark what was acknowledged. Returns how many records were sent."""
+        records, entries = interventions.unpublished(self.store)
+        if not records and not entries:
+            return 0
+        for record in records:
+            writer.produce(self.topics.interventions, value=msgspec.json.encode(record), key=record.target)
+        for entry in entries:
+            writer.produce(self.topics.audit, value=msgspec.json.encode(entry), key=entry.target)
+        report = writer.wait_for_deliveries(10.0)
+        if not report.complete:
+            CONSOLE_EXPORT_FAILURES.inc()
+            log.warning(
+                "console export not acknowledged; retrying", errors=report.errors, waiting=report.unacknowledged
+            )
+            return 0
+        interventions.mark_published(self.store, records, entries)
+        return len(records) + len(entries)
