@@ -116,6 +116,7 @@ class WorkerSettings(BaseModel):
     metrics_port: int = 9400
     profile_ttl_days: int = 90
     top_features: int = 3
+    compute_threads: int = Field(1, gt=0, description="BLAS/OpenMP threads per worker process (scale by replicas)")
     consumer_properties: dict[str, str] = Field(default_factory=dict, description="librdkafka, consumer only")
     producer_properties: dict[str, str] = Field(default_factory=dict, description="librdkafka, producer only")
 
