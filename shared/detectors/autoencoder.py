@@ -28,6 +28,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from shared.detectors.base import Detector, Matrix, Vector
+from shared.detectors.fixed_blocks import in_fixed_blocks
 
 _ACTIVATIONS = {"tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0), "logistic": expit}
 """The hidden activations `MLPRegressor` applies, as it computes them."""
@@ -97,20 +98,16 @@ class AutoencoderDetector(Detector):
 
     def _score(self, X: Matrix) -> Vector:
         standardised = self.scaler_.transform(X)
-        return -np.mean((standardised - self._reconstruct(standardised)) ** 2, axis=1)
+        return -np.mean((standardised - in_fixed_blocks(self._reconstruct, standardised)) ** 2, axis=1)
 
     def _reconstruct(self, standardised: np.ndarray) -> np.ndarray:
-        """The network's forward pass (`MLPRegressor.predict`), with each row's products summed in one fixed order.
-
-        BLAS chooses its kernels by the shape of the whole batch, so `predict` gives a row a last-bit different
-        output depending on the rows beside it; `einsum` (no BLAS) does not, at the same speed at these widths.
-        A row then scores the same in a worker's micro-batch, in batch mode and in a Spark partition.
-        """
+        """The network's forward pass (`MLPRegressor.predict`) on one fixed-shape block (`fixed_blocks`), so a
+        row scores the same in a worker's micro-batch, in batch mode and in a Spark partition."""
         activation = _ACTIVATIONS[self.activation]
         layers = list(zip(self.network_.coefs_, self.network_.intercepts_, strict=True))
         values = standardised
         for depth, (weights, bias) in enumerate(layers):
-            values = np.einsum("ij,jk->ik", values, weights) + bias
+            values = values @ weights + bias
             if depth < len(layers) - 1:  # the regressor's output layer is the identity
                 values = activation(values)
         return values.reshape(standardised.shape)

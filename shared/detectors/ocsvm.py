@@ -30,6 +30,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from shared.detectors.base import Detector, Matrix, Vector
+from shared.detectors.fixed_blocks import in_fixed_blocks
 
 
 class OneClassSVMDetector(Detector):
@@ -83,20 +84,18 @@ class OneClassSVMDetector(Detector):
         self.n_iter_: int = self.pipeline_[-1].n_iter_
 
     def _score(self, X: Matrix) -> Vector:
-        """`pipeline_.score_samples`, with each row's products summed in one fixed order (einsum, no BLAS).
+        """`pipeline_.score_samples`, computed in fixed-shape blocks (`fixed_blocks`): a row scores the same in a
+        worker's micro-batch, in batch mode and in a Spark partition."""
+        scaler, _, _ = self.pipeline_
+        return in_fixed_blocks(self._score_block, scaler.transform(X))
 
-        BLAS picks its kernels by the whole batch's shape, so the pipeline gives a row a last-bit different score
-        depending on the rows beside it; here a row scores the same in a worker's micro-batch, in batch mode and
-        in a Spark partition, at the same speed at these widths.
-        """
-        scaler, nystroem, svm = self.pipeline_
-        rows = scaler.transform(X)
+    def _score_block(self, rows: np.ndarray) -> np.ndarray:
+        _, nystroem, svm = self.pipeline_
         landmarks = nystroem.components_
-        squared = -2.0 * np.einsum("ij,kj->ik", rows, landmarks)  # the RBF kernel as sklearn's rbf_kernel builds it
-        squared += np.einsum("ij,ij->i", rows, rows)[:, None]
-        squared += np.einsum("ij,ij->i", landmarks, landmarks)[None, :]
+        squared = -2.0 * (rows @ landmarks.T)  # the RBF kernel as sklearn's rbf_kernel builds it
+        squared += np.sum(rows * rows, axis=1)[:, None]
+        squared += np.sum(landmarks * landmarks, axis=1)[None, :]
         np.maximum(squared, 0.0, out=squared)
         squared *= -nystroem.gamma
         kernel = np.exp(squared, out=squared)
-        mapped = np.einsum("ij,kj->ik", kernel, nystroem.normalization_)
-        return np.einsum("ij,j->i", mapped, svm.coef_.ravel())
+        return (kernel @ nystroem.normalization_.T) @ svm.coef_.ravel()
