@@ -17,7 +17,9 @@ from __future__ import annotations
 from numbers import Integral
 from typing import Any, ClassVar
 
+import numpy as np
 from sklearn.ensemble import IsolationForest
+from sklearn.ensemble._iforest import _average_path_length
 from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 
 from shared.detectors.base import Detector, Matrix, Vector
@@ -70,6 +72,31 @@ class IsolationForestDetector(Detector):
             n_jobs=self.n_jobs,
             random_state=self.random_state,
         ).fit(X)
+        self.walks_ = self._walks()
+        self.depth_norm_ = len(self.forest_.estimators_) * float(_average_path_length([self.forest_.max_samples_])[0])
 
     def _score(self, X: Matrix) -> Vector:
-        return self.forest_.score_samples(X)
+        """`forest_.score_samples`, bit for bit, at about half its cost on a micro-batch.
+
+        scikit-learn validates the input once per tree before walking it; here the rows are cast once to
+        the trees' float32 and each tree's compiled `apply` is called directly, adding the per-leaf path
+        lengths in the same order. Each row's score depends on that row only.
+        """
+        rows = np.ascontiguousarray(X, dtype=np.float32)
+        depths = np.zeros(len(rows))
+        for tree, features, lengths in self.walks_:
+            depths += lengths[tree.apply(rows if features is None else np.ascontiguousarray(rows[:, features]))]
+        return -(2.0 ** (-depths / self.depth_norm_))
+
+    def _walks(self) -> list[tuple[Any, np.ndarray | None, np.ndarray]]:
+        """Per tree: its compiled tree, its feature subset (None: all, in order), and per node the node's depth
+        plus the expected path length below it, as scikit-learn adds them."""
+        forest, every = self.forest_, np.arange(self.n_features_in_)
+        return [
+            (
+                estimator.tree_,
+                None if np.array_equal(features, every) else np.asarray(features),
+                forest._decision_path_lengths[i] + forest._average_path_length_per_tree[i] - 1.0,
+            )
+            for i, (estimator, features) in enumerate(zip(forest.estimators_, forest.estimators_features_, strict=True))
+        ]
