@@ -23,6 +23,7 @@ they should not.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -83,6 +84,14 @@ def _digits(values: np.ndarray, width: int) -> np.ndarray:
     return np.ascontiguousarray(ascii_digits.astype(np.uint8)).view(f"S{width}").reshape(-1)
 
 
+@dataclass(frozen=True)
+class EntityKeys:
+    """The Redis keys of a batch's entities, and the bucket each key's hash tag names."""
+
+    names: list[str]
+    buckets: np.ndarray
+
+
 class EntityStateStore:
     """One stream's entity states in Redis, under `{prefix}state:{KEY_VERSION}:{stream}:{{b<bucket>}}:{entity}`."""
 
@@ -96,16 +105,15 @@ class EntityStateStore:
         self._ttl_s = ttl_s
         self._write = client.register_script(WRITE_SCRIPT)
 
-    def _keys(self, entities: np.ndarray) -> tuple[list[str], np.ndarray]:
-        """Each entity's key, and its bucket (the key's hash tag)."""
-        buckets = np.fromiter(
-            (zlib.crc32(entity.encode()) % BUCKETS for entity in entities.tolist()), dtype=np.int64, count=len(entities)
-        )
-        keys = [
-            f"{self._prefix}{{b{bucket}}}:{entity}"
-            for bucket, entity in zip(buckets.tolist(), entities.tolist(), strict=True)
-        ]
-        return keys, buckets
+    def _keys(self, entities: np.ndarray) -> EntityKeys:
+        """Each entity's key and its bucket (the key's hash tag), in one pass over the entities."""
+        names, buckets = [], []
+        prefix = self._prefix
+        for entity in entities.tolist():
+            bucket = zlib.crc32(entity.encode()) % BUCKETS
+            buckets.append(bucket)
+            names.append(f"{prefix}{{b{bucket}}}:{entity}")
+        return EntityKeys(names, np.array(buckets, dtype=np.int64))
 
     def features(self, columns: EventColumns, partitions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Raw features of a consumed batch from its entities' stored states, which are advanced and stored.
@@ -120,8 +128,9 @@ class EntityStateStore:
         np.maximum.at(last, inverse, offsets)
         entity_partition = np.zeros(len(entities), dtype=np.int64)
         entity_partition[inverse] = partitions
+        keys = self._keys(entities)
         try:
-            start = self.read(entities, entity_partition, first)
+            start = self._read(keys, entities, entity_partition, first)
         except redis.RedisError as exc:
             metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
             log.warning("state store unavailable; scoring with empty histories", error=str(exc))
@@ -129,7 +138,7 @@ class EntityStateStore:
             return raw
         raw, after = self._stream.advance(start, columns)
         try:
-            refused = self.write(after, start, entity_partition, first, last)
+            refused = self._store(keys, after, start, entity_partition, first, last)
         except redis.RedisError as exc:
             metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
             log.warning("state store write failed; states of this batch are not kept", error=str(exc))
@@ -139,12 +148,17 @@ class EntityStateStore:
         return raw
 
     def read(self, entities: np.ndarray, partitions: np.ndarray, first_offsets: np.ndarray) -> EntityStates:
-        """States to start each entity from: the stored state, or its snapshot when this is a replay."""
-        keys, _ = self._keys(entities)
+        """States to start each entity (sorted, distinct) from: the stored state, or its snapshot when this
+        is a replay."""
+        return self._read(self._keys(entities), entities, partitions, first_offsets)
+
+    def _read(
+        self, keys: EntityKeys, entities: np.ndarray, partitions: np.ndarray, first_offsets: np.ndarray
+    ) -> EntityStates:
         # A cluster refuses a multi-slot MGET; redis-py's non-atomic MGET sends one per slot, pipelined per node.
         stored = cast(
             list[bytes | None],
-            self._redis.mget_nonatomic(keys) if self._cluster else self._redis.mget(keys),  # type: ignore[union-attr]
+            self._redis.mget_nonatomic(keys.names) if self._cluster else self._redis.mget(keys.names),  # type: ignore[union-attr]
         )
         present = np.array([value is not None for value in stored], dtype=bool)
         envelopes = np.frombuffer(b"".join(value for value in stored if value is not None), dtype=self._envelope)
@@ -166,6 +180,17 @@ class EntityStateStore:
         """Store every entity's new state with the snapshot it started from; return how many were refused.
 
         `partitions` and the offsets are per entity of `after`, in its order."""
+        return self._store(self._keys(after.keys), after, start, partitions, first_offsets, last_offsets)
+
+    def _store(
+        self,
+        keys: EntityKeys,
+        after: EntityStates,
+        start: EntityStates,
+        partitions: np.ndarray,
+        first_offsets: np.ndarray,
+        last_offsets: np.ndarray,
+    ) -> int:
         if not len(after):
             return 0
         envelopes = np.empty(len(after), dtype=self._envelope)
@@ -176,13 +201,13 @@ class EntityStateStore:
         envelopes["snapshot"] = start.aligned(after.keys)
         whole, size = envelopes.tobytes(), self._envelope.itemsize
         values = [whole[offset : offset + size] for offset in range(0, len(whole), size)]
-        keys, buckets = self._keys(after.keys)
         if not self._cluster:
-            return int(self._write(keys=keys, args=[self._ttl_s, *values]))
-        return self._write_by_bucket(keys, buckets, values)
+            return int(self._write(keys=keys.names, args=[self._ttl_s, *values]))
+        return self._write_by_bucket(keys, values)
 
-    def _write_by_bucket(self, keys: list[str], buckets: np.ndarray, values: list[bytes]) -> int:
+    def _write_by_bucket(self, keys: EntityKeys, values: list[bytes]) -> int:
         """One script call per bucket (one slot each), pipelined: one round trip per cluster node."""
+        buckets = keys.buckets
         order = np.argsort(buckets, kind="stable")
         starts = np.flatnonzero(np.r_[True, buckets[order][1:] != buckets[order][:-1]])
         groups = np.split(order, starts[1:])
@@ -191,7 +216,7 @@ class EntityStateStore:
             for rows in groups:
                 chosen = rows.tolist()
                 pipe.execute_command(
-                    "EVALSHA", self._write.sha, len(chosen), *(keys[i] for i in chosen), self._ttl_s,
+                    "EVALSHA", self._write.sha, len(chosen), *(keys.names[i] for i in chosen), self._ttl_s,
                     *(values[i] for i in chosen),
                 )  # fmt: skip
             try:
