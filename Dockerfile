@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # One image for every fleetwatch role; the command picks the role:
-#   docker run IMAGE worker | trainer | summarizer | train --stream transactions --from-file PATH
-# Port 9400 serves /metrics, /healthz and /readyz.
+#   docker run IMAGE worker | trainer | summarizer | console serve | train --stream transactions --from-file PATH
+# Port 9400 serves /metrics, /healthz and /readyz; the console serves its API, page, /metrics and /healthz
+# on 8443 (HTTPS).
 
 # Both stages use the same base, so the virtual environment built in the first one runs unchanged in
 # the second (same interpreter path and ABI). Pinned by exact tag; pin by digest too where the
@@ -14,16 +15,18 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first, in their own layer, so that a source change does not reinstall them. Every
-# dependency has a wheel for this platform: no compiler is needed, not even here.
+# Dependencies first, in their own layer, so that a source change does not reinstall them: the
+# project's own and its `console` extra (`fleetwatch console serve`: FastAPI, uvicorn, PyJWT, argon2,
+# psycopg, cryptography). Every dependency has a wheel for this platform: no compiler is needed, not even here.
 COPY pyproject.toml constraints.txt ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(project['dependencies'] + project['optional-dependencies']['console']))" \
         > /tmp/requirements.txt \
     && pip install -c constraints.txt -r /tmp/requirements.txt
 COPY README.md ./
 COPY shared ./shared
 COPY workers ./workers
-# The project itself, not editable; then pip and setuptools leave the environment: the runtime needs neither.
+# The project itself, not editable, with its package data (the console's page, workers/console_page/); then
+# pip and setuptools leave the environment: the runtime needs neither.
 RUN pip install --no-deps -c constraints.txt . \
     && pip uninstall -y pip setuptools
 
@@ -43,8 +46,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     FLEETWATCH_CACHE_DIR=/tmp/fleetwatch-cache
 WORKDIR /var/lib/fleetwatch
 USER 10001:10001
-EXPOSE 9400
+EXPOSE 9400 8443
 # No HEALTHCHECK here: `train` is a one-shot job with nothing to probe; compose and the chart probe the
-# long-running roles on :9400/healthz.
+# long-running roles on :9400/healthz, and the console on its own port (:8443/healthz over HTTPS).
 ENTRYPOINT ["fleetwatch"]
 CMD ["worker"]

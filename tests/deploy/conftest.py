@@ -7,14 +7,19 @@ needs it with the command that installs it; nothing is skipped.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from shared.config import FleetwatchSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "fleetwatch"
@@ -115,3 +120,23 @@ def render(helm: Tool, yaml: ModuleType, values: Path | None, kube_version: str)
     args = ["--kube-version", kube_version, *(["--values", str(values)] if values else [])]
     text = helm_template(helm, *args).stdout
     return text, [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def settings_as_deployed(
+    environment: Mapping[str, str], config_toml: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> FleetwatchSettings:
+    """What shared.config loads in a container that has exactly this environment and, at FLEETWATCH_CONFIG,
+    this file (None: no file): nothing from the test's own FLEETWATCH_* variables or the local dev stack."""
+    from shared.config import load_settings
+
+    for name in [name for name in os.environ if name.startswith("FLEETWATCH_")]:
+        monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("FLEETWATCH_DEV_DIR", str(tmp_path / "no-dev-stack"))
+    config_file = tmp_path / "fleetwatch.toml"
+    if config_toml is not None:
+        config_file.write_text(config_toml)
+    # The path the container reads it from is where a ConfigMap is mounted; here it is the copy above.
+    monkeypatch.setenv("FLEETWATCH_CONFIG", str(config_file))
+    return load_settings()

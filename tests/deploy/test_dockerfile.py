@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
+import shlex
+import subprocess
+import sys
+import tomllib
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from .conftest import REPO, Tool
 
 DOCKERFILE = REPO / "Dockerfile"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -47,7 +56,7 @@ def test_final_stage_runs_fleetwatch_as_a_non_root_user_without_build_tools() ->
     (user,) = [arguments for keyword, arguments in stage if keyword == "USER"]
     assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", user), "a numeric non-root uid:gid, checkable by runAsNonRoot"
     assert ("ENTRYPOINT", '["fleetwatch"]') in stage
-    assert ("EXPOSE", "9400") in stage
+    assert ("EXPOSE", "9400 8443") in stage, "the roles' metrics port and the console's"
     # Only the built virtual environment comes over; nothing in this stage installs or compiles.
     assert ("COPY", "--from=build /opt/venv /opt/venv") in stage
     commands = " ".join(arguments for keyword, arguments in stage if keyword == "RUN")
@@ -62,3 +71,58 @@ def test_build_context_leaves_out_local_state() -> None:
     assert ignored[0] == "*"
     allowed = {line[1:] for line in ignored if line.startswith("!")}
     assert allowed == {"pyproject.toml", "constraints.txt", "README.md", "shared/", "workers/"}
+
+
+def requirements_the_image_installs() -> list[str]:
+    """What the build stage's `python -c ... > /tmp/requirements.txt` writes, run here on pyproject.toml."""
+    (command,) = [
+        arguments for keyword, arguments in instructions() if keyword == "RUN" and "requirements.txt" in arguments
+    ]
+    words = shlex.split(command)
+    assert words[:2] == ["python", "-c"] and words[3:5] == [">", "/tmp/requirements.txt"], words
+    result = subprocess.run([sys.executable, "-c", words[2]], cwd=REPO, capture_output=True, text=True, check=True)
+    return result.stdout.split()
+
+
+def test_image_installs_the_project_and_its_console_extra() -> None:
+    project = PYPROJECT["project"]
+    assert requirements_the_image_installs() == project["dependencies"] + project["optional-dependencies"]["console"]
+
+
+def test_every_distribution_the_image_installs_is_pinned_by_the_constraints_file() -> None:
+    """The requirements' closure, as resolved in this environment (which has the console extra), is pinned in
+    constraints.txt at the versions the tests run with, so the image gets what was tested."""
+    pins = {
+        canonicalize_name(name): version
+        for name, _, version in (
+            line.strip().partition("==")
+            for line in (REPO / "constraints.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        )
+    }
+    installed: dict[str, str] = {}
+    expanded: set[tuple[str, str]] = set()
+    pending = [(Requirement(text), "") for text in requirements_the_image_installs()]
+    while pending:
+        requirement, extra = pending.pop()
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": extra}):
+            continue
+        distribution = importlib.metadata.distribution(requirement.name)
+        name = canonicalize_name(distribution.metadata["Name"])
+        installed[name] = distribution.version
+        for wanted in {"", *requirement.extras}:
+            if (name, wanted) not in expanded:
+                expanded.add((name, wanted))
+                pending += [(Requirement(text), wanted) for text in distribution.requires or []]
+    assert {"fastapi", "uvicorn", "pyjwt", "argon2-cffi", "psycopg-binary", "cryptography"} <= set(installed)
+    assert {name: version for name, version in installed.items() if pins.get(name) != version} == {}
+
+
+def test_the_console_page_ships_as_package_data() -> None:
+    """`pip install .` in the build stage copies workers/console_page/ only because pyproject says so."""
+    from workers.console import PAGE_DIR
+
+    (pattern,) = PYPROJECT["tool"]["setuptools"]["package-data"]["workers"]
+    shipped = {path.name for path in (REPO / "workers").glob(pattern)}
+    assert {"index.html", "console.js", "console.css"} <= shipped
+    assert shipped == {path.name for path in PAGE_DIR.iterdir() if path.is_file()}

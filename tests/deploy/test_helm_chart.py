@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +20,7 @@ from .conftest import (
     Tool,
     helm_template,
     render,
+    settings_as_deployed,
     value_set_id,
     value_sets,
 )
@@ -36,9 +36,13 @@ SCHEMA_LOCATION = (
     f"{KUBERNETES_SCHEMAS}/"
     "{{ .NormalizedKubernetesVersion }}-local{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json"
 )
-# The roles a default install runs; one value set in ci/ leaves the summarizer out.
+# The roles a default install runs with their metrics port; one value set in ci/ leaves the summarizer out.
 ROLES = ("worker", "trainer", "summarizer")
 NO_SUMMARIZER_VALUES = CHART / "ci" / "no-summarizer-values.yaml"
+# The operations console, on by default, serving its API, page, /metrics and /healthz on its own port.
+CONSOLE_PORT = 8443
+CONSOLE_INGRESS_VALUES = CHART / "ci" / "console-ingress-values.yaml"
+EXISTING_SECRETS_VALUES = CHART / "ci" / "existing-secrets-values.yaml"
 
 
 def kinds(documents: list[dict[str, Any]]) -> list[str]:
@@ -56,6 +60,78 @@ def only(documents: list[dict[str, Any]], kind: str, name_suffix: str = "") -> d
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
     (only_container,) = deployment["spec"]["template"]["spec"]["containers"]
     return only_container
+
+
+def rendered_with(helm: Tool, yaml: ModuleType, *args: str) -> list[dict[str, Any]]:
+    """The documents of the chart rendered with these extra `helm template` arguments (e.g. --set)."""
+    return [doc for doc in yaml.safe_load_all(helm_template(helm, *args).stdout) if doc]
+
+
+def objects(documents: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(d["kind"], d["metadata"]["name"]) for d in documents}
+
+
+def mounted_volumes(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Mount path -> the pod's volume mounted there."""
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    return {m["mountPath"]: volumes[m["name"]] for m in container(deployment)["volumeMounts"]}
+
+
+def assert_restricted_and_configured(documents: list[dict[str, Any]], deployment: dict[str, Any]) -> None:
+    """The restricted Pod Security Standard, a read-only root with emptyDirs to write in, and the ConfigMap."""
+    spec, main = deployment["spec"]["template"]["spec"], container(deployment)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is False
+    assert main["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    mounts = mounted_volumes(deployment)
+    assert mounts["/tmp"] == {"name": "tmp", "emptyDir": {}}
+    assert mounts["/var/lib/fleetwatch"] == {"name": "data", "emptyDir": {}}
+    configmap = only(documents, "ConfigMap", "fleetwatch")
+    assert mounts["/etc/fleetwatch/fleetwatch.toml"]["configMap"]["name"] == configmap["metadata"]["name"]
+    assert {"name": "FLEETWATCH_CONFIG", "value": "/etc/fleetwatch/fleetwatch.toml"} in main["env"]
+
+
+def decoded_secrets(documents: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    return {
+        doc["metadata"]["name"]: {key: base64.b64decode(value).decode() for key, value in doc["data"].items()}
+        for doc in documents
+        if doc["kind"] == "Secret"
+    }
+
+
+def pod_environment(deployment: dict[str, Any], secrets: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The container's environment as Kubernetes gives it: secretKeyRefs read from `secrets`, and $(NAME)
+    expanded from variables defined earlier in the list."""
+    resolved: dict[str, str] = {}
+    for env in container(deployment)["env"]:
+        if "valueFrom" in env:
+            ref = env["valueFrom"]["secretKeyRef"]
+            resolved[env["name"]] = secrets[ref["name"]][ref["key"]]
+        else:
+            resolved[env["name"]] = re.sub(r"\$\((\w+)\)", lambda m: resolved[m.group(1)], env["value"])
+    return resolved
+
+
+def settings_in_pod(
+    documents: list[dict[str, Any]],
+    role: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    existing_secrets: dict[str, dict[str, str]] | None = None,
+) -> Any:
+    """The settings shared.config loads in one role's container: the rendered ConfigMap's TOML, the
+    environment, and the chart's Secrets plus `existing_secrets` (those the chart only refers to)."""
+    deployment = only(documents, "Deployment", f"-{role}")
+    environment = pod_environment(deployment, {**decoded_secrets(documents), **(existing_secrets or {})})
+    toml = only(documents, "ConfigMap", "fleetwatch")["data"]["fleetwatch.toml"]
+    return settings_as_deployed(environment, toml, tmp_path, monkeypatch)
 
 
 # Values that are Kubernetes API objects or free-form maps: documented as a whole, not field by field.
@@ -122,12 +198,14 @@ def test_kubeconform_catches_a_misspelled_field(helm: Tool, kubeconform: Tool, y
     assert "Invalid: 1," in result.stdout and "livenesProbe" in result.stdout
 
 
-def test_default_values_give_every_role_but_no_autoscaler(helm: Tool, yaml: ModuleType) -> None:
+def test_default_values_give_every_role_and_the_console_but_no_autoscaler(helm: Tool, yaml: ModuleType) -> None:
     _, documents = render(helm, yaml, None, KUBERNETES_VERSIONS[-1])
     assert {d["metadata"]["name"] for d in documents if d["kind"] == "Deployment"} == {
-        f"fleetwatch-{role}" for role in ROLES
+        f"fleetwatch-{role}" for role in (*ROLES, "console")
     }
-    assert not {"HorizontalPodAutoscaler", "ScaledObject", "ServiceMonitor", "PrometheusRule"} & set(kinds(documents))
+    assert not {"HorizontalPodAutoscaler", "ScaledObject", "ServiceMonitor", "PrometheusRule", "Ingress"} & set(
+        kinds(documents)
+    )
     assert only(documents, "Deployment", "-worker")["spec"]["replicas"] == 2
     assert only(documents, "PodDisruptionBudget", "-worker")["spec"]["maxUnavailable"] == 1
 
@@ -136,10 +214,6 @@ def test_disabling_the_summarizer_removes_only_the_summarizer_and_its_service(he
     assert NO_SUMMARIZER_VALUES in value_sets(), "lint and kubeconform run over every value set in ci/"
     _, disabled = render(helm, yaml, NO_SUMMARIZER_VALUES, KUBERNETES_VERSIONS[-1])
     _, enabled = render(helm, yaml, None, KUBERNETES_VERSIONS[-1])
-
-    def objects(documents: list[dict[str, Any]]) -> set[tuple[str, str]]:
-        return {(d["kind"], d["metadata"]["name"]) for d in documents}
-
     assert objects(enabled) - objects(disabled) == {
         ("Deployment", "fleetwatch-summarizer"),
         ("Service", "fleetwatch-summarizer"),
@@ -151,25 +225,11 @@ def test_disabling_the_summarizer_removes_only_the_summarizer_and_its_service(he
 
 def test_every_pod_is_restricted_probed_and_configured_from_the_configmap(helm: Tool, yaml: ModuleType) -> None:
     _, documents = render(helm, yaml, None, KUBERNETES_VERSIONS[-1])
-    configmap = only(documents, "ConfigMap", "fleetwatch")
     for role in ROLES:
-        pod = only(documents, "Deployment", f"-{role}")["spec"]["template"]
-        spec, main = pod["spec"], container(only(documents, "Deployment", f"-{role}"))
+        deployment = only(documents, "Deployment", f"-{role}")
+        pod, main = deployment["spec"]["template"], container(deployment)
         assert main["args"] == [role, "--metrics-port", "9400"]
-        assert spec["securityContext"]["runAsNonRoot"] is True
-        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert main["securityContext"] == {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        }
-        mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
-        volumes = {v["name"]: v for v in spec["volumes"]}
-        assert volumes[mounts["/tmp"]] == {"name": "tmp", "emptyDir": {}}
-        assert volumes[mounts["/etc/fleetwatch/fleetwatch.toml"]]["configMap"]["name"] == configmap["metadata"]["name"]
-        assert {"name": "FLEETWATCH_CONFIG", "value": "/etc/fleetwatch/fleetwatch.toml"} in main["env"]
+        assert_restricted_and_configured(documents, deployment)
         assert main["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
         assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
         assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
@@ -215,57 +275,38 @@ def test_hpa_and_keda_together_fail_to_render(helm: Tool) -> None:
 
 
 def test_existing_secrets_are_referenced_and_no_secret_is_created(helm: Tool, yaml: ModuleType) -> None:
-    _, documents = render(helm, yaml, CHART / "ci" / "existing-secrets-values.yaml", KUBERNETES_VERSIONS[-1])
+    _, documents = render(helm, yaml, EXISTING_SECRETS_VALUES, KUBERNETES_VERSIONS[-1])
     assert "Secret" not in kinds(documents)
-    for role in ROLES:
-        main = container(only(documents, "Deployment", f"-{role}"))
+    shared_references = {
+        "FLEETWATCH_REGISTRY_KEY": ("fleetwatch-registry", "key"),
+        "REDIS_PASSWORD": ("redis-auth", "password"),
+        "FLEETWATCH_KAFKA_PROPERTIES__sasl.username": ("kafka-user-fleetwatch", "user"),
+        "FLEETWATCH_KAFKA_PROPERTIES__sasl.password": ("kafka-user-fleetwatch", "password"),
+    }
+    console_references = {
+        "FLEETWATCH_CONSOLE__SIGNING_KEY": ("fleetwatch-console", "signing-key"),
+        "FLEETWATCH_CONSOLE__STORE_URL": ("fleetwatch-console", "store-url"),
+    }
+    for role in (*ROLES, "console"):
+        deployment = only(documents, "Deployment", f"-{role}")
         references = {
             env["name"]: (env["valueFrom"]["secretKeyRef"]["name"], env["valueFrom"]["secretKeyRef"]["key"])
-            for env in main["env"]
+            for env in container(deployment)["env"]
             if "valueFrom" in env
         }
-        assert references == {
-            "FLEETWATCH_REGISTRY_KEY": ("fleetwatch-registry", "key"),
-            "REDIS_PASSWORD": ("redis-auth", "password"),
-            "FLEETWATCH_KAFKA_PROPERTIES__sasl.username": ("kafka-user-fleetwatch", "user"),
-            "FLEETWATCH_KAFKA_PROPERTIES__sasl.password": ("kafka-user-fleetwatch", "password"),
-        }
-        volumes = {
-            v["name"]: v for v in only(documents, "Deployment", f"-{role}")["spec"]["template"]["spec"]["volumes"]
-        }
-        assert volumes["kafka-tls"]["secret"]["secretName"] == "kafka-client-tls"
+        assert references == shared_references | (console_references if role == "console" else {})
+        assert mounted_volumes(deployment)["/etc/fleetwatch/kafka-tls"]["secret"]["secretName"] == "kafka-client-tls"
+    console = only(documents, "Deployment", "-console")
+    assert mounted_volumes(console)["/etc/fleetwatch/console-tls"]["secret"]["secretName"] == "fleetwatch-console-tls"
 
 
 def test_configmap_and_secrets_give_the_settings_a_worker_reads(
     helm: Tool, yaml: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The chart's TOML, environment and Secret, loaded by shared.config the way a pod would load them."""
-    from shared.config import load_settings
-
     _, documents = render(helm, yaml, CHART / "ci" / "keda-values.yaml", KUBERNETES_VERSIONS[-1])
-    config_file = tmp_path / "fleetwatch.toml"
-    config_file.write_text(only(documents, "ConfigMap", "fleetwatch")["data"]["fleetwatch.toml"])
-    secrets = {
-        doc["metadata"]["name"]: {key: base64.b64decode(value).decode() for key, value in doc["data"].items()}
-        for doc in documents
-        if doc["kind"] == "Secret"
-    }
-    for name in [name for name in os.environ if name.startswith("FLEETWATCH_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("FLEETWATCH_DEV_DIR", str(tmp_path / "no-dev-stack"))
-    resolved: dict[str, str] = {}
-    for env in container(only(documents, "Deployment", "-worker"))["env"]:
-        if "valueFrom" in env:
-            ref = env["valueFrom"]["secretKeyRef"]
-            value = secrets[ref["name"]][ref["key"]]
-        else:
-            # Kubernetes expands $(NAME) from variables defined earlier in the list.
-            value = re.sub(r"\$\((\w+)\)", lambda m: resolved[m.group(1)], env["value"])
-        resolved[env["name"]] = value
-        monkeypatch.setenv(env["name"], value)
-    monkeypatch.setenv("FLEETWATCH_CONFIG", str(config_file))
 
-    settings = load_settings()
+    settings = settings_in_pod(documents, "worker", tmp_path, monkeypatch)
 
     assert settings.kafka_bootstrap == "kafka-0.kafka:9093,kafka-1.kafka:9093"
     assert settings.kafka_properties == {
@@ -296,8 +337,178 @@ def test_monitoring_objects_carry_the_one_alert_file_and_dashboard(helm: Tool, y
     monitor = only(documents, "ServiceMonitor")
     assert monitor["spec"]["jobLabel"] == "fleetwatch.io/job"
     services = [doc for doc in documents if doc["kind"] == "Service"]
-    assert {s["metadata"]["labels"]["fleetwatch.io/job"] for s in services} == {f"fleetwatch-{role}" for role in ROLES}
+    assert {s["metadata"]["labels"]["fleetwatch.io/job"] for s in services} == {
+        f"fleetwatch-{role}" for role in (*ROLES, "console")
+    }
     assert all(monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items() for s in services)
+    # One endpoint per port name: the roles' metrics port, and the console's own port over HTTPS (its
+    # certificate is self-signed and names localhost, not the pod).
+    endpoints = {endpoint["port"]: endpoint for endpoint in monitor["spec"]["endpoints"]}
+    assert set(endpoints) == {"metrics", "console"}
+    assert endpoints["console"]["scheme"] == "https"
+    assert endpoints["console"]["tlsConfig"] == {"insecureSkipVerify": True}
+    assert {port["name"] for port in only(documents, "Service", "-console")["spec"]["ports"]} == {"console"}
     assert 'job="fleetwatch-worker"' in ALERT_RULES.read_text()
     assert all("prometheus.io/scrape" not in d["spec"]["template"]["metadata"]["annotations"]
                for d in documents if d["kind"] == "Deployment")  # fmt: skip
+
+
+def test_console_serves_https_on_its_own_port_with_its_sqlite_store_on_a_kept_claim(
+    helm: Tool, yaml: ModuleType
+) -> None:
+    _, documents = render(helm, yaml, None, KUBERNETES_VERSIONS[-1])
+    deployment = only(documents, "Deployment", "-console")
+    main, pod = container(deployment), deployment["spec"]["template"]
+    assert main["args"] == ["console", "serve"]
+    assert_restricted_and_configured(documents, deployment)
+    # One process per SQLite file on a ReadWriteOnce claim: one replica, and the old pod goes first.
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    claim = only(documents, "PersistentVolumeClaim", "-console")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    store = mounted_volumes(deployment)["/var/lib/fleetwatch/console"]
+    assert store["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    # Its API, page, /metrics and /healthz are on one HTTPS port; the probes speak HTTPS to it.
+    assert main["ports"] == [{"name": "console", "containerPort": CONSOLE_PORT, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert main[probe]["httpGet"] == {"path": "/healthz", "port": "console", "scheme": "HTTPS"}
+    annotations = pod["metadata"]["annotations"]
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/scheme"]) == (str(CONSOLE_PORT), "https")
+    assert main["resources"]["requests"] and main["resources"]["limits"]["memory"]
+    service = only(documents, "Service", "-console")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [
+        {"name": "console", "port": CONSOLE_PORT, "targetPort": "console", "protocol": "TCP", "appProtocol": "https"}
+    ]
+    # The JWT signing key: generated into the chart's Secret (kept across upgrades like the registry key).
+    secret = only(documents, "Secret", "fleetwatch")
+    key_reference = {"secretKeyRef": {"name": secret["metadata"]["name"], "key": "console-signing-key"}}
+    assert {"name": "FLEETWATCH_CONSOLE__SIGNING_KEY", "valueFrom": key_reference} in main["env"]
+    assert len(decoded_secrets(documents)["fleetwatch"]["console-signing-key"]) == 48
+
+
+@pytest.mark.parametrize(
+    ("values", "existing_secrets"),
+    [
+        (None, {}),
+        (EXISTING_SECRETS_VALUES, {
+            "fleetwatch-registry": {"key": "a-registry-key-of-enough-bytes"},
+            "redis-auth": {"password": "redis-password"},
+            "kafka-user-fleetwatch": {"user": "fleetwatch", "password": "kafka-password"},
+            "fleetwatch-console": {"signing-key": "a-console-signing-key", "store-url": "postgresql://console:pw@pg/console"},
+        }),
+    ],
+    ids=["default", "existing-secrets"],
+)  # fmt: skip
+def test_console_settings_load_through_shared_config(
+    helm: Tool,
+    yaml: ModuleType,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    values: Path | None,
+    existing_secrets: dict[str, dict[str, str]],
+) -> None:
+    """The console's pod gets, through shared.config, the port its container exposes, on all addresses, its
+    key from the Secret, its store on the mounted claim (or PostgreSQL from a Secret) and its certificate."""
+    _, documents = render(helm, yaml, values, KUBERNETES_VERSIONS[-1])
+    deployment = only(documents, "Deployment", "-console")
+
+    console = settings_in_pod(documents, "console", tmp_path, monkeypatch, existing_secrets).console
+
+    (port,) = container(deployment)["ports"]
+    assert (console.host, console.port, console.tls) == ("0.0.0.0", port["containerPort"], True)
+    secrets = {**decoded_secrets(documents), **existing_secrets}
+    key_name, key = ("fleetwatch-console", "signing-key") if values else ("fleetwatch", "console-signing-key")
+    assert console.signing_key is not None and console.signing_key.get_secret_value() == secrets[key_name][key]
+    mounts = mounted_volumes(deployment)
+    if values is None:
+        assert console.store_url == "sqlite:////var/lib/fleetwatch/console/console.db"
+        assert "persistentVolumeClaim" in mounts["/var/lib/fleetwatch/console"]
+        # No certificate given: the development one, generated into FLEETWATCH_DEV_DIR (the writable emptyDir).
+        assert console.tls_cert_file is None and console.tls_key_file is None
+    else:
+        assert console.store_url == "postgresql://console:pw@pg/console"
+        assert "/var/lib/fleetwatch/console" not in mounts
+        assert (str(console.tls_cert_file), str(console.tls_key_file)) == (
+            "/etc/fleetwatch/console-tls/tls.crt",
+            "/etc/fleetwatch/console-tls/tls.key",
+        )
+        assert mounts["/etc/fleetwatch/console-tls"]["secret"]["secretName"] == "fleetwatch-console-tls"
+        # Several replicas on the shared PostgreSQL store, rolled one by one.
+        assert deployment["spec"]["replicas"] == 2 and "strategy" not in deployment["spec"]
+        assert "PersistentVolumeClaim" not in kinds(documents)
+
+
+def test_console_ingress_routes_its_host_to_the_console_service_with_tls(helm: Tool, yaml: ModuleType) -> None:
+    assert CONSOLE_INGRESS_VALUES in value_sets(), "lint and kubeconform run over every value set in ci/"
+    _, documents = render(helm, yaml, CONSOLE_INGRESS_VALUES, KUBERNETES_VERSIONS[-1])
+    ingress = only(documents, "Ingress", "-console")
+    service = only(documents, "Service", "-console")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [
+        {"hosts": ["console.fleetwatch.example"], "secretName": "console-fleetwatch-example-tls"}
+    ]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "console.fleetwatch.example"
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/", "Prefix")
+    backend = path["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] in {port["name"] for port in service["spec"]["ports"]}
+    # The console still serves HTTPS itself: the controller is told to proxy to an HTTPS backend.
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS"
+    claim = only(documents, "PersistentVolumeClaim", "-console")
+    assert claim["spec"]["storageClassName"] == "fast-ssd"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+
+
+def test_console_without_tls_speaks_http_everywhere(helm: Tool, yaml: ModuleType) -> None:
+    """Behind an Ingress or mesh that terminates TLS: probes, Service, scrape annotations and settings agree."""
+    documents = rendered_with(
+        helm, yaml, "--set", "console.tls.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"
+    )
+    deployment = only(documents, "Deployment", "-console")
+    main = container(deployment)
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert main[probe]["httpGet"]["scheme"] == "HTTP"
+    assert only(documents, "Service", "-console")["spec"]["ports"][0]["appProtocol"] == "http"
+    assert "prometheus.io/scheme" not in deployment["spec"]["template"]["metadata"]["annotations"]
+    endpoints = {endpoint["port"]: endpoint for endpoint in only(documents, "ServiceMonitor")["spec"]["endpoints"]}
+    assert "scheme" not in endpoints["console"] and "tlsConfig" not in endpoints["console"]
+    assert "tls = false" in only(documents, "ConfigMap", "fleetwatch")["data"]["fleetwatch.toml"]
+
+
+def test_more_than_one_console_on_sqlite_fails_to_render(helm: Tool) -> None:
+    result = helm_template(helm, "--set", "console.replicas=2", check=False)
+    assert result.returncode != 0
+    assert "console.replicas (2) needs console.store.postgresql.enabled" in result.stderr
+
+
+def test_disabling_the_console_removes_its_objects_key_and_settings(helm: Tool, yaml: ModuleType) -> None:
+    _, enabled = render(helm, yaml, None, KUBERNETES_VERSIONS[-1])
+    disabled = rendered_with(helm, yaml, "--set", "console.enabled=false", "--set", "console.ingress.enabled=true")
+    assert objects(enabled) - objects(disabled) == {
+        ("Deployment", "fleetwatch-console"),
+        ("Service", "fleetwatch-console"),
+        ("PersistentVolumeClaim", "fleetwatch-console"),
+    }
+    assert "console-signing-key" not in decoded_secrets(disabled)["fleetwatch"]
+    assert "[console]" not in only(disabled, "ConfigMap", "fleetwatch")["data"]["fleetwatch.toml"]
+
+
+def test_a_postgresql_store_url_given_in_values_goes_to_the_chart_secret_or_rendering_fails(
+    helm: Tool, yaml: ModuleType
+) -> None:
+    postgresql = ("--set", "console.store.postgresql.enabled=true", "--set", "console.replicas=3")
+    missing = helm_template(helm, *postgresql, check=False)
+    assert missing.returncode != 0
+    assert "console.store.postgresql.url is required" in missing.stderr
+    url = "postgresql://console:pw@pg.data.svc/console"
+    documents = rendered_with(helm, yaml, *postgresql, "--set", f"console.store.postgresql.url={url}")
+    deployment = only(documents, "Deployment", "-console")
+    assert deployment["spec"]["replicas"] == 3
+    assert pod_environment(deployment, decoded_secrets(documents))["FLEETWATCH_CONSOLE__STORE_URL"] == url
+    assert "PersistentVolumeClaim" not in kinds(documents)
+    assert "store_url" not in only(documents, "ConfigMap", "fleetwatch")["data"]["fleetwatch.toml"]

@@ -80,6 +80,26 @@ app.kubernetes.io/component: {{ .role }}
 
 {{- define "fleetwatch.kafkaTlsDir" -}}/etc/fleetwatch/kafka-tls{{- end }}
 
+{{/* A key the chart generates once and then keeps: the given value, else the one the chart's Secret holds
+from an earlier install (Helm `lookup`; a new key would invalidate what the old one signed), else 48
+random characters. Call with (dict "root" $ "given" .Values.registry.key "secretKey" "registry-key"). */}}
+{{- define "fleetwatch.keptKey" -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace (include "fleetwatch.secretName" .root) }}
+{{- .given | default ((dig "data" .secretKey "" ($existing | default dict)) | b64dec) | default (randAlphaNum 48) }}
+{{- end }}
+
+{{- define "fleetwatch.consoleSigningKeySecretName" -}}
+{{- default (include "fleetwatch.secretName" .) .Values.console.signingKey.existingSecret }}
+{{- end }}
+
+{{- define "fleetwatch.consoleStoreSecretName" -}}
+{{- default (include "fleetwatch.secretName" .) .Values.console.store.postgresql.existingSecret }}
+{{- end }}
+
+{{- define "fleetwatch.consoleTlsDir" -}}/etc/fleetwatch/console-tls{{- end }}
+
+{{- define "fleetwatch.consoleStoreDir" -}}/var/lib/fleetwatch/console{{- end }}
+
 {{/* librdkafka properties that are not secret: security.protocol and TLS file paths from kafka.sasl and
 kafka.tls, then kafka.properties. The SASL username and password come from the Secret as environment. */}}
 {{- define "fleetwatch.kafkaProperties" -}}
@@ -105,14 +125,28 @@ kafka.tls, then kafka.properties. The SASL username and password come from the S
 {{- toYaml (mustMergeOverwrite $props $kafka.properties) }}
 {{- end }}
 
-{{/* The TOML file of the ConfigMap: `config`, plus the Kafka connection and the workers' consumer group
-(the one KEDA watches, so the two cannot disagree). */}}
+{{/* The TOML file of the ConfigMap: `config`, plus the Kafka connection, the workers' consumer group
+(the one KEDA watches, so the two cannot disagree) and, with console.enabled, the console settings that
+its pod spec decides (where it listens, its certificate files, its SQLite file) over `config.console`.
+A PostgreSQL store URL holds a password: it comes from a Secret as FLEETWATCH_CONSOLE__STORE_URL instead. */}}
 {{- define "fleetwatch.configToml" -}}
-{{- $kafka := dict
+{{- $derived := dict
   "kafka_bootstrap" .Values.kafka.bootstrapServers
   "kafka_properties" (include "fleetwatch.kafkaProperties" . | fromYaml)
   "worker" (dict "group_id" .Values.kafka.consumerGroup) }}
-{{- toToml (mustMergeOverwrite (deepCopy .Values.config) $kafka) }}
+{{- $console := .Values.console }}
+{{- if $console.enabled }}
+{{- $settings := dict "host" "0.0.0.0" "port" (int $console.port) "tls" $console.tls.enabled }}
+{{- if and $console.tls.enabled $console.tls.existingSecret }}
+{{- $_ := set $settings "tls_cert_file" (printf "%s/tls.crt" (include "fleetwatch.consoleTlsDir" .)) }}
+{{- $_ := set $settings "tls_key_file" (printf "%s/tls.key" (include "fleetwatch.consoleTlsDir" .)) }}
+{{- end }}
+{{- if not $console.store.postgresql.enabled }}
+{{- $_ := set $settings "store_url" (printf "sqlite:///%s/console.db" (include "fleetwatch.consoleStoreDir" .)) }}
+{{- end }}
+{{- $_ := set $derived "console" $settings }}
+{{- end }}
+{{- toToml (mustMergeOverwrite (deepCopy .Values.config) $derived) }}
 {{- end }}
 
 {{/* Autoscaler bounds: more consumers than partitions would sit idle, so a maximum above the partition
@@ -126,10 +160,13 @@ count is a mistake, not a choice. Call with (dict "root" $ "name" "worker.keda" 
 {{/*
 The pod template of one role. Call with (dict "root" $ "role" "worker" "spec" .Values.worker "args" (list "worker")).
 The args are the `fleetwatch` subcommand and its flags (the image's entrypoint is `fleetwatch`).
+Optional: "port" (dict "name" "containerPort" "scheme"; default the metrics port over http), where the
+process serves /metrics and its probes; "env", "volumeMounts" and "volumes", lists added to the common ones.
 */}}
 {{- define "fleetwatch.podTemplate" -}}
 {{- $root := .root }}
 {{- $values := $root.Values -}}
+{{- $port := .port | default (dict "name" "metrics" "containerPort" $values.metricsPort "scheme" "http") -}}
 metadata:
   labels:
     {{- include "fleetwatch.roleSelectorLabels" . | nindent 4 }}
@@ -141,8 +178,11 @@ metadata:
     checksum/config: {{ include "fleetwatch.configToml" $root | sha256sum }}
     {{- if $values.metrics.podAnnotations }}
     prometheus.io/scrape: "true"
-    prometheus.io/port: {{ $values.metricsPort | quote }}
+    prometheus.io/port: {{ $port.containerPort | quote }}
     prometheus.io/path: /metrics
+    {{- if ne $port.scheme "http" }}
+    prometheus.io/scheme: {{ $port.scheme }}
+    {{- end }}
     {{- end }}
     {{- with $values.podAnnotations }}
     {{- toYaml . | nindent 4 }}
@@ -164,8 +204,8 @@ spec:
       args:
         {{- toYaml .args | nindent 8 }}
       ports:
-        - name: metrics
-          containerPort: {{ $values.metricsPort }}
+        - name: {{ $port.name }}
+          containerPort: {{ $port.containerPort }}
           protocol: TCP
       env:
         - name: FLEETWATCH_CONFIG
@@ -203,6 +243,9 @@ spec:
               name: {{ include "fleetwatch.kafkaSaslSecretName" $root }}
               key: {{ $values.kafka.sasl.passwordKey }}
         {{- end }}
+        {{- with .env }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
         {{- with $values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -228,6 +271,9 @@ spec:
           mountPath: {{ include "fleetwatch.kafkaTlsDir" $root }}
           readOnly: true
         {{- end }}
+        {{- with .volumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
   volumes:
     - name: config
       configMap:
@@ -242,6 +288,9 @@ spec:
       secret:
         secretName: {{ include "fleetwatch.kafkaTlsSecretName" $root }}
         defaultMode: 0440
+    {{- end }}
+    {{- with .volumes }}
+    {{- toYaml . | nindent 4 }}
     {{- end }}
   {{- with $values.nodeSelector }}
   nodeSelector:
