@@ -37,8 +37,8 @@ pytestmark = pytest.mark.spark
 
 JOB = SparkJob(partitions=4, conf={"spark.sql.shuffle.partitions": "4", "spark.default.parallelism": "2"})
 
-# Every detector kind that ships, small enough to train in seconds.
-EVERY_KIND = [
+# The four default detector kinds, small enough to train in seconds.
+DEFAULT_KINDS = [
     DetectorConfig(name="iforest", kind="isolation_forest", params={"n_estimators": 30, "random_state": 0}),
     DetectorConfig(name="ocsvm", kind="ocsvm", params={"n_components": 30, "random_state": 0}),
     DetectorConfig(
@@ -85,7 +85,7 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def version() -> DeployedVersion:
-    result = train_small(events=5_000, seed=8, detectors=EVERY_KIND)
+    result = train_small(events=5_000, seed=8, detectors=DEFAULT_KINDS)
     return DeployedVersion.assemble(msgspec.structs.replace(result.draft, version=3), result.bundle)
 
 
@@ -132,7 +132,7 @@ def test_spark_training_sample_is_the_trainers_with_the_same_features(spark: Spa
 def test_training_through_spark_publishes_the_version_one_process_would(
     spark: SparkSession, events: Path, redis_server: RedisServer, unique_name: str
 ) -> None:
-    settings = registry_settings(redis_server, unique_name, EVERY_KIND)
+    settings = registry_settings(redis_server, unique_name, DEFAULT_KINDS)
     registry = open_registry(settings)
     labels = str(events.with_name("events.labels.parquet"))
     outcome = run_round(
@@ -178,7 +178,7 @@ def test_spark_score_command_scores_with_the_deployed_version(
         "FLEETWATCH_REGISTRY_KEY": REGISTRY_KEY,
         "FLEETWATCH_STREAMS__TRANSACTIONS__BATCH_ALERT_RATE": "0.001",
     }
-    registry = open_registry(registry_settings(redis_server, unique_name, EVERY_KIND))
+    registry = open_registry(registry_settings(redis_server, unique_name, DEFAULT_KINDS))
     registry.publish(version.bundle, version.manifest, deploy=True)
     out = tmp_path / "out"
     done = cli.invoke(app, ["spark", "score", str(events), "--out", str(out), "--partitions", "3"], env=env)
