@@ -21,6 +21,7 @@ from bench.context import BenchContext, BenchSize
 from bench.environment import bench_stack, machine_description, software_versions
 from bench.latency import run_latency
 from bench.memory import run_memory
+from bench.quality import run_quality
 from bench.reload import run_reload
 from bench.report import print_tables, write_report
 from bench.scaling import run_scaling
@@ -57,6 +58,12 @@ def train_default_version(rows: int, seed: int = 11) -> TrainingResult:
         TRANSACTIONS,
         None,
     )
+
+
+def quality_table(files: list[Path], seeds: int, published: Path | None, on_dataset: Callable[[str], None]) -> str:
+    """`fleetwatch bench quality`: `bench.quality` with the transactions stream's default detectors as the fleet."""
+    fleet = TRANSACTIONS.default_detectors
+    return run_quality(files, seeds=seeds, fleet=fleet, published=published, on_dataset=on_dataset)
 
 
 def run_bench(scenarios: list[str], quick: bool, out_dir: Path, console: Console) -> dict[str, Any]:

@@ -7,7 +7,8 @@ interpolate optimistically between operating points); operating quality from the
 alerts when any non-shadow detector says -1. For its AUCs the fleet's score is the minimum, over
 those detectors, of each one's decision `score - offset` divided by its robust spread on the
 evaluation set: detectors on different scales become comparable, and the fleet score is negative
-exactly when the rule alerts.
+exactly when the rule alerts. A version with a combination (`shared.detectors.combination`) alerts by it
+instead: given one, the fleet's score and rule are the combination's.
 
 >>> evaluation = evaluate_fleet(
 ...     y_true=[0, 0, 0, 1],
@@ -31,6 +32,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from shared.detectors.combination import ScoreCombination
 from shared.detectors.robust_zscore import robust_location_scale
 
 RATE_METRICS = ("roc_auc", "pr_auc", "precision", "recall", "f1")
@@ -88,6 +90,7 @@ class FleetEvaluation:
     detectors: Mapping[str, DetectionMetrics]
     fleet: DetectionMetrics
     shadow: frozenset[str] = frozenset()
+    combined: bool = False  # the fleet is the combined score (`shared.detectors.combination`), not "any −1"
 
     @property
     def weakest_detector(self) -> str:
@@ -101,6 +104,7 @@ class FleetEvaluation:
             "fleet": self.fleet.to_dict(),
             "shadow": sorted(self.shadow),
             "weakest_detector": self.weakest_detector,
+            "combined": self.combined,
         }
 
     @classmethod
@@ -109,12 +113,13 @@ class FleetEvaluation:
             detectors={name: DetectionMetrics.from_dict(metrics) for name, metrics in data["detectors"].items()},
             fleet=DetectionMetrics.from_dict(data["fleet"]),
             shadow=frozenset(data["shadow"]),
+            combined=bool(data.get("combined", False)),
         )
 
     def to_markdown(self) -> str:
         """The comparison table, one row per detector and one for the fleet rule."""
         rows = [[_row_label(name, self.shadow), *_metric_cells(metrics)] for name, metrics in self.detectors.items()]
-        rows.append(["**fleet** (any −1)", *_metric_cells(self.fleet)])
+        rows.append([_fleet_label(self), *_metric_cells(self.fleet)])
         weakest = self.weakest_detector
         return (
             _markdown_table(["detector", *METRIC_HEADERS.values(), "TP", "FP", "TN", "FN"], rows)
@@ -128,11 +133,13 @@ def evaluate_fleet(
     offsets: Mapping[str, float],
     *,
     shadow: Collection[str] = (),
+    combination: ScoreCombination | None = None,
 ) -> FleetEvaluation:
     """Evaluate each detector and the fleet rule on a labelled set (`y_true` 1 = anomaly).
 
     `scores[name]` is the detector's `score_samples` of the set and `offsets[name]` its active
     operating point (`offset_`); a shadow detector is measured but takes no part in the fleet rule.
+    With a `combination`, the fleet is its score and its offset.
     """
     is_anomaly = _binary_labels(y_true)
     if set(scores) != set(offsets):
@@ -147,13 +154,18 @@ def evaluate_fleet(
     detectors = {
         name: DetectionMetrics.measure(is_anomaly, -decision, decision < 0.0) for name, decision in decisions.items()
     }
-    alerting_decisions = np.column_stack([decisions[name] for name in alerting])
-    _, spread = robust_location_scale(alerting_decisions)
-    fleet_score = np.min(alerting_decisions / spread, axis=1)
+    if combination is not None:
+        member_scores = np.column_stack([np.asarray(scores[name], dtype=np.float64) for name in combination.names])
+        fleet_score = combination.score_samples(member_scores) - combination.offset
+    else:
+        alerting_decisions = np.column_stack([decisions[name] for name in alerting])
+        _, spread = robust_location_scale(alerting_decisions)
+        fleet_score = np.min(alerting_decisions / spread, axis=1)
     return FleetEvaluation(
         detectors=detectors,
         fleet=DetectionMetrics.measure(is_anomaly, -fleet_score, fleet_score < 0.0),
         shadow=frozenset(shadow),
+        combined=combination is not None,
     )
 
 
@@ -178,7 +190,7 @@ def render_comparison(
         for name, metrics in baseline.detectors.items()
         if name in candidate.detectors
     ]
-    pairs.append(("**fleet** (any −1)", baseline.fleet, candidate.fleet))
+    pairs.append((_fleet_label(candidate), baseline.fleet, candidate.fleet))
     rows = [
         [
             label,
@@ -231,6 +243,10 @@ def _metric_deltas(before: DetectionMetrics, after: DetectionMetrics) -> dict[st
 def _ratio(numerator: int, denominator: int) -> float:
     """A rate that is 0 when nothing was counted, as scikit-learn's `zero_division=0`."""
     return numerator / denominator if denominator else 0.0
+
+
+def _fleet_label(evaluation: FleetEvaluation) -> str:
+    return "**fleet** (combined)" if evaluation.combined else "**fleet** (any −1)"
 
 
 def _row_label(name: str, shadow: Collection[str]) -> str:

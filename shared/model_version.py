@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 
 from shared.detectors import Detector
+from shared.detectors.combination import ScoreCombination
 from shared.feature_scaler import FeatureScaler
 from shared.thresholds import DetectorThresholds, ThresholdMethod
 
@@ -64,6 +65,7 @@ class Manifest(msgspec.Struct, kw_only=True):
     artifact: ArtifactRef
     evaluation: dict[str, Any] | None = None
     note: str = ""
+    combination: dict[str, Any] | None = None  # ScoreCombination.to_dict(); None (older versions): any-detector rule
 
     def detector(self, name: str) -> DetectorEntry:
         for entry in self.detectors:
@@ -99,6 +101,7 @@ class DeployedVersion:
 
     manifest: Manifest
     bundle: ModelBundle
+    combination: ScoreCombination | None = None  # the alert rule when the manifest has one
 
     @classmethod
     def assemble(cls, manifest: Manifest, bundle: ModelBundle) -> DeployedVersion:
@@ -108,7 +111,8 @@ class DeployedVersion:
             raise ValueError(f"v{manifest.version}'s artifact lacks detectors {missing}")
         for entry in manifest.detectors:
             bundle.detectors[entry.name].set_offset(entry.active_offset())
-        return cls(manifest, bundle)
+        combination = ScoreCombination.from_dict(manifest.combination) if manifest.combination else None
+        return cls(manifest, bundle, combination)
 
     @property
     def version(self) -> int:

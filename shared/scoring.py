@@ -1,6 +1,7 @@
 """Scoring a batch against every detector of one deployed version: pure, vectorized, Kafka-free.
 
-An event alerts when any alerting (non-shadow) detector scores it below its active threshold. Its
+An event alerts when any alerting (non-shadow) detector scores it below its active threshold, or, for a
+version with a combination (`shared.detectors.combination`), when the combined score is below its offset. Its
 severity is the share of alerting detectors that fired (low / medium / high), and its report names
 the features that stood out most: the largest |z| against the training distribution, which is what
 the fitted scaler's standardised values are.
@@ -23,7 +24,7 @@ SEVERITY_LEVELS = ("low", "medium", "high")
 class ScoredBatch:
     scores: np.ndarray  # (n, k) score_samples, higher = more normal
     flags: np.ndarray  # (n, k) score < active threshold
-    alert: np.ndarray  # (n,) any alerting detector flagged
+    alert: np.ndarray  # (n,) any alerting detector flagged, or the combined score is below its offset
     severity_score: np.ndarray  # (n,) share of alerting detectors that flagged
     top_features: np.ndarray  # (n, top) indices into the version's feature names, by |z| descending
     top_z: np.ndarray  # (n, top) the z values of those features
@@ -51,7 +52,11 @@ def score_batch(version: DeployedVersion, raw_features: np.ndarray, top: int = 3
     return ScoredBatch(
         scores=scores,
         flags=flags,
-        alert=np.asarray(fired.any(axis=1)),
+        alert=np.asarray(
+            fired.any(axis=1)
+            if version.combination is None
+            else version.combination.score_samples(scores) < version.combination.offset
+        ),
         severity_score=fired.mean(axis=1) if fired.shape[1] else np.zeros(len(scaled)),
         top_features=top_features,
         top_z=np.take_along_axis(scaled, top_features, axis=1),

@@ -3,10 +3,15 @@
 The history is featurized once in time order (so every row's user features see only its past), then
 split by time: the earliest rows train, the next calibrate the thresholds, the latest evaluate when
 labels exist. The scaler is fitted on the training rows only (seed 003's leakage fix).
+
+The calibration scores also fit the fleet's combination (`shared.detectors.combination`): members
+weighed by agreement with the consensus, without labels; with labelled anomalies among the
+calibration rows, the member subset whose combination catches most of them at the budget.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import warnings
@@ -19,6 +24,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from shared.config import StreamSettings
 from shared.detectors import Detector, build_detector
+from shared.detectors.combination import ScoreCombination, fit_combination
 from shared.errors import FleetwatchError
 from shared.evaluation import FleetEvaluation, evaluate_fleet
 from shared.feature_scaler import FeatureScaler
@@ -29,6 +35,9 @@ from shared.thresholds import DetectorThresholds, ThresholdConfig, compute_thres
 
 TRAIN_SHARE, CALIBRATION_SHARE = 0.70, 0.15
 """With labels: 70 % train, 15 % calibrate, 15 % evaluate. Without: 80 % train, 20 % calibrate."""
+
+MIN_LABELLED_ANOMALIES = 5
+"""Labelled anomalies among the calibration rows needed before labels choose the combination's members."""
 
 
 class TrainingError(FleetwatchError):
@@ -125,13 +134,49 @@ def _evaluate(
     thresholds: dict[str, DetectorThresholds],
     labels: np.ndarray,
     shadow: set[str],
+    combination: ScoreCombination,
 ) -> FleetEvaluation:
     return evaluate_fleet(
         labels,
         scores={name: scores[:, j] for j, name in enumerate(names)},
         offsets={name: thresholds[name].offset() for name in names},
         shadow=shadow,
+        combination=combination,
     )
+
+
+def select_members_by_labels(
+    combination: ScoreCombination,
+    normal_scores: np.ndarray,
+    anomaly_scores: np.ndarray,
+    candidates: list[str],
+    fpr_budget: float,
+) -> ScoreCombination:
+    """The subset of `candidates` whose combination has the highest precision at the budget on labelled rows.
+
+    `normal_scores` and `anomaly_scores` are the members' scores (columns in `combination.names` order) of
+    one split's normal and labelled-anomalous rows. The offset is placed at the budget on the normal
+    rows, so the false alarms are fixed and precision rises with the anomalies caught; ties go to
+    the smaller subset. Members keep their consensus weights within a subset (equal if all are 0).
+    Every subset is tried: 2^k - 1 weighted sums over precomputed surprises, seconds for k <= 10.
+    """
+    normal, anomalous = combination.surprises(normal_scores), combination.surprises(anomaly_scores)
+    best: tuple[tuple[float, int, int], dict[str, float]] | None = None
+    for size in range(1, len(candidates) + 1):
+        for subset in itertools.combinations(candidates, size):
+            weights = {name: combination.weights[name] for name in subset}
+            if not any(weights.values()):
+                weights = dict.fromkeys(subset, 1.0)
+            vector = np.array([weights.get(name, 0.0) for name in combination.names])
+            normal_sum, anomalous_sum = normal @ vector, anomalous @ vector
+            threshold = np.sort(normal_sum)[::-1][min(int(fpr_budget * normal_sum.size), normal_sum.size - 1)]
+            caught = int(np.count_nonzero(anomalous_sum > threshold))
+            false_alarms = int(np.count_nonzero(normal_sum > threshold))
+            key = (caught / (caught + false_alarms) if caught else 0.0, caught, -size)
+            if best is None or key > best[0]:
+                best = (key, weights)
+    assert best is not None, "candidates must not be empty"
+    return combination.with_weights(best[1], normal_scores, fpr_budget)
 
 
 def _below_floor(evaluation: FleetEvaluation, settings: StreamSettings) -> set[str]:
@@ -172,20 +217,28 @@ def train_round(
     config = _threshold_config(settings)
 
     evaluation: FleetEvaluation | None = None
-    shadow: set[str] = set()
+    combination = fit_combination(calibration_scores, names, config.fleet_fpr_budget)
+    shadow = {name for name in names if combination.weights[name] == 0.0}
     thresholds = _thresholds_with_shadows(calibration_scores, names, shadow, config)
     if labelled and len(split.evaluation):
         assert data.is_anomaly is not None
         labels = data.is_anomaly[split.evaluation]
         if labels.any() and not labels.all():
             evaluation_scores = score_matrix(detectors, names, scaler.transform(raw[split.evaluation]))
-            evaluation = _evaluate(evaluation_scores, names, thresholds, labels, shadow)
-            shadow = _below_floor(evaluation, settings)
-            if shadow == set(names):  # the fleet rule needs one alerting detector: keep the best
-                shadow.discard(max(names, key=lambda n: evaluation.detectors[n].roc_auc))  # type: ignore[union-attr]
-            if shadow:
-                thresholds = _thresholds_with_shadows(calibration_scores, names, shadow, config)
-                evaluation = _evaluate(evaluation_scores, names, thresholds, labels, shadow)
+            evaluation = _evaluate(evaluation_scores, names, thresholds, labels, shadow, combination)
+            floor = _below_floor(evaluation, settings)
+            if floor == set(names):  # the fleet rule needs one alerting detector: keep the best
+                floor.discard(max(names, key=lambda n: evaluation.detectors[n].roc_auc))  # type: ignore[union-attr]
+            anomalous_calibration = split.calibration[data.is_anomaly[split.calibration]]
+            if len(anomalous_calibration) >= MIN_LABELLED_ANOMALIES:
+                anomaly_scores = score_matrix(detectors, names, scaler.transform(raw[anomalous_calibration]))
+                candidates = [name for name in names if name not in floor]
+                combination = select_members_by_labels(
+                    combination, calibration_scores, anomaly_scores, candidates, config.fleet_fpr_budget
+                )
+            shadow = {name for name in names if combination.weights[name] == 0.0}
+            thresholds = _thresholds_with_shadows(calibration_scores, names, shadow, config)
+            evaluation = _evaluate(evaluation_scores, names, thresholds, labels, shadow, combination)
 
     entries = [
         DetectorEntry(
@@ -215,6 +268,7 @@ def train_round(
             seconds=round(time.perf_counter() - started, 3),
         ),
         evaluation=evaluation.to_dict() if evaluation else None,
+        combination=combination.to_dict(),
     )
     return TrainingResult(ModelBundle(scaler, detectors), draft, evaluation, raw, split.evaluation)
 
@@ -248,6 +302,7 @@ def quality_gate(
         scores={name: scores[:, j] for j, name in enumerate(deployed.detector_names)},
         offsets=dict(zip(deployed.detector_names, deployed.offsets.tolist(), strict=True)),
         shadow=shadow,
+        combination=deployed.combination,
     )
     metric = settings.gate_metric
     candidate_value = getattr(result.evaluation.fleet, metric)

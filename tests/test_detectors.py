@@ -14,9 +14,14 @@ from threadpoolctl import threadpool_limits
 from shared.detectors import (
     DETECTOR_KINDS,
     AutoencoderDetector,
+    COPODDetector,
     Detector,
+    ECODDetector,
     IsolationForestDetector,
+    KNNDetector,
+    LOFDetector,
     OneClassSVMDetector,
+    PCADetector,
     RobustZScoreDetector,
     build_detector,
 )
@@ -27,6 +32,11 @@ SMALL_DETECTORS: list[Detector] = [
     OneClassSVMDetector(n_components=20),
     AutoencoderDetector(hidden_layer_sizes=(8, 2, 8), max_iter=50),
     RobustZScoreDetector(),
+    ECODDetector(),
+    COPODDetector(),
+    KNNDetector(),
+    LOFDetector(),
+    PCADetector(),
 ]
 
 
@@ -54,6 +64,11 @@ def fitted_detectors() -> dict[str, Detector]:
         "ocsvm": OneClassSVMDetector(random_state=0),
         "autoencoder": AutoencoderDetector(hidden_layer_sizes=(8, 2, 8), max_iter=300, random_state=0),
         "robust_zscore": RobustZScoreDetector(),
+        "ecod": ECODDetector(),
+        "copod": COPODDetector(),
+        "knn": KNNDetector(),
+        "lof": LOFDetector(),
+        "pca": PCADetector(n_components=2),
     }
     return {name: detector.fit(train) for name, detector in detectors.items()}
 
@@ -87,6 +102,41 @@ def test_a_batch_scores_like_its_rows_one_by_one_at_a_fraction_of_the_cost(fitte
     np.testing.assert_allclose(batch, one_by_one, rtol=1e-10)
     # A per-row Python loop inside score_samples would cost about as much as the loop outside it.
     assert min(batch_times) < loop_time / 10
+
+
+@pytest.mark.parametrize("kind", sorted(DETECTOR_KINDS))
+def test_a_rows_score_does_not_depend_on_which_rows_share_its_batch(fitted_detectors, kind):
+    rows = np.random.default_rng(3).normal(size=(700, 4))
+    whole = fitted_detectors[kind].score_samples(rows)
+    for part in (slice(7, 9), slice(0, 1), slice(250, 700)):
+        np.testing.assert_array_equal(fitted_detectors[kind].score_samples(rows[part]), whole[part])
+
+
+def test_empirical_cdf_detectors_score_a_value_by_its_tail_share_among_training_values():
+    train = np.arange(1.0, 100.0)[:, None]  # 1..99
+    ecod, copod = ECODDetector().fit(train), COPODDetector().fit(train)
+    # 99 is at or above all 99 training values: right tail (1 + 1) / 100; 50 sits in the middle
+    assert -ecod.score_samples([[99.0]])[0] == pytest.approx(-np.log(2 / 100))
+    assert -ecod.score_samples([[1e6]])[0] == pytest.approx(-np.log(1 / 100))
+    assert ecod.score_samples([[50.0]])[0] > ecod.score_samples([[90.0]])[0]
+    # a symmetric column counts both tails' mean in COPOD: extremes on either side score alike
+    assert copod.score_samples([[-1e6]])[0] == pytest.approx(copod.score_samples([[1e6]])[0])
+
+
+def test_pca_leaves_out_at_least_one_direction_and_flags_rows_off_the_subspace():
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(500, 1))
+    X = np.hstack([t, 2 * t, -t]) + 0.01 * rng.normal(size=(500, 3))
+    detector = PCADetector(n_components=0.999999).fit(X)
+    assert detector.components_.shape == (2, 3)
+    on, off = detector.score_samples([[1.0, 2.0, -1.0], [1.0, -2.0, 1.0]])
+    assert on > off
+
+
+def test_neighbour_detectors_keep_at_most_max_train_samples_rows():
+    X, _ = blob_with_planted_outliers(n_inliers=500, n_outliers=0)
+    assert KNNDetector(max_train_samples=100, random_state=0).fit(X).index_.n_samples_fit_ == 100
+    assert LOFDetector(max_train_samples=100, random_state=0).fit(X).lof_.n_samples_fit_ == 100
 
 
 @pytest.mark.parametrize("kind", sorted(DETECTOR_KINDS))
@@ -172,8 +222,8 @@ def test_build_detector_makes_the_kind_with_the_given_params(kind):
 
 
 def test_build_detector_names_the_valid_kinds_for_an_unknown_kind():
-    with pytest.raises(ValueError, match="valid kinds: autoencoder, isolation_forest, ocsvm, robust_zscore"):
-        build_detector("lof", {})
+    with pytest.raises(ValueError, match="valid kinds: autoencoder, copod, ecod, isolation_forest, knn, lof, ocsvm"):
+        build_detector("hbos", {})
 
 
 def test_build_detector_names_an_unknown_parameter():

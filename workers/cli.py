@@ -663,9 +663,16 @@ BENCH_INSTALL = (
 def bench(
     scenarios: Annotated[
         list[str] | None,
-        typer.Argument(help="Scenarios to run: throughput, latency, reload, scaling, training, memory (default: all)."),
+        typer.Argument(
+            help="Scenarios to run: throughput, latency, reload, scaling, training, memory (default: all); "
+            "or `quality FILES...`: detection quality on ADBench .npz files (no Kafka, no Redis)."
+        ),
     ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Every scenario at a small size (minutes).")] = False,
+    seeds: Annotated[int, typer.Option(min=1, help="quality: splits per file, averaged.")] = 3,
+    published: Annotated[
+        Path | None, typer.Option(help="quality: CSV of name,published_best to print beside the figures.")
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Folder for results.json, report.md, plots, logs (default .fleetwatch/bench).")
     ] = None,
@@ -675,7 +682,17 @@ def bench(
     if missing:
         sys.stderr.write(f"fleetwatch bench: error: {', '.join(missing)} not installed; {BENCH_INSTALL}\n")
         raise typer.Exit(2)
-    from bench.runner import run_bench
+    from bench.runner import quality_table, run_bench
+
+    if scenarios and scenarios[0] == "quality":
+        table = quality_table(
+            [Path(name) for name in scenarios[1:]],
+            seeds=seeds,
+            published=published,
+            on_dataset=lambda name: console.print(f"measuring {name}", style="dim"),
+        )
+        sys.stdout.write(table + "\n")
+        return
     from shared.config import dev_dir
     from shared.local_infra.processes import interrupt_on_sigterm
 

@@ -27,4 +27,5 @@ def evaluate_version_on_file(version: DeployedVersion, events_path: Path, labels
         scores={name: scores[:, j] for j, name in enumerate(names)},
         offsets=dict(zip(names, version.offsets.tolist(), strict=True)),
         shadow={e.name for e in version.manifest.detectors if e.mode == "shadow"},
+        combination=version.combination,
     )

@@ -2,10 +2,14 @@
 
 >>> build_detector("robust_zscore", {"contamination": 0.05})
 RobustZScoreDetector(contamination=0.05)
->>> build_detector("lof", {})
+>>> build_detector("knn", {"n_neighbors": 10})
+KNNDetector(n_neighbors=10)
+>>> sorted(DETECTOR_KINDS)
+['autoencoder', 'copod', 'ecod', 'isolation_forest', 'knn', 'lof', 'ocsvm', 'pca', 'robust_zscore']
+>>> build_detector("hbos", {})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: unknown detector kind 'lof'; valid kinds: autoencoder, isolation_forest, ocsvm, robust_zscore
+ValueError: unknown detector kind 'hbos'; valid kinds: autoencoder, copod, ecod, isolation_forest, knn, lof, ...
 """
 
 from __future__ import annotations
@@ -15,14 +19,22 @@ from typing import Any
 
 from shared.detectors.autoencoder import AutoencoderDetector
 from shared.detectors.base import Detector
+from shared.detectors.empirical_cdf import COPODDetector, ECODDetector
 from shared.detectors.isolation_forest import IsolationForestDetector
+from shared.detectors.neighbours import KNNDetector, LOFDetector
 from shared.detectors.ocsvm import OneClassSVMDetector
+from shared.detectors.pca import PCADetector
 from shared.detectors.robust_zscore import RobustZScoreDetector
 
 DETECTOR_KINDS: Mapping[str, type[Detector]] = {
     "autoencoder": AutoencoderDetector,
+    "copod": COPODDetector,
+    "ecod": ECODDetector,
     "isolation_forest": IsolationForestDetector,
+    "knn": KNNDetector,
+    "lof": LOFDetector,
     "ocsvm": OneClassSVMDetector,
+    "pca": PCADetector,
     "robust_zscore": RobustZScoreDetector,
 }
 
@@ -51,9 +63,14 @@ def build_detector(kind: str, params: Mapping[str, Any]) -> Detector:
 __all__ = [
     "DETECTOR_KINDS",
     "AutoencoderDetector",
+    "COPODDetector",
     "Detector",
+    "ECODDetector",
     "IsolationForestDetector",
+    "KNNDetector",
+    "LOFDetector",
     "OneClassSVMDetector",
+    "PCADetector",
     "RobustZScoreDetector",
     "build_detector",
 ]

@@ -1,0 +1,170 @@
+"""`fleetwatch bench quality FILES...`: detection quality on public tabular benchmarks, ADBench's protocol.
+
+Each file is an ADBench `.npz` (arrays `X`, rows by features, and `y`, 1 = anomaly), fetched by the
+user. Per seed: a stratified 70/30 split; every detector kind, the default fleet of a stream (its
+detectors, the any-detector rule by ROC/PR AUC of its common-rank score as the trainer evaluates it)
+and the combination of those kinds (`shared.detectors.combination`) are fitted without labels on the
+70 % behind a standard scaler; ROC AUC and PR AUC on the 30 %; the mean over seeds. The combination
+fits its members on 80 % of the training rows and calibrates on the other 20 %, as an unlabelled
+training round does. A CSV of `name,published_best` (ROC AUC in [0, 1] or percent) adds that column.
+
+>>> print(markdown_table([DatasetQuality("toy", 100, 5, 0.05, {"ecod": (0.91, 0.5)}, None)], ["ecod"]))
+| data set | rows | features | anomalies | ecod ROC | ecod PR |
+| --- | ---: | ---: | ---: | ---: | ---: |
+| toy | 100 | 5 | 5.0 % | 0.910 | 0.500 |
+| **mean** |  |  |  | 0.910 | 0.500 |
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from shared.detectors import DETECTOR_KINDS, Detector, build_detector
+from shared.detectors.combination import fit_combination
+from shared.detectors.robust_zscore import robust_location_scale
+from shared.errors import FleetwatchError
+
+KIND_PARAMS: Mapping[str, Mapping[str, Any]] = {
+    "isolation_forest": {"random_state": 0},
+    "ocsvm": {"random_state": 0},
+    "autoencoder": {"random_state": 0},
+    "ecod": {"random_state": 0},
+    "copod": {"random_state": 0},
+    "knn": {"random_state": 0},
+    "lof": {"random_state": 0},
+}
+"""Defaults of each kind, seeded so a run repeats; kinds left out take their class defaults."""
+
+FLEET_COLUMN, COMBINATION_COLUMN = "default fleet", "combination"
+
+
+@dataclass(frozen=True)
+class DatasetQuality:
+    name: str
+    rows: int
+    features: int
+    anomaly_share: float
+    results: Mapping[str, tuple[float, float]]  # column -> (mean ROC AUC, mean PR AUC)
+    published_best: float | None
+
+
+def run_quality(
+    files: Sequence[Path],
+    *,
+    seeds: int = 3,
+    kinds: Sequence[str] = tuple(sorted(DETECTOR_KINDS)),
+    fleet: Sequence[Mapping[str, Any]] = (),
+    published: Path | None = None,
+    on_dataset: Callable[[str], None] = lambda name: None,
+) -> str:
+    """The markdown table for `files`; `fleet` is a stream's `default_detectors` (`{name, kind, params}`)."""
+    if not files:
+        raise FleetwatchError("give at least one ADBench .npz file (arrays X and y)")
+    published_best = read_published(published) if published else {}
+    columns = [*kinds, *([FLEET_COLUMN] if fleet else []), COMBINATION_COLUMN]
+    measured = []
+    for path in files:
+        on_dataset(path.stem)
+        X, y = load_npz(path)
+        per_seed = [_one_seed(X, y, seed, kinds, fleet) for seed in range(seeds)]
+        measured.append(
+            DatasetQuality(
+                name=path.stem,
+                rows=len(y),
+                features=X.shape[1],
+                anomaly_share=float(y.mean()),
+                results={c: tuple(np.mean([run[c] for run in per_seed], axis=0)) for c in columns},
+                published_best=published_best.get(path.stem),
+            )
+        )
+    return markdown_table(measured, columns)
+
+
+def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """`X` as float64 rows and `y` as 0/1; a file without both, or without both classes, is refused."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            X, y = np.asarray(data["X"], dtype=np.float64), np.asarray(data["y"]).astype(int).ravel()
+    except (OSError, KeyError, ValueError) as exc:
+        raise FleetwatchError(f"{path}: not an ADBench .npz with arrays X and y ({exc})") from exc
+    if X.ndim != 2 or len(X) != len(y) or set(np.unique(y)) != {0, 1}:
+        raise FleetwatchError(f"{path}: X must be rows × features and y 0/1 with both classes, one per row")
+    return X, y
+
+
+def read_published(path: Path) -> dict[str, float]:
+    """`name,published_best` rows; percentages (> 1) are turned into fractions."""
+    with path.open(newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row and not row[0].startswith("#")]
+    if rows and rows[0][0].strip() == "name":
+        rows = rows[1:]
+    try:
+        values = {row[0].strip(): float(row[1]) for row in rows}
+    except (IndexError, ValueError) as exc:
+        raise FleetwatchError(f"{path}: expected rows of name,published_best ({exc})") from exc
+    return {name: value / 100.0 if value > 1.0 else value for name, value in values.items()}
+
+
+def _one_seed(
+    X: np.ndarray, y: np.ndarray, seed: int, kinds: Sequence[str], fleet: Sequence[Mapping[str, Any]]
+) -> dict[str, tuple[float, float]]:
+    X_train, X_test, _, y_test = train_test_split(X, y, test_size=0.3, stratify=y, random_state=seed)
+    scaler = StandardScaler().fit(X_train)
+    train, test = scaler.transform(X_train), scaler.transform(X_test)
+    fitted = {kind: _fit(kind, dict(KIND_PARAMS.get(kind, {})), train, seed) for kind in kinds}
+    results = {kind: _aucs(y_test, fitted[kind].score_samples(test)) for kind in kinds}
+    if fleet:
+        members = {entry["name"]: _fit(entry["kind"], dict(entry.get("params", {})), train, seed) for entry in fleet}
+        decisions = np.column_stack([members[name].decision_function(test) for name in members])
+        results[FLEET_COLUMN] = _aucs(y_test, np.min(decisions / robust_location_scale(decisions)[1], axis=1))
+    # The combination calibrates on rows its members did not fit, like an unlabelled training round (80/20).
+    fit_rows, calibration_rows = train_test_split(np.arange(len(train)), test_size=0.2, random_state=seed)
+    members = {kind: _fit(kind, dict(KIND_PARAMS.get(kind, {})), train[fit_rows], seed) for kind in kinds}
+    calibration = np.column_stack([members[kind].score_samples(train[calibration_rows]) for kind in kinds])
+    combination = fit_combination(calibration, list(kinds), fpr_budget=0.01)
+    scores = np.column_stack([members[kind].score_samples(test) for kind in kinds])
+    results[COMBINATION_COLUMN] = _aucs(y_test, combination.score_samples(scores))
+    return results
+
+
+def _fit(kind: str, params: dict[str, Any], rows: np.ndarray, seed: int) -> Detector:
+    if "random_state" in DETECTOR_KINDS[kind]().get_params():
+        params["random_state"] = seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return build_detector(kind, params).fit(rows)
+
+
+def _aucs(y: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """ROC AUC and PR AUC of `scores` (higher = more normal, as every detector's `score_samples`)."""
+    return float(roc_auc_score(y, -scores)), float(average_precision_score(y, -scores))
+
+
+def markdown_table(measured: Sequence[DatasetQuality], columns: Sequence[str]) -> str:
+    """One row per data set, ROC and PR AUC per column, the published best when given, and the mean row."""
+    with_published = any(d.published_best is not None for d in measured)
+    header = ["data set", "rows", "features", "anomalies"]
+    header += [f"{c} {metric}" for c in columns for metric in ("ROC", "PR")]
+    header += ["published best ROC"] if with_published else []
+    lines = [header, ["---", *["---:"] * (len(header) - 1)]]
+    for d in measured:
+        cells = [d.name, f"{d.rows:,}", str(d.features), f"{100 * d.anomaly_share:.1f} %"]
+        cells += [f"{value:.3f}" for c in columns for value in d.results[c]]
+        if with_published:
+            cells.append("" if d.published_best is None else f"{d.published_best:.3f}")
+        lines.append(cells)
+    means = [f"{np.mean([d.results[c][i] for d in measured]):.3f}" for c in columns for i in (0, 1)]
+    known = [d.published_best for d in measured if d.published_best is not None]
+    lines.append(["**mean**", "", "", "", *means, *([f"{np.mean(known):.3f}"] if with_published else [])])
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)

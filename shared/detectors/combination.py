@@ -1,0 +1,161 @@
+"""The fleet's combined score: each detector normalized against its own calibration scores, then weighted.
+
+Detectors score on unrelated scales, so each one's residual `r = -score_samples` is first mapped to
+its surprise on held-out calibration rows, `-log10 P_cal(R >= r)`: 0 for the most normal calibration
+row, 1 for the top 10 %, 3 for the top 0.1 %. The map is stored as the residual quantiles at
+`GRID_POINTS` tail probabilities from 1 down to `1 / n_calibration` (log-spaced, so the tail that
+alerts is resolved finely) and interpolated; beyond the calibration range it keeps growing slowly
+(the log of the distance in units of the detector's upper half-spread), so the most extreme rows stay
+ranked. The combined score is minus the weighted sum of the surprises: higher = more normal, like
+every detector, and the alert rule is one threshold on it at the fleet's false-positive budget.
+
+Weights come from agreement with the consensus (the "ensemble centrality" family of internal
+model-selection criteria, Ma, Zhao and Akoglu 2023): a member's weight is the Pearson correlation of
+its calibration surprises with the mean surprise of the other members, set to 0 below 0.1, so a detector
+that ranks rows unlike all the others (noise, or a signal no one else confirms) is dropped, and the
+members that share the dominant signal share the vote. It needs no labels and no refit.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> signal = rng.normal(size=2000)
+>>> calibration = np.column_stack([-signal, -2 * signal - 1, rng.normal(size=2000)])  # the third is noise
+>>> combination = fit_combination(calibration, ["a", "b", "noise"], fpr_budget=0.01)
+>>> {name: round(weight, 2) for name, weight in combination.weights.items()}
+{'a': 0.5, 'b': 0.5, 'noise': 0.0}
+>>> float(np.mean(combination.score_samples(calibration) < combination.offset))
+0.01
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+GRID_POINTS = 128
+"""Tail probabilities per detector at which the calibration residual quantile is stored."""
+
+CRITERION = "consensus_agreement"
+
+MIN_AGREEMENT = 0.1
+"""A member whose agreement with the consensus is below this gets weight 0 (chance correlations are dropped)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreCombination:
+    """Per member: residual quantiles at `surprise` levels (-log10 tail probability) and a weight; one offset.
+
+    `names` is the member order of the score matrices given to `score_samples` (the manifest's order).
+    """
+
+    names: tuple[str, ...]
+    weights: Mapping[str, float]
+    surprise: NDArray[np.float64]  # (GRID_POINTS,), increasing from 0
+    quantiles: NDArray[np.float64]  # (n_members, GRID_POINTS) residual at each surprise level, non-decreasing
+    offset: float
+    criterion: str = CRITERION
+
+    def surprises(self, scores: ArrayLike) -> NDArray[np.float64]:
+        """Each member's calibration surprise of each row, shape (n_rows, n_members)."""
+        residuals = -np.asarray(scores, dtype=np.float64)
+        out = np.empty_like(residuals)
+        for j, grid in enumerate(self.quantiles):  # a loop over members, vectorised over the batch
+            out[:, j] = _surprise_of(residuals[:, j], grid, self.surprise)
+        return out
+
+    def score_samples(self, scores: ArrayLike) -> NDArray[np.float64]:
+        """Minus the weighted surprise sum; `scores` are the members' `score_samples`, columns in `names` order.
+
+        An elementwise sum over members (no BLAS product), so a row's value does not depend on its batch.
+        """
+        surprises = self.surprises(scores)
+        total = np.zeros(surprises.shape[0])
+        for j, name in enumerate(self.names):
+            if self.weights[name] > 0.0:
+                total += self.weights[name] * surprises[:, j]
+        return -total
+
+    def with_weights(
+        self, weights: Mapping[str, float], calibration_scores: ArrayLike, fpr_budget: float
+    ) -> ScoreCombination:
+        """The same normalization with other weights, and the offset that meets `fpr_budget` with them."""
+        reweighted = ScoreCombination(self.names, _normalized(weights, self.names), self.surprise, self.quantiles, 0.0)
+        offset = budget_offset(reweighted.score_samples(calibration_scores), fpr_budget)
+        return ScoreCombination(self.names, reweighted.weights, self.surprise, self.quantiles, offset, self.criterion)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe values for the model manifest."""
+        return {
+            "criterion": self.criterion,
+            "weights": dict(self.weights),
+            "offset": self.offset,
+            "surprise": self.surprise.tolist(),
+            "quantiles": {name: grid.tolist() for name, grid in zip(self.names, self.quantiles, strict=True)},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScoreCombination:
+        names = tuple(data["quantiles"])
+        return cls(
+            names=names,
+            weights={name: float(data["weights"][name]) for name in names},
+            surprise=np.asarray(data["surprise"], dtype=np.float64),
+            quantiles=np.asarray([data["quantiles"][name] for name in names], dtype=np.float64),
+            offset=float(data["offset"]),
+            criterion=str(data.get("criterion", CRITERION)),
+        )
+
+
+def fit_combination(calibration_scores: ArrayLike, names: Sequence[str], fpr_budget: float) -> ScoreCombination:
+    """Normalize every member on its calibration scores (n_rows, n_members), weigh by consensus, place the offset."""
+    scores = np.asarray(calibration_scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] != len(names) or scores.shape[0] < 2:
+        raise ValueError(f"expected calibration scores of shape (n_rows >= 2, {len(names)}), got {scores.shape}")
+    n_rows = scores.shape[0]
+    surprise = np.linspace(0.0, np.log10(n_rows), GRID_POINTS)
+    quantiles = np.quantile(-scores, 1.0 - 10.0**-surprise, axis=0).T  # (n_members, GRID_POINTS)
+    unweighted = ScoreCombination(tuple(names), dict.fromkeys(names, 1.0), surprise, quantiles, 0.0)
+    return unweighted.with_weights(consensus_weights(unweighted.surprises(scores), names), scores, fpr_budget)
+
+
+def consensus_weights(surprises: NDArray[np.float64], names: Sequence[str]) -> dict[str, float]:
+    """Each member's correlation with the mean of the others, 0 under `MIN_AGREEMENT` (all equal if none agrees)."""
+    if len(names) == 1:
+        return {names[0]: 1.0}
+    agreement = {}
+    for j, name in enumerate(names):
+        others = np.delete(surprises, j, axis=1).mean(axis=1)
+        member = surprises[:, j]
+        spread = member.std() * others.std()
+        correlation = float(np.mean((member - member.mean()) * (others - others.mean())) / spread) if spread else 0.0
+        agreement[name] = correlation if correlation >= MIN_AGREEMENT else 0.0
+    return agreement
+
+
+def budget_offset(combined_scores: NDArray[np.float64], fpr_budget: float) -> float:
+    """The offset under which at most `fpr_budget` of these (normal) rows fall: `score < offset` alerts."""
+    ascending = np.sort(combined_scores)
+    allowed = int(np.floor(fpr_budget * ascending.size))
+    return float(ascending[min(allowed, ascending.size - 1)])
+
+
+def _normalized(weights: Mapping[str, float], names: Sequence[str]) -> dict[str, float]:
+    values = np.array([max(0.0, float(weights.get(name, 0.0))) for name in names])
+    if values.sum() <= 0.0:
+        values = np.ones(len(names))
+    return {name: float(value) for name, value in zip(names, values / values.sum(), strict=True)}
+
+
+def _surprise_of(
+    residuals: NDArray[np.float64], grid: NDArray[np.float64], surprise: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Interpolated surprise, extended past both ends of the grid by the log of the distance in half-spreads."""
+    lowest, median, highest = grid[0], grid[np.searchsorted(surprise, np.log10(2.0))], grid[-1]
+    unit = max(highest - median, median - lowest, 1e-12)
+    inside = np.interp(residuals, grid, surprise)
+    above = surprise[-1] + np.log1p(np.maximum(residuals - highest, 0.0) / unit)
+    below = -np.log1p(np.maximum(lowest - residuals, 0.0) / unit)
+    return np.where(residuals > highest, above, np.where(residuals < lowest, below, inside))
