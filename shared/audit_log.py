@@ -40,18 +40,11 @@ class AuditDraft(msgspec.Struct, kw_only=True, frozen=True):
     request_id: str
 
 
-class AuditEntry(msgspec.Struct, kw_only=True, frozen=True):
-    """One sealed record, as stored and as exported to the `audit` topic."""
+class AuditEntry(AuditDraft, kw_only=True, frozen=True):
+    """One sealed record (a draft with its number, time and links), as stored and exported to `audit`."""
 
     seq: int
     acted_at: str
-    actor: str
-    action: str
-    target: str
-    reason: str
-    before: dict[str, Any]
-    after: dict[str, Any]
-    request_id: str
     prev_hash: str
     hash: str
 
@@ -66,9 +59,15 @@ class ChainVerdict(msgspec.Struct, kw_only=True, frozen=True):
 _CANONICAL = msgspec.json.Encoder(order="sorted")
 
 
+def _draft_fields(draft: AuditDraft) -> dict[str, Any]:
+    """The draft's own fields (of a sealed entry too, without its number, time and links)."""
+    return {name: getattr(draft, name) for name in AuditDraft.__struct_fields__}
+
+
 def entry_hash(prev_hash: str, seq: int, acted_at: str, draft: AuditDraft) -> str:
-    """SHA-256 over the previous hash and this record's fields, in canonical (sorted-key) JSON."""
-    fields = {"seq": seq, "acted_at": acted_at, **msgspec.structs.asdict(draft)}
+    """SHA-256 over the previous hash and this record's fields, in canonical (sorted-key) JSON; `draft` may be
+    a sealed entry, whose own links are left out."""
+    fields = {"seq": seq, "acted_at": acted_at, **_draft_fields(draft)}
     return hashlib.sha256(prev_hash.encode() + b"\n" + _CANONICAL.encode(fields)).hexdigest()
 
 
@@ -76,7 +75,7 @@ def seal(prev_hash: str, seq: int, draft: AuditDraft, acted_at: str) -> AuditEnt
     return AuditEntry(
         seq=seq,
         acted_at=acted_at,
-        **msgspec.structs.asdict(draft),
+        **_draft_fields(draft),
         prev_hash=prev_hash,
         hash=entry_hash(prev_hash, seq, acted_at, draft),
     )
@@ -151,21 +150,12 @@ def verify_chain(entries: Iterable[AuditEntry]) -> ChainVerdict:
     """Check every link from the genesis: numbering without gaps, each prev_hash, each recomputed hash."""
     prev_hash, expected_seq, checked = GENESIS, 1, 0
     for entry in entries:
-        draft = AuditDraft(
-            actor=entry.actor,
-            action=entry.action,
-            target=entry.target,
-            reason=entry.reason,
-            before=entry.before,
-            after=entry.after,
-            request_id=entry.request_id,
-        )
         problem = ""
         if entry.seq != expected_seq:
             problem = f"expected record {expected_seq}, found {entry.seq} (a record was removed or inserted)"
         elif entry.prev_hash != prev_hash:
             problem = "its prev_hash is not the previous record's hash"
-        elif entry.hash != entry_hash(prev_hash, entry.seq, entry.acted_at, draft):
+        elif entry.hash != entry_hash(prev_hash, entry.seq, entry.acted_at, entry):
             problem = "its hash does not match its fields (the record was modified)"
         if problem:
             return ChainVerdict(ok=False, checked=checked, first_bad_seq=entry.seq, problem=problem)

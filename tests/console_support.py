@@ -99,3 +99,21 @@ def bearer(services: ConsoleServices, role: Role, username: str | None = None) -
 
 def audit_count(store: ConsoleStore) -> int:
     return int(store.rows("SELECT COUNT(*) AS n FROM audit_log")[0]["n"])
+
+
+def window_report(start: str, segment: str, scored: int, alerts: int) -> bytes:
+    """A summarizer `window_summary` record with the fields the console reads."""
+    return msgspec.json.encode(
+        {
+            "type": "window_summary",
+            "stream": "transactions",
+            "dimensions": {"segment": segment},
+            "window_s": 60,
+            "window_start": start,
+            "window_end": start,
+            "scored": scored,
+            "anomaly_rate": alerts / scored,
+            "normal": {},
+            "alerts": {"count": alerts},
+        }
+    )

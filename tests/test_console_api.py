@@ -24,6 +24,7 @@ from tests.console_support import (
     bearer,
     make_services,
     offline_feeds,
+    window_report,
 )
 from tests.small_models import train_small
 from workers.cli import app as cli_app
@@ -313,28 +314,11 @@ def test_alert_filters_top_n_and_polling(client: TestClient, services: ConsoleSe
 
 
 def test_window_reports_give_the_anomaly_rate_series(client: TestClient, services: ConsoleServices) -> None:
-    import msgspec
-
-    def report(start: str, segment: str, scored: int, alerts: int) -> bytes:
-        return msgspec.json.encode(
-            {
-                "type": "window_summary",
-                "stream": "transactions",
-                "dimensions": {"segment": segment},
-                "window_s": 60,
-                "window_start": start,
-                "window_end": start,
-                "scored": scored,
-                "anomaly_rate": alerts / scored,
-                "normal": {},
-                "alerts": {"count": alerts},
-            }
-        )
 
     records = [
-        report("2026-11-30T08:00:00+00:00", "a", 100, 1),
-        report("2026-11-30T08:00:00+00:00", "b", 100, 3),
-        report("2026-11-30T08:01:00+00:00", "a", 50, 0),
+        window_report("2026-11-30T08:00:00+00:00", "a", 100, 1),
+        window_report("2026-11-30T08:00:00+00:00", "b", 100, 3),
+        window_report("2026-11-30T08:01:00+00:00", "a", 50, 0),
     ]
     offline_feeds(services).ingest([*records, records[0]])  # a repeated report counts once
     series = client.get("/api/reports?window_s=60", headers=bearer(services, Role.VIEWER)).json()

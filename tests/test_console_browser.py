@@ -26,7 +26,7 @@ from shared.console_store import ConsoleStore
 from shared.kafka_client import KafkaConnection, producer, read_all
 from shared.local_infra.processes import free_port
 from shared.registry import ModelRegistry
-from tests.console_support import PASSWORD, alert_payload
+from tests.console_support import PASSWORD, alert_payload, window_report
 from tests.small_models import train_small
 
 CHROMIUM = "/usr/bin/chromium"
@@ -130,25 +130,6 @@ def log_in(page: Page, url: str, username: str) -> None:
     expect(page.locator("#who")).to_contain_text(username)
 
 
-def window_report(minute: int, scored: int, alerts: int) -> bytes:
-    """A summarizer `window_summary` record (the fields the console reads)."""
-    start = f"2026-11-30T08:{minute:02d}:00+00:00"
-    return msgspec.json.encode(
-        {
-            "type": "window_summary",
-            "stream": "transactions",
-            "dimensions": {"segment": "loose-passive"},
-            "window_s": 60,
-            "window_start": start,
-            "window_end": start,
-            "scored": scored,
-            "anomaly_rate": alerts / scored,
-            "normal": {},
-            "alerts": {"count": alerts},
-        }
-    )
-
-
 def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -161,7 +142,10 @@ def test_operator_locks_a_user_through_the_confirmation_dialog(console: RunningC
     writer.produce(console.topics["alerts"], alert_payload("user-4711", "medium"), key="user-4711")
     writer.produce(console.topics["alerts"], alert_payload("user-0815", "high"), key="user-0815")
     for minute, (scored, alerts) in enumerate([(900, 4), (950, 6), (1000, 5), (980, 19), (1010, 7), (990, 5)]):
-        writer.produce(console.topics["reports"], window_report(minute, scored, alerts))
+        writer.produce(
+            console.topics["reports"],
+            window_report(f"2026-11-30T08:{minute:02d}:00+00:00", "loose-passive", scored, alerts),
+        )
     assert writer.flush(10) == 0
     page = new_page(browser)
     log_in(page, console.url, "olga")
