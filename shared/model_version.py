@@ -1,4 +1,4 @@
-"""A model version: the pickled bundle (scaler + fitted detectors) and its manifest.
+"""A model version: the pickled bundle (the stream as trained, scaler, fitted detectors) and its manifest.
 
 The manifest is what people and workers read without unpickling anything: detectors and their
 parameters, every threshold method's value and which one is active, shadow or alerting, the feature
@@ -18,6 +18,7 @@ import numpy as np
 from shared.detectors import Detector
 from shared.detectors.combination import ScoreCombination
 from shared.feature_scaler import FeatureScaler
+from shared.pipeline import Stream
 from shared.thresholds import DetectorThresholds, ThresholdMethod
 
 DetectorMode = Literal["alerting", "shadow"]
@@ -76,8 +77,10 @@ class Manifest(msgspec.Struct, kw_only=True):
 
 @dataclass
 class ModelBundle:
-    """What the artifact holds: the fitted feature scaler and the fitted detectors by name."""
+    """What the artifact holds: the stream as trained (with what it learned), the fitted feature scaler and the
+    fitted detectors by name."""
 
+    stream: Stream[Any, Any]
     scaler: FeatureScaler
     detectors: dict[str, Detector]
 
@@ -106,6 +109,8 @@ class DeployedVersion:
     @classmethod
     def assemble(cls, manifest: Manifest, bundle: ModelBundle) -> DeployedVersion:
         """Detectors set to the manifest's active thresholds; the feature spec was checked before unpickling."""
+        if bundle.stream.name != manifest.stream:
+            raise ValueError(f"v{manifest.version}'s artifact featurizes stream {bundle.stream.name!r}")
         missing = [entry.name for entry in manifest.detectors if entry.name not in bundle.detectors]
         if missing:
             raise ValueError(f"v{manifest.version}'s artifact lacks detectors {missing}")
@@ -117,6 +122,11 @@ class DeployedVersion:
     @property
     def version(self) -> int:
         return self.manifest.version
+
+    @property
+    def stream(self) -> Stream[Any, Any]:
+        """The stream that featurizes for this version: the catalog's, with what training taught it."""
+        return self.bundle.stream
 
     @property
     def feature_names(self) -> list[str]:

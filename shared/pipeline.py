@@ -10,6 +10,8 @@ knows no stream. A stream supplies:
 - `advance`, the one function that takes the entities' state before a batch and the batch, and
   returns every event's raw features and the state after it: called once over a whole time-ordered
   history offline (training, batch mode), and per micro-batch online (worker), so the two cannot drift;
+- optionally `learn`: what featurization learns from a training history (log templates), kept inside
+  the signed version;
 - its default detectors, the event fields an alert report headlines, the dimensions its summaries
   are windowed by, its default topics, and a synthetic generator with ground truth kept apart.
 
@@ -153,6 +155,17 @@ class Stream(ABC, Generic[EventT, ColumnsT]):
     @abstractmethod
     def synthetic(self, events: int, entities: int, anomaly_rate: float, seed: int) -> SyntheticEvents:
         """Labelled synthetic events in time order, for demos and tests."""
+
+    def learn(self, history: ColumnsT) -> Stream[EventT, ColumnsT]:
+        """This stream with what its featurization learns from a time-ordered training history (a log stream's
+        templates). The version keeps the learned stream inside its signed artifact and scores with it, so
+        every worker featurizes alike; a stream that learns nothing returns itself."""
+        return self
+
+    @property
+    def fingerprint(self) -> str:
+        """Equal fingerprints compute equal features for equal events (a learned stream adds what it learned)."""
+        return f"{self.name}:{self.feature_spec.version}"
 
     def empty_states(self) -> EntityStates:
         return EntityStates.empty(self.state_layout)

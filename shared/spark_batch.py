@@ -307,7 +307,13 @@ def training_data_with_spark(
     max_rows: int,
 ) -> TrainingData:
     """The trainer's sample of `paths` (whole entities by hash, the latest `max_rows` events), featurized by Spark:
-    the same rows, order and features as `from_files` and `train_round` compute in one process."""
+    the same rows, order and features as `from_files` and `train_round` compute in one process. A stream that
+    learns from its whole history (log templates) is refused: its executors would featurize before it learned."""
+    if type(stream).learn is not Stream.learn:
+        raise FleetwatchError(
+            f"the {stream.name} stream learns from the whole training history before it featurizes; train it "
+            "without Spark (fleetwatch train)"
+        )
     events = read_events(spark, paths)
     partitions = job.partitions_for(events.count(), spark.sparkContext.defaultParallelism)
     grouped = by_entity(events, stream, partitions)

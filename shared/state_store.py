@@ -115,11 +115,19 @@ class EntityStateStore:
             names.append(f"{prefix}{{b{bucket}}}:{entity}")
         return EntityKeys(names, np.array(buckets, dtype=np.int64))
 
-    def features(self, columns: EventColumns, partitions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    def features(
+        self,
+        columns: EventColumns,
+        partitions: np.ndarray,
+        offsets: np.ndarray,
+        stream: Stream[Any, Any] | None = None,
+    ) -> np.ndarray:
         """Raw features of a consumed batch from its entities' stored states, which are advanced and stored.
 
         `partitions` and `offsets` say where each event was read; an entity's events of one batch come from
-        one partition (events are keyed by entity). Without Redis: from empty states, logged and counted."""
+        one partition (events are keyed by entity). `stream` is the version's (with what it learned), by
+        default the store's. Without Redis: from empty states, logged and counted."""
+        stream = stream or self._stream
         entities, inverse = np.unique(columns.entity, return_inverse=True)
         inverse = inverse.reshape(-1)
         first = np.full(len(entities), np.iinfo(np.int64).max)
@@ -134,9 +142,9 @@ class EntityStateStore:
         except redis.RedisError as exc:
             metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
             log.warning("state store unavailable; scoring with empty histories", error=str(exc))
-            raw, _ = self._stream.advance(self._stream.empty_states(), columns)
+            raw, _ = stream.advance(stream.empty_states(), columns)
             return raw
-        raw, after = self._stream.advance(start, columns)
+        raw, after = stream.advance(start, columns)
         try:
             refused = self._store(keys, after, start, entity_partition, first, last)
         except redis.RedisError as exc:

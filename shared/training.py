@@ -71,6 +71,7 @@ class TrainingResult:
     evaluation: FleetEvaluation | None
     raw_features: np.ndarray
     evaluation_rows: np.ndarray  # indices into the history
+    columns: EventColumns  # the history, for a deployed version whose stream featurizes differently
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,11 @@ def train_round(
 ) -> TrainingResult:
     """Train every configured detector on `data` and return the bundle and its draft manifest."""
     started = time.perf_counter()
-    raw = data.raw_features if data.raw_features is not None else stream.advance(stream.empty_states(), data.columns)[0]
+    if data.raw_features is None:
+        stream = stream.learn(data.columns)
+        raw = stream.advance(stream.empty_states(), data.columns)[0]
+    else:
+        raw = data.raw_features
     labelled = data.is_anomaly is not None
     split = time_ordered_split(len(raw), labelled)
     train_rows, calibration_rows = split.train, split.calibration
@@ -270,7 +275,7 @@ def train_round(
         evaluation=evaluation.to_dict() if evaluation else None,
         combination=combination.to_dict(),
     )
-    return TrainingResult(ModelBundle(scaler, detectors), draft, evaluation, raw, split.evaluation)
+    return TrainingResult(ModelBundle(stream, scaler, detectors), draft, evaluation, raw, split.evaluation, data.columns)
 
 
 def _iso(epoch_s: float) -> str:
@@ -294,7 +299,10 @@ def quality_gate(
     if result.evaluation is None or labels is None:
         return GateDecision(True, "no labelled evaluation set: the gate cannot compare and lets it pass")
     rows = result.evaluation_rows
-    scaled = deployed.bundle.scaler.transform(result.raw_features[rows])
+    raw = result.raw_features
+    if deployed.stream.fingerprint != result.bundle.stream.fingerprint:  # it learned other templates, say
+        raw = deployed.stream.advance(deployed.stream.empty_states(), result.columns)[0]
+    scaled = deployed.bundle.scaler.transform(raw[rows])
     shadow = {e.name for e in deployed.manifest.detectors if e.mode == "shadow"}
     scores = deployed.score(scaled)
     baseline = evaluate_fleet(

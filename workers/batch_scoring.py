@@ -18,7 +18,6 @@ from shared.batch_report import BatchSummary, scored_table, write_batch_report
 from shared.errors import FleetwatchError
 from shared.event_files import read_payloads
 from shared.model_version import DeployedVersion
-from shared.streams.catalog import stream_named
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class BatchReport:
 def score_file(
     version: DeployedVersion, input_path: Path, out_dir: Path, alert_rate_criterion: float, top_n: int = 20
 ) -> BatchReport:
-    stream = stream_named(version.manifest.stream)
+    stream = version.stream
     payloads = read_payloads(input_path)
     offline = stream.offline(payloads)
     if not len(offline.columns):

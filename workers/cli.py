@@ -421,7 +421,6 @@ def spark_score(
     """Batch mode on Spark: every event scored with a verified version, then the same report as `fleetwatch score`."""
     from shared.spark_batch import score_with_spark
     from shared.spark_job import spark_session
-    from shared.streams.catalog import stream_named
 
     job, files = _spark_job(master, partitions, conf), _parquet_files(files)
     settings = _settings()
@@ -430,7 +429,7 @@ def spark_score(
     deployed = registry.load(stream, number)
     with console.status(f"scoring {len(files)} file(s) with v{number} on Spark ({master}) ..."):
         result = score_with_spark(
-            spark_session(job, app_name="fleetwatch-score"), job, deployed, stream_named(stream), files, out,
+            spark_session(job, app_name="fleetwatch-score"), job, deployed, deployed.stream, files, out,
             settings.streams[stream].batch_alert_rate, top,
         )  # fmt: skip
     summary = result.summary

@@ -10,12 +10,11 @@ from shared.errors import FleetwatchError
 from shared.evaluation import FleetEvaluation, evaluate_fleet
 from shared.event_files import read_labels, read_payloads
 from shared.model_version import DeployedVersion
-from shared.streams.catalog import stream_named
 
 
 def evaluate_version_on_file(version: DeployedVersion, events_path: Path, labels_path: Path) -> FleetEvaluation:
     """Features over the file's whole history (time order), scored by the version, against the labels."""
-    offline = stream_named(version.manifest.stream).offline(read_payloads(events_path))
+    offline = version.stream.offline(read_payloads(events_path))
     labels = read_labels(labels_path)
     event_ids = offline.columns.event_id.tolist()
     if not event_ids or any(event_id not in labels for event_id in event_ids):

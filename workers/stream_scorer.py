@@ -70,12 +70,13 @@ class StreamScorer:
             return outputs
         valid = [messages[i] for i in decoded.positions]
         with Stage(name, "featurize"):
-            columns = self.stream.columns(decoded.events)
+            columns = self.version.stream.columns(decoded.events)
         with Stage(name, "state"):
             raw = self._states.features(
                 columns,
                 partitions=np.array([m.partition() for m in valid], dtype=np.int64),
                 offsets=np.array([m.offset() for m in valid], dtype=np.int64),
+                stream=self.version.stream,
             )
         with Stage(name, "score"):
             scored = score_batch(self.version, raw, self._top)
