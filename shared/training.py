@@ -275,7 +275,9 @@ def train_round(
         evaluation=evaluation.to_dict() if evaluation else None,
         combination=combination.to_dict(),
     )
-    return TrainingResult(ModelBundle(stream, scaler, detectors), draft, evaluation, raw, split.evaluation, data.columns)
+    return TrainingResult(
+        ModelBundle(stream, scaler, detectors), draft, evaluation, raw, split.evaluation, data.columns
+    )
 
 
 def _iso(epoch_s: float) -> str:
