@@ -3,11 +3,6 @@
 Decoding never raises: every record comes back either as a typed event or as a `DecodeError` that
 carries the reason and the original bytes, so a worker can send it to the dead-letter topic. A stream
 supplies its event type (a msgspec Struct with an aware `timestamp`); `JsonBatchDecoder` does the rest.
-The log-line contract lives here until the log stream (its own subpackage) takes it over.
-
->>> batch = decode_log_lines([b'{"nope": 1}', b"\\xff"])
->>> [e.kind.value for e in batch.errors]
-['schema', 'not_json']
 """
 
 from __future__ import annotations
@@ -28,16 +23,6 @@ LATEST_EVENT_TIME = datetime(2100, 1, 1, tzinfo=UTC)
 
 Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
-
-
-class LogLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
-    """A raw server log line, keyed on the topic by `session_id` (a session or HDFS-style block id)."""
-
-    event_id: Identifier
-    source_host: Identifier
-    session_id: Identifier
-    timestamp: AwareTime
-    message: Annotated[str, msgspec.Meta(min_length=1, max_length=16 * 1024)]
 
 
 class DecodeErrorKind(enum.StrEnum):
@@ -110,9 +95,6 @@ class JsonBatchDecoder(Generic[EventT]):
             batch.positions.append(index)
         return batch
 
-
-decode_log_lines = JsonBatchDecoder(LogLine)
-"""Decode a batch of raw log-line payloads; never raises for bad input."""
 
 _ENCODER = msgspec.json.Encoder()
 

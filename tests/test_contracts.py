@@ -10,11 +10,10 @@ from hypothesis import strategies as st
 from shared.contracts import (
     MAX_EVENT_BYTES,
     DecodeErrorKind,
-    LogLine,
-    decode_log_lines,
     encode_event,
     encode_events,
 )
+from shared.streams.logs.contract import LogLine, decode_log_lines
 from shared.streams.transactions.contract import decode_transactions
 
 VALID_TRANSACTION = {

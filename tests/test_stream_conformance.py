@@ -26,7 +26,7 @@ from shared.config import StreamSettings, topic_environment
 from shared.entity_state import EntityStates
 from shared.kafka_client import KafkaConnection
 from shared.output_records import decode_output
-from shared.pipeline import Stream
+from shared.pipeline import OfflineBatch, Stream
 from shared.registry import ModelRegistry
 from shared.scoring import score_batch
 from shared.state_store import EntityStateStore
@@ -82,6 +82,12 @@ def test_decoding_never_raises_and_accounts_for_every_record(stream: Stream[Any,
     assert len(stream.columns(batch.events)) == len(batch.events)
 
 
+def learned_offline(stream: Stream[Any, Any], payloads: list[bytes]) -> tuple[Stream[Any, Any], OfflineBatch[Any]]:
+    """The stream as training leaves it (what it learns from this history), and the history featurized by it."""
+    learned = stream.learn(stream.offline(payloads).columns)
+    return learned, learned.offline(payloads)
+
+
 def online(stream: Stream[Any, Any], columns: Any, sizes: list[int]) -> np.ndarray:
     """Features batch by batch, each entity's state kept as the bytes a store keeps."""
     states = stream.empty_states()
@@ -106,7 +112,9 @@ def online(stream: Stream[Any, Any], columns: Any, sizes: list[int]) -> np.ndarr
 @by_stream
 @given(sizes=st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=8))
 def test_online_features_equal_offline_features_for_any_batching(stream: Stream[Any, Any], sizes: list[int]) -> None:
-    offline = stream.offline(stream.synthetic(events=1_200, entities=60, anomaly_rate=0.02, seed=5).payloads)
+    stream, offline = learned_offline(
+        stream, stream.synthetic(events=1_200, entities=60, anomaly_rate=0.02, seed=5).payloads
+    )
     assert offline.raw_features.shape == (len(offline.columns), len(stream.feature_spec.names))
     np.testing.assert_allclose(online(stream, offline.columns, sizes), offline.raw_features, rtol=1e-9, atol=1e-9)
 
@@ -115,7 +123,10 @@ def test_online_features_equal_offline_features_for_any_batching(stream: Stream[
 def test_state_survives_the_store_and_a_replayed_batch_counts_once(
     stream: Stream[Any, Any], redis_client: redis.Redis, unique_name: str
 ) -> None:
-    offline = stream.offline(stream.synthetic(events=600, entities=30, anomaly_rate=0.02, seed=9).payloads)
+    stream, offline = learned_offline(
+        stream, stream.synthetic(events=600, entities=30, anomaly_rate=0.02, seed=9).payloads
+    )
+    assert len(offline.columns) == 600
     store = EntityStateStore(redis_client, f"{unique_name}:", stream)
     # One partition, offsets in time order, as a worker reads a topic keyed by entity.
     batches = [np.arange(0, 250), np.arange(250, 600)]
@@ -132,11 +143,12 @@ def test_a_version_trains_publishes_loads_and_scores(
     stream: Stream[Any, Any], redis_client: redis.Redis, unique_name: str
 ) -> None:
     generated = stream.synthetic(events=3_000, entities=150, anomaly_rate=0.02, seed=3)
-    offline = stream.offline(generated.payloads)
+    stream, offline = learned_offline(stream, generated.payloads)
     labels = generated.labels()
     is_anomaly = np.array([labels[event_id][0] for event_id in offline.columns.event_id.tolist()])
     settings = StreamSettings(fleet_fpr_budget=0.01, shadow_floor_auc=0.0).completed(stream)
     result = train_round(TrainingData(offline.columns, is_anomaly, "test"), settings, stream, None)
+    assert result.bundle.stream.fingerprint == stream.learn(offline.columns).fingerprint
     assert result.draft.feature_names == list(stream.feature_spec.names)
     registry = ModelRegistry(redis_client, RedisArtifactStore(redis_client, unique_name), b"k" * 16, unique_name)
     manifest = registry.publish(result.bundle, result.draft, deploy=True)

@@ -4,12 +4,13 @@
 RobustZScoreDetector(contamination=0.05)
 >>> build_detector("knn", {"n_neighbors": 10})
 KNNDetector(n_neighbors=10)
->>> sorted(DETECTOR_KINDS)
-['autoencoder', 'copod', 'ecod', 'isolation_forest', 'knn', 'lof', 'ocsvm', 'pca', 'robust_zscore']
+>>> sorted(DETECTOR_KINDS)  # doctest: +NORMALIZE_WHITESPACE
+['autoencoder', 'copod', 'ecod', 'feature_extreme', 'isolation_forest', 'knn', 'lof', 'ocsvm', 'pca',
+ 'robust_zscore']
 >>> build_detector("hbos", {})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: unknown detector kind 'hbos'; valid kinds: autoencoder, copod, ecod, isolation_forest, knn, lof, ...
+ValueError: unknown detector kind 'hbos'; valid kinds: autoencoder, copod, ecod, ..., knn, lof, ...
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from shared.detectors.autoencoder import AutoencoderDetector
 from shared.detectors.base import Detector
 from shared.detectors.empirical_cdf import COPODDetector, ECODDetector
+from shared.detectors.feature_extreme import FeatureExtremeDetector
 from shared.detectors.isolation_forest import IsolationForestDetector
 from shared.detectors.neighbours import KNNDetector, LOFDetector
 from shared.detectors.ocsvm import OneClassSVMDetector
@@ -30,6 +32,7 @@ DETECTOR_KINDS: Mapping[str, type[Detector]] = {
     "autoencoder": AutoencoderDetector,
     "copod": COPODDetector,
     "ecod": ECODDetector,
+    "feature_extreme": FeatureExtremeDetector,
     "isolation_forest": IsolationForestDetector,
     "knn": KNNDetector,
     "lof": LOFDetector,

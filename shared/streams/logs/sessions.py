@@ -1,0 +1,192 @@
+"""Sessions of log lines and their features: template-count vectors that grow line by line.
+
+A session is the lines of one key (the producer's session id, a block id found in the message, or a host's
+fixed time window: `SessionRule`). Its state is one fixed-size record: how often each of the vocabulary's
+most frequent templates occurred (`COUNT_SLOTS`, the last slot for all rarer ones), lines, unseen lines, the
+rarest template so far, first and last time, and whether it is still open. A session closes after
+`idle_timeout_s` without a line, after `max_lines` lines, or on one of the rule's end templates; the next
+line of that key opens a new one.
+
+Every line is scored with its session as it stands after the line (the session's count vector so far, plus
+the line's own rarity), so an anomalous session alerts at the line that makes it anomalous, before it closes,
+and a session's verdict is the most anomalous of its lines. Training sees every prefix of every normal
+session, so a session that is merely young is not unusual.
+
+>>> from shared.streams.logs.templates import TemplateVocabulary
+>>> vocabulary = TemplateVocabulary.mine(["open file 1", "read file 2", "read file 3", "close file 4"])
+>>> how = Featurization.of(vocabulary, SessionRule(end_templates=("close file <NUM>",)))
+>>> lines = ["open file 7", "read file 7", "close file 7", "open file 8"]
+>>> keys = np.array(["s"] * 4, dtype=object)
+>>> before = EntityStates.empty(SESSION_LAYOUT)
+>>> raw, after = advance_sessions(before, keys, np.arange(4.0), vocabulary.match(lines), how)
+>>> raw[:, FEATURE_NAMES.index("session_lines")].tolist()  # the close ends the first session
+[1.0, 2.0, 3.0, 1.0]
+>>> bool(after.records["open"][0]), int(after.records["lines"][0])
+(True, 1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.entity_state import EntityStates, StateLayout
+from shared.pipeline import FeatureSpec
+from shared.streams.logs.templates import UNSEEN, TemplateVocabulary
+
+COUNT_SLOTS = 64
+"""Template-count columns: the 63 most frequent training templates one each, every rarer one in the last."""
+
+SESSION_LAYOUT = StateLayout(
+    np.dtype(
+        [
+            ("counts", "<f4", (COUNT_SLOTS,)),
+            ("lines", "<f8"),
+            ("unseen", "<f8"),
+            ("max_rarity", "<f8"),
+            ("first_s", "<f8"),
+            ("last_s", "<f8"),
+            ("open", "u1"),
+        ]
+    )
+)
+
+COUNT_FEATURES = (*(f"template_{slot:02d}" for slot in range(COUNT_SLOTS - 1)), "template_rarer")
+SESSION_FEATURES = ("session_lines", "session_unseen", "session_seconds", "session_max_rarity")
+LINE_FEATURES = ("line_unseen", "line_rarity")
+FEATURE_NAMES = COUNT_FEATURES + SESSION_FEATURES + LINE_FEATURES
+FEATURE_SPEC = FeatureSpec(1, FEATURE_NAMES)
+
+
+@dataclass(frozen=True)
+class SessionRule:
+    """How lines become sessions: kept inside the version, so training and serving group lines alike."""
+
+    pattern: str | None = r"blk_-?\d+"  # the first match in a line without session_id is its session key
+    window_s: float = 300.0  # lines with neither: the host's fixed windows of this many seconds
+    idle_timeout_s: float = 1800.0
+    max_lines: int = 10_000
+    end_templates: tuple[str, ...] = ()  # templates (as mined, e.g. "Deleting block <BLK> file <*>") that close
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0 or self.idle_timeout_s <= 0 or self.max_lines < 1:
+            raise ValueError("window_s and idle_timeout_s must be positive and max_lines at least 1")
+
+
+@dataclass(frozen=True)
+class Featurization:
+    """What `advance_sessions` needs from the vocabulary and the rule, as arrays indexed by template."""
+
+    slot: np.ndarray  # template index -> count slot
+    rarity: np.ndarray  # template index -> -log10(share of training lines); the last entry is for unseen lines
+    ends: np.ndarray  # template index -> closes its session; the last entry (unseen) is False
+    idle_timeout_s: float
+    max_lines: int
+
+    @classmethod
+    def of(cls, vocabulary: TemplateVocabulary, rule: SessionRule) -> Featurization:
+        count = len(vocabulary.templates)
+        total = float(vocabulary.counts.sum())
+        shares = vocabulary.counts / max(total, 1.0)
+        unseen_share = 1.0 / (total + 1.0)  # rarer than anything training saw once
+        ends = np.array([template in rule.end_templates for template in vocabulary.templates] + [False])
+        return cls(
+            slot=np.minimum(np.arange(count), COUNT_SLOTS - 1),
+            rarity=-np.log10(np.r_[shares, unseen_share]),
+            ends=ends,
+            idle_timeout_s=rule.idle_timeout_s,
+            max_lines=rule.max_lines,
+        )
+
+
+def advance_sessions(
+    before: EntityStates, keys: np.ndarray, times: np.ndarray, templates: np.ndarray, how: Featurization
+) -> tuple[np.ndarray, EntityStates]:
+    """Every line's features (its session after the line) and the sessions' states after the batch.
+
+    Vectorized over the batch: lines are grouped by key (stable, so each key's lines keep their order),
+    session starts are found from the carried state, idle gaps, end templates and the length cap, and
+    counts are cumulative sums within sessions."""
+    n = len(keys)
+    entities, inverse = np.unique(keys, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    group = inverse[order]
+    t = times[order].astype(np.float64)
+    template = templates[order]
+    unseen = template == UNSEEN
+    rarity = how.rarity[template]  # UNSEEN (-1) picks the last entry
+    closes = how.ends[template]
+    start_states = before.aligned(entities)
+
+    group_first = np.r_[True, group[1:] != group[:-1]] if n else np.zeros(0, dtype=bool)
+    carried = start_states[group]  # each line's key's state before the batch
+    gap_from_state = t - carried["last_s"]
+    continues_state = group_first & (carried["open"] == 1) & (gap_from_state <= how.idle_timeout_s)
+    natural_break = np.zeros(n, dtype=bool)
+    natural_break[1:] = ~group_first[1:] & ((t[1:] - t[:-1] > how.idle_timeout_s) | closes[:-1])
+    natural_break |= group_first & ~continues_state
+    # Within a run between natural breaks, every max_lines-th line (counting lines carried from the state)
+    # opens a new session.
+    run = np.cumsum(natural_break | group_first) - 1
+    run_start = np.flatnonzero(natural_break | group_first)
+    carry = np.where(continues_state[run_start], carried["lines"][run_start], 0.0)
+    position = np.arange(n) - run_start[run] + carry[run]
+    length_break = (position % how.max_lines == 0) & (position > 0)
+    starts = natural_break | group_first | length_break
+    session = np.cumsum(starts) - 1
+    session_start = np.flatnonzero(starts)
+    from_state = continues_state[session_start] & ~length_break[session_start]
+
+    counts = np.zeros((n, COUNT_SLOTS), dtype=np.float32)
+    seen_rows = np.flatnonzero(~unseen)
+    counts[seen_rows, how.slot[template[seen_rows]]] = 1.0
+    counts = _within_sessions(counts, session, session_start)
+    lines = _within_sessions(np.ones(n), session, session_start)
+    unseen_lines = _within_sessions(unseen.astype(np.float64), session, session_start)
+    max_rarity = _running_max_within_sessions(rarity, session)
+    first_s = t[session_start][session]
+
+    base = carried[session_start]  # a session that continues its key's state starts from it
+    continuing = from_state[session]
+    base_rows = base[session]
+    counts[continuing] += base_rows["counts"][continuing]
+    lines = lines + np.where(continuing, base_rows["lines"], 0.0)
+    unseen_lines = unseen_lines + np.where(continuing, base_rows["unseen"], 0.0)
+    max_rarity = np.where(continuing, np.maximum(max_rarity, base_rows["max_rarity"]), max_rarity)
+    first_s = np.where(continuing, base_rows["first_s"], first_s)
+
+    sorted_raw = np.column_stack(
+        [counts, lines, unseen_lines, t - first_s, max_rarity, unseen.astype(np.float64), rarity]
+    )
+    raw = np.empty_like(sorted_raw)
+    raw[order] = sorted_raw
+
+    last = np.r_[np.flatnonzero(group_first)[1:] - 1, n - 1] if n else np.zeros(0, dtype=np.int64)
+    after = SESSION_LAYOUT.empty(len(entities))
+    after["counts"] = counts[last]
+    after["lines"] = lines[last]
+    after["unseen"] = unseen_lines[last]
+    after["max_rarity"] = max_rarity[last]
+    after["first_s"] = first_s[last]
+    after["last_s"] = t[last]
+    after["open"] = ~closes[last] & (lines[last] % how.max_lines != 0)
+    return raw, EntityStates(SESSION_LAYOUT, entities, after)
+
+
+def _within_sessions(values: np.ndarray, session: np.ndarray, session_start: np.ndarray) -> np.ndarray:
+    """Cumulative sums restarting at each session (rows are grouped by session, in order)."""
+    total = np.cumsum(values, axis=0)
+    before_start = np.concatenate([np.zeros((1, *values.shape[1:]), dtype=total.dtype), total])[session_start]
+    return total - before_start[session]
+
+
+def _running_max_within_sessions(values: np.ndarray, session: np.ndarray) -> np.ndarray:
+    """Running maximum restarting at each session, exactly: ranks of the values (few distinct ones) are made
+    to grow from session to session by an integer offset, so one accumulate serves every session."""
+    if not len(values):
+        return values.astype(np.float64)
+    distinct, rank = np.unique(values, return_inverse=True)
+    offset = session.astype(np.int64) * len(distinct)
+    return distinct[np.maximum.accumulate(rank.reshape(-1) + offset) - offset]

@@ -1,0 +1,163 @@
+"""Server log lines (seed 002) as a Stream: Drain3 templates learned at training, sessions in Redis.
+
+The catalog's stream has learned nothing (every line is an unseen template); `learn` mines the training
+history's templates, and the version keeps that learned stream, its session rule included, so training,
+the workers and `fleetwatch logs infer` group and featurize lines alike.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from shared.contracts import DecodedBatch
+from shared.entity_state import EntityStates
+from shared.pipeline import Stream, StreamTopics, SyntheticEvents, WindowDimensions
+from shared.streams.logs.contract import LogLine, decode_log_lines
+from shared.streams.logs.sessions import (
+    FEATURE_NAMES,
+    FEATURE_SPEC,
+    SESSION_LAYOUT,
+    Featurization,
+    SessionRule,
+    advance_sessions,
+)
+from shared.streams.logs.synthetic import generate_log_lines, payloads
+from shared.streams.logs.templates import UNSEEN, Masking, TemplateVocabulary
+
+
+@dataclass(frozen=True)
+class LogColumns:
+    event_id: np.ndarray
+    source_host: np.ndarray
+    component: np.ndarray
+    message: np.ndarray
+    timestamp_s: np.ndarray
+    session: np.ndarray
+
+    @property
+    def entity(self) -> np.ndarray:
+        return self.session
+
+    @property
+    def event_time_s(self) -> np.ndarray:
+        return self.timestamp_s
+
+    def take(self, rows: np.ndarray) -> LogColumns:
+        return LogColumns(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    def __len__(self) -> int:
+        return len(self.timestamp_s)
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+class LogStream(Stream[LogLine, LogColumns]):
+    name = "logs"
+    feature_spec = FEATURE_SPEC
+    state_layout = SESSION_LAYOUT
+    topics = StreamTopics(input="events.logs", summary="summary.logs")
+    windows = WindowDimensions(entity="session_id", time="timestamp", dimensions=("source_host", "component"))
+    alert_fields = ("event_id", "session", "source_host", "template", "message")
+    default_detectors = (
+        # The per-line check: an unseen or very rare template alerts at once, before its session closes.
+        {"name": "new_template", "kind": "feature_extreme",
+         "params": {"columns": [FEATURE_NAMES.index("line_rarity"), FEATURE_NAMES.index("session_unseen")]}},
+        # Count vectors: off the normal sessions' subspace, and far from every normal session.
+        {"name": "pca", "kind": "pca", "params": {}},
+        {"name": "knn", "kind": "knn", "params": {"n_neighbors": 5, "random_state": 0}},
+        # Baseline statistics: each template's count against its spread in normal sessions.
+        {"name": "count_deviation", "kind": "robust_zscore", "params": {}},
+    )  # fmt: skip
+
+    def __init__(self, rule: SessionRule | None = None, vocabulary: TemplateVocabulary | None = None) -> None:
+        self.rule = rule or SessionRule()
+        self.vocabulary = vocabulary or TemplateVocabulary.empty()
+        self._featurization = Featurization.of(self.vocabulary, self.rule)
+        self._pattern = re.compile(self.rule.pattern) if self.rule.pattern else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"rule": self.rule, "vocabulary": self.vocabulary}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["rule"], state["vocabulary"])  # type: ignore[misc]
+
+    def learn(self, history: LogColumns, masking: Masking | None = None) -> LogStream:
+        """This rule with the templates mined from the history's messages."""
+        return LogStream(self.rule, TemplateVocabulary.mine(history.message.tolist(), masking))
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{super().fingerprint}:{self.rule}:{self.vocabulary.fingerprint}"
+
+    def decode(self, payloads: Sequence[bytes | None]) -> DecodedBatch[LogLine]:
+        return decode_log_lines(payloads)
+
+    def columns(self, events: Sequence[LogLine]) -> LogColumns:
+        seconds = np.array([event.timestamp.timestamp() for event in events], dtype=np.float64)
+        return LogColumns(
+            event_id=_objects([event.event_id for event in events]),
+            source_host=_objects([event.source_host for event in events]),
+            component=_objects([event.component or "-" for event in events]),
+            message=_objects([event.message for event in events]),
+            timestamp_s=seconds,
+            session=_objects(self.session_keys(events, seconds)),
+        )
+
+    def session_keys(self, events: Sequence[LogLine], seconds: np.ndarray) -> list[str]:
+        """The producer's session id, else the rule's pattern found in the message, else the host's window."""
+        pattern, window = self._pattern, self.rule.window_s
+        keys = []
+        for event, second in zip(events, seconds.tolist(), strict=True):  # one regex search per line, in C
+            if event.session_id:
+                keys.append(event.session_id)
+                continue
+            found = pattern.search(event.message) if pattern else None
+            keys.append(found.group(0) if found else f"{event.source_host}@{int(second // window) * int(window)}")
+        return keys
+
+    def templates_of(self, columns: LogColumns) -> np.ndarray:
+        return self.vocabulary.match(columns.message.tolist())
+
+    def advance(self, before: EntityStates, columns: LogColumns) -> tuple[np.ndarray, EntityStates]:
+        return advance_sessions(
+            before, columns.session, columns.timestamp_s, self.templates_of(columns), self._featurization
+        )
+
+    def template_text(self, indices: np.ndarray) -> list[str]:
+        names = self.vocabulary.templates
+        return [names[i] if i != UNSEEN else "(unseen)" for i in indices.tolist()]
+
+    def report_table(self, columns: LogColumns) -> dict[str, Any]:
+        return {
+            "event_id": columns.event_id.tolist(),
+            "session": columns.session.tolist(),
+            "source_host": columns.source_host.tolist(),
+            "component": columns.component.tolist(),
+            "template": self.template_text(self.templates_of(columns)),
+            "message": columns.message.tolist(),
+        }
+
+    def synthetic(self, events: int, entities: int, anomaly_rate: float, seed: int) -> SyntheticEvents:
+        """`events` lines (sessions of at least 13 lines, the last one cut short) over `entities` hosts."""
+        generated = generate_log_lines(events // 13 + 1, entities, anomaly_rate, seed)
+        lines = generated.lines[:events]
+        keys = self.session_keys(lines, np.array([line.timestamp.timestamp() for line in lines]))
+        return SyntheticEvents(
+            payloads=payloads(lines),
+            keys=keys,
+            event_id=np.array([line.event_id for line in lines], dtype=object),
+            is_anomaly=generated.is_anomaly[: len(lines)],
+            anomaly_kind=generated.anomaly_kind[: len(lines)],
+        )
+
+
+LOGS = LogStream()
