@@ -8,8 +8,9 @@ fixed producer can replay it as is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -50,6 +51,7 @@ class AlertRecord(msgspec.Struct, tag="alert", tag_field="type"):
     source: Source
     detected_at: str
     event: msgspec.Raw
+    context: dict[str, Any] = msgspec.field(default_factory=dict)  # the stream's `alert_context`
 
 
 class SummaryRecord(msgspec.Struct, tag="summary", tag_field="type"):
@@ -95,6 +97,7 @@ class ScoredEvents:
     payloads: list[bytes]
     keys: list[bytes | None]
     sources: list[Source]
+    context: dict[int, dict[str, Any]] = field(default_factory=dict)  # alerted row -> the stream's alert context
 
 
 def scored_records(batch: ScoredEvents, topics: OutputTopics) -> list[OutputRecord]:
@@ -131,6 +134,7 @@ def scored_records(batch: ScoredEvents, topics: OutputTopics) -> list[OutputReco
                     source=sources[row],
                     detected_at=stamp,
                     event=msgspec.Raw(payloads[row]),
+                    context=batch.context.get(row, {}),
                 )
             )
             records.append(OutputRecord(topics.alerts, keys[row], value))

@@ -162,6 +162,11 @@ class Stream(ABC, Generic[EventT, ColumnsT]):
         every worker featurizes alike; a stream that learns nothing returns itself."""
         return self
 
+    def alert_context(self, columns: ColumnsT, raw_features: np.ndarray) -> list[dict[str, Any]]:
+        """What an alert report says about each of these alerted events beyond the event itself (a log line's
+        session and its templates so far); nothing by default."""
+        return [{} for _ in range(len(columns))]
+
     @property
     def fingerprint(self) -> str:
         """Equal fingerprints compute equal features for equal events (a learned stream adds what it learned)."""

@@ -81,6 +81,8 @@ class StreamScorer:
         with Stage(name, "score"):
             scored = score_batch(self.version, raw, self._top)
         with Stage(name, "encode"):
+            alerted = np.flatnonzero(scored.alert)
+            context = self.version.stream.alert_context(columns.take(alerted), raw[alerted])
             batch = ScoredEvents(
                 version=self.version,
                 scored=scored,
@@ -88,6 +90,7 @@ class StreamScorer:
                 payloads=[payloads[i] or b"" for i in decoded.positions],
                 keys=[m.key() for m in valid],
                 sources=[source_of(m) for m in valid],
+                context=dict(zip(alerted.tolist(), context, strict=True)),
             )
             outputs += scored_records(batch, self._topics)
         alerts = int(scored.alert.sum())

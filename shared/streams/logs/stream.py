@@ -19,6 +19,7 @@ from shared.entity_state import EntityStates
 from shared.pipeline import Stream, StreamTopics, SyntheticEvents, WindowDimensions
 from shared.streams.logs.contract import LogLine, decode_log_lines
 from shared.streams.logs.sessions import (
+    COUNT_FEATURES,
     FEATURE_NAMES,
     FEATURE_SPEC,
     SESSION_LAYOUT,
@@ -135,6 +136,26 @@ class LogStream(Stream[LogLine, LogColumns]):
     def template_text(self, indices: np.ndarray) -> list[str]:
         names = self.vocabulary.templates
         return [names[i] if i != UNSEEN else "(unseen)" for i in indices.tolist()]
+
+    def alert_context(self, columns: LogColumns, raw_features: np.ndarray) -> list[dict[str, Any]]:
+        """The session, the line's template, and the session's templates so far with their counts (the count
+        vector the detectors saw; the rarer templates share one count)."""
+        counts = raw_features[:, : len(COUNT_FEATURES)]
+        named = self.vocabulary.templates[: len(COUNT_FEATURES) - 1]
+        names = [*named, *[""] * (len(COUNT_FEATURES) - 1 - len(named)), "(rarer templates)"]
+        column = {name: FEATURE_NAMES.index(name) for name in ("session_lines", "session_unseen")}
+        return [
+            {
+                "session": session,
+                "template": template,
+                "session_lines": int(row[column["session_lines"]]),
+                "session_unseen_lines": int(row[column["session_unseen"]]),
+                "session_templates": {names[j]: int(counts[i, j]) for j in np.flatnonzero(counts[i]).tolist()},
+            }
+            for i, (session, template, row) in enumerate(
+                zip(columns.session.tolist(), self.template_text(self.templates_of(columns)), raw_features, strict=True)
+            )
+        ]
 
     def report_table(self, columns: LogColumns) -> dict[str, Any]:
         return {

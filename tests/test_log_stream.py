@@ -1,0 +1,178 @@
+"""The log-line stream: templates learned once and only matched, sessions and how they close, and lines
+through a real trainer and real workers (Kafka and Redis), including a worker killed mid-session."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import signal
+import subprocess
+import threading
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from shared.config import topic_environment
+from shared.entity_state import EntityStates
+from shared.kafka_client import KafkaConnection
+from shared.output_records import decode_output
+from shared.scoring import score_batch
+from shared.streams.logs.contract import LogLine
+from shared.streams.logs.sessions import FEATURE_NAMES, SESSION_LAYOUT, SessionRule
+from shared.streams.logs.stream import LOGS, LogStream
+from shared.streams.logs.templates import UNSEEN, TemplateVocabulary
+from tests.fleet import FLEETWATCH, event_ids, open_fleet, produce_paced, wait_until
+
+T0 = datetime(2026, 10, 1, tzinfo=UTC).timestamp()
+
+
+def line(message: str, second: float, host: str = "dn-1", session_id: str | None = None) -> LogLine:
+    return LogLine(
+        event_id=f"e{second}-{message[:8]}",
+        source_host=host,
+        timestamp=datetime.fromtimestamp(T0 + second, tz=UTC),
+        message=message,
+        session_id=session_id,
+    )
+
+
+def feature(raw: np.ndarray, name: str) -> list[float]:
+    return raw[:, FEATURE_NAMES.index(name)].tolist()
+
+
+HISTORY = [f"open file {i} for job {i % 3}" for i in range(30)] + [f"close file {i}" for i in range(30)]
+
+
+def test_serving_only_matches_and_a_line_no_template_knows_is_unseen_and_rarest() -> None:
+    vocabulary = TemplateVocabulary.mine(HISTORY)
+    before = list(vocabulary.templates)
+    assert vocabulary.match(["open file 99 for job 7", "kernel panic at 0xdeadbeef"]).tolist()[1] == UNSEEN
+    assert vocabulary.templates == before, "matching must not add or change templates"
+    stream = LogStream(SessionRule(pattern=None), vocabulary)
+    columns = stream.columns([line("open file 1 for job 1", 0), line("kernel panic", 1)])
+    raw, _ = stream.advance(stream.empty_states(), columns)
+    assert feature(raw, "line_unseen") == [0.0, 1.0]
+    rarity = feature(raw, "line_rarity")
+    assert rarity[1] > rarity[0] and feature(raw, "session_unseen") == [0.0, 1.0]
+
+
+def test_a_session_closes_on_idle_timeout_on_its_length_cap_and_on_an_end_template() -> None:
+    vocabulary = TemplateVocabulary.mine(HISTORY)
+    rule = SessionRule(pattern=None, idle_timeout_s=60, max_lines=3, end_templates=("close file <NUM>",))
+    stream = LogStream(rule, vocabulary)
+    events = [
+        line("open file 1 for job 1", 0, session_id="a"),
+        line("open file 2 for job 1", 10, session_id="a"),
+        line("open file 3 for job 1", 500, session_id="a"),  # idle for 490 s: a new session
+        line("open file 4 for job 1", 510, session_id="a"),
+        line("open file 5 for job 1", 520, session_id="a"),
+        line("open file 6 for job 1", 530, session_id="a"),  # the cap of 3 lines: a new session
+        line("close file 6", 540, session_id="a"),  # closes it
+        line("open file 7 for job 1", 550, session_id="a"),
+    ]
+    raw, after = stream.advance(stream.empty_states(), stream.columns(events))
+    assert feature(raw, "session_lines") == [1, 2, 1, 2, 3, 1, 2, 1]
+    assert after.records["lines"].tolist() == [1] and after.records["open"].tolist() == [1]
+
+
+def test_session_key_is_the_producers_id_else_the_pattern_else_the_hosts_window() -> None:
+    stream = LogStream(SessionRule(window_s=60))
+    columns = stream.columns(
+        [
+            line("Receiving block blk_-42 src", 0, session_id="job-7"),
+            line("Receiving block blk_-42 src", 1),
+            line("no block here", 61, host="dn-9"),
+        ]
+    )
+    assert columns.session.tolist() == ["job-7", "blk_-42", f"dn-9@{int((T0 + 61) // 60) * 60}"]
+
+
+def test_a_learned_stream_survives_pickling_and_featurizes_alike() -> None:
+    generated = LOGS.synthetic(events=2_000, entities=5, anomaly_rate=0.05, seed=4)
+    learned = LOGS.learn(LOGS.offline(generated.payloads).columns)
+    copy = pickle.loads(pickle.dumps(learned))
+    assert copy.fingerprint == learned.fingerprint and copy.vocabulary.templates == learned.vocabulary.templates
+    np.testing.assert_array_equal(
+        copy.offline(generated.payloads).raw_features, learned.offline(generated.payloads).raw_features
+    )
+
+
+def test_states_carried_between_batches_equal_one_pass() -> None:
+    generated = LOGS.synthetic(events=3_000, entities=10, anomaly_rate=0.05, seed=8)
+    learned = LOGS.learn(LOGS.offline(generated.payloads).columns)
+    whole = learned.offline(generated.payloads)
+    states, parts = learned.empty_states(), []
+    for rows in np.array_split(np.arange(len(whole.columns)), 7):
+        raw, after = learned.advance(states, whole.columns.take(rows))
+        kept = ~np.isin(states.keys, after.keys)
+        states = EntityStates.of(
+            SESSION_LAYOUT,
+            np.concatenate([states.keys[kept], after.keys]),
+            np.concatenate([states.records[kept], after.records]),
+        )
+        parts.append(raw)
+    np.testing.assert_array_equal(np.vstack(parts), whole.raw_features)
+
+
+def session_verdicts(records: list[Any], session_of: dict[str, str]) -> dict[str, bool]:
+    verdict: dict[str, bool] = defaultdict(bool)
+    for record in records:
+        event = msgspec.json.decode(decode_output(record.value()).event)
+        verdict[session_of[event["event_id"]]] |= decode_output(record.value()).__class__.__name__ == "AlertRecord"
+    return verdict
+
+
+def test_log_lines_through_the_trainer_and_two_workers_one_killed_mid_session(
+    kafka: KafkaConnection, redis_server: Any, unique_name: str, tmp_path: Path
+) -> None:
+    history = LOGS.synthetic(events=20_000, entities=12, anomaly_rate=0.002, seed=21)
+    (tmp_path / "history.jsonl").write_bytes(b"\n".join(history.payloads) + b"\n")
+    live = LOGS.synthetic(events=6_000, entities=12, anomaly_rate=0.06, seed=22)
+    session_of = dict(zip(live.event_id.tolist(), live.keys, strict=True))
+    with open_fleet(kafka, redis_server.url, unique_name, tmp_path) as fleet:
+        fleet.env.update(
+            {
+                "FLEETWATCH_WORKER__STREAMS": '["logs"]',
+                **topic_environment({"input": fleet.topics["input"], "summary": fleet.topics["summary"]}, "logs"),
+            }
+        )
+        trained = subprocess.run(
+            [FLEETWATCH, "train", "--stream", "logs", str(tmp_path / "history.jsonl")],
+            env=fleet.env, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert trained.returncode == 0, trained.stderr
+        first, _ = fleet.start_worker(FLEETWATCH_WORKER__BATCH_SIZE="100")
+        producing = threading.Thread(
+            target=produce_paced, args=(fleet, [*live.payloads, b"{broken"], [*live.keys, "x"], 2_000), daemon=True
+        )
+        producing.start()
+        assert wait_until(lambda: fleet.scored_count() > 1_000, 60)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        assert fleet.scored_count() < len(live.payloads), "the kill came too late to test anything"
+        fleet.start_worker()
+        producing.join()
+        outputs = fleet.wait_for_outputs(len(live.payloads) + 1)
+        deployed = fleet.registry.load_deployed("logs")
+    ids = event_ids(outputs["alerts"]) + event_ids(outputs["summary"])
+    assert [e for e, n in Counter(ids).items() if n > 1] == [] and sorted(ids) == sorted(live.event_id.tolist())
+    assert [r.value() for r in outputs["deadletter"]] == [b"{broken"]
+    # Sessions lived in Redis across the kill: the alerts are exactly those of one pass over the lines.
+    assert deployed is not None
+    offline = deployed.stream.offline(live.payloads)
+    expected = set(offline.columns.event_id[score_batch(deployed, offline.raw_features).alert].tolist())
+    assert set(event_ids(outputs["alerts"])) == expected
+    # Sessions with an injected fault alert; normal sessions mostly do not.
+    verdict = session_verdicts(outputs["alerts"] + outputs["summary"], session_of)
+    faulty = {session_of[e] for e in live.event_id[live.is_anomaly].tolist()}
+    caught = sum(verdict[s] for s in faulty) / len(faulty)
+    false_alarms = sum(verdict[s] for s in verdict if s not in faulty) / (len(verdict) - len(faulty))
+    assert caught >= 0.7 and false_alarms <= 0.05, (caught, false_alarms)
+    alert = decode_output(outputs["alerts"][0].value())
+    assert alert.stream == "logs" and alert.context["session"] and alert.context["session_templates"]
+    assert {d.name for d in alert.detectors} == {"new_template", "pca", "knn", "count_deviation"}
+    assert json.loads(bytes(alert.event))["message"]
