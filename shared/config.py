@@ -54,6 +54,9 @@ class DetectorConfig(BaseModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     kind: str
     params: dict[str, Any] = Field(default_factory=dict)
+    features: list[str] | None = Field(
+        None, description="the feature columns it sees; by default every one but the stream's categorical ones"
+    )
 
 
 class StreamSettings(BaseModel):

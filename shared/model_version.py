@@ -28,6 +28,7 @@ class DetectorEntry(msgspec.Struct, kw_only=True):
     name: str
     kind: str
     params: dict[str, Any]
+    features: list[str] | None = None  # the columns it sees, when not every non-categorical one
     mode: DetectorMode = "alerting"
     active_method: str = ThresholdMethod.FLEET_BUDGET.value
     thresholds: dict[str, Any] = msgspec.field(default_factory=dict)  # DetectorThresholds.to_dict()

@@ -133,7 +133,10 @@ class Stream(ABC, Generic[EventT, ColumnsT]):
     alert_fields: tuple[str, ...]
     """Columns of `report_table` an alert report headlines (batch report's top anomalies)."""
     default_detectors: tuple[Mapping[str, Any], ...]
-    """`{name, kind, params}` entries, as a stream's `detectors` setting lists them."""
+    """`{name, kind, params[, features]}` entries, as a stream's `detectors` setting lists them."""
+    categorical_features: tuple[str, ...] = ()
+    """Features that are identifiers, not quantities (a log line's template key): they reach detectors unscaled,
+    and only the detectors whose entry names them."""
 
     @abstractmethod
     def decode(self, payloads: Sequence[bytes | None]) -> DecodedBatch[EventT]:

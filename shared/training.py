@@ -22,9 +22,10 @@ import numpy as np
 from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 
-from shared.config import StreamSettings
+from shared.config import DetectorConfig, StreamSettings
 from shared.detectors import Detector, build_detector
 from shared.detectors.combination import ScoreCombination, fit_combination
+from shared.detectors.on_features import OnFeatures
 from shared.errors import FleetwatchError
 from shared.evaluation import FleetEvaluation, evaluate_fleet
 from shared.feature_scaler import FeatureScaler
@@ -97,9 +98,27 @@ def _fit_one(config_name: str, detector: Detector, rows: np.ndarray) -> tuple[st
     return config_name, detector, time.perf_counter() - started
 
 
-def fit_detectors(settings: StreamSettings, scaled_train: np.ndarray) -> tuple[dict[str, Detector], dict[str, float]]:
-    """Fit every configured detector, in parallel processes (one per core at most)."""
-    unfitted = [(config.name, build_detector(config.kind, config.params)) for config in settings.detectors]
+def detector_columns(config: DetectorConfig, stream: Stream[Any, Any]) -> list[int] | None:
+    """The feature columns a detector sees: those its entry names, else every one but the categorical ones;
+    None when that is every column."""
+    names = stream.feature_spec.names
+    chosen = config.features or [name for name in names if name not in stream.categorical_features]
+    unknown = sorted(set(chosen) - set(names))
+    if unknown:
+        raise TrainingError(f"detector {config.name!r} names features the {stream.name} stream lacks: {unknown}")
+    columns = [names.index(name) for name in chosen]
+    return None if columns == list(range(len(names))) else columns
+
+
+def fit_detectors(
+    settings: StreamSettings, stream: Stream[Any, Any], scaled_train: np.ndarray
+) -> tuple[dict[str, Detector], dict[str, float]]:
+    """Fit every configured detector, each on its columns, in parallel processes (one per core at most)."""
+    unfitted = []
+    for config in settings.detectors:
+        detector = build_detector(config.kind, config.params)
+        columns = detector_columns(config, stream)
+        unfitted.append((config.name, detector if columns is None else OnFeatures(detector, columns)))
     workers = max(1, min(len(unfitted), os.cpu_count() or 1))
     fitted = Parallel(n_jobs=workers, backend="loky")(
         delayed(_fit_one)(name, detector, scaled_train) for name, detector in unfitted
@@ -215,8 +234,9 @@ def train_round(
     if len(calibration_rows) < 2:
         raise TrainingError("the calibration split is empty; give more events")
 
-    scaler = FeatureScaler().fit(raw[train_rows])
-    detectors, fit_seconds = fit_detectors(settings, scaler.transform(raw[train_rows]))
+    categorical = [stream.feature_spec.names.index(name) for name in stream.categorical_features]
+    scaler = FeatureScaler(categorical).fit(raw[train_rows])
+    detectors, fit_seconds = fit_detectors(settings, stream, scaler.transform(raw[train_rows]))
     names = [config.name for config in settings.detectors]
     calibration_scores = score_matrix(detectors, names, scaler.transform(raw[calibration_rows]))
     config = _threshold_config(settings)
@@ -250,6 +270,7 @@ def train_round(
             name=c.name,
             kind=c.kind,
             params=c.params,
+            features=c.features,
             mode="shadow" if c.name in shadow else "alerting",
             thresholds=thresholds[c.name].to_dict(),
             training_seconds=round(fit_seconds[c.name], 3),

@@ -174,5 +174,5 @@ def test_log_lines_through_the_trainer_and_two_workers_one_killed_mid_session(
     assert caught >= 0.7 and false_alarms <= 0.05, (caught, false_alarms)
     alert = decode_output(outputs["alerts"][0].value())
     assert alert.stream == "logs" and alert.context["session"] and alert.context["session_templates"]
-    assert {d.name for d in alert.detectors} == {"new_template", "pca", "knn", "count_deviation"}
+    assert {d.name for d in alert.detectors} == {entry["name"] for entry in LOGS.default_detectors}
     assert json.loads(bytes(alert.event))["message"]

@@ -5,12 +5,12 @@ RobustZScoreDetector(contamination=0.05)
 >>> build_detector("knn", {"n_neighbors": 10})
 KNNDetector(n_neighbors=10)
 >>> sorted(DETECTOR_KINDS)  # doctest: +NORMALIZE_WHITESPACE
-['autoencoder', 'copod', 'ecod', 'feature_extreme', 'isolation_forest', 'knn', 'lof', 'ocsvm', 'pca',
- 'robust_zscore']
+['autoencoder', 'copod', 'deeplog', 'ecod', 'feature_extreme', 'isolation_forest', 'knn', 'lof', 'ocsvm',
+ 'pca', 'robust_zscore']
 >>> build_detector("hbos", {})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: unknown detector kind 'hbos'; valid kinds: autoencoder, copod, ecod, ..., knn, lof, ...
+ValueError: unknown detector kind 'hbos'; valid kinds: ...
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 from shared.detectors.autoencoder import AutoencoderDetector
 from shared.detectors.base import Detector
+from shared.detectors.deeplog import DeepLogDetector
 from shared.detectors.empirical_cdf import COPODDetector, ECODDetector
 from shared.detectors.feature_extreme import FeatureExtremeDetector
 from shared.detectors.isolation_forest import IsolationForestDetector
@@ -31,6 +32,7 @@ from shared.detectors.robust_zscore import RobustZScoreDetector
 DETECTOR_KINDS: Mapping[str, type[Detector]] = {
     "autoencoder": AutoencoderDetector,
     "copod": COPODDetector,
+    "deeplog": DeepLogDetector,  # trains with the `deep` extra; scores with numpy only
     "ecod": ECODDetector,
     "feature_extreme": FeatureExtremeDetector,
     "isolation_forest": IsolationForestDetector,

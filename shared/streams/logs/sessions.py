@@ -8,7 +8,8 @@ rarest template so far, first and last time, and whether it is still open. A ses
 line of that key opens a new one.
 
 Every line is scored with its session as it stands after the line (the session's count vector so far, plus
-the line's own rarity), so an anomalous session alerts at the line that makes it anomalous, before it closes,
+the line's own rarity), and with the keys of its last `HISTORY_KEYS` lines (what DeepLog reads), so an
+anomalous session alerts at the line that makes it anomalous, before it closes,
 and a session's verdict is the most anomalous of its lines. Training sees every prefix of every normal
 session, so a session that is merely young is not unusual.
 
@@ -38,6 +39,9 @@ from shared.streams.logs.templates import UNSEEN, TemplateVocabulary
 COUNT_SLOTS = 64
 """Template-count columns: the 63 most frequent training templates one each, every rarer one in the last."""
 
+HISTORY_KEYS = 10
+"""Template keys of a session's previous lines kept in its state and given to sequence models (DeepLog's h)."""
+
 SESSION_LAYOUT = StateLayout(
     np.dtype(
         [
@@ -48,6 +52,7 @@ SESSION_LAYOUT = StateLayout(
             ("first_s", "<f8"),
             ("last_s", "<f8"),
             ("open", "u1"),
+            ("recent", "<i4", (HISTORY_KEYS,)),  # keys of the last lines, the newest last; 0 = none
         ]
     )
 )
@@ -55,8 +60,11 @@ SESSION_LAYOUT = StateLayout(
 COUNT_FEATURES = (*(f"template_{slot:02d}" for slot in range(COUNT_SLOTS - 1)), "template_rarer")
 SESSION_FEATURES = ("session_lines", "session_unseen", "session_seconds", "session_max_rarity")
 LINE_FEATURES = ("line_unseen", "line_rarity")
-FEATURE_NAMES = COUNT_FEATURES + SESSION_FEATURES + LINE_FEATURES
-FEATURE_SPEC = FeatureSpec(1, FEATURE_NAMES)
+KEY_FEATURES = (*(f"key_lag_{lag:02d}" for lag in range(HISTORY_KEYS, 0, -1)), "key")
+"""A line's key (its template's index + 1; the vocabulary's size + 1 when unseen) after the keys of the session's
+previous lines, oldest first (0 where the session has fewer lines)."""
+FEATURE_NAMES = COUNT_FEATURES + SESSION_FEATURES + LINE_FEATURES + KEY_FEATURES
+FEATURE_SPEC = FeatureSpec(2, FEATURE_NAMES)
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,7 @@ class Featurization:
     slot: np.ndarray  # template index -> count slot
     rarity: np.ndarray  # template index -> -log10(share of training lines); the last entry is for unseen lines
     ends: np.ndarray  # template index -> closes its session; the last entry (unseen) is False
+    key: np.ndarray  # template index -> key (index + 1); the last entry (unseen) is the vocabulary's size + 1
     idle_timeout_s: float
     max_lines: int
 
@@ -95,6 +104,7 @@ class Featurization:
             slot=np.minimum(np.arange(count), COUNT_SLOTS - 1),
             rarity=-np.log10(np.r_[shares, unseen_share]),
             ends=ends,
+            key=np.r_[np.arange(1, count + 1), count + 1].astype(np.int64),
             idle_timeout_s=rule.idle_timeout_s,
             max_lines=rule.max_lines,
         )
@@ -157,8 +167,10 @@ def advance_sessions(
     max_rarity = np.where(continuing, np.maximum(max_rarity, base_rows["max_rarity"]), max_rarity)
     first_s = np.where(continuing, base_rows["first_s"], first_s)
 
+    key = how.key[template]
+    history = _previous_keys(key, session, session_start, continuing, base_rows["recent"])
     sorted_raw = np.column_stack(
-        [counts, lines, unseen_lines, t - first_s, max_rarity, unseen.astype(np.float64), rarity]
+        [counts, lines, unseen_lines, t - first_s, max_rarity, unseen.astype(np.float64), rarity, history, key]
     )
     raw = np.empty_like(sorted_raw)
     raw[order] = sorted_raw
@@ -172,7 +184,24 @@ def advance_sessions(
     after["first_s"] = first_s[last]
     after["last_s"] = t[last]
     after["open"] = ~closes[last] & (lines[last] % how.max_lines != 0)
+    after["recent"] = np.column_stack([history[last, 1:], key[last]]) if n else after["recent"]
     return raw, EntityStates(SESSION_LAYOUT, entities, after)
+
+
+def _previous_keys(
+    key: np.ndarray, session: np.ndarray, session_start: np.ndarray, continuing: np.ndarray, carried: np.ndarray
+) -> np.ndarray:
+    """Each row's previous `HISTORY_KEYS` keys in its session, oldest first: from earlier rows of the batch,
+    then from the state the session continues (its `recent` keys), else 0."""
+    n = len(key)
+    position = np.arange(n) - session_start[session]  # rows of this session earlier in the batch
+    history = np.zeros((n, HISTORY_KEYS), dtype=np.int64)
+    for column, lag in enumerate(range(HISTORY_KEYS, 0, -1)):  # HISTORY_KEYS vectorized passes, not per row
+        in_batch = lag <= position
+        history[in_batch, column] = key[np.flatnonzero(in_batch) - lag]
+        from_state = ~in_batch & continuing
+        history[from_state, column] = carried[from_state, HISTORY_KEYS - (lag - position[from_state])]
+    return history
 
 
 def _within_sessions(values: np.ndarray, session: np.ndarray, session_start: np.ndarray) -> np.ndarray:

@@ -22,6 +22,8 @@ from shared.streams.logs.sessions import (
     COUNT_FEATURES,
     FEATURE_NAMES,
     FEATURE_SPEC,
+    HISTORY_KEYS,
+    KEY_FEATURES,
     SESSION_LAYOUT,
     Featurization,
     SessionRule,
@@ -70,14 +72,18 @@ class LogStream(Stream[LogLine, LogColumns]):
     alert_fields = ("event_id", "session", "source_host", "template", "message")
     default_detectors = (
         # The per-line check: an unseen or very rare template alerts at once, before its session closes.
-        {"name": "new_template", "kind": "feature_extreme",
-         "params": {"columns": [FEATURE_NAMES.index("line_rarity"), FEATURE_NAMES.index("session_unseen")]}},
+        {"name": "new_template", "kind": "feature_extreme", "params": {},
+         "features": ["line_rarity", "session_unseen"]},
         # Count vectors: off the normal sessions' subspace, and far from every normal session.
         {"name": "pca", "kind": "pca", "params": {}},
         {"name": "knn", "kind": "knn", "params": {"n_neighbors": 5, "random_state": 0}},
         # Baseline statistics: each template's count against its spread in normal sessions.
         {"name": "count_deviation", "kind": "robust_zscore", "params": {}},
+        # DeepLog: the session's last keys predict this line's key (an LSTM; the `deep` extra trains it).
+        {"name": "deeplog", "kind": "deeplog", "params": {"history": HISTORY_KEYS, "random_state": 0},
+         "features": list(KEY_FEATURES)},
     )  # fmt: skip
+    categorical_features = KEY_FEATURES
 
     def __init__(self, rule: SessionRule | None = None, vocabulary: TemplateVocabulary | None = None) -> None:
         self.rule = rule or SessionRule()
