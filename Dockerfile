@@ -17,7 +17,12 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first, in their own layer, so that a source change does not reinstall them: the
 # project's own and its `console` extra (`fleetwatch console serve`: FastAPI, uvicorn, PyJWT, argon2,
-# psycopg, cryptography). Every dependency has a wheel for this platform: no compiler is needed, not even here.
+# psycopg, cryptography). Every dependency has a wheel for this platform but annoy (the sensor stream's
+# neighbour index), which PyPI ships as source only: this stage has a C++ compiler for it, the runtime none.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(project['dependencies'] + project['optional-dependencies']['console']))" \
         > /tmp/requirements.txt \

@@ -52,6 +52,8 @@ class BenchSize:
     training_rows: tuple[int, ...] = (100_000, 1_000_000)
     memory_versions: int = 3
     memory_window_s: float = 10.0
+    stream_events: int = 200_000  # per stream of the `streams` scenario
+    stream_train_rows: int = 50_000
 
     @classmethod
     def quick(cls) -> BenchSize:
@@ -69,6 +71,8 @@ class BenchSize:
             rebalance_window_s=2.0,
             training_rows=(2_000, 5_000),
             memory_window_s=1.5,
+            stream_events=5_000,
+            stream_train_rows=3_000,
         )
 
 
@@ -83,6 +87,7 @@ class BenchContext:
     input_topic: str  # preloaded with the whole workload, read by every throughput contender
     ceiling: dict[str, float] = field(default_factory=dict)  # scorer events/s by delivery, once measured
     measure_ceiling: Callable[[BenchContext], float] | None = None
+    stream: str = "transactions"  # the stream the workload is, and the scorer serves
 
     @property
     def log_dir(self) -> Path:

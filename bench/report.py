@@ -90,6 +90,13 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         for step in memory["steps"]:
             rows.append(("memory", f"worker peak RSS after {step['versions_loaded']} version(s) loaded in a row",
                          f"{_figure(step['peak_rss_mib'], 1)} MiB"))  # fmt: skip
+    if streams := scenarios.get("streams"):
+        for name, run in streams["streams"].items():
+            rows.append(("streams", f"{name}: scorer (exactly-once) / passthrough events/s, ratio",
+                         f"{_figure(run['scorer_eos']['events_per_s'])} / {_figure(run['passthrough']['events_per_s'])}"
+                         f", {_figure(run['scorer_over_passthrough'], 3)}"))  # fmt: skip
+        rows.append(("streams", "transactions: scorer (exactly-once) events/s, same run",
+                     _figure(streams["transactions_scorer_eos_events_per_s"])))  # fmt: skip
     return rows
 
 
@@ -204,7 +211,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         _plot_reload(reload, out_dir / "reload_throughput.png")
         lines += ["## Hot reload", "", f"Parameters: `{reload['parameters']}`.", "",
                   "![throughput across a reload](reload_throughput.png)", ""]  # fmt: skip
-    for name in ("scaling", "training", "memory"):
+    for name in ("scaling", "training", "memory", "streams"):
         if name in scenarios:
             lines += [f"## {name.capitalize()}", "", f"Parameters: `{scenarios[name]['parameters']}`.", ""]
     lines += ["Every figure, with its repetitions and spread, is in `results.json`.", ""]

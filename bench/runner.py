@@ -2,7 +2,7 @@
 write `results.json` and `report.md` (with plots) into the output folder.
 
 >>> sorted(SCENARIOS)
-['latency', 'memory', 'reload', 'scaling', 'throughput', 'training']
+['latency', 'memory', 'reload', 'scaling', 'streams', 'throughput', 'training']
 """
 
 from __future__ import annotations
@@ -20,11 +20,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from bench.context import BenchContext, BenchSize
 from bench.environment import bench_stack, machine_description, software_versions
 from bench.latency import run_latency
+from bench.logs_quality import logs_benchmark as logs_benchmark  # `fleetwatch bench logs`
 from bench.memory import run_memory
+from bench.nab_run import nab_command
 from bench.quality import run_quality
 from bench.reload import run_reload
 from bench.report import print_tables, write_report
 from bench.scaling import run_scaling
+from bench.sensor_windows import RESULTS_DIR
+from bench.skab_run import skab_command
+from bench.streams import run_streams
 from bench.throughput import measure_scorer_ceiling, run_throughput
 from bench.training_cost import run_training_cost
 from bench.workload import preload, synthetic_workload
@@ -41,6 +46,7 @@ SCENARIOS: dict[str, Callable[[BenchContext], dict[str, Any]]] = {
     "scaling": run_scaling,
     "training": run_training_cost,
     "memory": run_memory,
+    "streams": run_streams,
 }
 RESULTS_SCHEMA_VERSION = 1
 QUICK_NOTE = (
@@ -60,10 +66,24 @@ def train_default_version(rows: int, seed: int = 11) -> TrainingResult:
     )
 
 
-def quality_table(files: list[Path], seeds: int, published: Path | None, on_dataset: Callable[[str], None]) -> str:
-    """`fleetwatch bench quality`: `bench.quality` with the transactions stream's default detectors as the fleet."""
+def quality_table(
+    files: list[Path], seeds: int, published: Path | None, out_dir: Path | None, on_dataset: Callable[[str], None]
+) -> str:
+    """`fleetwatch bench quality`: `bench.quality` with the transactions stream's default detectors as the fleet;
+    with `out_dir`, the figures also go to `adbench_quality.json` there."""
     fleet = TRANSACTIONS.default_detectors
-    return run_quality(files, seeds=seeds, fleet=fleet, published=published, on_dataset=on_dataset)
+    json_out = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        json_out = out_dir / "adbench_quality.json"
+    return run_quality(files, seeds=seeds, fleet=fleet, published=published, json_out=json_out, on_dataset=on_dataset)
+
+
+def public_sensor_benchmark(name: str, data_dir: Path, out_dir: Path | None, on_file: Callable[[str], None]) -> str:
+    """`fleetwatch bench nab|skab`: the benchmark on a clone of its repository; JSON into `out_dir` (default
+    bench/results), the tables returned for printing."""
+    commands = {"nab": nab_command, "skab": skab_command}
+    return commands[name](data_dir, out_dir or RESULTS_DIR, on_file)
 
 
 def run_bench(scenarios: list[str], quick: bool, out_dir: Path, console: Console) -> dict[str, Any]:

@@ -84,6 +84,7 @@ class ScorerDeployment:
     log_dir: Path
     settings: dict[str, str] = field(default_factory=dict)  # FLEETWATCH_WORKER__* and other overrides
     workers: list[WorkerProcess] = field(default_factory=list)
+    stream: str = "transactions"
 
     def __post_init__(self) -> None:
         self.prefix = self.stack.prefix(self.name)
@@ -108,8 +109,8 @@ class ScorerDeployment:
             "FLEETWATCH_ARTIFACT_STORE": "redis",
             "FLEETWATCH_LOG_FORMAT": "json",
             "FLEETWATCH_WORKER__GROUP_ID": f"bench-{self.stack.run_id}-{self.name}",
-            "FLEETWATCH_WORKER__STREAMS": '["transactions"]',
-            **topic_environment({"input": self.input_topic, **self.topics}),
+            "FLEETWATCH_WORKER__STREAMS": f'["{self.stream}"]',
+            **topic_environment({"input": self.input_topic, **self.topics}, self.stream),
             **self.settings,
         }
 

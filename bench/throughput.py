@@ -60,6 +60,7 @@ def run_scorer(ctx: BenchContext, name: str, delivery: str, profile_to: Path | N
             "FLEETWATCH_WORKER__BATCH_SIZE": str(size.batch_size),
             "FLEETWATCH_WORKER__BATCH_TIMEOUT_S": str(size.batch_timeout_s),
         },
+        stream=ctx.stream,
     )
     deployment.publish(ctx.trained)
     with OutputTail(ctx.stack.kafka, deployment.output_topics) as tail:

@@ -81,6 +81,14 @@ class StreamSettings(BaseModel):
         0.5, ge=0, le=1, description="...or one whose PR AUC is below this share of the best detector's"
     )
     exclude_labelled_anomalies: bool = True
+    test_part: Literal["first", "last"] = Field(
+        "last", description="where the held-out part of the time-ordered history sits (seed 003: the first days)"
+    )
+    alert_rule: Literal["combined", "any_detector"] = Field(
+        "combined",
+        description="combined: the detectors' combined score alerts; any_detector: any alerting detector below its "
+        "active threshold (the methods a person picks with `models thresholds --set` decide the alerts)",
+    )
     sample_rate: float = Field(1.0, gt=0, le=1)
     max_rows: int = Field(1_000_000, gt=0)
     window_hours: float | None = Field(None, gt=0, description="train on the last N hours of the topic")

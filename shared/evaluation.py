@@ -34,6 +34,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from shared.detectors.combination import ScoreCombination
 from shared.detectors.robust_zscore import robust_location_scale
+from shared.thresholds import DetectorThresholds
 
 RATE_METRICS = ("roc_auc", "pr_auc", "precision", "recall", "f1")
 """The metrics in [0, 1] that a comparison reports the change of."""
@@ -167,6 +168,35 @@ def evaluate_fleet(
         shadow=frozenset(shadow),
         combined=combination is not None,
     )
+
+
+def threshold_method_rates(
+    y_true: ArrayLike, scores: NDArray[np.float64], names: Sequence[str], thresholds: Mapping[str, DetectorThresholds]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """For each detector and threshold method, the false-positive rate on the normal rows and the recall on the
+    anomalies if that method were active: what a person reads before picking one (`models thresholds`).
+
+    `scores` holds the detectors' `score_samples` of a labelled set, one column per name.
+
+    >>> from shared.thresholds import compute_thresholds
+    >>> (held_out,) = compute_thresholds(-np.arange(1.0, 101.0)[:, None])
+    >>> scores = np.array([[-1.0], [-50.0], [-99.0], [-200.0]])
+    >>> rates = threshold_method_rates([0, 0, 0, 1], scores, ["d"], {"d": held_out})
+    >>> rates["d"]["quantile"], rates["d"]["min"]
+    ({'fpr': 0.333333, 'recall': 1.0}, {'fpr': 0.666667, 'recall': 1.0})
+    """
+    is_anomaly = _binary_labels(y_true)
+    return {
+        name: {
+            method.value: {
+                "fpr": round(float(np.mean(flagged[~is_anomaly])), 6),
+                "recall": round(float(np.mean(flagged[is_anomaly])), 6),
+            }
+            for method, offset in thresholds[name].offsets.items()
+            for flagged in [scores[:, j] < offset]
+        }
+        for j, name in enumerate(names)
+    }
 
 
 def compare_evaluations(baseline: FleetEvaluation, candidate: FleetEvaluation) -> dict[str, Any]:

@@ -6,12 +6,13 @@ can read them by accident.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from shared.errors import FleetwatchError
@@ -59,18 +60,28 @@ def arrow_table(columns: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(arrays)
 
 
-def read_payloads(path: Path) -> list[bytes]:
-    """Raw event payloads from a file, as a Kafka consumer would see them (one per event)."""
-    check_suffix(path)
+READABLE_SUFFIXES = (*SUPPORTED_SUFFIXES, ".csv")
+"""Event files that can be read: the written kinds, and CSV (a table, like Parquet; a stream says what a row is)."""
+
+
+def read_payloads(path: Path, from_table: Callable[[pa.Table], list[bytes]] | None = None) -> list[bytes]:
+    """Raw event payloads from a file, as a Kafka consumer would see them (one per event).
+
+    A table (Parquet, CSV) becomes payloads through `from_table` (a stream's `table_payloads`; by default one row
+    is one event as it is). CSV columns are typed by pyarrow's inference: ISO 8601 text becomes a timestamp."""
+    if path.suffix not in READABLE_SUFFIXES:
+        raise EventFileError(f"{path}: unsupported file type {path.suffix!r}; use one of {READABLE_SUFFIXES}")
     if path.suffix == ".jsonl":
         return [line for line in path.read_bytes().splitlines() if line.strip()]
-    return table_payloads(pq.read_table(path))
+    table = pacsv.read_csv(path) if path.suffix == ".csv" else pq.read_table(path)
+    return (from_table or table_payloads)(table)
 
 
 def table_payloads(table: pa.Table) -> list[bytes]:
     """Rows of an event table (as Parquet holds them) as the JSON payloads a producer would send.
 
-    A timestamp column becomes RFC 3339 text with milliseconds, whatever its unit (Spark hands over microseconds).
+    A timestamp column becomes RFC 3339 text with milliseconds, whatever its unit (Spark hands over microseconds);
+    one without a time zone is read as UTC.
     """
     if "timestamp" in table.column_names and pa.types.is_timestamp(table.schema.field("timestamp").type):
         epoch_ms = table.column("timestamp").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy()

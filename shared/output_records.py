@@ -40,6 +40,13 @@ class StandoutFeature(msgspec.Struct):
     z: float
 
 
+class Contribution(msgspec.Struct):
+    """A named group of features (a sensor) and its share of the residual, in [0, 1]."""
+
+    name: str
+    share: float
+
+
 class AlertRecord(msgspec.Struct, tag="alert", tag_field="type"):
     stream: str
     model_version: int
@@ -51,6 +58,7 @@ class AlertRecord(msgspec.Struct, tag="alert", tag_field="type"):
     source: Source
     detected_at: str
     event: msgspec.Raw
+    contributions: list[Contribution] = msgspec.field(default_factory=list)  # streams with feature groups
     context: dict[str, Any] = msgspec.field(default_factory=dict)  # the stream's `alert_context`
 
 
@@ -109,6 +117,7 @@ def scored_records(batch: ScoredEvents, topics: OutputTopics) -> list[OutputReco
     offsets = version.offsets.tolist()
     modes = [entry.mode for entry in version.manifest.detectors]
     stamp = now_iso()
+    contributions = _contributions(scored)
     scores = scored.scores.tolist()
     severity = scored.severity().tolist()
     records = []
@@ -134,6 +143,7 @@ def scored_records(batch: ScoredEvents, topics: OutputTopics) -> list[OutputReco
                     source=sources[row],
                     detected_at=stamp,
                     event=msgspec.Raw(payloads[row]),
+                    contributions=contributions[row] if contributions else [],
                     context=batch.context.get(row, {}),
                 )
             )
@@ -151,6 +161,17 @@ def scored_records(batch: ScoredEvents, topics: OutputTopics) -> list[OutputReco
             )
             records.append(OutputRecord(topics.summary, keys[row], value))
     return records
+
+
+def _contributions(scored: ScoredBatch) -> list[list[Contribution]] | None:
+    """Each row's named groups by share of the residual (empty for summaries); None for a stream without groups."""
+    if scored.top_groups is None or scored.top_group_shares is None:
+        return None
+    names = scored.group_names
+    return [
+        [Contribution(names[g], round(share, 4)) for g, share in zip(groups, shares, strict=True) if g >= 0]
+        for groups, shares in zip(scored.top_groups.tolist(), scored.top_group_shares.tolist(), strict=True)
+    ]
 
 
 def dead_letter(error: DecodeError, key: bytes | None, source: Source, stream: str, topic: str) -> OutputRecord:

@@ -11,7 +11,9 @@ knows no stream. A stream supplies:
   returns every event's raw features and the state after it: called once over a whole time-ordered
   history offline (training, batch mode), and per micro-batch online (worker), so the two cannot drift;
 - optionally `learn`: what featurization learns from a training history (log templates), kept inside
-  the signed version;
+  the signed version; `feature_groups`: which named part of the event (a sensor) each feature follows,
+  so alerts can name the parts that contribute most; `table_payloads`: how rows of a tabular file
+  (Parquet, CSV) become its payloads;
 - its default detectors, the event fields an alert report headlines, the dimensions its summaries
   are windowed by, its default topics, and a synthetic generator with ground truth kept apart.
 
@@ -27,9 +29,11 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 import numpy as np
+import pyarrow as pa
 
 from shared.contracts import DecodedBatch, DecodeError
 from shared.entity_state import EntityStates, StateLayout
+from shared.event_files import table_payloads
 
 
 class EventColumns(Protocol):
@@ -73,6 +77,16 @@ class FeatureSpec:
                 f"{self.version} ({len(self.names)} features)"
             )
         return None
+
+
+@dataclass(frozen=True)
+class FeatureGroups:
+    """Which named group (a sensor) each feature column follows; alerts report each group's share of the residual.
+
+    `of_feature[j]` is the index into `names` of feature column j, or -1 for a column of no group."""
+
+    names: tuple[str, ...]
+    of_feature: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -165,6 +179,14 @@ class Stream(ABC, Generic[EventT, ColumnsT]):
         every worker featurizes alike; a stream that learns nothing returns itself."""
         return self
 
+    def feature_groups(self) -> FeatureGroups | None:
+        """The named groups of the feature columns (a sensor stream's sensors), or None: alerts name features only."""
+        return None
+
+    def table_payloads(self, table: pa.Table) -> list[bytes]:
+        """Rows of a tabular event file (Parquet, CSV) as this stream's payloads; by default, one row is one event."""
+        return table_payloads(table)
+
     def alert_context(self, columns: ColumnsT, raw_features: np.ndarray) -> list[dict[str, Any]]:
         """What an alert report says about each of these alerted events beyond the event itself (a log line's
         session and its templates so far); nothing by default."""
@@ -178,10 +200,18 @@ class Stream(ABC, Generic[EventT, ColumnsT]):
     def empty_states(self) -> EntityStates:
         return EntityStates.empty(self.state_layout)
 
-    def offline(self, payloads: Sequence[bytes | None]) -> OfflineBatch[ColumnsT]:
-        """Decode a whole history, order it by event time, featurize it from empty states."""
+    def history(self, payloads: Sequence[bytes | None]) -> tuple[ColumnsT, list[DecodeError]]:
+        """Decode a whole history and order it by event time: what `learn` and `offline` start from."""
         decoded = self.decode(payloads)
         columns = self.columns(decoded.events)
-        columns = columns.take(np.argsort(columns.event_time_s, kind="stable"))
+        return columns.take(np.argsort(columns.event_time_s, kind="stable")), decoded.errors
+
+    def trained_on(self, payloads: Sequence[bytes | None]) -> Stream[EventT, ColumnsT]:
+        """This stream after learning from a history of payloads (`learn` on their time-ordered columns)."""
+        return self.learn(self.history(payloads)[0])
+
+    def offline(self, payloads: Sequence[bytes | None]) -> OfflineBatch[ColumnsT]:
+        """Decode a whole history, order it by event time, featurize it from empty states."""
+        columns, errors = self.history(payloads)
         raw, _ = self.advance(self.empty_states(), columns)
-        return OfflineBatch(columns, raw, decoded.errors)
+        return OfflineBatch(columns, raw, errors)

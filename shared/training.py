@@ -2,7 +2,10 @@
 
 The history is featurized once in time order (so every row's user features see only its past), then
 split by time: the earliest rows train, the next calibrate the thresholds, the latest evaluate when
-labels exist. The scaler is fitted on the training rows only (seed 003's leakage fix).
+labels exist. With `test_part = "first"` the held-out (test) part, calibration then evaluation, is the
+earliest rows instead (seed 003 holds out the first days of a sensor history). The scaler is fitted on
+the training rows only (seed 003's leakage fix). With labels, every threshold method's false-positive
+rate and recall on the evaluation rows are stored beside the thresholds, for the person who picks one.
 
 The calibration scores also fit the fleet's combination (`shared.detectors.combination`): members
 weighed by agreement with the consensus, without labels; with labelled anomalies among the
@@ -16,7 +19,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -27,7 +30,7 @@ from shared.detectors import Detector, build_detector
 from shared.detectors.combination import ScoreCombination, fit_combination
 from shared.detectors.on_features import OnFeatures
 from shared.errors import FleetwatchError
-from shared.evaluation import FleetEvaluation, evaluate_fleet
+from shared.evaluation import FleetEvaluation, evaluate_fleet, threshold_method_rates
 from shared.feature_scaler import FeatureScaler
 from shared.model_version import DeployedVersion, DetectorEntry, Manifest, ModelBundle, TrainingInfo, score_matrix
 from shared.pipeline import EventColumns, Stream
@@ -82,11 +85,22 @@ class Split:
     evaluation: np.ndarray
 
 
-def time_ordered_split(n: int, labelled: bool) -> Split:
-    train_end = int(n * (TRAIN_SHARE if labelled else 0.8))
-    calibration_end = int(n * (TRAIN_SHARE + CALIBRATION_SHARE)) if labelled else n
+def time_ordered_split(n: int, labelled: bool, test_part: Literal["first", "last"] = "last") -> Split:
+    """Train, calibration and evaluation rows by time; the held-out part (calibration, then evaluation) last or first.
+
+    >>> [len(part) for part in time_ordered_split(100, labelled=True, test_part="first").__dict__.values()]
+    [70, 15, 15]
+    >>> time_ordered_split(10, labelled=False, test_part="first").calibration.tolist()
+    [0, 1]
+    """
+    train_size = int(n * (TRAIN_SHARE if labelled else 0.8))
+    calibration_size = int(n * (TRAIN_SHARE + CALIBRATION_SHARE)) - train_size if labelled else n - train_size
     rows = np.arange(n)
-    return Split(rows[:train_end], rows[train_end:calibration_end], rows[calibration_end:])
+    if test_part == "first":
+        train, held_out = rows[n - train_size :], rows[: n - train_size]
+    else:
+        train, held_out = rows[:train_size], rows[train_size:]
+    return Split(train, held_out[:calibration_size], held_out[calibration_size:])
 
 
 def _fit_one(config_name: str, detector: Detector, rows: np.ndarray) -> tuple[str, Detector, float]:
@@ -154,7 +168,7 @@ def _evaluate(
     thresholds: dict[str, DetectorThresholds],
     labels: np.ndarray,
     shadow: set[str],
-    combination: ScoreCombination,
+    combination: ScoreCombination | None,
 ) -> FleetEvaluation:
     return evaluate_fleet(
         labels,
@@ -225,7 +239,7 @@ def train_round(
     else:
         raw = data.raw_features
     labelled = data.is_anomaly is not None
-    split = time_ordered_split(len(raw), labelled)
+    split = time_ordered_split(len(raw), labelled, settings.test_part)
     train_rows, calibration_rows = split.train, split.calibration
     if labelled and settings.exclude_labelled_anomalies:
         assert data.is_anomaly is not None
@@ -242,6 +256,7 @@ def train_round(
     config = _threshold_config(settings)
 
     evaluation: FleetEvaluation | None = None
+    method_rates: dict[str, Any] = {}
     combination = fit_combination(calibration_scores, names, config.fleet_fpr_budget)
     shadow = {name for name in names if combination.weights[name] == 0.0}
     thresholds = _thresholds_with_shadows(calibration_scores, names, shadow, config)
@@ -263,7 +278,9 @@ def train_round(
                 )
             shadow = {name for name in names if combination.weights[name] == 0.0}
             thresholds = _thresholds_with_shadows(calibration_scores, names, shadow, config)
-            evaluation = _evaluate(evaluation_scores, names, thresholds, labels, shadow, combination)
+            rule = combination if settings.alert_rule == "combined" else None
+            evaluation = _evaluate(evaluation_scores, names, thresholds, labels, shadow, rule)
+            method_rates = threshold_method_rates(labels, evaluation_scores, names, thresholds)
 
     entries = [
         DetectorEntry(
@@ -293,8 +310,8 @@ def train_round(
             rows_evaluation=len(split.evaluation) if evaluation else 0,
             seconds=round(time.perf_counter() - started, 3),
         ),
-        evaluation=evaluation.to_dict() if evaluation else None,
-        combination=combination.to_dict(),
+        evaluation=evaluation.to_dict() | {"threshold_methods": method_rates} if evaluation else None,
+        combination=combination.to_dict() if settings.alert_rule == "combined" else None,
     )
     return TrainingResult(
         ModelBundle(stream, scaler, detectors), draft, evaluation, raw, split.evaluation, data.columns

@@ -66,7 +66,7 @@ def training_data_from_payloads(
 def from_files(
     stream: Stream[Any, Any], paths: Sequence[Path], labels_path: Path | None, sample_rate: float, max_rows: int
 ) -> TrainingData:
-    payloads = [payload for path in paths for payload in read_payloads(path)]
+    payloads = [payload for path in paths for payload in read_payloads(path, stream.table_payloads)]
     labels = read_labels(labels_path) if labels_path else None
     source = ", ".join(str(path) for path in paths)
     return training_data_from_payloads(stream, payloads, f"file:{source}", sample_rate, max_rows, labels)

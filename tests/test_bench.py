@@ -22,6 +22,7 @@ from bench.report import summary_rows
 from shared.kafka_client import KafkaConnection
 from shared.local_infra.kafka_broker import KafkaBroker
 from shared.local_infra.redis_server import RedisServer
+from shared.streams.catalog import CATALOG
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 THROUGHPUT_CONTENDERS = {"passthrough", "scorer_eos", "scorer_at_least_once", "per_record", "quixstreams", "faust"}
@@ -86,7 +87,7 @@ def test_quick_bench_scores_and_counts_outputs_in_every_scenario(
 
     assert {"cpu_model", "cores", "memory_gib"} <= set(results["machine"])
     assert {"python", "librdkafka", "kafka_broker"} <= set(results["versions"])
-    assert set(results["scenarios"]) == {"throughput", "latency", "reload", "scaling", "training", "memory"}
+    assert set(results["scenarios"]) == {"throughput", "latency", "reload", "scaling", "training", "memory", "streams"}
 
     throughput = results["scenarios"]["throughput"]
     assert set(throughput["events_per_s"]) == THROUGHPUT_CONTENDERS and set(throughput["ratios"]) == RATIOS
@@ -107,6 +108,10 @@ def test_quick_bench_scores_and_counts_outputs_in_every_scenario(
     assert scaling["rebalance"]["kill"]["outputs_visible_again_s"] is not None
     assert all("total" in run for run in results["scenarios"]["training"]["runs"])
     assert all(step["peak_rss_mib"] > 0 for step in results["scenarios"]["memory"]["steps"])
+    streams = results["scenarios"]["streams"]
+    assert set(streams["streams"]) == set(CATALOG) - {"transactions"}
+    for name, run in streams["streams"].items():  # every event of every other stream scored once, and timed
+        assert run["scorer_eos"]["visible_outputs"] == [run["events"]] and run["scorer_over_passthrough"], name
 
     report = (out / "report.md").read_text()
     assert "latency_cdf.png" in report and (out / "latency_cdf.png").stat().st_size > 0

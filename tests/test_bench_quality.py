@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.quality import COMBINATION_COLUMN, FLEET_COLUMN, read_published, run_quality
+from bench.quality import COMBINATION_COLUMN, FLEET_COLUMN, _subsample, read_published, run_quality
 from shared.errors import FleetwatchError
 
 KINDS = ("ecod", "knn", "pca", "robust_zscore")
@@ -46,6 +47,22 @@ def test_quality_table_has_every_kind_the_fleet_and_the_combination_next_to_the_
     # PCA finds no subspace in an isotropic blob; the consensus keeps it from dragging the combination down.
     assert roc[COMBINATION_COLUMN] >= max(roc[kind] for kind in KINDS) - 0.01
     assert mean.startswith("| **mean** |")
+
+
+def test_a_file_over_max_rows_is_subsampled_per_seed_as_adbench_does():
+    X, y = np.arange(1000.0).reshape(500, 2), np.r_[np.zeros(480), np.ones(20)]
+    first, second = _subsample(X, y, 300, seed=0), _subsample(X, y, 300, seed=1)
+    assert first[0].shape == (300, 2) and len(np.unique(first[0][:, 0])) == 300  # without replacement
+    assert not np.array_equal(first[0], second[0])
+    assert _subsample(X, y, 500, seed=0)[0] is X and _subsample(X, y, None, seed=0)[0] is X
+
+
+def test_the_figures_and_wall_time_go_to_json_when_asked(tmp_path):
+    data = write_adbench_npz(tmp_path / "blob.npz")
+    table = run_quality([data], seeds=1, kinds=("ecod",), max_rows=300, json_out=tmp_path / "q.json")
+    written = json.loads((tmp_path / "q.json").read_text())
+    assert written["protocol"]["max_rows"] == 300 and written["datasets"][0]["seconds"] > 0
+    assert f"{written['mean']['ecod']['roc']:.3f}" in table.splitlines()[-1]
 
 
 def test_a_file_without_x_and_y_is_refused_with_its_name(tmp_path):

@@ -13,17 +13,21 @@ from threadpoolctl import threadpool_limits
 
 from shared.detectors import (
     DETECTOR_KINDS,
+    AAKRDetector,
+    AnnoyDetector,
     AutoencoderDetector,
     COPODDetector,
     Detector,
     ECODDetector,
     FeatureExtremeDetector,
+    ICADetector,
     IsolationForestDetector,
     KNNDetector,
     LOFDetector,
     OneClassSVMDetector,
     PCADetector,
     RobustZScoreDetector,
+    VAEDetector,
     build_detector,
 )
 
@@ -42,6 +46,10 @@ SMALL_DETECTORS: list[Detector] = [
     LOFDetector(),
     PCADetector(),
     FeatureExtremeDetector(),
+    AnnoyDetector(n_trees=5),
+    ICADetector(),
+    AAKRDetector(),
+    VAEDetector(epochs=3, hidden_units=8),
 ]
 
 
@@ -75,6 +83,10 @@ def fitted_detectors() -> dict[str, Detector]:
         "lof": LOFDetector(),
         "pca": PCADetector(n_components=2),
         "feature_extreme": FeatureExtremeDetector(),
+        "annoy": AnnoyDetector(random_state=0),
+        "ica": ICADetector(n_components=2, random_state=0),
+        "aakr": AAKRDetector(random_state=0),
+        "vae": VAEDetector(latent_dim=2, random_state=0),
     }
     return {name: detector.fit(train) for name, detector in detectors.items()}
 

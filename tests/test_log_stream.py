@@ -93,7 +93,7 @@ def test_session_key_is_the_producers_id_else_the_pattern_else_the_hosts_window(
 
 def test_a_learned_stream_survives_pickling_and_featurizes_alike() -> None:
     generated = LOGS.synthetic(events=2_000, entities=5, anomaly_rate=0.05, seed=4)
-    learned = LOGS.learn(LOGS.offline(generated.payloads).columns)
+    learned = LOGS.trained_on(generated.payloads)
     copy = pickle.loads(pickle.dumps(learned))
     assert copy.fingerprint == learned.fingerprint and copy.vocabulary.templates == learned.vocabulary.templates
     np.testing.assert_array_equal(
@@ -103,7 +103,7 @@ def test_a_learned_stream_survives_pickling_and_featurizes_alike() -> None:
 
 def test_states_carried_between_batches_equal_one_pass() -> None:
     generated = LOGS.synthetic(events=3_000, entities=10, anomaly_rate=0.05, seed=8)
-    learned = LOGS.learn(LOGS.offline(generated.payloads).columns)
+    learned = LOGS.trained_on(generated.payloads)
     whole = learned.offline(generated.payloads)
     states, parts = learned.empty_states(), []
     for rows in np.array_split(np.arange(len(whole.columns)), 7):

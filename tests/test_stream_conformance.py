@@ -83,8 +83,12 @@ def test_decoding_never_raises_and_accounts_for_every_record(stream: Stream[Any,
 
 
 def learned_offline(stream: Stream[Any, Any], payloads: list[bytes]) -> tuple[Stream[Any, Any], OfflineBatch[Any]]:
-    """The stream as training leaves it (what it learns from this history), and the history featurized by it."""
-    learned = stream.learn(stream.offline(payloads).columns)
+    """The stream as training leaves it (what it learns from this history), and the history featurized by it.
+
+    It learns from the decoded history in time order, as a training round does: a stream may featurize only
+    once it learned (the sensor stream needs its sensors' names)."""
+    columns = stream.columns(stream.decode(payloads).events)
+    learned = stream.learn(columns.take(np.argsort(columns.event_time_s, kind="stable")))
     return learned, learned.offline(payloads)
 
 

@@ -35,7 +35,7 @@ def score_file(
     version: DeployedVersion, input_path: Path, out_dir: Path, alert_rate_criterion: float, top_n: int = 20
 ) -> BatchReport:
     stream = version.stream
-    payloads = read_payloads(input_path)
+    payloads = read_payloads(input_path, stream.table_payloads)
     offline = stream.offline(payloads)
     if not len(offline.columns):
         raise FleetwatchError(f"{input_path}: no valid events ({len(offline.errors)} malformed)")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import re
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -236,7 +239,7 @@ def _version_or_deployed(registry: ModelRegistry, stream: str, version: int | No
 @app.command()
 def train(
     files: Annotated[
-        list[Path] | None, typer.Argument(help="Event files (.jsonl/.parquet); default: the stream's input topic.")
+        list[Path] | None, typer.Argument(help="Event files (.jsonl/.parquet/.csv); default: the stream's input topic.")
     ] = None,
     stream: StreamOption = "transactions",
     labels: Annotated[Path | None, typer.Option(help="Ground truth for evaluation and the quality gate.")] = None,
@@ -339,17 +342,15 @@ def worker(
 
 @app.command()
 def score(
-    input_file: Annotated[Path, typer.Argument(help="Events to score (.jsonl or .parquet).")],
+    input_file: Annotated[Path, typer.Argument(help="Events to score (.jsonl, .parquet or .csv).")],
     out: Annotated[Path, typer.Option(help="Folder for scored.parquet and report.md.")] = Path("scored"),
     version: Annotated[int | None, typer.Option(help="Model version (default: the deployed one).")] = None,
     stream: StreamOption = "transactions",
     top: Annotated[int, typer.Option(min=1, help="How many anomalies the report lists.")] = 20,
 ) -> None:
     """Batch mode: score a file with a model version, without Kafka; Parquet out plus a markdown report."""
-    from shared.event_files import check_suffix
     from workers.batch_scoring import score_file
 
-    check_suffix(input_file)
     if not input_file.exists():
         raise FleetwatchError(f"{input_file}: no such file")
     settings = _settings()
@@ -472,6 +473,197 @@ def spark_train(
         settings = settings.model_copy(update={"streams": {**settings.streams, stream: tuned}})
     source = TrainingSource(files=[str(f) for f in files], labels=str(labels) if labels else None, spark=job)
     _train_and_show(settings, stream, source, deploy=not no_deploy)
+
+
+logs_app = typer.Typer(
+    help="Seed 002's log workflow on raw log files: train, infer, validate, compare (the logs stream's versions).",
+    no_args_is_help=True,
+)
+app.add_typer(logs_app, name="logs")
+
+FormatOption = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="auto (detected per file), a preset (hdfs, bgl, syslog/linux, openssh, apache, plain) or a format "
+        "string such as '<Date> <Time> <Pid> <Level> <Component>: <Content>'.",
+    ),
+]
+MaxDepthOption = Annotated[int, typer.Option(min=0, help="Folder levels scanned below a target folder.")]
+MaxFilesOption = Annotated[int, typer.Option(min=1, help="Most files read per target (in path order).")]
+LogVersionArgument = Annotated[str, typer.Argument(help="A logs version number, or `deployed`.")]
+
+
+def _log_version(registry: ModelRegistry, version: str) -> int:
+    if version == "deployed":
+        return _version_or_deployed(registry, "logs", None)
+    if not version.isdigit():
+        raise FleetwatchError(f"version must be a number or `deployed`, not {version!r}")
+    return int(version)
+
+
+@contextlib.contextmanager
+def _log_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A bar while files are parsed, a spinner with the stage's name after."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TimeElapsedColumn
+
+    progress = Progress(
+        SpinnerColumn(), "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console,
+    )  # fmt: skip
+    with progress:
+        task = progress.add_task("starting", total=None)
+
+        def update(what: str, done: int, total: int) -> None:
+            progress.update(task, description=what, completed=done, total=total or None)
+
+        yield update
+
+
+@logs_app.command("train")
+def logs_train(
+    target: Annotated[Path, typer.Argument(help="A folder of log files (scanned recursively) or one file.")],
+    log_format: FormatOption = "auto",
+    max_depth: MaxDepthOption = 3,
+    max_files: MaxFilesOption = 50,
+    session_pattern: Annotated[
+        str, typer.Option(help="Regex whose first match in a line is its session key; '' groups by host windows.")
+    ] = r"blk_-?\d+",
+    window: Annotated[float, typer.Option(min=1, help="Seconds per host window (lines without a session key).")] = 300,
+    idle_timeout: Annotated[float, typer.Option(min=1, help="A session closes after this many idle seconds.")] = 1800,
+    max_lines: Annotated[int, typer.Option(min=1, help="A session closes after this many lines.")] = 10_000,
+    end_template: Annotated[
+        list[str] | None, typer.Option(help="A template (as mined, e.g. 'Deleting block <BLK> file <*>') that closes.")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="CSV of session,label (Anomaly/Normal or 1/0) for evaluation and the gate.")
+    ] = None,
+    incremental: Annotated[
+        bool, typer.Option("--incremental", help="Extend a version's templates (--from, default the deployed one).")
+    ] = False,
+    parent: Annotated[int | None, typer.Option("--from", help="The version --incremental extends.")] = None,
+    no_deploy: Annotated[bool, typer.Option("--no-deploy", help="Publish without moving the pointer.")] = False,
+) -> None:
+    """Parse, mine templates, train every log detector, publish a version (files, lines, sessions, templates)."""
+    from shared.streams.logs.sessions import SessionRule
+    from workers.log_workflow import LogTrainingRequest, ScanOptions, train_logs
+
+    if parent is not None and not incremental:
+        raise FleetwatchError("--from names the version --incremental extends; add --incremental")
+    rule_flags = (session_pattern != r"blk_-?\d+", window != 300, idle_timeout != 1800, max_lines != 10_000,
+                  bool(end_template))  # fmt: skip
+    if incremental and any(rule_flags):
+        raise FleetwatchError("--incremental keeps the parent's session rule; leave the session options out")
+    try:
+        rule = SessionRule(session_pattern or None, window, idle_timeout, max_lines, tuple(end_template or ()))
+        re.compile(session_pattern)
+    except re.error as exc:
+        raise FleetwatchError(f"--session-pattern is not a regular expression: {exc}") from exc
+    if not target.exists():
+        raise FleetwatchError(f"{target}: no such file or folder")
+    scan = ScanOptions(log_format, max_depth, max_files)
+    scan.log_format()  # a bad format fails before any file is read
+    if labels is not None and not labels.exists():
+        raise FleetwatchError(f"{labels}: no such file")
+    settings = _settings()
+    request = LogTrainingRequest(target, scan, rule, labels, parent, incremental, deploy=not no_deploy)
+    with _log_progress() as progress:
+        outcome = train_logs(settings, _registry(settings), request, progress)
+    if outcome.evaluation is not None:
+        console.print(outcome.evaluation.to_markdown(), markup=False)
+    facts = outcome.facts
+    console.print(
+        f"logs v{outcome.manifest.version}: {len(facts['files']):,} files, {facts['lines']:,} lines "
+        f"({facts['unmatched_lines']:,} unmatched), {facts['sessions']:,} sessions, {facts['templates']:,} templates, "
+        f"{facts['start']} to {facts['end']}; {outcome.manifest.training.rows_train:,} training rows, "
+        f"{facts['seconds']}s; {'deployed' if outcome.deployed else 'not deployed'} ({outcome.gate.reason})"
+        + (f"; extends v{facts['incremental_from']}" if "incremental_from" in facts else ""),
+        markup=False,
+    )
+
+
+@logs_app.command("infer")
+def logs_infer(
+    version: LogVersionArgument,
+    targets: Annotated[list[Path], typer.Argument(help="Log files or folders; each gets its own output folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for the outputs (one subfolder per target).")] = Path("log-report"),
+    log_format: FormatOption = "auto",
+    max_depth: MaxDepthOption = 3,
+    max_files: MaxFilesOption = 50,
+    top: Annotated[int, typer.Option(min=1, help="How many anomalous sessions the report lists.")] = 20,
+) -> None:
+    """Score log files with a version: parsed.parquet, a result Parquet per detector, hourly analysis, report.md."""
+    from workers.log_workflow import ScanOptions, infer_logs
+
+    scan = ScanOptions(log_format, max_depth, max_files)
+    scan.log_format()
+    for target in targets:
+        if not target.exists():
+            raise FleetwatchError(f"{target}: no such file or folder")
+    registry = _registry(_settings())
+    loaded = registry.load("logs", _log_version(registry, version))
+    with _log_progress() as progress:
+        results = infer_logs(loaded, targets, out, scan, top, progress)
+    for result in results:
+        console.print(
+            f"{result.target}: {result.lines:,} lines, {result.sessions:,} sessions, {result.anomalous_sessions:,} "
+            f"anomalous, {result.unseen_lines:,} lines of unseen templates; report: {result.report}",
+            markup=False,
+        )
+
+
+@logs_app.command("validate")
+def logs_validate(
+    version: LogVersionArgument,
+    target: Annotated[Path, typer.Argument(help="Labelled log files (a file or folder).")],
+    labels: Annotated[
+        Path | None, typer.Option(help="CSV of session,label (Anomaly/Normal or 1/0); without: the logs are normal.")
+    ] = None,
+    log_format: FormatOption = "auto",
+    max_depth: MaxDepthOption = 3,
+    max_files: MaxFilesOption = 50,
+) -> None:
+    """Session-level precision/recall/F1 per detector and for the fleet, and a quality score out of 100."""
+    from workers.log_workflow import ScanOptions, read_corpus, read_session_labels, score_logs, validate_logs
+
+    scan = ScanOptions(log_format, max_depth, max_files)
+    scan.log_format()
+    session_labels = read_session_labels(labels) if labels is not None else None
+    registry = _registry(_settings())
+    loaded = registry.load("logs", _log_version(registry, version))
+    with _log_progress() as progress:
+        scored = score_logs(loaded, read_corpus(target, scan, progress))
+    console.print(validate_logs(loaded, scored, session_labels).markdown(), markup=False)
+
+
+@logs_app.command("compare")
+def logs_compare(
+    a: Annotated[int, typer.Argument(help="Baseline version.")],
+    b: Annotated[int, typer.Argument(help="Candidate version.")],
+    target: Annotated[Path, typer.Argument(help="Labelled log files (a file or folder).")],
+    labels: Annotated[Path, typer.Option(help="CSV of session,label (Anomaly/Normal or 1/0).")],
+    log_format: FormatOption = "auto",
+    max_depth: MaxDepthOption = 3,
+    max_files: MaxFilesOption = 50,
+) -> None:
+    """Both versions on the same labelled logs, at session level: each metric A → B and the quality scores."""
+    from shared.evaluation import render_comparison
+    from workers.log_workflow import ScanOptions, read_corpus, read_session_labels, score_logs, validate_logs
+
+    scan = ScanOptions(log_format, max_depth, max_files)
+    scan.log_format()
+    session_labels = read_session_labels(labels)
+    registry = _registry(_settings())
+    versions = [registry.load("logs", v) for v in (a, b)]
+    with _log_progress() as progress:
+        corpus = read_corpus(target, scan, progress)
+        first, second = (validate_logs(v, score_logs(v, corpus), session_labels) for v in versions)
+    assert first.evaluation is not None and second.evaluation is not None
+    console.print(
+        render_comparison(first.evaluation, second.evaluation, baseline_label=f"v{a}", candidate_label=f"v{b}")
+        + f"\nQuality score: v{a} {first.score:.1f}, v{b} {second.score:.1f} (out of 100).",
+        markup=False,
+    )
 
 
 @app.command()
@@ -611,16 +803,31 @@ def models_thresholds(
         )
         number = derived.version
     manifest = registry.manifest(stream, number)
-    table = Table(title=f"{stream} v{number} thresholds (offset on score_samples; active marked *)")
+    rates = (manifest.evaluation or {}).get("threshold_methods", {})
+    rule = "combined score" if manifest.combination else "any alerting detector below its active threshold"
+    table = Table(
+        title=f"{stream} v{number} thresholds (offset on score_samples; active marked *)"
+        + ("; under each: false-positive rate / recall on the labelled test part" if rates else ""),
+        caption=f"alerts by: {rule}",
+    )
     table.add_column("detector")
     table.add_column("mode")
     for method in ThresholdMethod:
         table.add_column(method.value, justify="right")
     for entry in manifest.detectors:
         offsets = DetectorThresholds.from_dict(entry.thresholds).offsets
-        cells = [f"{offsets[m]:.4g}{'*' if m.value == entry.active_method else ''}" for m in ThresholdMethod]
+        cells = [
+            f"{offsets[m]:.4g}{'*' if m.value == entry.active_method else ''}" + _method_rates(rates, entry.name, m)
+            for m in ThresholdMethod
+        ]
         table.add_row(entry.name, entry.mode, *cells)
     console.print(table)
+
+
+def _method_rates(rates: dict[str, dict[str, dict[str, float]]], detector: str, method: str) -> str:
+    """A second line under a threshold: its FPR and recall on the version's labelled test part, if measured."""
+    measured = rates.get(detector, {}).get(method)
+    return f"\n{measured['fpr']:.3f} / {measured['recall']:.2f}" if measured else ""
 
 
 @models_app.command("compare")
@@ -664,7 +871,9 @@ def bench(
         list[str] | None,
         typer.Argument(
             help="Scenarios to run: throughput, latency, reload, scaling, training, memory (default: all); "
-            "or `quality FILES...`: detection quality on ADBench .npz files (no Kafka, no Redis)."
+            "or `quality FILES...`: detection quality on ADBench .npz files (no Kafka, no Redis); "
+            "or `nab --nab-dir DIR` / `skab --skab-dir DIR`: the public sensor benchmarks (no Kafka, no Redis); "
+            "or `logs [DATA_DIR]`: templates on loghub and HDFS sessions on DeepLog's files (default .cache/data)."
         ),
     ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Every scenario at a small size (minutes).")] = False,
@@ -672,8 +881,14 @@ def bench(
     published: Annotated[
         Path | None, typer.Option(help="quality: CSV of name,published_best to print beside the figures.")
     ] = None,
+    nab_dir: Annotated[Path | None, typer.Option(help="nab: a clone of github.com/numenta/NAB.")] = None,
+    skab_dir: Annotated[Path | None, typer.Option(help="skab: a clone of github.com/waico/SKAB.")] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Folder for results.json, report.md, plots, logs (default .fleetwatch/bench).")
+        Path | None,
+        typer.Option(
+            help="Folder for results.json, report.md, plots, logs (default .fleetwatch/bench; "
+            "nab.json / skab.json: bench/results; quality: adbench_quality.json, only when given)."
+        ),
     ] = None,
 ) -> None:
     """The benchmark suite on its own Kafka and Redis (or those FLEETWATCH_KAFKA_BOOTSTRAP/REDIS_URL name)."""
@@ -681,16 +896,30 @@ def bench(
     if missing:
         sys.stderr.write(f"fleetwatch bench: error: {', '.join(missing)} not installed; {BENCH_INSTALL}\n")
         raise typer.Exit(2)
-    from bench.runner import quality_table, run_bench
+    from bench.runner import logs_benchmark, public_sensor_benchmark, quality_table, run_bench
 
     if scenarios and scenarios[0] == "quality":
         table = quality_table(
             [Path(name) for name in scenarios[1:]],
             seeds=seeds,
             published=published,
+            out_dir=out,
             on_dataset=lambda name: console.print(f"measuring {name}", style="dim"),
         )
         sys.stdout.write(table + "\n")
+        return
+    if scenarios and scenarios[0] == "logs":
+        logs_data = Path(scenarios[1]) if len(scenarios) > 1 else Path(".cache/data")
+        sys.stdout.write(logs_benchmark(logs_data, out, lambda stage: console.print(stage, style="dim")) + "\n")
+        return
+    if scenarios and scenarios[0] in ("nab", "skab"):
+        data_dir = nab_dir if scenarios[0] == "nab" else skab_dir
+        if data_dir is None:
+            raise FleetwatchError(f"bench {scenarios[0]} needs --{scenarios[0]}-dir (a clone of its repository)")
+        tables = public_sensor_benchmark(
+            scenarios[0], data_dir, out, lambda name: console.print(f"scoring {name}", style="dim")
+        )
+        sys.stdout.write(tables + "\n")
         return
     from shared.config import dev_dir
     from shared.local_infra.processes import interrupt_on_sigterm

@@ -14,7 +14,7 @@ from shared.model_version import DeployedVersion
 
 def evaluate_version_on_file(version: DeployedVersion, events_path: Path, labels_path: Path) -> FleetEvaluation:
     """Features over the file's whole history (time order), scored by the version, against the labels."""
-    offline = version.stream.offline(read_payloads(events_path))
+    offline = version.stream.offline(read_payloads(events_path, version.stream.table_payloads))
     labels = read_labels(labels_path)
     event_ids = offline.columns.event_id.tolist()
     if not event_ids or any(event_id not in labels for event_id in event_ids):

@@ -5,8 +5,8 @@ RobustZScoreDetector(contamination=0.05)
 >>> build_detector("knn", {"n_neighbors": 10})
 KNNDetector(n_neighbors=10)
 >>> sorted(DETECTOR_KINDS)  # doctest: +NORMALIZE_WHITESPACE
-['autoencoder', 'copod', 'deeplog', 'ecod', 'feature_extreme', 'isolation_forest', 'knn', 'lof', 'ocsvm',
- 'pca', 'robust_zscore']
+['aakr', 'annoy', 'autoencoder', 'copod', 'deeplog', 'ecod', 'feature_extreme', 'ica', 'isolation_forest', 'knn',
+ 'lof', 'ocsvm', 'pca', 'robust_zscore', 'vae']
 >>> build_detector("hbos", {})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
@@ -18,29 +18,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from shared.detectors.aakr import AAKRDetector
+from shared.detectors.annoy_neighbours import AnnoyDetector
 from shared.detectors.autoencoder import AutoencoderDetector
-from shared.detectors.base import Detector
+from shared.detectors.base import Detector, ExplainsResidual
 from shared.detectors.deeplog import DeepLogDetector
 from shared.detectors.empirical_cdf import COPODDetector, ECODDetector
 from shared.detectors.feature_extreme import FeatureExtremeDetector
+from shared.detectors.ica import ICADetector
 from shared.detectors.isolation_forest import IsolationForestDetector
 from shared.detectors.neighbours import KNNDetector, LOFDetector
 from shared.detectors.ocsvm import OneClassSVMDetector
 from shared.detectors.pca import PCADetector
 from shared.detectors.robust_zscore import RobustZScoreDetector
+from shared.detectors.vae import VAEDetector
 
 DETECTOR_KINDS: Mapping[str, type[Detector]] = {
+    "aakr": AAKRDetector,
+    "annoy": AnnoyDetector,
     "autoencoder": AutoencoderDetector,
     "copod": COPODDetector,
     "deeplog": DeepLogDetector,  # trains with the `deep` extra; scores with numpy only
     "ecod": ECODDetector,
     "feature_extreme": FeatureExtremeDetector,
+    "ica": ICADetector,
     "isolation_forest": IsolationForestDetector,
     "knn": KNNDetector,
     "lof": LOFDetector,
     "ocsvm": OneClassSVMDetector,
     "pca": PCADetector,
     "robust_zscore": RobustZScoreDetector,
+    "vae": VAEDetector,  # trains with the optional `deep` extra (Keras 3 on JAX); scores with numpy only
 }
 
 
@@ -67,15 +75,20 @@ def build_detector(kind: str, params: Mapping[str, Any]) -> Detector:
 
 __all__ = [
     "DETECTOR_KINDS",
+    "AAKRDetector",
+    "AnnoyDetector",
     "AutoencoderDetector",
     "COPODDetector",
     "Detector",
     "ECODDetector",
+    "ExplainsResidual",
+    "ICADetector",
     "IsolationForestDetector",
     "KNNDetector",
     "LOFDetector",
     "OneClassSVMDetector",
     "PCADetector",
     "RobustZScoreDetector",
+    "VAEDetector",
     "build_detector",
 ]

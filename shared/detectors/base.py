@@ -5,6 +5,10 @@
 `fit` places `offset_` so that a `contamination` fraction of the training rows falls below it; the
 trainer later moves it to a threshold computed on held-out normal data (`shared.thresholds`) with
 `set_offset`, which needs no refit.
+
+A detector whose residual is a sum over features (a reconstruction error, a distance to a neighbour) may
+also keep `ExplainsResidual`: each feature's share of a row's residual, which alert reports aggregate
+(a sensor stream names the sensors behind an alert).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from numbers import Real
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -80,3 +84,12 @@ class Detector(OutlierMixin, BaseEstimator, ABC):
     @abstractmethod
     def _score(self, X: Matrix) -> Vector:
         """`score_samples` of validated rows, vectorised over the batch."""
+
+
+@runtime_checkable
+class ExplainsResidual(Protocol):
+    """A detector that can split each row's residual (`-score_samples`, up to a constant) over its features."""
+
+    def feature_contributions(self, X: ArrayLike) -> Matrix:
+        """(n_rows, n_features_in_) non-negative parts of each row's residual; a feature it does not read gets 0."""
+        ...

@@ -18,6 +18,7 @@ from shared.local_infra.kafka_broker import KafkaBroker
 from shared.local_infra.processes import pid_is_alive, port_is_open, stop_process
 from shared.local_infra.readiness import prove_kafka_round_trip, prove_redis_ping
 from shared.local_infra.redis_server import RedisServer
+from shared.streams.catalog import CATALOG
 
 STATE_FILE_NAME = "stack.json"
 
@@ -104,7 +105,10 @@ def up(settings: FleetwatchSettings) -> StackStatus:
     connection = KafkaConnection(stack.kafka_bootstrap, settings.kafka_properties)
     prove_redis_ping(stack.redis_url)
     prove_kafka_round_trip(connection)
-    ensure_topics(connection, settings.all_topics(), partitions=settings.dev.partitions)
+    # Every catalog stream's default topics too, so any stream can be served locally without creating topics by hand.
+    defaults = [topic for stream in CATALOG.values() for topic in (stream.topics.input, stream.topics.summary)]
+    topics = list(dict.fromkeys([*settings.all_topics(), *defaults]))
+    ensure_topics(connection, topics, partitions=settings.dev.partitions)
     return stack
 
 

@@ -20,11 +20,13 @@ from typing import Any
 from shared.errors import FleetwatchError
 from shared.pipeline import Stream
 from shared.streams.logs.stream import LOGS
+from shared.streams.metrics.stream import METRICS
 from shared.streams.transactions.stream import TRANSACTIONS
 
 CATALOG: dict[str, Stream[Any, Any]] = {
     TRANSACTIONS.name: TRANSACTIONS,
     LOGS.name: LOGS,
+    METRICS.name: METRICS,
 }
 
 

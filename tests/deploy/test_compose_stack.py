@@ -13,8 +13,8 @@ import pytest
 from .conftest import ALERT_RULES, COMPOSE_FILE, DASHBOARD, PROMETHEUS_CONFIG, REPO, Tool, settings_as_deployed
 
 FLEETWATCH_ROLES = ("trainer", "worker", "summarizer")
-TOPICS = ("events.transactions", "events.logs", "alerts", "summary.transactions", "summary.logs", "deadletter",
-          "reports.summary", "interventions", "audit")  # fmt: skip
+TOPICS = ("events.transactions", "events.logs", "events.metrics", "alerts", "summary.transactions", "summary.logs",
+          "summary.metrics", "deadletter", "reports.summary", "interventions", "audit")  # fmt: skip
 # An exact version tag: digits and dots, optionally a variant (apache/kafka:4.1.1, python:3.11.14-slim-bookworm).
 PINNED_TAG = re.compile(r"^[\w./-]+:v?\d+\.\d+\.\d+(-[\w.-]+)?$")
 CONSOLE_PORT = 8443

@@ -20,6 +20,7 @@ one template. Drain3 keeps no locks: matching goes through one lock per vocabula
 from __future__ import annotations
 
 import hashlib
+import pickle
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -82,6 +83,14 @@ class TemplateVocabulary:
         for message in messages:  # mining is sequential by nature: each line may reshape the tree
             miner.add_log_message(message)
         return cls._of_miner(masking, miner)
+
+    def extended(self, messages: Sequence[str]) -> TemplateVocabulary:
+        """A new vocabulary: this one's Drain3 tree (templates and their line counts) mining more lines, for
+        incremental training; this vocabulary is left as it is."""
+        copy: TemplateVocabulary = pickle.loads(pickle.dumps(self))
+        for message in messages:  # sequential, as in `mine`
+            copy._miner.add_log_message(message)
+        return TemplateVocabulary._of_miner(copy.masking, copy._miner)
 
     @classmethod
     def empty(cls) -> TemplateVocabulary:

@@ -1,0 +1,142 @@
+"""`fleetwatch bench skab --skab-dir DIR`: fleetwatch's detectors on the Skoltech Anomaly Benchmark (waico/SKAB,
+GPL-3.0; the data are read from the user's clone, nothing of it is shipped), outlier-detection problem.
+
+SKAB's own protocol (`core/utils.py: preprocess_skab` and the notebooks): each of the 34 experiment
+files (the anomaly-free file aside) is split in time, its first 400 rows train and the rest is the
+test part; predictions are 0/1 per test row against the `anomaly` column; TP, FP, FN and TN are summed
+over all files' test parts and give F1 = TP / (TP + (FP + FN) / 2), the false alarm rate FAR = FP /
+(FP + TN) and the missing alarm rate MAR = FN / (FN + TP) (`core/metrics.py`, metric "binary"). The
+threshold comes from training rows only, as in SKAB's notebooks (they take a quantile of the
+training residuals): here the fleet's rule, an alert where a row's surprise exceeds the level its
+false-positive budget places on the calibration rows (`bench.sensor_windows`). Rows are windows of the
+eight sensors (`LAGS` values and their differences); detectors fit the first 320 rows, the next 80
+calibrate.
+
+>>> binary_metrics(tp=6, fp=2, fn=2, tn=10)
+(0.75, 16.67, 25.0)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.csv as pa_csv
+
+from bench.sensor_windows import COMBINATION_COLUMN, FPR_BUDGET, available_kinds, file_surprises, lagged_rows
+from shared.errors import FleetwatchError
+
+TRAIN_ROWS = 400
+LAGS = 4
+LABEL_COLUMNS = ("anomaly", "changepoint")
+
+LEADERBOARD: Mapping[str, tuple[float, float, float]] = {
+    "Conv-AE": (0.78, 13.55, 28.02),
+    "MSET": (0.78, 39.73, 14.13),
+    "T-squared+Q (PCA-based)": (0.76, 26.62, 24.92),
+    "LSTM-AE": (0.74, 29.96, 25.92),
+    "T-squared": (0.66, 19.21, 42.6),
+    "Isolation forest": (0.29, 2.56, 82.89),
+}
+"""SKAB's README leaderboard, outlier detection (F1, FAR %, MAR %), a selection: the best rows and its iforest."""
+
+
+@dataclass(frozen=True, slots=True)
+class SkabFile:
+    name: str
+    sensors: np.ndarray  # rows × 8
+    anomaly: np.ndarray  # 0/1 per row
+
+
+def read_skab(root: Path) -> list[SkabFile]:
+    """Every labelled experiment under `root/data` (SKAB's layout), the anomaly-free file left out."""
+    paths = sorted(p for p in (root / "data").rglob("*.csv") if "anomaly-free" not in p.parts)
+    if not paths:
+        raise FleetwatchError(f"{root}: no SKAB data files under data/ (clone github.com/waico/SKAB)")
+    files = []
+    for path in paths:
+        table = pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(delimiter=";"))
+        sensors = [name for name in table.column_names if name != "datetime" and name not in LABEL_COLUMNS]
+        values = np.column_stack([table.column(name).to_numpy().astype(np.float64) for name in sensors])
+        anomaly = table.column("anomaly").to_numpy().astype(np.int64)
+        files.append(SkabFile(str(path.relative_to(root / "data")), values, anomaly))
+    return files
+
+
+def binary_metrics(tp: int, fp: int, fn: int, tn: int) -> tuple[float, float, float]:
+    """SKAB's F1, FAR % and MAR %, rounded as its leaderboard is."""
+    return round(tp / (tp + (fn + fp) / 2), 2), round(100 * fp / (fp + tn), 2), round(100 * fn / (fn + tp), 2)
+
+
+def run_skab(
+    skab_dir: Path,
+    kinds: Sequence[str] | None = None,
+    lags: int = LAGS,
+    on_file: Callable[[str], None] = lambda n: None,
+) -> dict[str, Any]:
+    """The benchmark as a JSON-safe dict: pooled confusion counts and F1/FAR/MAR per column."""
+    started = time.monotonic()
+    files = read_skab(skab_dir)
+    chosen = tuple(kinds) if kinds else available_kinds()
+    columns = (*chosen, COMBINATION_COLUMN)
+    counts = {column: np.zeros(4, dtype=np.int64) for column in columns}  # tp, fp, fn, tn
+    for skab_file in files:
+        on_file(skab_file.name)
+        surprises = file_surprises(lagged_rows(skab_file.sensors, lags), TRAIN_ROWS, chosen)
+        truth = skab_file.anomaly[TRAIN_ROWS:] == 1
+        for column in columns:
+            alert = surprises.surprise[column][TRAIN_ROWS:] > surprises.alert_level[column]
+            counts[column] += [
+                np.sum(alert & truth),
+                np.sum(alert & ~truth),
+                np.sum(~alert & truth),
+                np.sum(~alert & ~truth),
+            ]
+    results = {}
+    for column in columns:
+        tp, fp, fn, tn = (int(value) for value in counts[column])
+        f1, far, mar = binary_metrics(tp, fp, fn, tn)
+        results[column] = {"f1": f1, "far_percent": far, "mar_percent": mar, "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    return {
+        "benchmark": "Skoltech Anomaly Benchmark (waico/SKAB, GPL-3.0), outlier detection",
+        "files": len(files),
+        "test_rows": int(sum(len(f.anomaly) - TRAIN_ROWS for f in files)),
+        "protocol": {
+            "training": f"each file's first {TRAIN_ROWS} rows: the earliest 80 % fit, the rest calibrate",
+            "rows": f"last {lags} values of the 8 sensors and their {lags - 1} differences, standard-scaled",
+            "alert": f"surprise above the level of the fleet's rule at a {FPR_BUDGET} budget on the calibration rows",
+            "metrics": "SKAB's binary F1, FAR, MAR over all files' test rows pooled",
+        },
+        "kinds": list(chosen),
+        "results": results,
+        "leaderboard": {
+            name: {"f1": f1, "far_percent": far, "mar_percent": mar} for name, (f1, far, mar) in LEADERBOARD.items()
+        },
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+
+
+def markdown_table(report: Mapping[str, Any]) -> str:
+    lines = ["| detector | F1 | FAR, % | MAR, % |", "| --- | ---: | ---: | ---: |"]
+    for column, r in report["results"].items():
+        lines.append(f"| fleetwatch {column} | {r['f1']:.2f} | {r['far_percent']:.2f} | {r['mar_percent']:.2f} |")
+    for name, r in report["leaderboard"].items():
+        lines.append(f"| {name} (SKAB leaderboard) | {r['f1']:.2f} | {r['far_percent']:.2f} | {r['mar_percent']:.2f} |")
+    return "\n".join(lines)
+
+
+def skab_command(skab_dir: Path, out_dir: Path, on_file: Callable[[str], None] = lambda name: None) -> str:
+    """`fleetwatch bench skab`: run, write `out_dir/skab.json`, return the table to print."""
+    report = run_skab(skab_dir, on_file=on_file)
+    write_report(report, out_dir / "skab.json")
+    return markdown_table(report)
+
+
+def write_report(report: Mapping[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")

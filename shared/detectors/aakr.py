@@ -1,0 +1,83 @@
+"""Auto-associative kernel regression (seed 003's AAKR model): a row rebuilt as the kernel-weighted mean of
+remembered normal rows; its residual is how far it is from that reconstruction.
+
+The memory matrix is a sample of at most `memory_size` training rows. A row's weights over the memory
+rows are a Gaussian kernel of its distance to each, `exp(-d^2 / (2 h^2))`, with the bandwidth `h` given
+or, by default, the median distance of a memory row to its 5th nearest other memory row (a local scale
+of normal data). A normal row is rebuilt from its close neighbours and keeps a small residual; a row
+off the normal relations is pulled back onto them, and the pull is its residual. Scoring is vectorized:
+one distance product and one weighted sum per fixed block of rows (block x memory, bounded memory).
+
+>>> import numpy as np
+>>> from shared.detectors.aakr import AAKRDetector
+>>> rng = np.random.default_rng(0)
+>>> t = rng.uniform(-2, 2, size=(500, 1))
+>>> X = np.hstack([t, 2 * t, t**2]) + 0.05 * rng.normal(size=(500, 3))
+>>> AAKRDetector(random_state=0).fit(X).predict([[1.0, 2.0, 1.0], [1.0, -2.0, 1.0]])
+array([ 1, -1])
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval
+
+from shared.detectors.base import Matrix
+from shared.detectors.reconstruction import ReconstructionDetector
+
+BANDWIDTH_NEIGHBOUR = 5
+"""The default bandwidth is the median distance of a memory row to this nearest other memory row."""
+
+
+class AAKRDetector(ReconstructionDetector):
+    """`memory_size` rows remembered; `bandwidth` of the Gaussian kernel (None: the median-neighbour rule)."""
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **ReconstructionDetector._parameter_constraints,
+        "memory_size": [Interval(Integral, 2, None, closed="left")],
+        "bandwidth": [Interval(Real, 0.0, None, closed="neither"), None],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        *,
+        memory_size: int = 2_000,
+        bandwidth: float | None = None,
+        last_columns: int | None = None,
+        contamination: float = 0.01,
+        random_state: int | None = None,
+    ) -> None:
+        self.memory_size = memory_size
+        self.bandwidth = bandwidth
+        self.last_columns = last_columns
+        self.contamination = contamination
+        self.random_state = random_state
+
+    def _fit_reconstruction(self, X: Matrix) -> None:
+        if X.shape[0] > self.memory_size:
+            X = X[check_random_state(self.random_state).choice(X.shape[0], self.memory_size, replace=False)]
+        self.memory_ = X
+        self.memory_norms_ = np.sum(X**2, axis=1)
+        self.bandwidth_ = self.bandwidth or self._median_neighbour_distance()
+
+    def _median_neighbour_distance(self) -> float:
+        distances = np.sqrt(self._squared_distances(self.memory_))
+        np.fill_diagonal(distances, np.inf)
+        k = min(BANDWIDTH_NEIGHBOUR, len(self.memory_) - 1)
+        kth = np.partition(distances, k - 1, axis=1)[:, k - 1]
+        median = float(np.median(kth))
+        return median if median > 1e-9 else 1.0  # identical memory rows: any scale rebuilds them exactly
+
+    def _squared_distances(self, block: Matrix) -> Matrix:
+        products = block @ self.memory_.T
+        return np.maximum(np.sum(block**2, axis=1)[:, None] + self.memory_norms_[None, :] - 2.0 * products, 0.0)
+
+    def _reconstruct(self, block: Matrix) -> Matrix:
+        logits = -self._squared_distances(block) / (2.0 * self.bandwidth_**2)
+        weights = np.exp(logits - logits.max(axis=1, keepdims=True))  # the nearest memory row weighs 1
+        return np.asarray((weights @ self.memory_) / weights.sum(axis=1, keepdims=True))

@@ -1,0 +1,161 @@
+"""Sliding windows of an asset's readings: the features of the sensor-metrics stream and the state it keeps.
+
+Every reading is scored with the window that ends at it: the asset's `WINDOW` latest readings, its own
+included, of up to `MAX_SENSORS` sensors (the slots, in the order the stream learned the sensor names).
+The features are the window's older rows (`lag7` .. `lag1`, oldest first: the vector form nearest
+neighbours compare), each sensor's log spread over the whole window (`logspread`: the log of its standard
+deviation, floored at a millionth of its level, so a stuck sensor stands out by many standard deviations
+instead of one), and the current row (`now`); row-wise detectors read only the last `ROW_COLUMNS` columns.
+
+Both sizes are fixed because a feature spec is: at most 16 sensors, windows of 8 readings, a new window
+at every reading (step 1). A reading without a value for a sensor carries that sensor's previous value
+forward (the training median for an asset's first reading); a new asset's window is padded with its
+first reading. An asset's state between batches is its last `WINDOW - 1` rows and the sensor set they
+belong to, so a version that learned other sensors starts a fresh window instead of misreading them.
+
+>>> sensors = ("flow", "power")
+>>> columns = MetricColumns.from_values(["a", "a", "a"], [0.0, 300.0, 600.0], [{"flow": 1.0, "power": 2.0},
+...                                     {"flow": 3.0}, {"flow": 5.0, "power": 4.0}])
+>>> features, after = advance_windows(EntityStates.empty(WINDOW_LAYOUT), columns, sensors, np.zeros(MAX_SENSORS))
+>>> [name for name in FEATURE_SPEC.names if name.endswith(":s00")][-3:]
+['lag1:s00', 'logspread:s00', 'now:s00']
+>>> features[:, FEATURE_SPEC.names.index("now:s01")].tolist(), float(features[2, FEATURE_SPEC.names.index("lag1:s00")])
+([2.0, 2.0, 4.0], 3.0)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from shared.entity_state import EntityStates, StateLayout
+from shared.pipeline import FeatureSpec
+
+MAX_SENSORS = 16
+"""Sensor slots of the feature spec; a training history naming more sensors is refused."""
+
+WINDOW = 8
+"""Readings per window, the scored one included."""
+
+ROW_COLUMNS = 2 * MAX_SENSORS
+"""The trailing feature columns row-wise detectors read: each sensor's log spread over the window, then the row."""
+
+SPREAD_FLOOR = 1e-6
+"""A window's spread is floored at this share of its level (plus this much): a stuck sensor's log stays finite."""
+
+_SLOTS = range(MAX_SENSORS)
+FEATURE_SPEC = FeatureSpec(
+    1,
+    (
+        *(f"lag{lag}:s{slot:02d}" for lag in range(WINDOW - 1, 0, -1) for slot in _SLOTS),
+        *(f"logspread:s{slot:02d}" for slot in _SLOTS),
+        *(f"now:s{slot:02d}" for slot in _SLOTS),
+    ),
+)
+FEATURE_SLOT = np.array([int(name.rsplit(":s", 1)[1]) for name in FEATURE_SPEC.names])
+"""The sensor slot of every feature column."""
+
+WINDOW_LAYOUT = StateLayout(np.dtype([("sensor_set", "<u8"), ("rows", "<f8", (WINDOW - 1, MAX_SENSORS))]))
+"""An asset's state: the key of the sensor set its rows follow (0: none yet) and its last WINDOW - 1 rows."""
+
+
+def sensor_set_key(sensors: Sequence[str]) -> int:
+    """A non-zero 64-bit key of an ordered sensor set: states written under another set are not read as this one."""
+    digest = hashlib.blake2b("\x1f".join(sensors).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") | 1
+
+
+@dataclass(frozen=True)
+class MetricColumns:
+    """A batch of readings as arrays; `values` holds each record's readings as it arrived (name -> number)."""
+
+    event_id: np.ndarray
+    asset_id: np.ndarray
+    timestamp_s: np.ndarray
+    values: np.ndarray  # object array of dict[str, float]
+
+    @classmethod
+    def from_values(
+        cls, assets: Sequence[str], timestamps_s: Sequence[float], values: Sequence[dict[str, float]]
+    ) -> MetricColumns:
+        return cls(
+            event_id=np.array([f"{a}@{t}" for a, t in zip(assets, timestamps_s, strict=True)], dtype=object),
+            asset_id=np.array(assets, dtype=object),
+            timestamp_s=np.asarray(timestamps_s, dtype=np.float64),
+            values=object_array(values),
+        )
+
+    @property
+    def entity(self) -> np.ndarray:
+        return self.asset_id
+
+    @property
+    def event_time_s(self) -> np.ndarray:
+        return self.timestamp_s
+
+    def take(self, rows: np.ndarray) -> MetricColumns:
+        return MetricColumns(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    def readings(self, sensors: Sequence[str]) -> np.ndarray:
+        """(n, MAX_SENSORS) readings in slot order; NaN where a record lacks a sensor, 0 in unused slots."""
+        matrix = np.zeros((len(self), MAX_SENSORS))
+        if len(self) and sensors:
+            # Records are dicts of varying keys: one lookup per record and sensor is the only way in.
+            matrix[:, : len(sensors)] = [[record.get(name, np.nan) for name in sensors] for record in self.values]
+        return matrix
+
+    def __len__(self) -> int:
+        return len(self.timestamp_s)
+
+
+def object_array(items: Sequence[object]) -> np.ndarray:
+    array = np.empty(len(items), dtype=object)
+    array[:] = list(items)
+    return array
+
+
+def advance_windows(
+    before: EntityStates, columns: MetricColumns, sensors: Sequence[str], fill: np.ndarray
+) -> tuple[np.ndarray, EntityStates]:
+    """Every reading's window features, and each asset's last rows after the batch; vectorized over the batch.
+
+    `fill` holds each slot's value for an asset's first reading that lacks it (the training medians).
+    Within an asset, readings are taken in time order, whatever order the batch has.
+    """
+    n, history = len(columns), WINDOW - 1
+    key = np.uint64(sensor_set_key(sensors))
+    assets, group = np.unique(columns.asset_id, return_inverse=True)
+    group = group.reshape(-1)
+    order = np.lexsort((columns.timestamp_s, group))
+    g = group[order]
+    x = columns.readings(sensors)[order]
+    counts = np.bincount(g, minlength=len(assets))
+    starts = np.cumsum(counts) - counts
+    # Each asset's stored rows, then its readings: one sequence per asset, laid end to end.
+    stored = before.aligned(assets)
+    known = stored["sensor_set"] == key
+    first = x[starts] if n else np.empty((0, MAX_SENSORS))
+    first = np.where(np.isnan(first), fill[None, :], first)
+    prefix = np.where(known[:, None, None], stored["rows"], first[:, None, :])
+    segment_start = np.arange(len(assets)) * history + starts
+    position = segment_start[g] + history + (np.arange(n) - starts[g])
+    sequence = np.empty((len(assets) * history + n, MAX_SENSORS))
+    sequence[(segment_start[:, None] + np.arange(history)).reshape(-1)] = prefix.reshape(-1, MAX_SENSORS)
+    sequence[position] = x
+    # Carry the last value forward where a reading is missing; every asset's segment starts with full rows.
+    last_seen = np.where(np.isnan(sequence), 0, np.arange(len(sequence))[:, None])
+    sequence = sequence[np.maximum.accumulate(last_seen, axis=0), np.arange(MAX_SENSORS)[None, :]]
+
+    window = sequence[position[:, None] + np.arange(-history, 1)[None, :]]  # (n, WINDOW, MAX_SENSORS)
+    features = np.empty((n, len(FEATURE_SPEC.names)))
+    spread = np.log(window.std(axis=1) + SPREAD_FLOOR * (1.0 + np.abs(window.mean(axis=1))))
+    features[order] = np.hstack([window[:, :history, :].reshape(n, -1), spread, window[:, -1, :]])
+
+    ends = segment_start + history + counts
+    after = WINDOW_LAYOUT.empty(len(assets))
+    after["sensor_set"] = key
+    after["rows"] = sequence[ends[:, None] + np.arange(-history, 0)[None, :]]
+    return features, EntityStates(WINDOW_LAYOUT, assets, after)
