@@ -92,6 +92,7 @@ def run_bench(scenarios: list[str], quick: bool, out_dir: Path, console: Console
         raise FleetwatchError(f"unknown scenario(s) {unknown}; choose from {sorted(SCENARIOS)}")
     chosen = scenarios or list(SCENARIOS)
     size = BenchSize.quick() if quick else BenchSize()
+    out_dir = out_dir.resolve()  # the servers it starts run in folders of their own: a relative path would miss
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     results: dict[str, Any] = {

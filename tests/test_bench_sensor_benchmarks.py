@@ -154,7 +154,7 @@ def test_skab_runner_pools_its_binary_metrics_over_the_test_rows(tmp_path):
         )
         (tmp_path / "data" / "valve1").mkdir(parents=True, exist_ok=True)
         (tmp_path / "data" / "valve1" / f"{number}.csv").write_text(header + body)
-    report = run_skab(tmp_path, kinds=("pca", "knn"))
+    report = run_skab(tmp_path, kinds=("pca", "knn"), mscred=False)
     assert report["files"] == 2 and report["test_rows"] == 600
     combined = report["results"]["combination"]
     assert (

@@ -31,8 +31,8 @@ from shared.detectors import (
     build_detector,
 )
 
-TABULAR_KINDS = sorted(set(DETECTOR_KINDS) - {"deeplog"})
-"""Kinds that read rows as quantities; DeepLog reads template keys (tests/test_deeplog.py)."""
+TABULAR_KINDS = sorted(set(DETECTOR_KINDS) - {"deeplog", "mscred"})
+"""Kinds that read rows as quantities; DeepLog reads template keys, MS-CRED windows of series (their own tests)."""
 
 # Small instances keep scikit-learn's ~50 checks per estimator within the suite's time budget.
 SMALL_DETECTORS: list[Detector] = [

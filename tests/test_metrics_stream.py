@@ -76,7 +76,8 @@ def test_learning_takes_the_sensor_names_and_refuses_more_than_the_maximum() -> 
 
 
 def test_a_window_carries_missing_readings_forward_and_pads_a_new_asset_with_its_first_reading() -> None:
-    stream = MetricsStream(("flow", "power"), np.r_[10.0, 20.0, np.zeros(MAX_SENSORS - 2)])
+    typical = np.r_[4.0, 9.0, np.zeros(MAX_SENSORS - 2)]
+    stream = MetricsStream(("flow", "power"), np.r_[10.0, 20.0, np.zeros(MAX_SENSORS - 2)], typical)
     columns = MetricColumns.from_values(
         ["a", "a", "b"], [0.0, 300.0, 0.0], [{"flow": 1.0}, {"power": 5.0}, {"power": 7.0}]
     )
@@ -86,9 +87,31 @@ def test_a_window_carries_missing_readings_forward_and_pads_a_new_asset_with_its
     assert features[:, name("now:s00")].tolist() == [1.0, 1.0, 10.0]
     assert features[:, name("now:s01")].tolist() == [20.0, 5.0, 7.0]
     assert features[1, name("lag7:s01")] == 20.0 and features[1, name("lag1:s01")] == 20.0
-    # a window of one repeated reading has no spread: its log spread is the floor's
-    assert features[0, name("logspread:s00")] < -10
+    # the padding is not a spread: a single reading has the typical one, two readings their own plus 6 typical rows
+    spread = features[:, [name("logspread:s00"), name("logspread:s01")]]
+    np.testing.assert_allclose(np.exp(spread[[0, 2]]), [[2.0, 3.0], [2.0, 3.0]], rtol=1e-4)
+    two = (np.array([0.0, 2 * 7.5**2]) + 6 * typical[:2] * WINDOW / (WINDOW - 1)) / WINDOW  # power: 20 then 5
+    np.testing.assert_allclose(np.exp(spread[1]), np.sqrt(two), rtol=1e-4)
     assert after.keys.tolist() == ["a", "b"] and after.records["rows"].shape == (2, WINDOW - 1, MAX_SENSORS)
+    assert after.records["real"].tolist() == [2, 1]
+
+
+def test_a_window_counts_its_real_readings_across_batches_up_to_a_full_window() -> None:
+    stream = MetricsStream(("flow",), np.zeros(MAX_SENSORS), np.r_[1.0, np.zeros(MAX_SENSORS - 1)])
+    columns = MetricColumns.from_values(
+        ["a"] * 12, [300.0 * i for i in range(12)], [{"flow": float(v % 2)} for v in range(12)]
+    )
+    whole, after = stream.advance(stream.empty_states(), columns)
+    assert after.records["real"].tolist() == [WINDOW - 1]
+    _, part = stream.advance(stream.empty_states(), columns.take(np.arange(3)))
+    stored = EntityStates.from_blobs(stream.state_layout, part.keys.tolist(), part.blobs())
+    assert stored.records["real"].tolist() == [3]
+    rest, _ = stream.advance(stored, columns.take(np.arange(3, 12)))
+    np.testing.assert_array_equal(rest, whole[3:])
+    # from the 8th reading on the window is full: the spread of 0, 1, 0, ... is the alternation's own (sd 0.5)
+    spread = np.exp(whole[:, FEATURE_SPEC.names.index("logspread:s00")])
+    np.testing.assert_allclose(spread[WINDOW - 1 :], 0.5, rtol=1e-4)
+    assert not np.allclose(spread[: WINDOW - 1], 0.5, rtol=1e-4)
 
 
 def test_a_state_written_for_other_sensors_starts_a_fresh_window() -> None:
@@ -138,7 +161,7 @@ def pump_history() -> tuple[MetricsStream, np.ndarray, np.ndarray]:
     return stream, stream.advance(stream.empty_states(), columns)[0], np.array([kinds[e] for e in columns.event_id])
 
 
-DETECTORS = {
+DETECTORS: dict[str, dict[str, Any]] = {
     "annoy": {"random_state": 0},
     "ica": {"n_components": 0.8, "last_columns": ROW_COLUMNS, "random_state": 0},
     "aakr": {"last_columns": ROW_COLUMNS, "random_state": 0},
@@ -161,7 +184,7 @@ def test_each_detector_kind_ranks_injected_faults_above_normal_windows(
         assert (kinds[held_out] == fault).sum() >= 1
         assert roc_auc_score(kinds[held_out][rows] == fault, -scores[rows]) > 0.95, fault
     rows = (kinds[held_out] == "stuck") | (kinds[held_out] == "")
-    assert roc_auc_score(kinds[held_out][rows] == "stuck", -scores[rows]) > 0.6, "stuck"
+    assert roc_auc_score(kinds[held_out][rows] == "stuck", -scores[rows]) > 0.8, "stuck"
 
 
 def test_a_trained_version_stores_every_methods_rates_and_alerts_name_the_faulty_sensor() -> None:
@@ -203,6 +226,48 @@ def test_a_trained_version_stores_every_methods_rates_and_alerts_name_the_faulty
     top = scored.group_names[scored.top_groups[-1][0]]
     assert top == "vibration_mm_s" and scored.top_group_shares[-1][0] > 0.5
     assert (scored.top_groups[~scored.alert] == -1).all(), "shares are computed for alerts only"
+
+
+def deployed_version(columns: MetricColumns, settings: StreamSettings, labels: np.ndarray | None) -> Any:
+    result = train_round(TrainingData(columns, labels, "test"), settings.completed(METRICS), METRICS, None)
+    return result, DeployedVersion.assemble(result.draft, ModelBundle.from_verified_bytes(result.bundle.to_bytes()))
+
+
+def test_a_new_assets_first_windows_look_like_typical_windows_not_stuck_sensors() -> None:
+    # Trained on 60 clean pumps; 300 new clean pumps then send their first 16 readings each. Padded with the first
+    # reading, the first 7 windows of each had no spread (a stuck sensor's): measured 698 of their 2,100 alerted at
+    # a 1 % budget (19 % at the default 0.05 %). Spread over the real readings only: none (later windows: 36 of 2,700).
+    budget = 0.01
+    train = columns_of(METRICS.synthetic(events=12_000, entities=60, anomaly_rate=0.0, seed=31).payloads)
+    _, version = deployed_version(train, StreamSettings(fleet_fpr_budget=budget), None)
+    fresh = columns_of(METRICS.synthetic(events=4_800, entities=300, anomaly_rate=0.0, seed=32).payloads)
+    raw, _ = version.stream.advance(version.stream.empty_states(), fresh)
+    alert = score_batch(version, raw).alert
+    position = np.zeros(len(fresh), dtype=int)
+    for asset in np.unique(fresh.asset_id).tolist():
+        rows = np.flatnonzero(fresh.asset_id == asset)
+        position[rows] = np.arange(len(rows))
+    young = position < WINDOW - 1
+    assert young.sum() == 300 * (WINDOW - 1)
+    assert alert[young].mean() <= budget, f"{alert[young].sum()} of {young.sum()} first windows alert"
+
+
+def test_with_the_held_out_part_first_new_assets_windows_do_not_inflate_the_thresholds() -> None:
+    # The held-out part holds every pump's first windows. Padded, they set max, moving_average and the fleet budget
+    # far above every fault: measured recall 0 for annoy and aakr at those, 0 for the fleet. Now (this seed):
+    # fleet recall 0.44 at precision 0.90; the fleet budget's recall 0.28 (annoy), 0.35 (ica), 0.44 (aakr).
+    generated = METRICS.synthetic(events=20_000, entities=10, anomaly_rate=0.03, seed=7)
+    columns = columns_of(generated.payloads)
+    labels = generated.labels()
+    is_anomaly = np.array([labels[e][0] for e in columns.event_id.tolist()])
+    settings = StreamSettings(test_part="first", alert_rule="any_detector")
+    result, _ = deployed_version(columns, settings, is_anomaly)
+    assert result.evaluation is not None and result.draft.evaluation is not None
+    assert result.evaluation.fleet.recall > 0.3 and result.evaluation.fleet.precision > 0.8
+    for detector, methods in result.draft.evaluation["threshold_methods"].items():
+        for method in ("max", "moving_average", "fleet_budget"):
+            assert methods[method]["recall"] > 0.2, (detector, method, methods[method])
+            assert methods[method]["fpr"] < 0.01, (detector, method, methods[method])
 
 
 def test_a_pump_fleet_with_faults_gives_alerts_for_faulty_windows_and_summaries_for_the_rest(
@@ -262,16 +327,19 @@ def test_a_pump_fleet_with_faults_gives_alerts_for_faulty_windows_and_summaries_
     faulty_window = _faulty_windows(offline.columns, kind)
     faults = {e for e in offline.columns.event_id.tolist() if kind[e] in ("spike", "drift", "broken_correlation")}
     warm = _warm_windows(offline.columns)
-    # Measured (this data is fixed by its seed, training is seeded): 99 of 116 caught; 144 of 220 alerts in faulty
-    # windows, 140 of 196 among windows of 8 real readings. An asset's first 7 windows are padded with its first
-    # reading, so they look flat (a stuck-like spread): 24 alerts come from those 42 readings.
-    assert len(faults & set(alerted)) >= 0.75 * len(faults), "most spikes, drifts and broken correlations alert"
-    assert sum(faulty_window[e] for e in alerted) >= 0.6 * len(alerted), "alerts are mostly faulty windows"
+    # Measured (this data is fixed by its seed, training is seeded): 109 of 116 caught; 177 of 227 alerts in faulty
+    # windows, 177 of 220 among windows of 8 real readings. The other 7 are pump-000's first 7 windows (of 42 such
+    # readings): that pump alerts for its first 37 readings, full windows too (its load sits at its ceiling). When
+    # the first windows were padded with the first reading and spread over it (spec 1): 99 of 116 caught, 144 of
+    # 220 alerts in faulty windows, 24 alerts from those 42 readings.
+    assert len(faults & set(alerted)) >= 0.85 * len(faults), "most spikes, drifts and broken correlations alert"
+    assert sum(faulty_window[e] for e in alerted) >= 0.7 * len(alerted), "alerts are mostly faulty windows"
     warm_alerts = [e for e in alerted if warm[e]]
-    assert sum(faulty_window[e] for e in warm_alerts) >= 0.65 * len(warm_alerts)
+    assert sum(faulty_window[e] for e in warm_alerts) >= 0.7 * len(warm_alerts)
+    assert len(alerted) - len(warm_alerts) <= 10, "an asset's first windows (42 readings) are scored like later ones"
     records = [decode_output(r.value()) for r in outputs["alerts"]]
     assert all(isinstance(r, AlertRecord) and r.contributions for r in records)
-    assert {c.name for r in records for c in r.contributions} <= set(version.stream.sensors)  # type: ignore[attr-defined]
+    assert {c.name for r in records for c in r.contributions} <= set(version.stream.sensors)  # type: ignore[attr-defined,union-attr]
 
 
 def fleet_waits_for(fleet: Any, count: int, timeout_s: float = 60) -> bool:

@@ -59,3 +59,14 @@ def test_a_zombie_writing_an_older_batch_is_refused(redis_client: redis.Redis, u
     assert store.write(stale, start, one + 2, one, one) == 1
     kept = store.read(np.array(["a"], dtype=object), one + 2, one + 2)
     assert kept.records.tobytes() == newer.records.tobytes()
+
+
+def test_a_state_stored_by_a_build_with_another_layout_is_ignored_not_misread(
+    redis_client: redis.Redis, unique_name: str
+) -> None:
+    store = EntityStateStore(redis_client, f"{unique_name}:", TRANSACTIONS)
+    apply(store, batch(["a", "b"], [10.0, 20.0], 0.0), partition=0, first=0)
+    (key_of_b,) = [key for key in redis_client.keys(f"{unique_name}:*") if key.endswith(b":b")]
+    redis_client.set(key_of_b, b"x" * 904)  # what an older layout of the record left behind
+    stored = store.read(np.array(["a", "b"], dtype=object), np.zeros(2, dtype=np.int64), np.full(2, 5))
+    assert stored.keys.tolist() == ["a"]  # "b" starts afresh; "a" is read as stored

@@ -6,7 +6,7 @@ RobustZScoreDetector(contamination=0.05)
 KNNDetector(n_neighbors=10)
 >>> sorted(DETECTOR_KINDS)  # doctest: +NORMALIZE_WHITESPACE
 ['aakr', 'annoy', 'autoencoder', 'copod', 'deeplog', 'ecod', 'feature_extreme', 'ica', 'isolation_forest', 'knn',
- 'lof', 'ocsvm', 'pca', 'robust_zscore', 'vae']
+ 'lof', 'mscred', 'ocsvm', 'pca', 'robust_zscore', 'vae']
 >>> build_detector("hbos", {})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
@@ -27,6 +27,7 @@ from shared.detectors.empirical_cdf import COPODDetector, ECODDetector
 from shared.detectors.feature_extreme import FeatureExtremeDetector
 from shared.detectors.ica import ICADetector
 from shared.detectors.isolation_forest import IsolationForestDetector
+from shared.detectors.mscred import MSCREDDetector
 from shared.detectors.neighbours import KNNDetector, LOFDetector
 from shared.detectors.ocsvm import OneClassSVMDetector
 from shared.detectors.pca import PCADetector
@@ -45,6 +46,7 @@ DETECTOR_KINDS: Mapping[str, type[Detector]] = {
     "isolation_forest": IsolationForestDetector,
     "knn": KNNDetector,
     "lof": LOFDetector,
+    "mscred": MSCREDDetector,  # trains and scores with the `deep` extra
     "ocsvm": OneClassSVMDetector,
     "pca": PCADetector,
     "robust_zscore": RobustZScoreDetector,

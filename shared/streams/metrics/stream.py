@@ -1,12 +1,14 @@
 """Sensor metrics (seed 003) as a Stream: sliding windows per asset, nearest-neighbour and reconstruction detectors.
 
-The sensor names are not known in advance: `learn` takes them (sorted, at most `MAX_SENSORS`) and each
-sensor's median from the training history, and the version keeps that learned stream in its signed
-artifact. The catalog's stream has learned nothing and refuses to featurize.
+The sensor names are not known in advance: `learn` takes them (sorted, at most `MAX_SENSORS`), each
+sensor's median and its typical variance over a window (the median over the history's full windows: what a
+new asset's window counts its missing rows at) from the training history, and the version keeps that learned
+stream in its signed artifact. The catalog's stream has learned nothing and refuses to featurize.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,13 +30,16 @@ from shared.streams.metrics.windows import (
     WINDOW_LAYOUT,
     MetricColumns,
     advance_windows,
+    learn_typical_variance,
     object_array,
     sensor_set_key,
+    slide_windows,
 )
 
 
 class MetricsStream(Stream[SensorReadings, MetricColumns]):
-    """`sensors` and `fill` (each sensor's training median) are what `learn` sets; empty in the catalog."""
+    """`sensors`, `fill` (each sensor's training median) and `typical_variance` (each sensor's median variance over
+    a training window) are what `learn` sets; empty in the catalog."""
 
     name = "metrics"
     feature_spec = FEATURE_SPEC
@@ -51,9 +56,12 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
         {"name": "aakr", "kind": "aakr", "params": {"last_columns": ROW_COLUMNS, "random_state": 0}},
     )
 
-    def __init__(self, sensors: Sequence[str] = (), fill: np.ndarray | None = None) -> None:
+    def __init__(
+        self, sensors: Sequence[str] = (), fill: np.ndarray | None = None, typical_variance: np.ndarray | None = None
+    ) -> None:
         self.sensors = tuple(sensors)
         self.fill = np.zeros(MAX_SENSORS) if fill is None else fill
+        self.typical_variance = np.zeros(MAX_SENSORS) if typical_variance is None else typical_variance
 
     def decode(self, payloads: Sequence[bytes | None]) -> DecodedBatch[SensorReadings]:
         return decode_readings(payloads)
@@ -67,7 +75,8 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
         )
 
     def learn(self, history: MetricColumns) -> MetricsStream:
-        """This stream with the history's sensors (sorted names) and their medians; more than MAX_SENSORS is refused."""
+        """This stream with the history's sensors (sorted names), their medians and typical window variances; more
+        than MAX_SENSORS is refused."""
         sensors = sorted({name for record in history.values.tolist() for name in record})
         if len(sensors) > MAX_SENSORS:
             raise FleetwatchError(
@@ -76,7 +85,8 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
                 "version per group of at most 16 sensors, or drop sensors from the files"
             )
         fill = np.nan_to_num(np.nanmedian(history.readings(sensors), axis=0)) if len(history) else np.zeros(MAX_SENSORS)
-        return MetricsStream(sensors, fill)
+        windows = slide_windows(self.empty_states(), history, sensors, fill)
+        return MetricsStream(sensors, fill, learn_typical_variance(windows))
 
     def advance(self, before: EntityStates, columns: MetricColumns) -> tuple[np.ndarray, EntityStates]:
         if not self.sensors:
@@ -84,7 +94,7 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
                 "the metrics stream featurizes with the sensors it learned from a training history; use a trained "
                 "version's stream (or Stream.learn), not the catalog's"
             )
-        return advance_windows(before, columns, self.sensors, self.fill)
+        return advance_windows(before, columns, self.sensors, self.fill, self.typical_variance)
 
     def feature_groups(self) -> FeatureGroups:
         return FeatureGroups(self.sensors, np.where(len(self.sensors) > FEATURE_SLOT, FEATURE_SLOT, -1))
@@ -94,7 +104,8 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
 
     @property
     def fingerprint(self) -> str:
-        return f"{super().fingerprint}:{sensor_set_key(self.sensors):016x}"
+        learned = hashlib.blake2b(np.concatenate([self.fill, self.typical_variance]).tobytes(), digest_size=8)
+        return f"{super().fingerprint}:{sensor_set_key(self.sensors):016x}:{learned.hexdigest()}"
 
     def report_table(self, columns: MetricColumns) -> dict[str, Any]:
         readings = columns.readings(self.sensors)

@@ -3,24 +3,35 @@
 Every reading is scored with the window that ends at it: the asset's `WINDOW` latest readings, its own
 included, of up to `MAX_SENSORS` sensors (the slots, in the order the stream learned the sensor names).
 The features are the window's older rows (`lag7` .. `lag1`, oldest first: the vector form nearest
-neighbours compare), each sensor's log spread over the whole window (`logspread`: the log of its standard
+neighbours compare), each sensor's log spread over the window (`logspread`: the log of its standard
 deviation, floored at a millionth of its level, so a stuck sensor stands out by many standard deviations
 instead of one), and the current row (`now`); row-wise detectors read only the last `ROW_COLUMNS` columns.
 
 Both sizes are fixed because a feature spec is: at most 16 sensors, windows of 8 readings, a new window
 at every reading (step 1). A reading without a value for a sensor carries that sensor's previous value
-forward (the training median for an asset's first reading); a new asset's window is padded with its
-first reading. An asset's state between batches is its last `WINDOW - 1` rows and the sensor set they
-belong to, so a version that learned other sensors starts a fresh window instead of misreading them.
+forward (the training median for an asset's first reading). An asset's state between batches is its last
+`WINDOW - 1` rows, how many of them are real readings, and the sensor set they belong to, so a version
+that learned other sensors starts a fresh window instead of misreading them.
+
+A new asset's window holds fewer than `WINDOW` real readings. Its older rows are padded with its first
+reading, and its spread is estimated from the real rows only, the missing ones counted at the typical
+variance a version learned from its training history (`typical_variance`: the median over full windows):
+with r real readings of sum of squared deviations S, the variance is (S + (WINDOW - r) · v · WINDOW /
+(WINDOW - 1)) / WINDOW for a typical window variance v. A single reading thus has the typical spread, and
+a full window its own; the padding never reads as a stuck sensor.
 
 >>> sensors = ("flow", "power")
 >>> columns = MetricColumns.from_values(["a", "a", "a"], [0.0, 300.0, 600.0], [{"flow": 1.0, "power": 2.0},
 ...                                     {"flow": 3.0}, {"flow": 5.0, "power": 4.0}])
->>> features, after = advance_windows(EntityStates.empty(WINDOW_LAYOUT), columns, sensors, np.zeros(MAX_SENSORS))
+>>> typical = np.r_[4.0, 0.25, np.zeros(MAX_SENSORS - 2)]
+>>> features, after = advance_windows(EntityStates.empty(WINDOW_LAYOUT), columns, sensors, np.zeros(MAX_SENSORS),
+...                                   typical)
 >>> [name for name in FEATURE_SPEC.names if name.endswith(":s00")][-3:]
 ['lag1:s00', 'logspread:s00', 'now:s00']
 >>> features[:, FEATURE_SPEC.names.index("now:s01")].tolist(), float(features[2, FEATURE_SPEC.names.index("lag1:s00")])
 ([2.0, 2.0, 4.0], 3.0)
+>>> np.exp(features[0, FEATURE_SPEC.names.index("logspread:s00")]).round(3), after.records["real"].tolist()
+(np.float64(2.0), [3])
 """
 
 from __future__ import annotations
@@ -48,7 +59,7 @@ SPREAD_FLOOR = 1e-6
 
 _SLOTS = range(MAX_SENSORS)
 FEATURE_SPEC = FeatureSpec(
-    1,
+    2,  # 2: spreads over the real readings only (1 spread a new asset's padding too)
     (
         *(f"lag{lag}:s{slot:02d}" for lag in range(WINDOW - 1, 0, -1) for slot in _SLOTS),
         *(f"logspread:s{slot:02d}" for slot in _SLOTS),
@@ -58,8 +69,11 @@ FEATURE_SPEC = FeatureSpec(
 FEATURE_SLOT = np.array([int(name.rsplit(":s", 1)[1]) for name in FEATURE_SPEC.names])
 """The sensor slot of every feature column."""
 
-WINDOW_LAYOUT = StateLayout(np.dtype([("sensor_set", "<u8"), ("rows", "<f8", (WINDOW - 1, MAX_SENSORS))]))
-"""An asset's state: the key of the sensor set its rows follow (0: none yet) and its last WINDOW - 1 rows."""
+WINDOW_LAYOUT = StateLayout(
+    np.dtype([("sensor_set", "<u8"), ("real", "<i8"), ("rows", "<f8", (WINDOW - 1, MAX_SENSORS))])
+)
+"""An asset's state: the key of the sensor set its rows follow (0: none yet), how many of its last WINDOW - 1
+rows are real readings (the others, the oldest, pad a new asset's window with its first reading), and the rows."""
 
 
 def sensor_set_key(sensors: Sequence[str]) -> int:
@@ -117,10 +131,17 @@ def object_array(items: Sequence[object]) -> np.ndarray:
     return array
 
 
-def advance_windows(
-    before: EntityStates, columns: MetricColumns, sensors: Sequence[str], fill: np.ndarray
-) -> tuple[np.ndarray, EntityStates]:
-    """Every reading's window features, and each asset's last rows after the batch; vectorized over the batch.
+@dataclass(frozen=True)
+class Windows:
+    """Every reading's window, oldest row first, and how many of its rows are real readings (the newest ones)."""
+
+    rows: np.ndarray  # (n, WINDOW, MAX_SENSORS), in the batch's order
+    real: np.ndarray  # (n,) 1 .. WINDOW
+    after: EntityStates
+
+
+def slide_windows(before: EntityStates, columns: MetricColumns, sensors: Sequence[str], fill: np.ndarray) -> Windows:
+    """Every reading's window and real-reading count, and each asset's state after the batch; vectorized.
 
     `fill` holds each slot's value for an asset's first reading that lacks it (the training medians).
     Within an asset, readings are taken in time order, whatever order the batch has.
@@ -137,11 +158,13 @@ def advance_windows(
     # Each asset's stored rows, then its readings: one sequence per asset, laid end to end.
     stored = before.aligned(assets)
     known = stored["sensor_set"] == key
+    stored_real = np.where(known, np.clip(stored["real"], 0, history), 0)
     first = x[starts] if n else np.empty((0, MAX_SENSORS))
     first = np.where(np.isnan(first), fill[None, :], first)
     prefix = np.where(known[:, None, None], stored["rows"], first[:, None, :])
     segment_start = np.arange(len(assets)) * history + starts
-    position = segment_start[g] + history + (np.arange(n) - starts[g])
+    within = np.arange(n) - starts[g]
+    position = segment_start[g] + history + within
     sequence = np.empty((len(assets) * history + n, MAX_SENSORS))
     sequence[(segment_start[:, None] + np.arange(history)).reshape(-1)] = prefix.reshape(-1, MAX_SENSORS)
     sequence[position] = x
@@ -149,13 +172,49 @@ def advance_windows(
     last_seen = np.where(np.isnan(sequence), 0, np.arange(len(sequence))[:, None])
     sequence = sequence[np.maximum.accumulate(last_seen, axis=0), np.arange(MAX_SENSORS)[None, :]]
 
-    window = sequence[position[:, None] + np.arange(-history, 1)[None, :]]  # (n, WINDOW, MAX_SENSORS)
-    features = np.empty((n, len(FEATURE_SPEC.names)))
-    spread = np.log(window.std(axis=1) + SPREAD_FLOOR * (1.0 + np.abs(window.mean(axis=1))))
-    features[order] = np.hstack([window[:, :history, :].reshape(n, -1), spread, window[:, -1, :]])
+    rows = np.empty((n, WINDOW, MAX_SENSORS))
+    rows[order] = sequence[position[:, None] + np.arange(-history, 1)[None, :]]
+    real = np.empty(n, dtype=np.int64)
+    real[order] = np.minimum(stored_real[g] + within + 1, WINDOW)
 
     ends = segment_start + history + counts
     after = WINDOW_LAYOUT.empty(len(assets))
     after["sensor_set"] = key
+    after["real"] = np.minimum(stored_real + counts, history)
     after["rows"] = sequence[ends[:, None] + np.arange(-history, 0)[None, :]]
-    return features, EntityStates(WINDOW_LAYOUT, assets, after)
+    return Windows(rows, real, EntityStates(WINDOW_LAYOUT, assets, after))
+
+
+def log_spread(windows: Windows, typical_variance: np.ndarray) -> np.ndarray:
+    """(n, MAX_SENSORS) each sensor's log spread over the real rows of its window, floored at a share of their level;
+    the missing rows of a young window count at `typical_variance` (a single reading has the typical spread)."""
+    real_row = (np.arange(WINDOW)[None, :] >= WINDOW - windows.real[:, None])[:, :, None]  # the newest `real` rows
+    r = windows.real[:, None].astype(np.float64)
+    level = np.where(real_row, windows.rows, 0.0).sum(axis=1) / r
+    squares = np.where(real_row, (windows.rows - level[:, None, :]) ** 2, 0.0).sum(axis=1)
+    variance = (squares + (WINDOW - r) * typical_variance[None, :] * (WINDOW / (WINDOW - 1))) / WINDOW
+    return np.log(np.sqrt(variance) + SPREAD_FLOOR * (1.0 + np.abs(level)))
+
+
+def learn_typical_variance(windows: Windows) -> np.ndarray:
+    """Each sensor's median variance over the full windows of a history (zeros without any)."""
+    full = windows.real == WINDOW
+    if not full.any():
+        return np.zeros(MAX_SENSORS)
+    return np.median(windows.rows[full].var(axis=1), axis=0)
+
+
+def advance_windows(
+    before: EntityStates, columns: MetricColumns, sensors: Sequence[str], fill: np.ndarray, typical_variance: np.ndarray
+) -> tuple[np.ndarray, EntityStates]:
+    """Every reading's window features, and each asset's state after the batch; vectorized over the batch.
+
+    `fill` holds each slot's value for an asset's first reading that lacks it (the training medians),
+    `typical_variance` each slot's variance over a typical window (what a young window's missing rows count as).
+    """
+    windows = slide_windows(before, columns, sensors, fill)
+    rows, n = windows.rows, len(columns)
+    features = np.hstack(
+        [rows[:, : WINDOW - 1, :].reshape(n, -1), log_spread(windows, typical_variance), rows[:, -1, :]]
+    )
+    return features, windows.after
