@@ -169,14 +169,13 @@ class EntityStateStore:
             self._redis.mget_nonatomic(keys.names) if self._cluster else self._redis.mget(keys.names),  # type: ignore[union-attr]
         )
         size = self._envelope.itemsize
+        readable = [value for value in stored if value is not None and len(value) == size]
         present = np.array([value is not None and len(value) == size for value in stored], dtype=bool)
-        if (unreadable := sum(1 for value in stored if value is not None) - int(present.sum())) > 0:
+        if (unreadable := sum(1 for value in stored if value is not None) - len(readable)) > 0:
             # Stored by a build whose state layout differs (an upgrade): those entities start afresh.
             metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
             log.warning("states of another layout were ignored", stream=self._stream.name, entities=unreadable)
-        envelopes = np.frombuffer(
-            b"".join(v for v, ok in zip(stored, present.tolist(), strict=True) if ok), dtype=self._envelope
-        )
+        envelopes = np.frombuffer(b"".join(readable), dtype=self._envelope)
         replay = (envelopes["partition"].astype(np.int64) == partitions[present]) & (
             first_offsets[present] <= envelopes["applied_offset"].astype(np.int64)
         )
