@@ -125,14 +125,24 @@ def detector_columns(config: DetectorConfig, stream: Stream[Any, Any]) -> list[i
 
 
 def fit_detectors(
-    settings: StreamSettings, stream: Stream[Any, Any], scaled_train: np.ndarray
+    settings: StreamSettings,
+    stream: Stream[Any, Any],
+    scaled_train: np.ndarray,
+    continuing: DeployedVersion | None = None,
 ) -> tuple[dict[str, Detector], dict[str, float]]:
-    """Fit every configured detector, each on its columns, in parallel processes (one per core at most)."""
+    """Fit every configured detector, each on its columns, in parallel processes (one per core at most); with
+    `continuing`, a detector that can goes on from that version's detector of the same name and kind."""
     unfitted = []
     for config in settings.detectors:
         detector = build_detector(config.kind, config.params)
         columns = detector_columns(config, stream)
-        unfitted.append((config.name, detector if columns is None else OnFeatures(detector, columns)))
+        detector = detector if columns is None else OnFeatures(detector, columns)
+        same_entry = continuing is not None and any(
+            entry.name == config.name and entry.kind == config.kind for entry in continuing.manifest.detectors
+        )
+        if continuing is not None and same_entry:
+            detector = detector.continuing(continuing.bundle.detectors[config.name])
+        unfitted.append((config.name, detector))
     workers = max(1, min(len(unfitted), os.cpu_count() or 1))
     fitted = Parallel(n_jobs=workers, backend="loky")(
         delayed(_fit_one)(name, detector, scaled_train) for name, detector in unfitted
@@ -229,9 +239,14 @@ def _below_floor(evaluation: FleetEvaluation, settings: StreamSettings) -> set[s
 
 
 def train_round(
-    data: TrainingData, settings: StreamSettings, stream: Stream[Any, Any], parent: int | None
+    data: TrainingData,
+    settings: StreamSettings,
+    stream: Stream[Any, Any],
+    parent: int | None,
+    continuing: DeployedVersion | None = None,
 ) -> TrainingResult:
-    """Train every configured detector on `data` and return the bundle and its draft manifest."""
+    """Train every configured detector on `data` and return the bundle and its draft manifest; with `continuing`
+    (incremental training), detectors that can go on from that version's (DeepLog's network) do."""
     started = time.perf_counter()
     if data.raw_features is None:
         stream = stream.learn(data.columns)
@@ -250,7 +265,7 @@ def train_round(
 
     categorical = [stream.feature_spec.names.index(name) for name in stream.categorical_features]
     scaler = FeatureScaler(categorical).fit(raw[train_rows])
-    detectors, fit_seconds = fit_detectors(settings, stream, scaler.transform(raw[train_rows]))
+    detectors, fit_seconds = fit_detectors(settings, stream, scaler.transform(raw[train_rows]), continuing)
     names = [config.name for config in settings.detectors]
     calibration_scores = score_matrix(detectors, names, scaler.transform(raw[calibration_rows]))
     config = _threshold_config(settings)

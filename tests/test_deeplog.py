@@ -80,3 +80,19 @@ def test_detectors_see_only_their_columns_and_categorical_columns_stay_unscaled(
     assert scaled[:, 1].tolist() == raw[:, 1].tolist() and abs(scaled[:, 0].mean()) < 1e-9
     detector = OnFeatures(RobustZScoreDetector(), columns=[1]).fit(scaled)
     assert detector.score_samples([[1e9, 2.0]])[0] > detector.score_samples([[0.0, 40.0]])[0]
+
+
+def test_incremental_training_fine_tunes_from_the_parents_network_and_learns_new_keys(
+    trained: DeepLogDetector,
+) -> None:
+    # New data: the same sessions, and a new key 7 that now follows 6.
+    rows = sessions(60, 5)
+    extra = np.array([[3.0, 4.0, 6.0, 7.0], [3.0, 5.0, 6.0, 7.0]] * 60)
+    child = DeepLogDetector(history=3, hidden_units=16, layers=2, epochs=1, random_state=0)
+    child = OnFeatures(child, columns=[0, 1, 2, 3]).continuing(OnFeatures(trained, [0, 1, 2, 3]).fit(sessions(300, 1)))
+    fitted = child.fit(np.vstack([rows, extra])).detector_
+    assert fitted.fine_tuned_ and fitted.n_keys_ == 8 and trained.n_keys_ == 7
+    # One epoch from scratch learns little; from the parent's weights it still knows the sequence.
+    scratch = DeepLogDetector(history=3, hidden_units=16, layers=2, epochs=1, random_state=0).fit(rows)
+    known = np.array([[1.0, 2.0, 3.0, 4.0]])
+    assert fitted.score_samples(known)[0] > scratch.score_samples(known)[0]

@@ -5,7 +5,7 @@
   (`shared.training.train_round`: thresholds, combination, evaluation with labels), gate against the deployed
   version and publish; the note records files, lines, sessions, templates and time span. `--incremental`
   continues a parent version's Drain3 tree (its templates and their counts) with the new lines, keeps its session
-  rule, fits the detectors on the new lines, and records the parent.
+  rule, fits the detectors on the new lines (DeepLog fine-tunes from the parent's network), and records the parent.
 - **infer**: per target, `parsed.parquet` (every line with its session and template), `results/<detector>.parquet`
   and `results/fleet.parquet` (per session: worst line's score, threshold, verdict), `hourly.parquet` and a
   markdown report with charts.
@@ -201,7 +201,7 @@ def train_logs(
     parent = parent_version.version if parent_version is not None else deployed_number
     source = f"logs:{request.target}"
     data = TrainingData(columns, is_anomaly, source, raw_features=raw)
-    result = train_round(data, stream_settings, learned, parent)
+    result = train_round(data, stream_settings, learned, parent, continuing=parent_version)
     progress("quality gate", 0, 0)
     try:
         deployed = registry.load_deployed(STREAM)

@@ -77,6 +77,11 @@ class Detector(OutlierMixin, BaseEstimator, ABC):
         self.offset_ = float(offset)
         return self
 
+    def continuing(self, fitted: Detector) -> Self:
+        """Start the next `fit` from `fitted`, a parent version's detector of the same entry, where this kind can
+        continue training (a network's weights: incremental training); other kinds learn afresh."""
+        return self
+
     @abstractmethod
     def _fit(self, X: Matrix) -> None:
         """Set the learned attributes (names ending with `_`) from validated training rows."""

@@ -59,6 +59,8 @@ class DeepLogDetector(Detector):
         "max_train_samples": [Interval(Integral, 2, None, closed="left")],
         "random_state": ["random_state"],
     }
+    weights_: list[Any]
+    n_keys_: int
 
     def __init__(
         self,
@@ -95,16 +97,29 @@ class DeepLogDetector(Detector):
         keys = np.rint(X[:, -(self.history + 1) :]).astype(np.int64)
         return np.clip(keys[:, :-1], 0, None), np.clip(keys[:, -1], 0, None)
 
+    def continuing(self, fitted: Detector) -> DeepLogDetector:
+        """Fine-tune from a parent's network of the same shape: its weights start the training (keys the parent
+        never saw get fresh zero rows), so `--incremental` keeps what the parent learnt."""
+        same_shape = isinstance(fitted, DeepLogDetector) and (fitted.history, fitted.layers, fitted.hidden_units) == (
+            self.history, self.layers, self.hidden_units,
+        )  # fmt: skip
+        if same_shape:
+            self._parent = fitted
+        return self
+
     def _fit(self, X: Matrix) -> None:
         random_state = check_random_state(self.random_state)
         if X.shape[0] > self.max_train_samples:
             X = X[random_state.choice(X.shape[0], self.max_train_samples, replace=False)]
         history, target = self._keys(X)
-        self.n_keys_ = int(max(history.max(), target.max())) + 1
+        parent: DeepLogDetector | None = self.__dict__.pop("_parent", None)
+        self.n_keys_ = max(int(max(history.max(), target.max())) + 1, parent.n_keys_ if parent else 0)
         history = np.minimum(history, self.n_keys_ - 1)
         order = random_state.permutation(len(target))
         seed = int(random_state.randint(0, 2**31 - 1))
-        self.weights_, self.n_epochs_ = _train(self, history[order], target[order], seed)
+        initial = _widened(list(parent.weights_), self.n_keys_) if parent is not None else None
+        self.weights_, self.n_epochs_ = _train(self, history[order], target[order], seed, initial)
+        self.fine_tuned_ = parent is not None
 
     def log_probabilities(self, X: Matrix) -> Matrix:
         """log p(next key | history keys) for every key the model knows, shape (rows, n_keys_)."""
@@ -152,8 +167,23 @@ class DeepLogDetector(Detector):
         return rank >= self.top_g
 
 
-def _train(detector: DeepLogDetector, history: np.ndarray, target: np.ndarray, seed: int) -> tuple[list[Any], int]:
-    """Fit the Keras model; return [(kernel, recurrent, bias) per LSTM layer, (dense, bias)] and the epochs run."""
+def _widened(weights: list[Any], keys: int) -> list[Any]:
+    """A parent's weights for `keys` classes: the one-hot input rows and the output columns of new keys are zero."""
+    (kernel, recurrent, bias), *rest = weights
+    *middle, (dense, dense_bias) = rest
+    grown = keys - kernel.shape[0]
+    return [
+        (np.vstack([kernel, np.zeros((grown, kernel.shape[1]))]), recurrent, bias),
+        *middle,
+        (np.hstack([dense, np.zeros((dense.shape[0], grown))]), np.r_[dense_bias, np.full(grown, dense_bias.min())]),
+    ]
+
+
+def _train(
+    detector: DeepLogDetector, history: np.ndarray, target: np.ndarray, seed: int, initial: list[Any] | None = None
+) -> tuple[list[Any], int]:
+    """Fit the Keras model (from `initial` weights when given); return [(kernel, recurrent, bias) per LSTM layer,
+    (dense, bias)] and the epochs run."""
     keras = keras_for_training("deeplog")
     layers = keras.layers
     keras.utils.set_random_seed(seed)
@@ -165,6 +195,10 @@ def _train(detector: DeepLogDetector, history: np.ndarray, target: np.ndarray, s
         sequence = layers.LSTM(detector.hidden_units, return_sequences=not last, name=f"lstm_{layer}")(sequence)
     outputs = layers.Dense(classes, name="next_key")(sequence)
     model = keras.Model(inputs, outputs)
+    if initial is not None:
+        for layer in range(detector.layers):
+            model.get_layer(f"lstm_{layer}").set_weights(list(initial[layer]))
+        model.get_layer("next_key").set_weights(list(initial[-1]))
     model.compile(
         optimizer=keras.optimizers.Adam(detector.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -40,7 +40,14 @@ class OnFeatures(Detector):
         if chosen.size == 0 or chosen.min() < 0 or chosen.max() >= X.shape[1]:
             raise ValueError(f"columns {self.columns} do not index {X.shape[1]} features")
         self.columns_ = chosen
-        self.detector_ = clone(self.detector).fit(X[:, chosen])
+        inner = clone(self.detector)
+        parent = self.__dict__.pop("_parent", None)
+        self.detector_ = (inner.continuing(parent) if parent is not None else inner).fit(X[:, chosen])
+
+    def continuing(self, fitted: Detector) -> OnFeatures:
+        if isinstance(fitted, OnFeatures) and list(fitted.columns) == list(self.columns):
+            self._parent = fitted.detector_
+        return self
 
     def _score(self, X: Matrix) -> Vector:
         return np.asarray(self.detector_.score_samples(X[:, self.columns_]))
