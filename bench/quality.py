@@ -4,8 +4,8 @@ Each file is an ADBench `.npz` (arrays `X`, rows by features, and `y`, 1 = anoma
 user. Per seed: a file of more than `ADBENCH_MAX_ROWS` rows is first subsampled to that many rows
 without replacement (ADBench's own rule, `data_generator.py`, "for considering the computational
 cost"; stratified here, so the rarest anomalies survive); then a stratified 70/30 split; every tabular
-detector kind, the default fleet of a stream (its detectors, the any-detector rule by ROC/PR AUC of its
-common-rank score as the trainer evaluates it) and the combination of those kinds
+detector kind, the default fleet of a stream (its detectors under the alert rule a new version of that stream
+deploys: their consensus-weighted combination, `shared.detectors.combination`) and the combination of those kinds
 (`shared.detectors.combination`) are fitted without labels on the 70 % behind a standard scaler; ROC AUC
 and PR AUC on the 30 %; the mean over seeds. The combination fits its members on 80 % of the training
 rows and calibrates on the other 20 %, as an unlabelled training round does. A CSV of
@@ -39,7 +39,6 @@ from sklearn.preprocessing import StandardScaler
 
 from shared.detectors import DETECTOR_KINDS, Detector, build_detector
 from shared.detectors.combination import fit_combination
-from shared.detectors.robust_zscore import robust_location_scale
 from shared.errors import FleetwatchError
 
 KIND_PARAMS: Mapping[str, Mapping[str, Any]] = {
@@ -193,17 +192,23 @@ def _one_seed(
     fitted = {kind: _fit(kind, dict(KIND_PARAMS.get(kind, {})), train, seed) for kind in kinds}
     results = {kind: _aucs(y_test, fitted[kind].score_samples(test)) for kind in kinds}
     if fleet:
-        members = {entry["name"]: _fit(entry["kind"], dict(entry.get("params", {})), train, seed) for entry in fleet}
-        decisions = np.column_stack([members[name].decision_function(test) for name in members])
-        results[FLEET_COLUMN] = _aucs(y_test, np.min(decisions / robust_location_scale(decisions)[1], axis=1))
-    # The combination calibrates on rows its members did not fit, like an unlabelled training round (80/20).
-    fit_rows, calibration_rows = train_test_split(np.arange(len(train)), test_size=0.2, random_state=seed)
-    members = {kind: _fit(kind, dict(KIND_PARAMS.get(kind, {})), train[fit_rows], seed) for kind in kinds}
-    calibration = np.column_stack([members[kind].score_samples(train[calibration_rows]) for kind in kinds])
-    combination = fit_combination(calibration, list(kinds), fpr_budget=0.01)
-    scores = np.column_stack([members[kind].score_samples(test) for kind in kinds])
-    results[COMBINATION_COLUMN] = _aucs(y_test, combination.score_samples(scores))
+        entries = [(entry["name"], entry["kind"], dict(entry.get("params", {}))) for entry in fleet]
+        results[FLEET_COLUMN] = _aucs(y_test, _combined_scores(entries, train, test, seed))
+    entries = [(kind, kind, dict(KIND_PARAMS.get(kind, {}))) for kind in kinds]
+    results[COMBINATION_COLUMN] = _aucs(y_test, _combined_scores(entries, train, test, seed))
     return results
+
+
+def _combined_scores(
+    entries: Sequence[tuple[str, str, dict[str, Any]]], train: np.ndarray, test: np.ndarray, seed: int
+) -> np.ndarray:
+    """The combined score of these members as an unlabelled training round builds it: members fit 80 % of the
+    training rows, the consensus-weighted combination calibrates on the other 20 %."""
+    fit_rows, calibration_rows = train_test_split(np.arange(len(train)), test_size=0.2, random_state=seed)
+    members = [_fit(kind, dict(params), train[fit_rows], seed) for _, kind, params in entries]
+    calibration = np.column_stack([member.score_samples(train[calibration_rows]) for member in members])
+    combination = fit_combination(calibration, [name for name, _, _ in entries], fpr_budget=0.01)
+    return np.asarray(combination.score_samples(np.column_stack([member.score_samples(test) for member in members])))
 
 
 def _fit(kind: str, params: dict[str, Any], rows: np.ndarray, seed: int) -> Detector:

@@ -127,13 +127,17 @@ class DeepLogDetector(Detector):
         return self._log_probabilities(history)
 
     def _log_probabilities(self, history: np.ndarray) -> Matrix:
-        known = np.minimum(history, self.n_keys_ - 1)
+        """The forward pass once per distinct history (sessions repeat their paths: far fewer than the rows)."""
+        distinct, inverse = np.unique(np.minimum(history, self.n_keys_ - 1), axis=0, return_inverse=True)
+        return self._forward(distinct)[inverse.reshape(-1)]
+
+    def _forward(self, known: np.ndarray) -> Matrix:
         *lstm_layers, (dense, dense_bias) = self.weights_
         sequence: list[np.ndarray] = [np.asarray(kernel_rows) for kernel_rows in lstm_layers[0][0][known.T]]
         for layer, (kernel, recurrent, bias) in enumerate(lstm_layers):
             units = recurrent.shape[0]
-            state = np.zeros((len(history), units))
-            cell = np.zeros((len(history), units))
+            state = np.zeros((len(known), units))
+            cell = np.zeros((len(known), units))
             outputs = []
             for step in range(self.history):
                 # The first layer's input is one-hot: its kernel product is a row lookup, done above.

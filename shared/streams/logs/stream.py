@@ -76,7 +76,7 @@ class LogStream(Stream[LogLine, LogColumns]):
          "features": ["line_rarity", "session_unseen"]},
         # Count vectors: off the normal sessions' subspace, and far from every normal session.
         {"name": "pca", "kind": "pca", "params": {}},
-        {"name": "knn", "kind": "knn", "params": {"n_neighbors": 5, "random_state": 0}},
+        {"name": "knn", "kind": "knn", "params": {"n_neighbors": 5, "max_train_samples": 5_000, "random_state": 0}},
         # Baseline statistics: each template's count against its spread in normal sessions.
         {"name": "count_deviation", "kind": "robust_zscore", "params": {}},
         # DeepLog: the session's last keys predict this line's key (an LSTM; the `deep` extra trains it).
