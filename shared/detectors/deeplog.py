@@ -24,7 +24,7 @@ True
 
 from __future__ import annotations
 
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,9 +32,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 
 from shared.detectors.base import Detector, Matrix, Vector
-from shared.detectors.keras_backend import keras_for_training
+from shared.detectors.keras_backend import TRAINING_CONSTRAINTS, fit_with_early_stopping, keras_for_training
 
-VALIDATION_FRACTION = 0.1
 LOG_FLOOR = np.log(1e-12)
 """The log-probability of a key the model cannot predict at all (one it never saw)."""
 
@@ -52,13 +51,9 @@ class DeepLogDetector(Detector):
         "hidden_units": [Interval(Integral, 1, None, closed="left")],
         "layers": [Interval(Integral, 1, None, closed="left")],
         "top_g": [Interval(Integral, 1, None, closed="left")],
-        "epochs": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "patience": [Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(Real, 0.0, None, closed="neither")],
-        "max_train_samples": [Interval(Integral, 2, None, closed="left")],
-        "random_state": ["random_state"],
+        **TRAINING_CONSTRAINTS,
     }
+    kind_name = "deeplog"
     weights_: list[Any]
     n_keys_: int
 
@@ -207,17 +202,10 @@ def _train(
         optimizer=keras.optimizers.Adam(detector.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    validated = len(target) >= 50
-    stop = keras.callbacks.EarlyStopping(
-        monitor="val_loss" if validated else "loss", patience=detector.patience, restore_best_weights=True
-    )
-    fitted = model.fit(
-        history.astype(np.int32), target.astype(np.int32), epochs=detector.epochs, batch_size=detector.batch_size,
-        validation_split=VALIDATION_FRACTION if validated else 0.0, shuffle=True, verbose=0, callbacks=[stop],
-    )  # fmt: skip
+    epochs = fit_with_early_stopping(keras, model, history.astype(np.int32), target.astype(np.int32), detector, 50)
     weights: list[Any] = [
         tuple(np.asarray(w, dtype=np.float64) for w in model.get_layer(f"lstm_{layer}").get_weights())
         for layer in range(detector.layers)
     ]
     weights.append(tuple(np.asarray(w, dtype=np.float64) for w in model.get_layer("next_key").get_weights()))
-    return weights, len(fitted.history["loss"])
+    return weights, epochs

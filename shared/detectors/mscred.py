@@ -41,9 +41,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 
 from shared.detectors.base import Detector, Matrix, Vector
-from shared.detectors.keras_backend import keras_for_training
+from shared.detectors.keras_backend import TRAINING_CONSTRAINTS, fit_with_early_stopping, keras_for_training
 
-VALIDATION_FRACTION = 0.1
 LEVELS = (8, 16, 32)
 """Filters of the three encoder levels; the matrices' side is padded to a multiple of 4 for the two strides."""
 
@@ -58,13 +57,9 @@ class MSCREDDetector(Detector):
         "steps": [Interval(Integral, 1, None, closed="left")],
         "gap": [Interval(Integral, 1, None, closed="left")],
         "attention_scale": [Interval(Real, 0.0, None, closed="neither")],
-        "epochs": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "patience": [Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(Real, 0.0, None, closed="neither")],
-        "max_train_samples": [Interval(Integral, 2, None, closed="left")],
-        "random_state": ["random_state"],
+        **TRAINING_CONSTRAINTS,
     }
+    kind_name = "mscred"
 
     def __init__(
         self,
@@ -184,12 +179,5 @@ def _train(detector: MSCREDDetector, matrices: np.ndarray, seed: int) -> tuple[l
     keras.utils.set_random_seed(seed)
     network = _build(detector, matrices.shape[2])
     network.compile(optimizer=keras.optimizers.Adam(detector.learning_rate), loss="mse")
-    validated = len(matrices) >= 20
-    stop = keras.callbacks.EarlyStopping(
-        monitor="val_loss" if validated else "loss", patience=detector.patience, restore_best_weights=True
-    )
-    fitted = network.fit(
-        matrices, matrices[:, -1], epochs=detector.epochs, batch_size=detector.batch_size, shuffle=True, verbose=0,
-        validation_split=VALIDATION_FRACTION if validated else 0.0, callbacks=[stop],
-    )  # fmt: skip
-    return [np.asarray(w) for w in network.get_weights()], len(fitted.history["loss"])
+    epochs = fit_with_early_stopping(keras, network, matrices, matrices[:, -1], detector)
+    return [np.asarray(w) for w in network.get_weights()], epochs

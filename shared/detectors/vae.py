@@ -21,7 +21,6 @@ array([ 1, -1])
 
 from __future__ import annotations
 
-import os
 from numbers import Integral, Real
 from typing import Any, ClassVar
 
@@ -30,10 +29,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 
 from shared.detectors.base import Matrix
+from shared.detectors.keras_backend import TRAINING_CONSTRAINTS, fit_with_early_stopping, keras_for_training
 from shared.detectors.reconstruction import ReconstructionDetector
-
-VALIDATION_FRACTION = 0.1
-"""Share of the training rows early stopping watches; with fewer than 20 rows there is none."""
 
 LAYERS = ("encoder", "code_mean", "decoder", "output")
 """The dense layers of the scoring path, in order; the code's log-variance is used only in training."""
@@ -47,13 +44,9 @@ class VAEDetector(ReconstructionDetector):
         "latent_dim": [Interval(Integral, 1, None, closed="left")],
         "hidden_units": [Interval(Integral, 1, None, closed="left")],
         "beta": [Interval(Real, 0.0, None, closed="left")],
-        "epochs": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "patience": [Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(Real, 0.0, None, closed="neither")],
-        "max_train_samples": [Interval(Integral, 2, None, closed="left")],
-        "random_state": ["random_state"],
+        **TRAINING_CONSTRAINTS,
     }
+    kind_name = "vae"
 
     def __init__(
         self,
@@ -102,18 +95,13 @@ class VAEDetector(ReconstructionDetector):
 
 def _train(detector: VAEDetector, X: Matrix, seed: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
     """Fit the Keras model; return the scoring path's (kernel, bias) pairs as float64 arrays and the epochs run."""
-    os.environ.setdefault("KERAS_BACKEND", "jax")
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    try:
-        import keras
-    except ImportError as exc:
-        raise ImportError("the vae detector trains with Keras 3 on JAX: pip install 'fleetwatch[deep]'") from exc
-    from keras import layers, ops
+    keras = keras_for_training("vae")
+    layers, ops = keras.layers, keras.ops
 
     keras.utils.set_random_seed(seed)
     width, latent = X.shape[1], max(1, min(detector.latent_dim, X.shape[1] - 1))
 
-    class CodeSample(layers.Layer):  # z = mean + exp(log_var / 2) * noise, the reparameterisation trick
+    class CodeSample(layers.Layer):  # type: ignore[name-defined]  # z = mean + exp(log_var / 2) * noise
         def __init__(self) -> None:
             super().__init__()
             self.seeds = keras.random.SeedGenerator(seed)
@@ -141,13 +129,6 @@ def _train(detector: VAEDetector, X: Matrix, seed: int) -> tuple[list[tuple[np.n
         return error + detector.beta * divergence
 
     model.compile(optimizer=keras.optimizers.Adam(detector.learning_rate), loss=loss)
-    validated = X.shape[0] >= 20
-    stop = keras.callbacks.EarlyStopping(
-        monitor="val_loss" if validated else "loss", patience=detector.patience, restore_best_weights=True
-    )
-    history = model.fit(
-        X, X, epochs=detector.epochs, batch_size=detector.batch_size, shuffle=True, verbose=0, callbacks=[stop],
-        validation_split=VALIDATION_FRACTION if validated else 0.0,
-    )  # fmt: skip
+    epochs = fit_with_early_stopping(keras, model, X, X, detector)
     weights = [tuple(np.asarray(w, dtype=np.float64) for w in model.get_layer(name).get_weights()) for name in LAYERS]
-    return [(kernel, bias) for kernel, bias in weights], len(history.history["loss"])
+    return [(kernel, bias) for kernel, bias in weights], epochs
