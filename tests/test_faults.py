@@ -123,7 +123,7 @@ def test_exactly_once_rides_through_a_broker_restart_with_one_output_per_input(
         fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
         worker, _ = fleet.start_worker()
         inputs = restart_mid_stream(fleet, own_broker, events=20_000, seed=51)
-        sources = wait_until_covered(fleet, inputs, timeout_s=120)
+        sources = wait_until_covered(fleet, inputs, timeout_s=360)  # see the at-least-once test below
 
         assert worker.poll() is None, f"the worker died:\n{fleet.log_of(worker)[-3000:]}"
         assert inputs - set(sources) == set(), "inputs without an output"
@@ -139,7 +139,9 @@ def test_at_least_once_rides_through_a_broker_restart_and_loses_nothing(
         fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
         worker, _ = fleet.start_worker(**AT_LEAST_ONCE)
         inputs = restart_mid_stream(fleet, own_broker, events=20_000, seed=52)
-        sources = wait_until_covered(fleet, inputs, timeout_s=120)
+        # After the restart the group coordinator can take minutes to let the worker back in (seen once: its
+        # session timed out at 45 s and it was not reassigned 100 s later); nothing is lost meanwhile, only late.
+        sources = wait_until_covered(fleet, inputs, timeout_s=360)
 
         assert worker.poll() is None, f"the worker died:\n{fleet.log_of(worker)[-3000:]}"
         assert inputs - set(sources) == set(), "inputs without an output"
