@@ -40,7 +40,14 @@ from bench.nab_scoring import (
     probation_length,
     score_files,
 )
-from bench.sensor_windows import COMBINATION_COLUMN, Vector, available_kinds, file_surprises, lagged_rows
+from bench.sensor_windows import (
+    COMBINATION_COLUMN,
+    Vector,
+    available_kinds,
+    file_surprises,
+    lagged_rows,
+    write_report,
+)
 from shared.errors import FleetwatchError
 
 LAGS = 8
@@ -212,11 +219,6 @@ def nab_command(nab_dir: Path, out_dir: Path, on_file: Callable[[str], None] = l
     report = run_nab(nab_dir, on_file=on_file)
     write_report(report, out_dir / "nab.json")
     return markdown_tables(report)
-
-
-def write_report(report: Mapping[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _detected_windows(corpus: NabCorpus, scores: Sequence[Vector], best: ThresholdScore) -> int:

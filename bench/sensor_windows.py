@@ -17,10 +17,12 @@ array([[1., 1., 0.],
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -50,6 +52,12 @@ FPR_BUDGET = 0.01
 """False-positive budget on the calibration rows that places each column's alert level (as the fleet's does)."""
 
 COMBINATION_COLUMN = "combination"
+
+
+def write_report(report: Mapping[str, Any], path: Path) -> None:
+    """A benchmark's JSON report (`fleetwatch bench nab` / `skab`), its folder made if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def available_kinds(wanted: Sequence[str] = WANTED_KINDS) -> tuple[str, ...]:

@@ -20,7 +20,6 @@ calibrated on the same rows, alone (it is not a member of the combination column
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from bench.sensor_windows import (
     available_kinds,
     file_surprises,
     lagged_rows,
+    write_report,
 )
 from shared.detectors.combination import budget_offset
 from shared.detectors.mscred import MSCREDDetector
@@ -177,8 +177,3 @@ def skab_command(skab_dir: Path, out_dir: Path, on_file: Callable[[str], None] =
     report = run_skab(skab_dir, on_file=on_file)
     write_report(report, out_dir / "skab.json")
     return markdown_table(report)
-
-
-def write_report(report: Mapping[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
