@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from shared.registry import ModelRegistry
     from shared.spark_job import SparkJob
     from shared.streams.transactions.synthetic import SyntheticTransactions
+    from workers.log_workflow import ScanOptions
     from workers.trainer import TrainingSource
 
 # Piped output (CI logs, files) gets wide lines so that tables are not cut at 80 columns.
@@ -520,6 +521,15 @@ def _log_progress() -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
+def _checked_scan(log_format: str, max_depth: int, max_files: int) -> ScanOptions:
+    """How targets are scanned and parsed; a bad format fails here, before any file is read."""
+    from workers.log_workflow import ScanOptions
+
+    scan = ScanOptions(log_format, max_depth, max_files)
+    scan.log_format()
+    return scan
+
+
 @logs_app.command("train")
 def logs_train(
     target: Annotated[Path, typer.Argument(help="A folder of log files (scanned recursively) or one file.")],
@@ -546,7 +556,7 @@ def logs_train(
 ) -> None:
     """Parse, mine templates, train every log detector, publish a version (files, lines, sessions, templates)."""
     from shared.streams.logs.sessions import SessionRule
-    from workers.log_workflow import LogTrainingRequest, ScanOptions, train_logs
+    from workers.log_workflow import LogTrainingRequest, train_logs
 
     if parent is not None and not incremental:
         raise FleetwatchError("--from names the version --incremental extends; add --incremental")
@@ -561,8 +571,7 @@ def logs_train(
         raise FleetwatchError(f"--session-pattern is not a regular expression: {exc}") from exc
     if not target.exists():
         raise FleetwatchError(f"{target}: no such file or folder")
-    scan = ScanOptions(log_format, max_depth, max_files)
-    scan.log_format()  # a bad format fails before any file is read
+    scan = _checked_scan(log_format, max_depth, max_files)
     if labels is not None and not labels.exists():
         raise FleetwatchError(f"{labels}: no such file")
     settings = _settings()
@@ -593,10 +602,9 @@ def logs_infer(
     top: Annotated[int, typer.Option(min=1, help="How many anomalous sessions the report lists.")] = 20,
 ) -> None:
     """Score log files with a version: parsed.parquet, a result Parquet per detector, hourly analysis, report.md."""
-    from workers.log_workflow import ScanOptions, infer_logs
+    from workers.log_workflow import infer_logs
 
-    scan = ScanOptions(log_format, max_depth, max_files)
-    scan.log_format()
+    scan = _checked_scan(log_format, max_depth, max_files)
     for target in targets:
         if not target.exists():
             raise FleetwatchError(f"{target}: no such file or folder")
@@ -624,10 +632,9 @@ def logs_validate(
     max_files: MaxFilesOption = 50,
 ) -> None:
     """Session-level precision/recall/F1 per detector and for the fleet, and a quality score out of 100."""
-    from workers.log_workflow import ScanOptions, read_corpus, read_session_labels, score_logs, validate_logs
+    from workers.log_workflow import read_corpus, read_session_labels, score_logs, validate_logs
 
-    scan = ScanOptions(log_format, max_depth, max_files)
-    scan.log_format()
+    scan = _checked_scan(log_format, max_depth, max_files)
     session_labels = read_session_labels(labels) if labels is not None else None
     registry = _registry(_settings())
     loaded = registry.load("logs", _log_version(registry, version))
@@ -648,10 +655,9 @@ def logs_compare(
 ) -> None:
     """Both versions on the same labelled logs, at session level: each metric A → B and the quality scores."""
     from shared.evaluation import render_comparison
-    from workers.log_workflow import ScanOptions, read_corpus, read_session_labels, score_logs, validate_logs
+    from workers.log_workflow import read_corpus, read_session_labels, score_logs, validate_logs
 
-    scan = ScanOptions(log_format, max_depth, max_files)
-    scan.log_format()
+    scan = _checked_scan(log_format, max_depth, max_files)
     session_labels = read_session_labels(labels)
     registry = _registry(_settings())
     versions = [registry.load("logs", v) for v in (a, b)]
