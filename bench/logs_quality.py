@@ -129,7 +129,8 @@ def read_sessions(path: Path) -> list[list[str]]:
 
 
 def session_payloads(sessions: Sequence[Sequence[str]], prefix: str, start_s: float) -> tuple[list[bytes], float]:
-    """Each key as a LogLine `E<k>` with its session id, one second apart; the next free second after them."""
+    """Each key as a LogLine `E<k>` with its session id, one second apart, then the session's end-of-session
+    record (DeepLog's files hold complete sessions); the next free second after them."""
     encoder = msgspec.json.Encoder()
     payloads = []
     second = start_s
@@ -141,7 +142,12 @@ def session_payloads(sessions: Sequence[Sequence[str]], prefix: str, start_s: fl
                 timestamp=datetime.fromtimestamp(second + offset, UTC),
             )  # fmt: skip
             payloads.append(encoder.encode(line))
-        second += len(keys) + 1
+        end = LogLine(
+            event_id=f"{session}-end", source_host="hdfs", session_id=session, ends_session=True,
+            timestamp=datetime.fromtimestamp(second + len(keys), UTC),
+        )  # fmt: skip
+        payloads.append(encoder.encode(end))
+        second += len(keys) + 2
     return payloads, second
 
 

@@ -16,18 +16,21 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from shared.config import topic_environment
+from shared.config import StreamSettings, topic_environment
 from shared.entity_state import EntityStates
 from shared.kafka_client import KafkaConnection
+from shared.model_version import DeployedVersion
 from shared.output_records import decode_output
 from shared.scoring import score_batch
 from shared.streams.logs.contract import LogLine
-from shared.streams.logs.sessions import FEATURE_NAMES, SESSION_LAYOUT, SessionRule
+from shared.streams.logs.sessions import COUNT_FEATURES, FEATURE_NAMES, SESSION_LAYOUT, SessionRule
 from shared.streams.logs.stream import LOGS, LogStream
 from shared.streams.logs.templates import UNSEEN, TemplateVocabulary
+from shared.training import TrainingData, train_round
 from tests.fleet import FLEETWATCH, event_ids, open_fleet, produce_paced, wait_until
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC).timestamp()
+LOG_SETTINGS = StreamSettings().completed(LOGS)
 
 
 def line(message: str, second: float, host: str = "dn-1", session_id: str | None = None) -> LogLine:
@@ -77,6 +80,66 @@ def test_a_session_closes_on_idle_timeout_on_its_length_cap_and_on_an_end_templa
     raw, after = stream.advance(stream.empty_states(), stream.columns(events))
     assert feature(raw, "session_lines") == [1, 2, 1, 2, 3, 1, 2, 1]
     assert after.records["lines"].tolist() == [1] and after.records["open"].tolist() == [1]
+
+
+def end_of(session_id: str, second: float) -> LogLine:
+    return LogLine(
+        event_id=f"end-{session_id}-{second}", source_host="dn-1", session_id=session_id, ends_session=True,
+        timestamp=datetime.fromtimestamp(T0 + second, tz=UTC),
+    )  # fmt: skip
+
+
+def test_an_end_of_session_record_scores_the_complete_session_counts_nothing_and_closes_it() -> None:
+    stream = LogStream(SessionRule(pattern=None), TemplateVocabulary.mine(HISTORY))
+    events = [
+        line("open file 1 for job 1", 0, session_id="a"),
+        line("close file 1", 1, session_id="a"),
+        end_of("a", 2),
+        line("open file 2 for job 1", 3, session_id="a"),  # opens a new session
+    ]
+    raw, after = stream.advance(stream.empty_states(), stream.columns(events))
+    assert feature(raw, "session_closed") == [0, 0, 1, 0]
+    assert feature(raw, "session_lines") == [1, 2, 2, 1]
+    counts = raw[:, [FEATURE_NAMES.index(name) for name in COUNT_FEATURES]]
+    np.testing.assert_array_equal(counts[2], counts[1])
+    end_key = len(stream.vocabulary.templates) + 2
+    assert feature(raw, "key")[2] == end_key and feature(raw, "key_lag_01")[2] == feature(raw, "key")[1]
+    assert feature(raw, "line_rarity")[2] == 0 and feature(raw, "session_unseen")[2] == 0
+    assert after.records["lines"].tolist() == [1] and after.records["open"].tolist() == [1]
+    assert stream.template_text(stream.templates_of(stream.columns(events)))[2] == "(session end)"
+
+
+def test_session_ends_closes_every_session_left_open_at_its_last_lines_time() -> None:
+    rule = SessionRule(pattern=None, end_templates=("close file <NUM>",))
+    stream = LogStream(rule, TemplateVocabulary.mine(HISTORY))
+    lines = [
+        line("open file 1 for job 1", 0, session_id="a"),
+        line("open file 2 for job 1", 1, session_id="b"),
+        line("close file 2", 2, session_id="b"),  # b closed by its end template: nothing left to end
+        line("open file 3 for job 1", 5, session_id="a"),
+    ]
+    ends = stream.session_ends(lines)
+    assert [(end.session_id, end.timestamp, end.ends_session) for end in ends] == [("a", lines[3].timestamp, True)]
+    raw, after = stream.advance(stream.empty_states(), stream.columns([*lines, *ends]))
+    assert feature(raw, "session_lines")[-1] == 2 and after.records["open"].tolist() == [0, 0]
+
+
+def test_a_session_cut_short_is_caught_at_its_end_record_and_not_before() -> None:
+    history = LOGS.synthetic(events=12_000, entities=8, anomaly_rate=0.0, seed=5)
+    result = train_round(TrainingData(LOGS.history(history.payloads)[0], None, "test"), LOG_SETTINGS, LOGS, None)
+    version = DeployedVersion.assemble(msgspec.structs.replace(result.draft, version=1), result.bundle)
+    live = LOGS.synthetic(events=6_000, entities=8, anomaly_rate=0.3, seed=6)
+    offline = version.stream.offline(live.payloads)
+    alert = score_batch(version, offline.raw_features).alert
+    kind = dict(zip(live.event_id.tolist(), live.anomaly_kind.tolist(), strict=True))
+    cut = np.array([kind[e] == "cut_short" for e in offline.columns.event_id.tolist()])
+    sessions_cut = set(offline.columns.session[cut].tolist())
+    assert len(sessions_cut) >= 10
+    ends = offline.columns.ends_session
+    caught = set(offline.columns.session[cut & ends & alert].tolist())
+    assert len(caught) / len(sessions_cut) >= 0.8, (len(caught), len(sessions_cut))
+    in_cut_sessions = np.isin(offline.columns.session, list(sessions_cut))
+    assert not (alert & in_cut_sessions & ~ends).any(), "every line of a session cut short is a normal prefix"
 
 
 def test_session_key_is_the_producers_id_else_the_pattern_else_the_hosts_window() -> None:
@@ -175,4 +238,4 @@ def test_log_lines_through_the_trainer_and_two_workers_one_killed_mid_session(
     alert = decode_output(outputs["alerts"][0].value())
     assert alert.stream == "logs" and alert.context["session"] and alert.context["session_templates"]
     assert {d.name for d in alert.detectors} == {entry["name"] for entry in LOGS.default_detectors}
-    assert json.loads(bytes(alert.event))["message"]
+    assert json.loads(bytes(alert.event))["message"] or alert.context["template"] == "(session end)"

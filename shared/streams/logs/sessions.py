@@ -4,8 +4,14 @@ A session is the lines of one key (the producer's session id, a block id found i
 fixed time window: `SessionRule`). Its state is one fixed-size record: how often each of the vocabulary's
 most frequent templates occurred (`COUNT_SLOTS`, the last slot for all rarer ones), lines, unseen lines, the
 rarest template so far, first and last time, and whether it is still open. A session closes after
-`idle_timeout_s` without a line, after `max_lines` lines, or on one of the rule's end templates; the next
-line of that key opens a new one.
+`idle_timeout_s` without a line, after `max_lines` lines, on one of the rule's end templates, or on an
+end-of-session record (`LogLine.ends_session`: the producer, or a file's end, says the session is complete);
+the next line of that key opens a new one.
+
+An end-of-session record is not a line: it counts nothing, and it is scored with the complete session
+(`session_closed` 1, and the key `end_key` after the session's last keys), so a session that stops early,
+each of whose prefixes looks normal, is seen at its end: complete normal sessions are what training saw
+closed.
 
 Every line is scored with its session as it stands after the line (the session's count vector so far, plus
 the line's own rarity), and with the keys of its last `HISTORY_KEYS` lines (what DeepLog reads), so an
@@ -24,6 +30,12 @@ session, so a session that is merely young is not unusual.
 [1.0, 2.0, 3.0, 1.0]
 >>> bool(after.records["open"][0]), int(after.records["lines"][0])
 (True, 1)
+>>> templates = np.r_[vocabulary.match(lines[1:2]), SESSION_END]  # a line, then its session's end record
+>>> raw, after = advance_sessions(after, keys[:2], np.r_[4.0, 4.0], templates, how)
+>>> raw[:, FEATURE_NAMES.index("session_lines")].tolist(), raw[:, FEATURE_NAMES.index("session_closed")].tolist()
+([2.0, 2.0], [0.0, 1.0])
+>>> raw[1, FEATURE_NAMES.index("key")] == how.end_key, bool(after.records["open"][0])
+(np.True_, False)
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ import numpy as np
 
 from shared.entity_state import EntityStates, StateLayout
 from shared.pipeline import FeatureSpec
-from shared.streams.logs.templates import UNSEEN, TemplateVocabulary
+from shared.streams.logs.templates import SESSION_END, UNSEEN, TemplateVocabulary
 
 COUNT_SLOTS = 64
 """Template-count columns: the 63 most frequent training templates one each, every rarer one in the last."""
@@ -58,13 +70,13 @@ SESSION_LAYOUT = StateLayout(
 )
 
 COUNT_FEATURES = (*(f"template_{slot:02d}" for slot in range(COUNT_SLOTS - 1)), "template_rarer")
-SESSION_FEATURES = ("session_lines", "session_unseen", "session_seconds", "session_max_rarity")
+SESSION_FEATURES = ("session_lines", "session_unseen", "session_seconds", "session_max_rarity", "session_closed")
 LINE_FEATURES = ("line_unseen", "line_rarity")
 KEY_FEATURES = (*(f"key_lag_{lag:02d}" for lag in range(HISTORY_KEYS, 0, -1)), "key")
-"""A line's key (its template's index + 1; the vocabulary's size + 1 when unseen) after the keys of the session's
-previous lines, oldest first (0 where the session has fewer lines)."""
+"""A line's key (its template's index + 1; the vocabulary's size + 1 when unseen; size + 2 for an end-of-session
+record) after the keys of the session's previous lines, oldest first (0 where the session has fewer lines)."""
 FEATURE_NAMES = COUNT_FEATURES + SESSION_FEATURES + LINE_FEATURES + KEY_FEATURES
-FEATURE_SPEC = FeatureSpec(2, FEATURE_NAMES)
+FEATURE_SPEC = FeatureSpec(3, FEATURE_NAMES)  # 3: end-of-session records (session_closed)
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,7 @@ class Featurization:
     rarity: np.ndarray  # template index -> -log10(share of training lines); the last entry is for unseen lines
     ends: np.ndarray  # template index -> closes its session; the last entry (unseen) is False
     key: np.ndarray  # template index -> key (index + 1); the last entry (unseen) is the vocabulary's size + 1
+    end_key: int  # an end-of-session record's key: the vocabulary's size + 2
     idle_timeout_s: float
     max_lines: int
 
@@ -105,19 +118,25 @@ class Featurization:
             rarity=-np.log10(np.r_[shares, unseen_share]),
             ends=ends,
             key=np.r_[np.arange(1, count + 1), count + 1].astype(np.int64),
+            end_key=count + 2,
             idle_timeout_s=rule.idle_timeout_s,
             max_lines=rule.max_lines,
         )
 
 
 def advance_sessions(
-    before: EntityStates, keys: np.ndarray, times: np.ndarray, templates: np.ndarray, how: Featurization
+    before: EntityStates,
+    keys: np.ndarray,
+    times: np.ndarray,
+    templates: np.ndarray,
+    how: Featurization,
 ) -> tuple[np.ndarray, EntityStates]:
-    """Every line's features (its session after the line) and the sessions' states after the batch.
+    """Every row's features (its session after the row) and the sessions' states after the batch; a row is a
+    line, or an end-of-session record where its template is `SESSION_END`.
 
-    Vectorized over the batch: lines are grouped by key (stable, so each key's lines keep their order),
-    session starts are found from the carried state, idle gaps, end templates and the length cap, and
-    counts are cumulative sums within sessions."""
+    Vectorized over the batch: rows are grouped by key (stable, so each key's rows keep their order),
+    session starts are found from the carried state, idle gaps, end templates and records, and the length
+    cap, and counts are cumulative sums within sessions."""
     n = len(keys)
     entities, inverse = np.unique(keys, return_inverse=True)
     inverse = inverse.reshape(-1)
@@ -125,35 +144,39 @@ def advance_sessions(
     group = inverse[order]
     t = times[order].astype(np.float64)
     template = templates[order]
-    unseen = template == UNSEEN
-    rarity = how.rarity[template]  # UNSEEN (-1) picks the last entry
-    closes = how.ends[template]
+    ends = template == SESSION_END
+    is_line = ~ends
+    unseen = (template == UNSEEN) & is_line
+    line_template = np.where(is_line, template, UNSEEN)
+    rarity = np.where(is_line, how.rarity[line_template], 0.0)  # UNSEEN (-1) picks the last entry
+    closes = how.ends[line_template] | ends
     start_states = before.aligned(entities)
 
     group_first = np.r_[True, group[1:] != group[:-1]] if n else np.zeros(0, dtype=bool)
-    carried = start_states[group]  # each line's key's state before the batch
+    carried = start_states[group]  # each row's key's state before the batch
     gap_from_state = t - carried["last_s"]
     continues_state = group_first & (carried["open"] == 1) & (gap_from_state <= how.idle_timeout_s)
     natural_break = np.zeros(n, dtype=bool)
     natural_break[1:] = ~group_first[1:] & ((t[1:] - t[:-1] > how.idle_timeout_s) | closes[:-1])
     natural_break |= group_first & ~continues_state
     # Within a run between natural breaks, every max_lines-th line (counting lines carried from the state)
-    # opens a new session.
-    run = np.cumsum(natural_break | group_first) - 1
-    run_start = np.flatnonzero(natural_break | group_first)
+    # opens a new session; an end-of-session record never does.
+    run_first = natural_break | group_first
+    run = np.cumsum(run_first) - 1
+    run_start = np.flatnonzero(run_first)
     carry = np.where(continues_state[run_start], carried["lines"][run_start], 0.0)
-    position = np.arange(n) - run_start[run] + carry[run]
-    length_break = (position % how.max_lines == 0) & (position > 0)
-    starts = natural_break | group_first | length_break
+    position = _within_sessions(is_line.astype(np.float64), run, run_start) - is_line + carry[run]
+    length_break = (position % how.max_lines == 0) & (position > 0) & is_line
+    starts = run_first | length_break
     session = np.cumsum(starts) - 1
     session_start = np.flatnonzero(starts)
     from_state = continues_state[session_start] & ~length_break[session_start]
 
     counts = np.zeros((n, COUNT_SLOTS), dtype=np.float32)
-    seen_rows = np.flatnonzero(~unseen)
+    seen_rows = np.flatnonzero(~unseen & is_line)
     counts[seen_rows, how.slot[template[seen_rows]]] = 1.0
     counts = _within_sessions(counts, session, session_start)
-    lines = _within_sessions(np.ones(n), session, session_start)
+    lines = _within_sessions(is_line.astype(np.float64), session, session_start)
     unseen_lines = _within_sessions(unseen.astype(np.float64), session, session_start)
     max_rarity = _running_max_within_sessions(rarity, session)
     first_s = t[session_start][session]
@@ -167,11 +190,14 @@ def advance_sessions(
     max_rarity = np.where(continuing, np.maximum(max_rarity, base_rows["max_rarity"]), max_rarity)
     first_s = np.where(continuing, base_rows["first_s"], first_s)
 
-    key = how.key[template]
+    key = np.where(ends, how.end_key, how.key[line_template])
     history = _previous_keys(key, session, session_start, continuing, base_rows["recent"])
     sorted_raw = np.column_stack(
-        [counts, lines, unseen_lines, t - first_s, max_rarity, unseen.astype(np.float64), rarity, history, key]
-    )
+        [
+            counts, lines, unseen_lines, t - first_s, max_rarity, ends.astype(np.float64),
+            unseen.astype(np.float64), rarity, history, key,
+        ]
+    )  # fmt: skip
     raw = np.empty_like(sorted_raw)
     raw[order] = sorted_raw
 

@@ -30,7 +30,7 @@ from shared.streams.logs.sessions import (
     advance_sessions,
 )
 from shared.streams.logs.synthetic import generate_log_lines, payloads
-from shared.streams.logs.templates import UNSEEN, Masking, TemplateVocabulary
+from shared.streams.logs.templates import SESSION_END, UNSEEN, Masking, TemplateVocabulary
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class LogColumns:
     message: np.ndarray
     timestamp_s: np.ndarray
     session: np.ndarray
+    ends_session: np.ndarray  # bool: an end-of-session record, not a line
 
     @property
     def entity(self) -> np.ndarray:
@@ -98,8 +99,8 @@ class LogStream(Stream[LogLine, LogColumns]):
         self.__init__(state["rule"], state["vocabulary"])  # type: ignore[misc]
 
     def learn(self, history: LogColumns, masking: Masking | None = None) -> LogStream:
-        """This rule with the templates mined from the history's messages."""
-        return LogStream(self.rule, TemplateVocabulary.mine(history.message.tolist(), masking))
+        """This rule with the templates mined from the history's lines."""
+        return LogStream(self.rule, TemplateVocabulary.mine(history.message[~history.ends_session].tolist(), masking))
 
     @property
     def fingerprint(self) -> str:
@@ -117,6 +118,7 @@ class LogStream(Stream[LogLine, LogColumns]):
             message=_objects([event.message for event in events]),
             timestamp_s=seconds,
             session=_objects(self.session_keys(events, seconds)),
+            ends_session=np.array([event.ends_session for event in events], dtype=bool),
         )
 
     def session_keys(self, events: Sequence[LogLine], seconds: np.ndarray) -> list[str]:
@@ -131,8 +133,25 @@ class LogStream(Stream[LogLine, LogColumns]):
             keys.append(found.group(0) if found else f"{event.source_host}@{int(second // window) * int(window)}")
         return keys
 
+    def session_ends(self, lines: Sequence[LogLine]) -> list[LogLine]:
+        """An end-of-session record for every session the lines leave open, at its last line's time: what the
+        end of a set of files means (every session in them is complete)."""
+        columns = self.columns(lines)
+        _, after = self.advance(self.empty_states(), columns)
+        still_open = set(after.keys[after.records["open"] == 1].tolist())
+        last_line = {key: line for key, line in zip(columns.session.tolist(), lines, strict=True) if key in still_open}
+        return [
+            LogLine(event_id=f"{key}#end", source_host=line.source_host, timestamp=line.timestamp, session_id=key,
+                    ends_session=True)
+            for key, line in last_line.items()
+        ]  # fmt: skip
+
     def templates_of(self, columns: LogColumns) -> np.ndarray:
-        return self.vocabulary.match(columns.message.tolist())
+        """Each row's template index: `UNSEEN` for a line none matches, `SESSION_END` for an end-of-session record."""
+        templates = np.full(len(columns), SESSION_END, dtype=np.int64)
+        lines = np.flatnonzero(~columns.ends_session)
+        templates[lines] = self.vocabulary.match(columns.message[lines].tolist())
+        return templates
 
     def advance(self, before: EntityStates, columns: LogColumns) -> tuple[np.ndarray, EntityStates]:
         return advance_sessions(
@@ -140,8 +159,10 @@ class LogStream(Stream[LogLine, LogColumns]):
         )
 
     def template_text(self, indices: np.ndarray) -> list[str]:
+        """Each template index as mined, "(unseen)" for a line none matches, "(session end)" for an end record."""
         names = self.vocabulary.templates
-        return [names[i] if i != UNSEEN else "(unseen)" for i in indices.tolist()]
+        special = {UNSEEN: "(unseen)", SESSION_END: "(session end)"}
+        return [special[i] if i < 0 else names[i] for i in indices.tolist()]
 
     def alert_context(self, columns: LogColumns, raw_features: np.ndarray) -> list[dict[str, Any]]:
         """The session, the line's template, and the session's templates so far with their counts (the count
@@ -174,8 +195,11 @@ class LogStream(Stream[LogLine, LogColumns]):
         }
 
     def synthetic(self, events: int, entities: int, anomaly_rate: float, seed: int) -> SyntheticEvents:
-        """`events` lines (sessions of at least 13 lines, the last one cut short) over `entities` hosts."""
-        generated = generate_log_lines(events // 13 + 1, entities, anomaly_rate, seed)
+        """`events` rows (block sessions of 13 lines or more and their end records; the last session cut off) over
+        `entities` hosts."""
+        generated = generate_log_lines(events // 12 + 1, entities, anomaly_rate, seed)
+        if len(generated.lines) < events:  # many sessions cut short: at least 3 rows each
+            generated = generate_log_lines(events // 3 + 1, entities, anomaly_rate, seed)
         lines = generated.lines[:events]
         keys = self.session_keys(lines, np.array([line.timestamp.timestamp() for line in lines]))
         return SyntheticEvents(

@@ -3,9 +3,11 @@
 Each block's life is the HDFS write path: allocation, three replicas received (receiving, packet responder,
 received, addStoredBlock), sometimes a later verification and deletion. Hosts and blocks interleave in
 time as on a real cluster. Anomalous sessions carry one kind of fault: an exception while writing, a
-message no template knows, a replication storm (far more replicas than three), or a failed deletion.
-Labels are per line: a line is anomalous from the first faulty line of its session on, because that is
-the first line at which anyone could know.
+message no template knows, a replication storm (far more replicas than three), a failed deletion, or a
+write that stops partway (every line normal, the session too short). The producer knows when a block's
+session is over and sends its end-of-session record.
+Labels are per row: a row is anomalous from the first faulty line of its session on, because that is
+the first line at which anyone could know; a session cut short is known only at its end record.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 from shared.streams.logs.contract import LogLine
 
 EPOCH_S = datetime(2026, 10, 1, tzinfo=UTC).timestamp()
-ANOMALY_KINDS = ("write_exception", "unknown_message", "replication_storm", "delete_failure")
+ANOMALY_KINDS = ("write_exception", "unknown_message", "replication_storm", "delete_failure", "cut_short")
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,11 @@ def _normal_session(block: str, rng: np.random.Generator) -> list[str]:
 
 
 def _faulty_session(block: str, kind: str, rng: np.random.Generator) -> tuple[list[str], int]:
-    """A session with one fault, and the index of its first faulty line."""
+    """A session with one fault, and the index of its first faulty line (its length when only its end shows it)."""
     lines = _normal_session(block, rng)
     at = int(rng.integers(2, 7))
+    if kind == "cut_short":
+        return lines[:at], at
     if kind == "write_exception":
         ip = _ip(rng)
         fault = [
@@ -79,10 +83,12 @@ def _faulty_session(block: str, kind: str, rng: np.random.Generator) -> tuple[li
 
 
 def generate_log_lines(sessions: int, hosts: int, anomaly_rate: float, seed: int) -> GeneratedLines:
-    """`sessions` block sessions spread over `hosts` hosts and interleaved in time, in time order."""
+    """`sessions` block sessions spread over `hosts` hosts and interleaved in time, in time order, each followed by
+    its end-of-session record (`message` None below)."""
     rng = np.random.default_rng(seed)
     host_names = [f"dn-{index:03d}" for index in range(max(1, hosts))]
-    messages: list[str] = []
+    messages: list[str | None] = []
+    blocks: list[str] = []
     host: list[str] = []
     times: list[np.ndarray] = []
     labels: list[np.ndarray] = []
@@ -96,11 +102,12 @@ def generate_log_lines(sessions: int, hosts: int, anomaly_rate: float, seed: int
         else:
             kind, (session, onset) = "", (_normal_session(block, rng), -1)
         start += float(rng.exponential(2.0))
-        offsets = np.cumsum(rng.exponential(0.5, len(session)))
-        messages += session
-        host += [host_names[index % len(host_names)]] * len(session)
+        offsets = np.cumsum(rng.exponential(0.5, len(session) + 1))  # the end record comes last
+        messages += [*session, None]
+        blocks += [block] * (len(session) + 1)
+        host += [host_names[index % len(host_names)]] * (len(session) + 1)
         times.append(start + offsets)
-        label = np.zeros(len(session), dtype=bool)
+        label = np.zeros(len(session) + 1, dtype=bool)
         if onset >= 0:
             label[onset:] = True
         labels.append(label)
@@ -113,9 +120,11 @@ def generate_log_lines(sessions: int, hosts: int, anomaly_rate: float, seed: int
             event_id=f"log-{seed}-{rank}",
             source_host=host[row],
             timestamp=datetime.fromtimestamp(EPOCH_S + seconds[row], tz=UTC),
-            message=messages[row],
-            level="INFO",
+            message=messages[row] or "",
+            level=None if messages[row] is None else "INFO",
             component="dfs.DataNode",
+            session_id=blocks[row] if messages[row] is None else None,
+            ends_session=messages[row] is None,
         )
         for rank, row in enumerate(order.tolist())
     ]

@@ -35,6 +35,9 @@ from drain3.template_miner_config import TemplateMinerConfig
 UNSEEN = -1
 """The template index of a line no saved template matches."""
 
+SESSION_END = -2
+"""The template index of an end-of-session record (not a line: it has no template)."""
+
 _EDGE_BEFORE, _EDGE_AFTER = r"((?<=[^A-Za-z0-9])|^)", r"((?=[^A-Za-z0-9])|$)"
 DEFAULT_MASKS: tuple[tuple[str, str], ...] = (
     (r"blk_-?\d+", "BLK"),

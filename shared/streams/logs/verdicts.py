@@ -1,4 +1,5 @@
-"""Session verdicts: every line is scored with its session so far; a session is as anomalous as its worst line.
+"""Session verdicts: every line is scored with its session so far, and a session's end-of-session record with
+the complete session; a session is as anomalous as its worst row.
 
 The batch tools (`fleetwatch logs infer / validate / compare`) and the benchmark judge sessions, not lines:
 per session key, each detector's score is the lowest `score_samples` of its lines (the line at which the
@@ -24,6 +25,9 @@ import numpy as np
 from shared.evaluation import DetectionMetrics, FleetEvaluation
 from shared.model_version import DeployedVersion
 from shared.scoring import ScoredBatch, score_batch
+from shared.streams.logs.sessions import FEATURE_NAMES
+
+SESSION_CLOSED = FEATURE_NAMES.index("session_closed")
 
 
 def worst_per_key(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,7 +78,7 @@ class SessionVerdicts:
         keys, fleet_margin, fleet_line = worst_per_key(session_keys, margin)
         columns = [worst_per_key(session_keys, scored.scores[:, j]) for j in range(len(names))]
         inverse = np.searchsorted(keys, session_keys)
-        count = np.bincount(inverse, minlength=len(keys))
+        count = np.bincount(inverse, weights=raw_features[:, SESSION_CLOSED] == 0, minlength=len(keys))
         first_s = np.full(len(keys), np.inf)
         last_s = np.full(len(keys), -np.inf)
         np.minimum.at(first_s, inverse, times_s)
@@ -84,7 +88,7 @@ class SessionVerdicts:
             shadow=frozenset(e.name for e in version.manifest.detectors if e.mode == "shadow"),
             offsets=offsets,
             keys=keys,
-            lines=count,
+            lines=count.astype(np.int64),
             sessions=np.bincount(inverse, weights=session_lines == 1, minlength=len(keys)).astype(np.int64),
             first_s=first_s,
             last_s=last_s,
