@@ -67,6 +67,11 @@ class StreamSettings(BaseModel):
     input_topic: str = Field("", description="the topic producers write this stream's events to")
     summary_topic: str = Field("", description="where events judged normal go")
     detectors: list[DetectorConfig] = Field(default_factory=list, description="seed 000's model_configs")
+    featurization: dict[str, int] = Field(
+        default_factory=dict,
+        description="the stream's own featurization parameters, set before it learns (metrics: window_size, "
+        "window_step); a trained version keeps them",
+    )
     std_multiplier: float = 6.0
     quantile: float = 0.95
     target_fpr: float = 0.01
@@ -96,7 +101,9 @@ class StreamSettings(BaseModel):
     batch_alert_rate: float = Field(0.02, gt=0, lt=1, description="a batch whose anomaly rate passes this alerts")
 
     def completed(self, stream: Stream[Any, Any]) -> StreamSettings:
-        """These settings with the stream's default topics and detectors where none are set."""
+        """These settings with the stream's default topics and detectors where none are set; ValueError when the
+        stream refuses its featurization parameters."""
+        stream.configured(self.featurization)
         return self.model_copy(
             update={
                 "input_topic": self.input_topic or stream.topics.input,

@@ -179,6 +179,24 @@ class Stream(ABC, Generic[EventT, ColumnsT]):
         every worker featurizes alike; a stream that learns nothing returns itself."""
         return self
 
+    def configured(self, parameters: Mapping[str, int]) -> Stream[EventT, ColumnsT]:
+        """This stream, before learning, with the featurization parameters of its `featurization` setting (a sensor
+        stream's window size and step); ValueError names one it does not take or a value it refuses. Training
+        configures the catalog's stream, and the version keeps the result: workers never configure it."""
+        if parameters:
+            raise ValueError(f"the {self.name} stream takes no featurization parameters; got {', '.join(parameters)}")
+        return self
+
+    def training_rows(self, history: ColumnsT) -> np.ndarray:
+        """Which events of a time-ordered history the detectors fit on (bool mask); all of them by default. Scoring,
+        calibration and evaluation still take every event."""
+        return np.ones(len(history), dtype=bool)
+
+    def feature_spec_mismatch(self, version: int, names: Sequence[str]) -> str | None:
+        """Why no configuration of this stream computes the features (version, names) a version was trained on;
+        None if one does. Read before a version is unpickled."""
+        return self.feature_spec.mismatch(version, names)
+
     def feature_groups(self) -> FeatureGroups | None:
         """The named groups of the feature columns (a sensor stream's sensors), or None: alerts name features only."""
         return None

@@ -216,7 +216,7 @@ def _manifest_problem(stream: str, manifest: Manifest) -> str | None:
         return f"the manifest is for stream {manifest.stream!r}"
     if stream not in CATALOG:
         return f"this build has no stream {stream!r} (known: {', '.join(sorted(CATALOG))})"
-    return CATALOG[stream].feature_spec.mismatch(manifest.feature_spec_version, manifest.feature_names)
+    return CATALOG[stream].feature_spec_mismatch(manifest.feature_spec_version, manifest.feature_names)
 
 
 def draft_manifest(stream: str, parent: int | None, **fields: Any) -> Manifest:

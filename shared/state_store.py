@@ -99,8 +99,6 @@ class EntityStateStore:
         self._redis = client
         self._cluster = is_cluster(client)
         self._stream = stream
-        self._layout = stream.state_layout
-        self._envelope = envelope_dtype(self._layout)
         self._prefix = f"{prefix}state:{KEY_VERSION}:{stream.name}:"
         self._ttl_s = ttl_s
         self._write = client.register_script(WRITE_SCRIPT)
@@ -125,8 +123,9 @@ class EntityStateStore:
         """Raw features of a consumed batch from its entities' stored states, which are advanced and stored.
 
         `partitions` and `offsets` say where each event was read; an entity's events of one batch come from
-        one partition (events are keyed by entity). `stream` is the version's (with what it learned), by
-        default the store's. Without Redis: from empty states, logged and counted."""
+        one partition (events are keyed by entity). `stream` is the version's (with what it learned, and its
+        state layout: a sensor stream's depends on the window size it was trained with), by default the store's.
+        Without Redis: from empty states, logged and counted."""
         stream = stream or self._stream
         entities, inverse = np.unique(columns.entity, return_inverse=True)
         inverse = inverse.reshape(-1)
@@ -138,7 +137,7 @@ class EntityStateStore:
         entity_partition[inverse] = partitions
         keys = self._keys(entities)
         try:
-            start = self._read(keys, entities, entity_partition, first)
+            start = self._read(keys, entities, entity_partition, first, stream.state_layout)
         except redis.RedisError as exc:
             metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
             log.warning("state store unavailable; scoring with empty histories", error=str(exc))
@@ -158,30 +157,36 @@ class EntityStateStore:
     def read(self, entities: np.ndarray, partitions: np.ndarray, first_offsets: np.ndarray) -> EntityStates:
         """States to start each entity (sorted, distinct) from: the stored state, or its snapshot when this
         is a replay."""
-        return self._read(self._keys(entities), entities, partitions, first_offsets)
+        return self._read(self._keys(entities), entities, partitions, first_offsets, self._stream.state_layout)
 
     def _read(
-        self, keys: EntityKeys, entities: np.ndarray, partitions: np.ndarray, first_offsets: np.ndarray
+        self,
+        keys: EntityKeys,
+        entities: np.ndarray,
+        partitions: np.ndarray,
+        first_offsets: np.ndarray,
+        layout: StateLayout,
     ) -> EntityStates:
         # A cluster refuses a multi-slot MGET; redis-py's non-atomic MGET sends one per slot, pipelined per node.
         stored = cast(
             list[bytes | None],
             self._redis.mget_nonatomic(keys.names) if self._cluster else self._redis.mget(keys.names),  # type: ignore[union-attr]
         )
-        size = self._envelope.itemsize
+        envelope = envelope_dtype(layout)
+        size = envelope.itemsize
         readable = [value for value in stored if value is not None and len(value) == size]
         present = np.array([value is not None and len(value) == size for value in stored], dtype=bool)
         if (unreadable := sum(1 for value in stored if value is not None) - len(readable)) > 0:
-            # Stored by a build whose state layout differs (an upgrade): those entities start afresh.
+            # Stored with another state layout (an upgrade, another window size): those entities start afresh.
             metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
             log.warning("states of another layout were ignored", stream=self._stream.name, entities=unreadable)
-        envelopes = np.frombuffer(b"".join(readable), dtype=self._envelope)
+        envelopes = np.frombuffer(b"".join(readable), dtype=envelope)
         replay = (envelopes["partition"].astype(np.int64) == partitions[present]) & (
             first_offsets[present] <= envelopes["applied_offset"].astype(np.int64)
         )
         start = envelopes["state"].copy()
         start[replay] = envelopes["snapshot"][replay]
-        return EntityStates.of(self._layout, entities[present], start)
+        return EntityStates.of(layout, entities[present], start)
 
     def write(
         self,
@@ -207,13 +212,13 @@ class EntityStateStore:
     ) -> int:
         if not len(after):
             return 0
-        envelopes = np.empty(len(after), dtype=self._envelope)
+        envelopes = np.empty(len(after), dtype=envelope_dtype(after.layout))
         envelopes["partition"] = _digits(partitions, PARTITION_DIGITS)
         envelopes["snap_offset"] = _digits(first_offsets, OFFSET_DIGITS)
         envelopes["applied_offset"] = _digits(last_offsets, OFFSET_DIGITS)
         envelopes["state"] = after.records
         envelopes["snapshot"] = start.aligned(after.keys)
-        whole, size = envelopes.tobytes(), self._envelope.itemsize
+        whole, size = envelopes.tobytes(), envelopes.dtype.itemsize
         values = [whole[offset : offset + size] for offset in range(0, len(whole), size)]
         if not self._cluster:
             return int(self._write(keys=keys.names, args=[self._ttl_s, *values]))

@@ -249,13 +249,15 @@ def train_round(
     (incremental training), detectors that can go on from that version's (DeepLog's network) do."""
     started = time.perf_counter()
     if data.raw_features is None:
-        stream = stream.learn(data.columns)
+        stream = stream.configured(settings.featurization).learn(data.columns)
         raw = stream.advance(stream.empty_states(), data.columns)[0]
     else:
         raw = data.raw_features
     labelled = data.is_anomaly is not None
     split = time_ordered_split(len(raw), labelled, settings.test_part)
-    train_rows, calibration_rows = split.train, split.calibration
+    train_rows, calibration_rows = split.train[stream.training_rows(data.columns)[split.train]], split.calibration
+    if not len(train_rows):
+        raise TrainingError(f"no events to fit the detectors on among {len(split.train)}; give more events per entity")
     if labelled and settings.exclude_labelled_anomalies:
         assert data.is_anomaly is not None
         train_rows = train_rows[~data.is_anomaly[train_rows]]

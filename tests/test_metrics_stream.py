@@ -4,6 +4,7 @@ and a real worker on the real broker and Redis scoring a pump fleet with injecte
 from __future__ import annotations
 
 import json
+import pickle
 import signal
 import subprocess
 import threading
@@ -15,9 +16,12 @@ import msgspec
 import numpy as np
 import pyarrow.csv as pacsv
 import pytest
+import redis
+from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
 
-from shared.config import StreamSettings, topic_environment
+from shared.artifact_store import RedisArtifactStore
+from shared.config import DetectorConfig, StreamSettings, load_settings, topic_environment
 from shared.detectors import build_detector
 from shared.entity_state import EntityStates
 from shared.errors import FleetwatchError
@@ -26,13 +30,19 @@ from shared.feature_scaler import FeatureScaler
 from shared.kafka_client import KafkaConnection
 from shared.model_version import DeployedVersion, ModelBundle
 from shared.output_records import AlertRecord, decode_output
+from shared.registry import ModelRegistry
 from shared.scoring import score_batch
+from shared.state_store import EntityStateStore
 from shared.streams.metrics.files import wide_table
 from shared.streams.metrics.stream import METRICS, MetricsStream
-from shared.streams.metrics.windows import FEATURE_SPEC, MAX_SENSORS, ROW_COLUMNS, WINDOW, MetricColumns
+from shared.streams.metrics.windows import MAX_SENSORS, ROW_COLUMNS, MetricColumns, WindowShape
 from shared.training import TrainingData, time_ordered_split, train_round
 from shared.training_data import from_files
 from tests.fleet import FLEETWATCH, event_ids, open_fleet, produce_paced
+from tests.test_config import isolated  # noqa: F401 (a fixture)
+
+WINDOW = WindowShape().size
+"""The default window size, which the catalog's stream has."""
 
 
 def reading(values: Any, event_id: str = "e1", timestamp: str = "2026-10-01T00:00:00Z") -> bytes:
@@ -82,7 +92,7 @@ def test_a_window_carries_missing_readings_forward_and_pads_a_new_asset_with_its
         ["a", "a", "b"], [0.0, 300.0, 0.0], [{"flow": 1.0}, {"power": 5.0}, {"power": 7.0}]
     )
     features, after = stream.advance(stream.empty_states(), columns)
-    name = FEATURE_SPEC.names.index
+    name = METRICS.feature_spec.names.index
     # a's first reading lacks power: the training median; its second lacks flow: the previous value
     assert features[:, name("now:s00")].tolist() == [1.0, 1.0, 10.0]
     assert features[:, name("now:s01")].tolist() == [20.0, 5.0, 7.0]
@@ -109,7 +119,7 @@ def test_a_window_counts_its_real_readings_across_batches_up_to_a_full_window() 
     rest, _ = stream.advance(stored, columns.take(np.arange(3, 12)))
     np.testing.assert_array_equal(rest, whole[3:])
     # from the 8th reading on the window is full: the spread of 0, 1, 0, ... is the alternation's own (sd 0.5)
-    spread = np.exp(whole[:, FEATURE_SPEC.names.index("logspread:s00")])
+    spread = np.exp(whole[:, METRICS.feature_spec.names.index("logspread:s00")])
     np.testing.assert_allclose(spread[WINDOW - 1 :], 0.5, rtol=1e-4)
     assert not np.allclose(spread[: WINDOW - 1], 0.5, rtol=1e-4)
 
@@ -123,6 +133,117 @@ def test_a_state_written_for_other_sensors_starts_a_fresh_window() -> None:
     continued, _ = new.advance(stored, columns.take(np.array([2])))
     fresh, _ = new.advance(new.empty_states(), columns.take(np.array([2])))
     np.testing.assert_array_equal(continued, fresh)
+
+
+def position_in_asset(columns: MetricColumns) -> np.ndarray:
+    """Each reading's index among its asset's readings, in the columns' order (0: the asset's first)."""
+    position = np.zeros(len(columns), dtype=int)
+    for asset in np.unique(columns.asset_id).tolist():
+        rows = np.flatnonzero(columns.asset_id == asset)
+        position[rows] = np.arange(len(rows))
+    return position
+
+
+def quick_settings(**featurization: int) -> StreamSettings:
+    """One fast detector, and the featurization under test."""
+    ica = DetectorConfig(name="ica", kind="ica", params={"n_components": 0.8, "last_columns": ROW_COLUMNS})
+    return StreamSettings(detectors=[ica], featurization=featurization).completed(METRICS)
+
+
+def test_a_version_trained_with_window_4_featurizes_and_keeps_state_with_window_4() -> None:
+    columns = columns_of(METRICS.synthetic(events=1_200, entities=4, anomaly_rate=0.0, seed=21).payloads)
+    result = train_round(TrainingData(columns, None, "test"), quick_settings(window_size=4), METRICS, None)
+    version = DeployedVersion.assemble(result.draft, ModelBundle.from_verified_bytes(result.bundle.to_bytes()))
+    stream = version.stream
+    parts = ("lag3", "lag2", "lag1", "logspread", "now")
+    names = [f"{part}:s{slot:02d}" for part in parts for slot in range(MAX_SENSORS)]
+    assert version.feature_names == names and list(stream.feature_spec.names) == names
+    raw, after = stream.advance(stream.empty_states(), columns)
+    assert raw.shape == result.raw_features.shape == (len(columns), len(parts) * MAX_SENSORS)
+    assert after.records["rows"].shape == (4, 3, MAX_SENSORS) and after.records["real"].tolist() == [3] * 4
+    assert score_batch(version, raw).scores.shape == (len(columns), 1)
+    assert len(METRICS.feature_spec.names) == (WINDOW + 1) * MAX_SENSORS, "the catalog's stream keeps the default"
+
+
+def test_a_pickled_learned_stream_keeps_its_window_and_an_older_one_has_the_default() -> None:
+    columns = columns_of(METRICS.synthetic(events=300, entities=3, anomaly_rate=0.0, seed=22).payloads)
+    learned = METRICS.configured({"window_size": 16, "window_step": 4}).learn(columns)
+    restored = pickle.loads(pickle.dumps(learned))
+    assert restored.shape == WindowShape(size=16, step=4) and restored.fingerprint == learned.fingerprint
+    assert restored.feature_spec == learned.feature_spec and restored.state_layout == learned.state_layout
+    np.testing.assert_array_equal(
+        restored.advance(restored.empty_states(), columns)[0], learned.advance(learned.empty_states(), columns)[0]
+    )
+    # A version pickled before the window was configurable holds no shape: it was trained with the default.
+    older = MetricsStream.__new__(MetricsStream)
+    older.__setstate__({"sensors": learned.sensors, "fill": learned.fill, "typical_variance": learned.typical_variance})
+    assert older.shape == WindowShape() and older.feature_spec == METRICS.feature_spec
+    assert learned.fingerprint != METRICS.configured({"window_size": 8}).learn(columns).fingerprint
+
+
+def test_a_step_fits_the_detectors_on_every_step_th_window_of_each_asset_and_scores_every_reading() -> None:
+    columns = columns_of(METRICS.synthetic(events=1_200, entities=4, anomaly_rate=0.0, seed=23).payloads)
+    every_third = position_in_asset(columns) % 3 == 2  # each asset's 3rd, 6th, ... reading
+    stream = METRICS.configured({"window_step": 3})
+    np.testing.assert_array_equal(stream.training_rows(columns), every_third)
+    shuffled = np.random.default_rng(0).permutation(len(columns))  # any batch order: time order within an asset
+    np.testing.assert_array_equal(stream.training_rows(columns.take(shuffled)), every_third[shuffled])
+    result = train_round(TrainingData(columns, None, "test"), quick_settings(window_step=3), METRICS, None)
+    split = time_ordered_split(len(columns), labelled=False, test_part="last")
+    assert result.draft.training.rows_train == every_third[split.train].sum() < len(split.train) / 2
+    assert result.draft.training.rows_calibration == len(split.calibration), "calibration takes every window"
+    assert isinstance(result.bundle.stream, MetricsStream) and result.bundle.stream.shape.step == 3
+    assert len(result.raw_features) == len(columns), "every reading is featurized"
+
+
+@pytest.mark.parametrize(
+    ("parameters", "reason"),
+    [
+        ({"window_size": 1}, "window size must be an integer from 2 to 64"),
+        ({"window_size": 65}, "window size must be an integer from 2 to 64"),
+        ({"window_step": 0}, "window step must be a positive integer"),
+        ({"window": 8}, "takes window_size and window_step; unknown: window"),
+    ],
+)
+@pytest.mark.usefixtures("isolated")
+def test_an_invalid_window_shape_is_refused_by_the_stream_and_by_the_settings(
+    parameters: dict[str, int], reason: str
+) -> None:
+    with pytest.raises(ValueError, match=reason):
+        METRICS.configured(parameters)
+    with pytest.raises(ValidationError, match=reason):
+        load_settings(streams={"metrics": {"featurization": parameters}})
+
+
+@pytest.mark.usefixtures("isolated")  # in an empty working directory
+def test_the_window_shape_is_set_per_stream_by_environment_and_config_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWATCH_STREAMS__METRICS__FEATURIZATION__WINDOW_SIZE", "16")
+    Path("fleetwatch.toml").write_text("[streams.metrics.featurization]\nwindow_step = 4\n")
+    assert load_settings().streams["metrics"].featurization == {"window_size": 16, "window_step": 4}
+    with pytest.raises(ValidationError, match="the transactions stream takes no featurization parameters"):
+        load_settings(streams={"transactions": {"featurization": {"window_size": 4}}})
+
+
+def test_a_window_16_version_is_served_with_window_16_and_ignores_states_of_another_window(
+    redis_client: redis.Redis, unique_name: str
+) -> None:
+    columns = columns_of(METRICS.synthetic(events=1_200, entities=4, anomaly_rate=0.0, seed=24).payloads)
+    result = train_round(TrainingData(columns, None, "test"), quick_settings(window_size=16), METRICS, None)
+    registry = ModelRegistry(redis_client, RedisArtifactStore(redis_client, unique_name), b"k" * 16, unique_name)
+    registry.publish(result.bundle, result.draft, deploy=True)
+    version = registry.load_deployed(METRICS.name)
+    assert version is not None and isinstance(version.stream, MetricsStream) and version.stream.shape.size == 16
+    # A worker's store is built on the catalog's stream (window 8): the version's stream decides the layout.
+    store = EntityStateStore(redis_client, f"{unique_name}:", METRICS)
+    halves, partitions = [np.arange(0, 600), np.arange(600, 1_200)], np.zeros(len(columns), dtype=np.int64)
+    served = [store.features(columns.take(rows), partitions[rows], rows, stream=version.stream) for rows in halves]
+    np.testing.assert_allclose(np.vstack(served), result.raw_features, rtol=1e-9, atol=1e-9)
+    # States a window-4 version wrote are records of another size: window 16 starts those assets afresh.
+    window_4 = METRICS.configured({"window_size": 4}).learn(columns)
+    store.features(columns.take(halves[0]), partitions[halves[0]], halves[0] + 10_000, stream=window_4)
+    fresh = store.features(columns.take(halves[1]), partitions[halves[1]], halves[1] + 10_000, stream=version.stream)
+    expected = version.stream.advance(version.stream.empty_states(), columns.take(halves[1]))[0]
+    np.testing.assert_allclose(fresh, expected, rtol=1e-9, atol=1e-9)
 
 
 def test_a_wide_csv_trains_like_the_records_it_holds(tmp_path: Path) -> None:
@@ -243,11 +364,7 @@ def test_a_new_assets_first_windows_look_like_typical_windows_not_stuck_sensors(
     fresh = columns_of(METRICS.synthetic(events=4_800, entities=300, anomaly_rate=0.0, seed=32).payloads)
     raw, _ = version.stream.advance(version.stream.empty_states(), fresh)
     alert = score_batch(version, raw).alert
-    position = np.zeros(len(fresh), dtype=int)
-    for asset in np.unique(fresh.asset_id).tolist():
-        rows = np.flatnonzero(fresh.asset_id == asset)
-        position[rows] = np.arange(len(rows))
-    young = position < WINDOW - 1
+    young = position_in_asset(fresh) < WINDOW - 1
     assert young.sum() == 300 * (WINDOW - 1)
     assert alert[young].mean() <= budget, f"{alert[young].sum()} of {young.sum()} first windows alert"
 

@@ -3,13 +3,23 @@
 The sensor names are not known in advance: `learn` takes them (sorted, at most `MAX_SENSORS`), each
 sensor's median and its typical variance over a window (the median over the history's full windows: what a
 new asset's window counts its missing rows at) from the training history, and the version keeps that learned
-stream in its signed artifact. The catalog's stream has learned nothing and refuses to featurize.
+stream in its signed artifact, with its window shape: a worker featurizes with the window size the version was
+trained with, whatever its own configuration. The catalog's stream has learned nothing and refuses to featurize;
+the stream's `featurization` setting (`window_size`, `window_step`, see `windows.WindowShape`) configures it.
+
+>>> stream = METRICS.configured({"window_size": 4})
+>>> stream.feature_spec.names[0], len(stream.feature_spec.names), stream.state_layout.dtype["rows"].shape
+('lag3:s00', 80, (3, 16))
+>>> METRICS.configured({"window_size": 1})
+Traceback (most recent call last):
+...
+ValueError: the metrics window size must be an integer from 2 to 64 readings; got 1
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,27 +33,28 @@ from shared.streams.metrics import files
 from shared.streams.metrics.contract import SensorReadings, decode_readings
 from shared.streams.metrics.synthetic import generate_pumps
 from shared.streams.metrics.windows import (
-    FEATURE_SLOT,
-    FEATURE_SPEC,
     MAX_SENSORS,
     ROW_COLUMNS,
-    WINDOW_LAYOUT,
+    WINDOW_SIZES,
     MetricColumns,
+    WindowShape,
     advance_windows,
+    feature_spec,
     learn_typical_variance,
     object_array,
     sensor_set_key,
     slide_windows,
+    training_windows,
+    window_layout,
 )
 
 
 class MetricsStream(Stream[SensorReadings, MetricColumns]):
     """`sensors`, `fill` (each sensor's training median) and `typical_variance` (each sensor's median variance over
-    a training window) are what `learn` sets; empty in the catalog."""
+    a training window) are what `learn` sets; empty in the catalog. `shape` is the configured window shape; the
+    feature spec and the state layout follow from its size."""
 
     name = "metrics"
-    feature_spec = FEATURE_SPEC
-    state_layout = WINDOW_LAYOUT
     topics = StreamTopics(input="events.metrics", summary="summary.metrics")
     windows = WindowDimensions(entity="asset_id", time="timestamp", dimensions=("asset_id",))
     alert_fields = ("event_id", "asset_id")
@@ -57,11 +68,44 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
     )
 
     def __init__(
-        self, sensors: Sequence[str] = (), fill: np.ndarray | None = None, typical_variance: np.ndarray | None = None
+        self,
+        sensors: Sequence[str] = (),
+        fill: np.ndarray | None = None,
+        typical_variance: np.ndarray | None = None,
+        *,
+        shape: WindowShape | None = None,
     ) -> None:
         self.sensors = tuple(sensors)
         self.fill = np.zeros(MAX_SENSORS) if fill is None else fill
         self.typical_variance = np.zeros(MAX_SENSORS) if typical_variance is None else typical_variance
+        self.shape = WindowShape() if shape is None else shape
+        self.feature_spec = feature_spec(self.shape.size)
+        self.state_layout = window_layout(self.shape.size)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a version's artifact keeps: what the stream learned and its shape (the spec and layout follow)."""
+        return {
+            "sensors": self.sensors,
+            "fill": self.fill,
+            "typical_variance": self.typical_variance,
+            "shape": self.shape,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Versions pickled before the shape was configurable were trained with the default one."""
+        MetricsStream.__init__(self, **state)
+
+    def configured(self, parameters: Mapping[str, int]) -> MetricsStream:
+        """This stream, unlearned, with the `window_size` and `window_step` `parameters` name (others as they are)."""
+        if unknown := sorted(set(parameters) - {"window_size", "window_step"}):
+            raise ValueError(f"the metrics stream takes window_size and window_step; unknown: {', '.join(unknown)}")
+        size, step = parameters.get("window_size", self.shape.size), parameters.get("window_step", self.shape.step)
+        return MetricsStream(shape=WindowShape(size=size, step=step))
+
+    def feature_spec_mismatch(self, version: int, names: Sequence[str]) -> str | None:
+        """Every window size has its spec: the names are checked against the one of the size their count implies."""
+        size = len(names) // MAX_SENSORS - 1
+        return (feature_spec(size) if size in WINDOW_SIZES else self.feature_spec).mismatch(version, names)
 
     def decode(self, payloads: Sequence[bytes | None]) -> DecodedBatch[SensorReadings]:
         return decode_readings(payloads)
@@ -85,8 +129,11 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
                 "version per group of at most 16 sensors, or drop sensors from the files"
             )
         fill = np.nan_to_num(np.nanmedian(history.readings(sensors), axis=0)) if len(history) else np.zeros(MAX_SENSORS)
-        windows = slide_windows(self.empty_states(), history, sensors, fill)
-        return MetricsStream(sensors, fill, learn_typical_variance(windows))
+        windows = slide_windows(self.empty_states(), history, sensors, fill, self.shape.size)
+        return MetricsStream(sensors, fill, learn_typical_variance(windows), shape=self.shape)
+
+    def training_rows(self, history: MetricColumns) -> np.ndarray:
+        return training_windows(history, self.shape.step)
 
     def advance(self, before: EntityStates, columns: MetricColumns) -> tuple[np.ndarray, EntityStates]:
         if not self.sensors:
@@ -94,10 +141,11 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
                 "the metrics stream featurizes with the sensors it learned from a training history; use a trained "
                 "version's stream (or Stream.learn), not the catalog's"
             )
-        return advance_windows(before, columns, self.sensors, self.fill, self.typical_variance)
+        return advance_windows(before, columns, self.sensors, self.fill, self.typical_variance, self.shape.size)
 
     def feature_groups(self) -> FeatureGroups:
-        return FeatureGroups(self.sensors, np.where(len(self.sensors) > FEATURE_SLOT, FEATURE_SLOT, -1))
+        slot = np.arange(len(self.feature_spec.names)) % MAX_SENSORS  # every part of the spec is one column per slot
+        return FeatureGroups(self.sensors, np.where(slot < len(self.sensors), slot, -1))
 
     def table_payloads(self, table: pa.Table) -> list[bytes]:
         return files.table_payloads(table)
@@ -105,7 +153,7 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
     @property
     def fingerprint(self) -> str:
         learned = hashlib.blake2b(np.concatenate([self.fill, self.typical_variance]).tobytes(), digest_size=8)
-        return f"{super().fingerprint}:{sensor_set_key(self.sensors):016x}:{learned.hexdigest()}"
+        return f"{super().fingerprint}:w{self.shape.size}:{sensor_set_key(self.sensors):016x}:{learned.hexdigest()}"
 
     def report_table(self, columns: MetricColumns) -> dict[str, Any]:
         readings = columns.readings(self.sensors)
