@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -26,7 +27,7 @@ from tests.console_support import (
     offline_feeds,
     window_report,
 )
-from tests.small_models import train_small
+from tests.small_models import train_small, train_small_metrics
 from workers.cli import app as cli_app
 from workers.console import ConsoleServices, create_app
 
@@ -36,6 +37,11 @@ REGISTRY_KEY = b"r" * 32
 @pytest.fixture(scope="module")
 def trained() -> TrainingResult:
     return train_small(events=3_000, seed=5)
+
+
+@pytest.fixture(scope="module")
+def trained_metrics() -> TrainingResult:
+    return train_small_metrics()
 
 
 @pytest.fixture
@@ -266,6 +272,33 @@ def test_model_actions_move_the_registry_and_show_every_threshold_method(
     )
     assert unknown.status_code == 409
     assert audit_count(services.store) == 2  # refused actions changed nothing and left no record
+
+
+def test_models_give_each_threshold_methods_false_positive_rate_and_recall_on_the_test_part(
+    client: TestClient, services: ConsoleServices, trained: TrainingResult, trained_metrics: TrainingResult
+) -> None:
+    assert services.registry is not None
+    assert trained.draft.evaluation is not None and trained_metrics.draft.evaluation is not None
+    services.registry.publish(trained.bundle, msgspec.structs.replace(trained.draft, evaluation=None), deploy=False)
+    services.registry.publish(trained_metrics.bundle, trained_metrics.draft, deploy=True)
+    services.streams.append("metrics")
+    admin = bearer(services, Role.ADMIN)
+    body = {"methods": {"robust_z": "quantile"}, **REASON}
+    assert client.post("/api/models/transactions/thresholds", json=body, headers=admin).status_code == 201
+
+    streams = {s["stream"]: s for s in client.get("/api/models", headers=admin).json()}
+    deployed, unlabelled, derived = streams["transactions"]["versions"][1:]
+    rates = {d["name"]: d["rates"] for d in deployed["detectors"]}
+    assert rates == trained.draft.evaluation["threshold_methods"]
+    assert all(set(methods) == set(streams["transactions"]["methods"]) for methods in rates.values())
+    assert set(rates["robust_z"]["quantile"]) == {"fpr", "recall"}
+    assert all(d["rates"] == {} for d in unlabelled["detectors"]), "trained without labels: nothing measured"
+    assert derived["parent_version"] == 2
+    assert {d["name"]: d["rates"] for d in derived["detectors"]} == rates, "other active methods, same rates"
+    [metrics] = streams["metrics"]["versions"]
+    assert {d["name"]: d["rates"] for d in metrics["detectors"]} == trained_metrics.draft.evaluation[
+        "threshold_methods"
+    ]
 
 
 def test_labels_reach_the_trainers_labels_format(

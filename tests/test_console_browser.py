@@ -13,7 +13,9 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -27,7 +29,7 @@ from shared.kafka_client import KafkaConnection, producer, read_all
 from shared.local_infra.processes import free_port
 from shared.registry import ModelRegistry
 from tests.console_support import PASSWORD, alert_payload, window_report
-from tests.small_models import train_small
+from tests.small_models import train_small, train_small_metrics
 
 CHROMIUM = "/usr/bin/chromium"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -41,6 +43,7 @@ class RunningConsole:
     topics: dict[str, str]
     dev_dir: Path
     kafka: KafkaConnection
+    rates: dict[str, dict[str, Any]]  # stream -> its deployed version's threshold_methods (FPR, recall per method)
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +63,20 @@ def console(
     trained = train_small(events=2_000, seed=7)
     registry.publish(trained.bundle, trained.draft, deploy=True)
     registry.publish(trained.bundle, trained.draft, deploy=False)
+    pumps = train_small_metrics()
+    registry.publish(pumps.bundle, pumps.draft, deploy=True)
+    assert trained.draft.evaluation is not None and pumps.draft.evaluation is not None
+    rates = {
+        "transactions": trained.draft.evaluation["threshold_methods"],
+        "metrics": pumps.draft.evaluation["threshold_methods"],
+    }
 
     store_url = f"sqlite:///{folder}/console.db"
     store = ConsoleStore.open(store_url)
     users = UserDirectory(store)
     users.put("olga", PASSWORD, Role.OPERATOR)
     users.put("vera", PASSWORD, Role.VIEWER)
+    users.put("ada", PASSWORD, Role.ADMIN)
 
     port = free_port()
     environment = {
@@ -81,6 +92,7 @@ def console(
         "FLEETWATCH_CONSOLE__AUDIT_TOPIC": topics["audit"],
         "FLEETWATCH_CONSOLE__GROUP_ID": f"console-{suffix}",
         "FLEETWATCH_CONSOLE__STORE_URL": store_url,
+        "FLEETWATCH_WORKER__STREAMS": '["transactions", "metrics"]',
     }
     command = [sys.executable, "-m", "workers.cli", "console", "serve", "--port", str(port)]
     url = f"https://127.0.0.1:{port}"
@@ -88,7 +100,7 @@ def console(
         process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=log)
         try:
             _wait_for_https(url + "/healthz", process, folder / "log")
-            yield RunningConsole(url, store, topics, folder / "dev", connection)
+            yield RunningConsole(url, store, topics, folder / "dev", connection, rates)
         finally:
             process.terminate()
             process.wait(20)
@@ -191,3 +203,44 @@ def test_a_viewer_sees_no_action_buttons(console: RunningConsole, browser: Brows
     assert page.locator("#models input[type=radio]:not([disabled])").count() == 0
     assert page.locator("#audit-panel").is_hidden()
     page.screenshot(path=str(DOCS / "console-viewer.png"), full_page=True)
+
+
+def shown_rates(measured: dict[str, float]) -> str:
+    """A method's rates as the page shows them under its threshold, one a line (JavaScript's toFixed rounds half
+    away from zero)."""
+    fpr = Decimal(100 * measured["fpr"]).quantize(Decimal("0.1"), ROUND_HALF_UP)
+    recall = Decimal(100 * measured["recall"]).quantize(Decimal("1"), ROUND_HALF_UP)
+    return f"FPR {fpr}% recall {recall}%"
+
+
+def test_an_admin_picks_a_threshold_method_seeing_each_methods_false_positive_rate_and_recall(
+    console: RunningConsole, browser: Browser
+) -> None:
+    page = new_page(browser)
+    log_in(page, console.url, "ada")
+    expect(page.locator("#models h3", has_text="metrics: deployed v1")).to_be_visible()
+    for detectors in console.rates.values():  # every detector name is unique across the two streams
+        for detector, methods in detectors.items():
+            for method, measured in methods.items():
+                radio = page.locator(f"input[name='method-{detector}'][value='{method}']")
+                expect(page.locator("#models label", has=radio)).to_contain_text(
+                    shown_rates(measured), use_inner_text=True
+                )
+    picker = page.locator("#models > div", has=page.locator("input[name='method-aakr']"))
+    expect(picker).to_contain_text("false-positive rate and recall on the version's labelled test part")
+    page.locator("#models-panel").screenshot(path=str(DOCS / "console-thresholds.png"))
+
+    picker.locator("input[name='method-aakr'][value='quantile']").check()
+    picker.locator("button", has_text="Apply threshold methods").click()
+    expect(page.locator("#confirm-text")).to_contain_text("New version of metrics from v1")
+    page.fill("#confirm-reason", "quantile: more faults caught for a few more false positives")
+    page.click("#confirm-ok")
+    expect(page.locator("#confirm")).to_be_hidden()
+    expect(page.locator("#models h3", has_text="metrics: deployed v2")).to_be_visible()
+    expect(page.locator("#models h3", has_text="Threshold methods of v2")).to_be_visible()
+    chosen = page.locator("input[name='method-aakr'][value='quantile']")
+    expect(chosen).to_be_checked()
+    expect(page.locator("#models label", has=chosen)).to_contain_text(
+        shown_rates(console.rates["metrics"]["aakr"]["quantile"]), use_inner_text=True
+    )  # the new version keeps its base's measured rates
+    expect(page.locator("#audit tbody tr").first).to_contain_text("set_thresholds")

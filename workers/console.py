@@ -331,7 +331,8 @@ def create_app(services: ConsoleServices) -> FastAPI:
 
     @app.get("/api/models", tags=["models"])
     def models(_: Annotated[Principal, Depends(require(Permission.READ))]) -> list[dict[str, Any]]:
-        """Per stream: the deployed version and every version with its evaluation and every threshold method."""
+        """Per stream: the deployed version and every version with its evaluation and every threshold method, each
+        with its false-positive rate and recall on the version's labelled test part where measured."""
         if services.registry is None:
             return []
         return [_stream_versions(services.registry, stream) for stream in services.streams]
@@ -434,9 +435,12 @@ def create_app(services: ConsoleServices) -> FastAPI:
 
 
 def _stream_versions(registry: ModelRegistry, stream: str) -> dict[str, Any]:
+    """Each detector's `rates`: per threshold method, its false-positive rate and recall on the version's labelled
+    test part (measured at training; none for a version trained without labels), so a person picks informed."""
     deployed = registry.deployed_version(stream)
     versions = []
     for manifest in registry.manifests(stream):
+        rates = (manifest.evaluation or {}).get("threshold_methods", {})
         versions.append(
             {
                 "version": manifest.version,
@@ -454,6 +458,7 @@ def _stream_versions(registry: ModelRegistry, stream: str) -> dict[str, Any]:
                             method.value: offset
                             for method, offset in DetectorThresholds.from_dict(entry.thresholds).offsets.items()
                         },
+                        "rates": rates.get(entry.name, {}),
                     }
                     for entry in manifest.detectors
                 ],

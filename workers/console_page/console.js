@@ -224,7 +224,11 @@ async function loadModels() {
 
 function thresholdPicker(stream, version) {
   const wrapper = el("div");
+  const measured = version.detectors.some((d) => Object.keys(d.rates).length);
   wrapper.append(el("h3", `Threshold methods of v${version.version} (offset on score_samples per method)`));
+  wrapper.append(el("p", measured
+    ? "Beside each: its false-positive rate and recall on the version's labelled test part, were it active."
+    : "No false-positive rate or recall measured: this version was trained without labels."));
   const table = el("table");
   const head = el("tr");
   head.append(el("th", "detector"), el("th", "mode"));
@@ -244,7 +248,13 @@ function thresholdPicker(stream, version) {
       input.disabled = !may("manage_models");
       input.addEventListener("change", () => { choices[detector.name] = method; });
       const label = el("label");
-      label.append(input, ` ${detector.thresholds[method].toFixed(4)}`);
+      // One figure a line, none broken inside (no-break spaces): seven methods side by side stay readable.
+      label.append(input, `\u00a0${detector.thresholds[method].toFixed(4)}`);
+      const rates = detector.rates[method];
+      if (rates) {
+        label.append(el("br"), `FPR\u00a0${(100 * rates.fpr).toFixed(1)}%`, el("br"),
+          `recall\u00a0${(100 * rates.recall).toFixed(0)}%`);
+      }
       cell.append(label);
       row.append(cell);
     }
