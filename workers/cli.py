@@ -208,12 +208,14 @@ def _print_generation_summary(data: SyntheticTransactions, elapsed_s: float, wri
 def demo(
     events: Annotated[int, typer.Option(min=1, help="Transactions to stream.")] = 200_000,
     users: Annotated[int, typer.Option(min=1, help="Users behind them.")] = 20_000,
+    readings: Annotated[int, typer.Option(min=1, help="Pump sensor readings (metrics stream) to stream.")] = 12_000,
+    pumps: Annotated[int, typer.Option(min=1, help="Pumps behind them.")] = 24,
     keep: Annotated[bool, typer.Option("--keep", help="Leave Kafka and Redis running afterwards.")] = False,
 ) -> None:
     """The main job end to end on the local stack: Kafka + Redis up, events streamed and watched, stack down."""
     from workers.demo import run_demo
 
-    run_demo(_settings(), events=events, users=users, keep=keep, console=console)
+    run_demo(_settings(), events=events, users=users, readings=readings, pumps=pumps, keep=keep, console=console)
 
 
 models_app = typer.Typer(

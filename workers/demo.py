@@ -1,21 +1,24 @@
 """`fleetwatch demo`: the whole system end to end on the local stack, for a newcomer's first look.
 
-Kafka + Redis come up on loopback; a labelled synthetic history is generated; the trainer fits v1 on
-its first third (deployed) and v2 on its first half (newer data, kept back); two scoring workers start; every
-event of the history streams through them while a live table shows what comes out; halfway, v2 is
-promoted and the workers hot-reload it; the run ends with throughput, precision and recall against
-the ground truth, and which version scored what. Workers and the stack are stopped at the end.
+Kafka + Redis come up on loopback; a labelled synthetic history is generated for two streams, transactions
+and pump sensor readings (metrics). The trainer fits transactions v1 on the first third of its history
+(deployed) and v2 on its first half (newer data, kept back), and metrics v1 on the first half of the
+readings (deployed); two scoring workers start, each serving both streams; every event of both histories
+streams through them side by side while a live table shows what comes out; halfway, transactions v2 is
+promoted and the workers hot-reload it; the run ends with throughput, precision and recall against the
+ground truth per stream, and which version scored what. Workers and the stack are stopped at the end.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,41 +29,93 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from shared.config import FleetwatchSettings, dev_dir
-from shared.event_files import chunk_bounds
+from shared.config import FleetwatchSettings, dev_dir, topic_environment
+from shared.event_files import labels_path_for, write_jsonl
 from shared.kafka_client import consumer, produce_all, topic_partitions
 from shared.local_infra import dev_stack
 from shared.local_infra.processes import free_port
 from shared.output_records import decode_output
-from shared.registry import open_registry
-from shared.streams.transactions import synthetic
-from shared.streams.transactions.files import transaction_payloads, write_labels, write_transactions
+from shared.pipeline import SyntheticEvents
+from shared.registry import ModelRegistry, open_registry
+from shared.streams.catalog import stream_named
 from workers.trainer import TrainingSource, run_round
 
-MALFORMED = [b"{not json", b'{"event_id": "demo-bad", "amount": "lots"}']
+PRODUCE_CHUNKS = 10  # each stream's history goes out in this many chunks, the streams' chunks in turn
+
+
+@dataclass(frozen=True)
+class DemoStream:
+    """What the demo does with one stream: how much history it draws, which versions it trains, what bad input
+    it sends first."""
+
+    name: str
+    events: int
+    entities: int
+    anomaly_rate: float
+    # Each version trains on the first 1/n of the history; the first is deployed, the others are promoted (in
+    # this order) once half the stream's events are scored, so the workers hot-reload them mid-stream.
+    history_shares: tuple[int, ...]
+    malformed: tuple[bytes, ...]
+
+
+def demo_streams(events: int, users: int, readings: int, pumps: int) -> list[DemoStream]:
+    return [
+        DemoStream("transactions", events, users, 0.01, (3, 2),
+                   (b"{not json", b'{"event_id": "demo-bad", "amount": "lots"}')),
+        DemoStream("metrics", readings, pumps, 0.04, (2,),
+                   (b"{not json", b'{"event_id": "demo-bad-reading", "asset_id": "pump-000", '
+                                  b'"timestamp": "2026-10-01T00:00:00Z", "values": {"flow_m3h": "high"}}')),
+    ]  # fmt: skip
 
 
 @dataclass
 class Tally:
-    """What has come out of the workers for this run, read as a read_committed consumer sees it."""
+    """What has come out of the workers for one stream in this run, read as a read_committed consumer sees it."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
     by_version: Counter[int] = field(default_factory=Counter)
+    scored_ids: set[str] = field(default_factory=set)  # alerted or summarized: one output per event is the promise
     alerted: set[str] = field(default_factory=set)
     first_at: float | None = None
     last_at: float | None = None
     first_at_version: dict[int, float] = field(default_factory=dict)
 
     @property
-    def total(self) -> int:
-        return sum(self.outcomes.values())
+    def scored(self) -> int:
+        return self.outcomes["alert"] + self.outcomes["summary"]
+
+    @property
+    def events_per_s(self) -> float:
+        elapsed = (self.last_at or 0) - (self.first_at or 0)
+        return self.scored / elapsed if elapsed > 0 else 0.0
 
 
-def _tail_outputs(settings: FleetwatchSettings, run_prefix: str, tally: Tally, stop: threading.Event) -> None:
+@dataclass(frozen=True)
+class DemoRun:
+    """One stream's run: its plan, its generated history (ground truth apart), its versions, what came out."""
+
+    plan: DemoStream
+    history: SyntheticEvents
+    event_ids: frozenset[str]
+    versions: list[int]
+    tally: Tally = field(default_factory=Tally)
+
+    @property
+    def expected(self) -> int:
+        return len(self.history.payloads)
+
+    @property
+    def outstanding(self) -> int:
+        """Inputs, malformed ones too, whose output has not come yet."""
+        tally = self.tally
+        return self.expected + len(self.plan.malformed) - tally.scored - tally.outcomes["deadletter"]
+
+
+def _tail_outputs(settings: FleetwatchSettings, runs: dict[str, DemoRun], stop: threading.Event) -> None:
     connection = settings.kafka_connection()
-    topics = {settings.topics.alerts: "alert", settings.streams["transactions"].summary_topic: "summary",
-              settings.topics.deadletter: "deadletter"}  # fmt: skip
-    reader = consumer(connection, group_id=f"fleetwatch-demo-{uuid.uuid4().hex[:8]}")
+    topics = {settings.topics.alerts: "alert", settings.topics.deadletter: "deadletter"}
+    topics |= {settings.streams[name].summary_topic: "summary" for name in runs}
+    reader = consumer(connection, group_id=f"fleetwatch-demo-{os.getpid()}-{time.time_ns()}")
     assignment = []
     for topic in topics:
         for partition in topic_partitions(connection, topic):
@@ -74,13 +129,18 @@ def _tail_outputs(settings: FleetwatchSettings, run_prefix: str, tally: Tally, s
             outcome = topics[message.topic() or ""]
             now = time.monotonic()
             if outcome == "deadletter":
-                tally.outcomes[outcome] += 1
+                stream = dict(message.headers() or []).get("fleetwatch.stream")
+                if isinstance(stream, bytes) and stream.decode() in runs:
+                    runs[stream.decode()].tally.outcomes[outcome] += 1
                 continue
             record = decode_output(message.value() or b"")
+            run = runs.get(record.stream)
             event_id = msgspec.json.decode(record.event)["event_id"]
-            if not event_id.startswith(run_prefix):
-                continue
+            if run is None or event_id not in run.event_ids:
+                continue  # another run's output: not this demo's to count
+            tally = run.tally
             tally.outcomes[outcome] += 1
+            tally.scored_ids.add(event_id)
             tally.by_version[record.model_version] += 1
             tally.first_at_version.setdefault(record.model_version, now)
             tally.first_at = tally.first_at or now
@@ -90,156 +150,214 @@ def _tail_outputs(settings: FleetwatchSettings, run_prefix: str, tally: Tally, s
     reader.close()
 
 
-def _progress_table(tally: Tally, produced: int, expected: int, note: str) -> Table:
-    table = Table(title="fleetwatch demo: events through 2 scoring workers")
+def _progress_table(runs: dict[str, DemoRun], produced: Counter[str], note: str) -> Table:
+    table = Table(title=f"fleetwatch demo: {len(runs)} streams through 2 scoring workers")
+    table.add_column("stream")
     for column in ("produced", "scored", "alerts", "summaries", "dead letters", "by version", "events/s"):
         table.add_column(column, justify="right")
-    elapsed = (tally.last_at or 0) - (tally.first_at or 0)
-    rate = (tally.outcomes["alert"] + tally.outcomes["summary"]) / elapsed if elapsed > 0 else 0.0
-    table.add_row(
-        f"{produced:,}/{expected:,}",
-        f"{tally.total:,}",
-        f"{tally.outcomes['alert']:,}",
-        f"{tally.outcomes['summary']:,}",
-        f"{tally.outcomes['deadletter']:,}",
-        ", ".join(f"v{v}: {n:,}" for v, n in sorted(tally.by_version.items())),
-        f"{rate:,.0f}",
-    )
+    for name, run in runs.items():
+        tally = run.tally
+        table.add_row(
+            name,
+            f"{produced[name]:,}/{run.expected:,}",
+            f"{tally.scored:,}",
+            f"{tally.outcomes['alert']:,}",
+            f"{tally.outcomes['summary']:,}",
+            f"{tally.outcomes['deadletter']:,}",
+            ", ".join(f"v{v}: {n:,}" for v, n in sorted(tally.by_version.items())),
+            f"{tally.events_per_s:,.0f}",
+        )
     table.caption = note
     return table
 
 
-def _training_file(data: synthetic.SyntheticTransactions, rows: int, path: Path) -> TrainingSource:
-    """The first `rows` events of the history and their labels, as files the trainer reads."""
-    history = synthetic.SyntheticTransactions(
-        {name: values[:rows] for name, values in data.columns.items()}, data.is_anomaly[:rows], data.anomaly_kind[:rows]
-    )
-    labels = path.with_name(f"{path.stem}.labels.jsonl")
-    write_transactions(history, path)
-    write_labels(history, labels)
+def _training_files(history: SyntheticEvents, rows: int, path: Path) -> TrainingSource:
+    """The first `rows` events of the history as a JSONL file of payloads, and their labels beside it."""
+    path.write_bytes(b"".join(payload + b"\n" for payload in history.payloads[:rows]))
+    labels = labels_path_for(path)
+    truth = zip(history.event_id[:rows].tolist(), history.is_anomaly[:rows].tolist(),
+                history.anomaly_kind[:rows].tolist(), strict=True)  # fmt: skip
+    write_jsonl(iter([[{"event_id": e, "is_anomaly": a, "anomaly_kind": k} for e, a, k in truth]]), labels)
     return TrainingSource(files=[str(path)], labels=str(labels))
 
 
-def _start_worker(settings: FleetwatchSettings, index: int, log_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "FLEETWATCH_WORKER__METRICS_PORT": str(free_port()), "FLEETWATCH_LOG_FORMAT": "json",
-           "FLEETWATCH_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "FLEETWATCH_REDIS_URL": settings.redis_url,
-           "FLEETWATCH_REDIS_PREFIX": settings.redis_prefix}  # fmt: skip
+def _worker_environment(settings: FleetwatchSettings) -> dict[str, str]:
+    """The demo's settings as the variables a `fleetwatch worker` reads: the same stack, namespace, topics, streams."""
+    shared_topics = {"alerts": settings.topics.alerts, "deadletter": settings.topics.deadletter,
+                     "reports": settings.topics.reports}  # fmt: skip
+    per_stream = {
+        variable: value
+        for name in settings.worker.streams
+        for variable, value in topic_environment(
+            {"input": settings.streams[name].input_topic, "summary": settings.streams[name].summary_topic}, name
+        ).items()
+    }
+    return {
+        **os.environ,
+        "FLEETWATCH_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "FLEETWATCH_REDIS_URL": settings.redis_url,
+        "FLEETWATCH_REDIS_PREFIX": settings.redis_prefix,
+        "FLEETWATCH_WORKER__STREAMS": json.dumps(settings.worker.streams),
+        "FLEETWATCH_WORKER__GROUP_ID": settings.worker.group_id,
+        "FLEETWATCH_LOG_FORMAT": "json",
+        **topic_environment(shared_topics),
+        **per_stream,
+    }
+
+
+def _start_worker(environment: dict[str, str], index: int, log_dir: Path) -> subprocess.Popen:
     log = (log_dir / f"worker-{index}.log").open("ab")
     fleetwatch = str(Path(sys.executable).with_name("fleetwatch"))
-    return subprocess.Popen([fleetwatch, "worker"], env=env, stdout=log, stderr=log)
+    environment = {**environment, "FLEETWATCH_WORKER__METRICS_PORT": str(free_port())}
+    return subprocess.Popen([fleetwatch, "worker"], env=environment, stdout=log, stderr=log)
 
 
-def run_demo(settings: FleetwatchSettings, events: int, users: int, keep: bool, console: Console) -> None:
-    work = dev_dir() / "demo"
-    work.mkdir(parents=True, exist_ok=True)
+def run_demo(
+    settings: FleetwatchSettings, events: int, users: int, readings: int, pumps: int, keep: bool, console: Console
+) -> dict[str, DemoRun]:
     with console.status("bringing up Kafka (KRaft) and Redis on loopback ..."):
         stack = dev_stack.up(settings)
     console.print(stack.connection_lines().strip())
     seed = int(time.time()) % 100_000
-    # A Redis namespace of its own: this run's registry numbering and user profiles start empty.
-    settings = settings.model_copy(
-        update={
+    plans = demo_streams(events, users, readings, pumps)
+    # A Redis namespace of its own: this run's registry numbering, user profiles and sensor windows start empty.
+    dump = settings.model_dump()
+    served = sorted({*settings.worker.streams, *(plan.name for plan in plans)})
+    settings = FleetwatchSettings.model_validate(
+        dump | {
             "kafka_bootstrap": stack.kafka_bootstrap,
             "redis_url": stack.redis_url,
             "redis_prefix": f"{settings.redis_prefix}demo-{seed}:",
+            "worker": dump["worker"] | {"streams": served},
         }
-    )
+    )  # fmt: skip
+    try:
+        return drive_demo(settings, plans, seed, dev_dir() / "demo", console)
+    finally:
+        if not keep:
+            console.print("\n".join(dev_stack.down(purge=False)))
+
+
+def drive_demo(
+    settings: FleetwatchSettings,
+    plans: list[DemoStream],
+    seed: int,
+    work: Path,
+    console: Console,
+    timeout_s: float = 900.0,
+) -> dict[str, DemoRun]:
+    """Train, start two workers on `settings` (whose worker streams include every plan's), stream every history
+    through them with a live table until all is scored or `timeout_s` passed, print the summary; what came out,
+    per stream."""
+    work.mkdir(parents=True, exist_ok=True)
+    registry = open_registry(settings)
+    runs = {plan.name: _generate_and_train(settings, registry, plan, seed, work, console) for plan in plans}
     workers: list[subprocess.Popen] = []
     stop_tail = threading.Event()
     try:
-        with console.status(f"generating {events:,} labelled transactions for {users:,} users ..."):
-            data = synthetic.generate_transactions(synthetic.GeneratorSpec(users=users, events=events, seed=seed))
-        registry = open_registry(settings)
-        versions = []
-        for label, share, deploy in (("v1 (deployed now)", 3, True), ("v2 (promoted mid-stream)", 2, False)):
-            rows = events // share
-            with console.status(f"training {label} on the first {rows:,} events ..."):
-                source = _training_file(data, rows, work / f"train-{seed}-{rows}.jsonl")
-                outcome = run_round(settings, registry, "transactions", source, deploy=deploy)
-            versions.append(outcome.manifest.version)
-            fleet = (outcome.manifest.evaluation or {}).get("fleet", {})
-            console.print(
-                f"trained v{outcome.manifest.version} in {outcome.manifest.training.seconds:.0f}s (held-out fleet "
-                f"precision {fleet.get('precision', 0):.2f}, recall {fleet.get('recall', 0):.2f})"
-            )
-        first, second = versions
-
-        tally = Tally()
-        tail = threading.Thread(target=_tail_outputs, args=(settings, f"tx{seed}-", tally, stop_tail), daemon=True)
+        tail = threading.Thread(target=_tail_outputs, args=(settings, runs, stop_tail), daemon=True)
         tail.start()
-        workers = [_start_worker(settings, i, work) for i in (1, 2)]
-        produced = 0
+        environment = _worker_environment(settings)
+        workers = [_start_worker(environment, i, work) for i in (1, 2)]
+        produced: Counter[str] = Counter()
 
         def produce() -> None:
-            nonlocal produced
             connection = settings.kafka_connection()
-            produce_all(connection, settings.streams["transactions"].input_topic, ["bad"] * len(MALFORMED), MALFORMED)
-            for start, stop in chunk_bounds(len(data), 20_000):
-                keys = data.columns["user_id"][start:stop].tolist()
-                produce_all(
-                    connection,
-                    settings.streams["transactions"].input_topic,
-                    keys,
-                    transaction_payloads(data, start, stop),
-                )
-                produced = stop
+            for name, run in runs.items():
+                topic = settings.streams[name].input_topic
+                produce_all(connection, topic, ["bad"] * len(run.plan.malformed), list(run.plan.malformed))
+            for chunk in range(PRODUCE_CHUNKS):
+                for name, run in runs.items():
+                    size = math.ceil(run.expected / PRODUCE_CHUNKS)
+                    start, stop = chunk * size, min((chunk + 1) * size, run.expected)
+                    history = run.history
+                    produce_all(connection, settings.streams[name].input_topic, history.keys[start:stop],
+                                history.payloads[start:stop])  # fmt: skip
+                    produced[name] = max(stop, produced[name])
 
         threading.Thread(target=produce, daemon=True).start()
-        note = f"v{first} serving; v{second} is promoted when half the events are scored"
-        promoted_at: float | None = None
-        pickup_reported = False
-        with Live(_progress_table(tally, produced, len(data), note), console=console, refresh_per_second=4) as live:
-            deadline = time.monotonic() + 900
-            while tally.outcomes["alert"] + tally.outcomes["summary"] < len(data) and time.monotonic() < deadline:
-                if promoted_at is None and tally.total >= len(data) // 2:
-                    registry.promote("transactions", second)
-                    promoted_at = time.monotonic()
-                    note = f"promoted v{second} at {tally.total:,} scored events"
-                if promoted_at is not None and second in tally.first_at_version and not pickup_reported:
-                    pickup_ms = 1000 * (tally.first_at_version[second] - promoted_at)
-                    note += f"; first output by v{second} {pickup_ms:.0f} ms later"
-                    pickup_reported = True
+        to_promote = [(name, version) for name, run in runs.items() for version in run.versions[1:]]
+        note = "; ".join(
+            f"{name} v{run.versions[0]} serving" + "".join(f", v{v} promoted at half" for v in run.versions[1:])
+            for name, run in runs.items()
+        )
+        promoted: dict[tuple[str, int], float] = {}
+        picked_up: set[tuple[str, int]] = set()
+        with Live(_progress_table(runs, produced, note), console=console, refresh_per_second=4) as live:
+            deadline = time.monotonic() + timeout_s
+            while any(run.outstanding > 0 for run in runs.values()) and time.monotonic() < deadline:
+                for name, version in to_promote:
+                    run, key = runs[name], (name, version)
+                    if key not in promoted and run.tally.scored >= run.expected // 2:
+                        registry.promote(name, version)
+                        promoted[key] = time.monotonic()
+                        note = f"promoted {name} v{version} at {run.tally.scored:,} scored events"
+                    first_output = run.tally.first_at_version.get(version)
+                    if key in promoted and key not in picked_up and first_output is not None:
+                        note += f"; first output by v{version} {1000 * (first_output - promoted[key]):.0f} ms later"
+                        picked_up.add(key)
                 for process in workers:
                     if process.poll() is not None:
                         raise RuntimeError(f"a worker exited (code {process.returncode}); see {work}/worker-*.log")
-                live.update(_progress_table(tally, produced, len(data), note))
+                live.update(_progress_table(runs, produced, note))
                 time.sleep(0.25)
-            live.update(_progress_table(tally, produced, len(data), note))
-        _print_summary(console, data, seed, tally, (first, second))
+            live.update(_progress_table(runs, produced, note))
+        _print_summary(console, runs)
         console.print(f"worker logs: {work}/worker-1.log, worker-2.log")
+        return runs
     finally:
         stop_tail.set()
         for process in workers:
             process.send_signal(signal.SIGTERM)
         for process in workers:
             process.wait(timeout=30)
-        if not keep:
-            console.print("\n".join(dev_stack.down(purge=False)))
 
 
-def _print_summary(
-    console: Console, data: synthetic.SyntheticTransactions, seed: int, tally: Tally, versions: tuple[int, int]
-) -> None:
-    anomalies = {event_id for event_id, flag in zip(data.columns["event_id"].tolist(), data.is_anomaly.tolist(),
-                                                    strict=True) if flag}  # fmt: skip
-    true_positives = len(tally.alerted & anomalies)
-    precision = true_positives / max(len(tally.alerted), 1)
-    recall = true_positives / max(len(anomalies), 1)
-    scored = tally.outcomes["alert"] + tally.outcomes["summary"]
-    elapsed = (tally.last_at or 0) - (tally.first_at or 0)
+def _generate_and_train(
+    settings: FleetwatchSettings, registry: ModelRegistry, plan: DemoStream, seed: int, work: Path, console: Console
+) -> DemoRun:
+    stream = stream_named(plan.name)
+    with console.status(f"generating {plan.events:,} labelled {plan.name} events of {plan.entities:,} entities ..."):
+        history = stream.synthetic(plan.events, plan.entities, plan.anomaly_rate, seed)
+    versions = []
+    for position, share in enumerate(plan.history_shares):
+        rows = plan.events // share
+        deploy = position == 0
+        with console.status(f"training {plan.name} on the first {rows:,} events ..."):
+            source = _training_files(history, rows, work / f"train-{plan.name}-{seed}-{rows}.jsonl")
+            outcome = run_round(settings, registry, plan.name, source, deploy=deploy)
+        versions.append(outcome.manifest.version)
+        fleet = (outcome.manifest.evaluation or {}).get("fleet", {})
+        console.print(
+            f"trained {plan.name} v{outcome.manifest.version} ({'deployed' if deploy else 'promoted mid-stream'}) "
+            f"in {outcome.manifest.training.seconds:.0f}s (held-out fleet precision {fleet.get('precision', 0):.2f}, "
+            f"recall {fleet.get('recall', 0):.2f})"
+        )
+    return DemoRun(plan, history, frozenset(history.event_id.tolist()), versions)
+
+
+def _print_summary(console: Console, runs: dict[str, DemoRun]) -> None:
     table = Table(title="summary")
     table.add_column("figure")
-    table.add_column("value", justify="right")
-    rows = [
-        ("events scored", f"{scored:,} of {len(data):,}"),
-        ("throughput (2 workers, exactly-once)", f"{scored / elapsed:,.0f} events/s" if elapsed else "-"),
-        ("alerts", f"{tally.outcomes['alert']:,}"),
-        ("dead letters (malformed input)", f"{tally.outcomes['deadletter']:,}"),
-        ("injected anomalies", f"{len(anomalies):,}"),
-        ("precision vs ground truth", f"{precision:.3f}"),
-        ("recall vs ground truth", f"{recall:.3f}"),
-        *((f"scored by v{v}", f"{tally.by_version[v]:,}") for v in versions),
-    ]
-    for name, value in rows:
-        table.add_row(name, value)
+    for name in runs:
+        table.add_column(name, justify="right")
+    figures: dict[str, list[str]] = {}
+    for run in runs.values():
+        tally = run.tally
+        anomalies = set(run.history.event_id[run.history.is_anomaly].tolist())
+        true_positives = len(tally.alerted & anomalies)
+        rates = tally.events_per_s
+        for figure, value in (
+            ("events scored", f"{tally.scored:,} of {run.expected:,}"),
+            ("throughput (2 workers, exactly-once, streams side by side)", f"{rates:,.0f} events/s" if rates else "-"),
+            ("alerts", f"{tally.outcomes['alert']:,}"),
+            ("dead letters (malformed input)", f"{tally.outcomes['deadletter']:,} of {len(run.plan.malformed)}"),
+            ("injected anomalies (labelled events)", f"{len(anomalies):,}"),
+            ("precision vs ground truth", f"{true_positives / max(len(tally.alerted), 1):.3f}"),
+            ("recall vs ground truth", f"{true_positives / max(len(anomalies), 1):.3f}"),
+            ("scored by version", ", ".join(f"v{v}: {tally.by_version[v]:,}" for v in run.versions)),
+        ):
+            figures.setdefault(figure, []).append(value)
+    for figure, values in figures.items():
+        table.add_row(figure, *values)
     console.print(table)
