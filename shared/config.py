@@ -101,14 +101,15 @@ class StreamSettings(BaseModel):
     batch_alert_rate: float = Field(0.02, gt=0, lt=1, description="a batch whose anomaly rate passes this alerts")
 
     def completed(self, stream: Stream[Any, Any]) -> StreamSettings:
-        """These settings with the stream's default topics and detectors where none are set; ValueError when the
-        stream refuses its featurization parameters."""
+        """These settings with the stream's default topics, detectors and alert rule where none are set; ValueError
+        when the stream refuses its featurization parameters."""
         stream.configured(self.featurization)
         return self.model_copy(
             update={
                 "input_topic": self.input_topic or stream.topics.input,
                 "summary_topic": self.summary_topic or stream.topics.summary,
                 "detectors": self.detectors or [DetectorConfig(**entry) for entry in stream.default_detectors],
+                "alert_rule": self.alert_rule if "alert_rule" in self.model_fields_set else stream.default_alert_rule,
             }
         )
 
@@ -130,6 +131,9 @@ class WorkerSettings(BaseModel):
     batch_size: int = Field(1000, gt=0, description="most records per micro-batch")
     batch_timeout_s: float = Field(0.05, gt=0, description="longest wait to fill a micro-batch")
     reconcile_interval_s: float = Field(5.0, gt=0, description="how often the deployed pointers are re-read")
+    idle_sweep_interval_s: float = Field(
+        5.0, gt=0, description="how often a worker ends sessions idle past their stream's timeout (in event time)"
+    )
     shutdown_timeout_s: float = Field(20.0, gt=0, description="bound on a graceful stop after SIGTERM")
     metrics_port: int = 9400
     profile_ttl_days: int = 90

@@ -16,6 +16,11 @@ EVENTS = Counter(
     "Events consumed, by stream and outcome (alert, summary, deadletter).",
     ["stream", "outcome"],
 )
+IDLE_SESSIONS_ENDED = Counter(
+    "fleetwatch_idle_sessions_ended_total",
+    "End records a worker produced for sessions idle past their stream's timeout.",
+    ["stream"],
+)
 DEAD_LETTERS = Counter(
     "fleetwatch_dead_letters_total",
     "Records sent to the dead-letter topic, by reason kind.",

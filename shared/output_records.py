@@ -77,6 +77,7 @@ class OutputRecord:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, str | bytes | None]] | None = None
+    partition: int = -1  # -1: the producer's partitioner picks (by key)
 
 
 _ENCODER = msgspec.json.Encoder()

@@ -151,6 +151,8 @@ class Stream(ABC, Generic[EventT, ColumnsT]):
     categorical_features: tuple[str, ...] = ()
     """Features that are identifiers, not quantities (a log line's template key): they reach detectors unscaled,
     and only the detectors whose entry names them."""
+    default_alert_rule: str = "combined"
+    """The `alert_rule` setting's value when a stream's settings do not set it."""
 
     @abstractmethod
     def decode(self, payloads: Sequence[bytes | None]) -> DecodedBatch[EventT]:
@@ -196,6 +198,15 @@ class Stream(ABC, Generic[EventT, ColumnsT]):
         """Why no configuration of this stream computes the features (version, names) a version was trained on;
         None if one does. Read before a version is unpickled."""
         return self.feature_spec.mismatch(version, names)
+
+    def idle_deadlines(self, states: EntityStates) -> np.ndarray | None:
+        """Per entity, the event time after which its open session is idle (NaN: none open), for the workers
+        to end it (`shared.idle_sessions`); None for a stream without sessions to end."""
+        return None
+
+    def end_records(self, states: EntityStates) -> list[bytes]:
+        """The input records that end these entities' idle sessions (a stream with `idle_deadlines` makes them)."""
+        raise NotImplementedError(f"the {self.name} stream has no sessions to end")
 
     def feature_groups(self) -> FeatureGroups | None:
         """The named groups of the feature columns (a sensor stream's sensors), or None: alerts name features only."""

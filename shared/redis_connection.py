@@ -11,8 +11,10 @@ states of a bucket (one read and one compare-and-set script per bucket and node,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeAlias
 
+import numpy as np
 import redis
 from redis.cluster import RedisCluster
 
@@ -38,3 +40,28 @@ def connect_redis(url: str, **options: Any) -> RedisClient:
 
 def is_cluster(client: RedisClient) -> bool:
     return isinstance(client, RedisCluster)
+
+
+def bucket_groups(buckets: np.ndarray) -> list[np.ndarray]:
+    """The rows of each bucket (ascending buckets, rows in their order): one script call or command per slot."""
+    order = np.argsort(buckets, kind="stable")
+    starts = np.flatnonzero(np.r_[True, buckets[order][1:] != buckets[order][:-1]])
+    return np.split(order, starts[1:]) if len(order) else []
+
+
+def run_script_pipelined(
+    client: RedisClient, script: Any, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+) -> list[Any]:
+    """Run a registered script once per (keys, args), pipelined: one round trip (per node on a cluster, each
+    call inside one slot); a server that forgot the script (restarted) gets it loaded and the calls again."""
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return list(pipe.execute())
+        except redis.exceptions.NoScriptError:
+            if attempt:
+                raise
+            client.script_load(script.script)  # loads on every primary of a cluster
+    raise AssertionError("unreachable")

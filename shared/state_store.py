@@ -18,11 +18,15 @@ bucket, pipelined: one round trip per node, every script inside one slot. On a s
 MGET and one script call per batch, as before. When Redis is unavailable the batch is still scored, from
 empty states, and the failure is logged and counted: a worker keeps serving, and its outputs say nothing
 they should not.
+
+A stream with sessions (`Stream.idle_deadlines`) also has each written entity's idle deadline recorded in
+the idle-session index (`shared.idle_sessions`), from which the workers end idle sessions.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -31,9 +35,10 @@ import redis
 
 from shared import metrics
 from shared.entity_state import EntityStates, StateLayout
+from shared.idle_sessions import IdleDeadlines, IdleSessionIndex
 from shared.logs import get_logger
 from shared.pipeline import EventColumns, Stream
-from shared.redis_connection import RedisClient, is_cluster
+from shared.redis_connection import RedisClient, bucket_groups, is_cluster, run_script_pipelined
 
 log = get_logger("fleetwatch.state")
 
@@ -102,6 +107,7 @@ class EntityStateStore:
         self._prefix = f"{prefix}state:{KEY_VERSION}:{stream.name}:"
         self._ttl_s = ttl_s
         self._write = client.register_script(WRITE_SCRIPT)
+        self._idle = IdleSessionIndex(client, f"{prefix}idle:{KEY_VERSION}:{stream.name}:", BUCKETS)
 
     def _keys(self, entities: np.ndarray) -> EntityKeys:
         """Each entity's key and its bucket (the key's hash tag), in one pass over the entities."""
@@ -149,10 +155,51 @@ class EntityStateStore:
         except redis.RedisError as exc:
             metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
             log.warning("state store write failed; states of this batch are not kept", error=str(exc))
-        else:
-            if refused:
-                log.warning("states newer than this batch were kept (another worker is ahead)", entities=refused)
+            return raw
+        if refused:
+            log.warning("states newer than this batch were kept (another worker is ahead)", entities=refused)
+        deadlines = stream.idle_deadlines(after)
+        if deadlines is not None:
+            try:
+                self.record_idle(after.keys, deadlines)
+            except redis.RedisError as exc:
+                metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
+                log.warning("idle-session index write failed; these sessions end at their next line", error=str(exc))
         return raw
+
+    def record_idle(self, entities: np.ndarray, deadlines: np.ndarray) -> None:
+        """Record (or put back) these entities' idle deadlines (NaN: no open session) in the idle-session index."""
+        self._idle.record(IdleDeadlines(entities, self._keys(entities).buckets, deadlines))
+
+    def claim_idle(
+        self, newest_event_s: Mapping[int, float], stream: Stream[Any, Any]
+    ) -> tuple[EntityStates, np.ndarray]:
+        """Claim the sessions that are idle by the newest event time read from their own partition (`newest_event_s`
+        per partition: a session's lines are all in one, so a lagging partition's sessions wait for it): their
+        stored states and the partition each was last written from. A claimed session that is not idle by that
+        measure, or whose stored state says otherwise (a newer line moved its deadline), is put back; one closed
+        meanwhile is dropped."""
+        if not newest_event_s:
+            return stream.empty_states(), np.zeros(0, dtype=np.int64)
+        claimed = np.array(sorted(set(self._idle.claim(max(newest_event_s.values())))), dtype=object)
+        if not len(claimed):
+            return stream.empty_states(), np.zeros(0, dtype=np.int64)
+        states, partitions = self.stored(claimed, stream.state_layout)
+        deadlines = stream.idle_deadlines(states)
+        assert deadlines is not None, "only a stream with sessions has idle ones"
+        idle_by = np.array([newest_event_s.get(p, -np.inf) for p in partitions.tolist()])
+        due = deadlines <= idle_by  # NaN (closed meanwhile) is not
+        moved = np.isfinite(deadlines) & ~due
+        if moved.any():
+            self.record_idle(states.keys[moved], deadlines[moved])
+        return EntityStates.of(states.layout, states.keys[due], states.records[due]), partitions[due]
+
+    def stored(self, entities: np.ndarray, layout: StateLayout) -> tuple[EntityStates, np.ndarray]:
+        """The stored states of these entities (sorted, distinct; absent ones left out) and the partition each
+        was last written from."""
+        present, envelopes = self._envelopes(self._keys(entities), layout)
+        states = EntityStates.of(layout, entities[present], envelopes["state"].copy())
+        return states, envelopes["partition"].astype(np.int64)
 
     def read(self, entities: np.ndarray, partitions: np.ndarray, first_offsets: np.ndarray) -> EntityStates:
         """States to start each entity (sorted, distinct) from: the stored state, or its snapshot when this
@@ -167,6 +214,16 @@ class EntityStateStore:
         first_offsets: np.ndarray,
         layout: StateLayout,
     ) -> EntityStates:
+        present, envelopes = self._envelopes(keys, layout)
+        replay = (envelopes["partition"].astype(np.int64) == partitions[present]) & (
+            first_offsets[present] <= envelopes["applied_offset"].astype(np.int64)
+        )
+        start = envelopes["state"].copy()
+        start[replay] = envelopes["snapshot"][replay]
+        return EntityStates.of(layout, entities[present], start)
+
+    def _envelopes(self, keys: EntityKeys, layout: StateLayout) -> tuple[np.ndarray, np.ndarray]:
+        """Which keys hold a state of this layout, and those envelopes."""
         # A cluster refuses a multi-slot MGET; redis-py's non-atomic MGET sends one per slot, pipelined per node.
         stored = cast(
             list[bytes | None],
@@ -180,13 +237,7 @@ class EntityStateStore:
             # Stored with another state layout (an upgrade, another window size): those entities start afresh.
             metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
             log.warning("states of another layout were ignored", stream=self._stream.name, entities=unreadable)
-        envelopes = np.frombuffer(b"".join(readable), dtype=envelope)
-        replay = (envelopes["partition"].astype(np.int64) == partitions[present]) & (
-            first_offsets[present] <= envelopes["applied_offset"].astype(np.int64)
-        )
-        start = envelopes["state"].copy()
-        start[replay] = envelopes["snapshot"][replay]
-        return EntityStates.of(layout, entities[present], start)
+        return present, np.frombuffer(b"".join(readable), dtype=envelope)
 
     def write(
         self,
@@ -226,22 +277,8 @@ class EntityStateStore:
 
     def _write_by_bucket(self, keys: EntityKeys, values: list[bytes]) -> int:
         """One script call per bucket (one slot each), pipelined: one round trip per cluster node."""
-        buckets = keys.buckets
-        order = np.argsort(buckets, kind="stable")
-        starts = np.flatnonzero(np.r_[True, buckets[order][1:] != buckets[order][:-1]])
-        groups = np.split(order, starts[1:])
-        for attempt in range(2):
-            pipe = self._redis.pipeline(transaction=False)
-            for rows in groups:
-                chosen = rows.tolist()
-                pipe.execute_command(
-                    "EVALSHA", self._write.sha, len(chosen), *(keys.names[i] for i in chosen), self._ttl_s,
-                    *(values[i] for i in chosen),
-                )  # fmt: skip
-            try:
-                return sum(int(refused) for refused in pipe.execute())
-            except redis.exceptions.NoScriptError:
-                if attempt:
-                    raise
-                self._redis.script_load(WRITE_SCRIPT)  # a restarted node forgot it; loads on every primary
-        raise AssertionError("unreachable")
+        calls = [
+            ([keys.names[i] for i in rows.tolist()], [self._ttl_s, *(values[i] for i in rows.tolist())])
+            for rows in bucket_groups(keys.buckets)
+        ]
+        return sum(int(refused) for refused in run_script_pipelined(self._redis, self._write, calls))

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from shared.scoring import score_batch
 from shared.streams.logs.contract import LogLine
 from shared.streams.logs.sessions import COUNT_FEATURES, FEATURE_NAMES, SESSION_LAYOUT, SessionRule
 from shared.streams.logs.stream import LOGS, LogStream
+from shared.streams.logs.synthetic import payloads
 from shared.streams.logs.templates import UNSEEN, TemplateVocabulary
 from shared.training import TrainingData, train_round
 from tests.fleet import FLEETWATCH, event_ids, open_fleet, produce_paced, wait_until
@@ -109,19 +110,20 @@ def test_an_end_of_session_record_scores_the_complete_session_counts_nothing_and
     assert stream.template_text(stream.templates_of(stream.columns(events)))[2] == "(session end)"
 
 
-def test_session_ends_closes_every_session_left_open_at_its_last_lines_time() -> None:
-    rule = SessionRule(pattern=None, end_templates=("close file <NUM>",))
+def test_session_ends_ends_every_open_session_idle_by_the_last_lines_time() -> None:
+    rule = SessionRule(pattern=None, idle_timeout_s=10, end_templates=("close file <NUM>",))
     stream = LogStream(rule, TemplateVocabulary.mine(HISTORY))
     lines = [
         line("open file 1 for job 1", 0, session_id="a"),
         line("open file 2 for job 1", 1, session_id="b"),
         line("close file 2", 2, session_id="b"),  # b closed by its end template: nothing left to end
         line("open file 3 for job 1", 5, session_id="a"),
+        line("open file 4 for job 1", 20, session_id="c"),  # still running at the end: stays open
     ]
     ends = stream.session_ends(lines)
     assert [(end.session_id, end.timestamp, end.ends_session) for end in ends] == [("a", lines[3].timestamp, True)]
     raw, after = stream.advance(stream.empty_states(), stream.columns([*lines, *ends]))
-    assert feature(raw, "session_lines")[-1] == 2 and after.records["open"].tolist() == [0, 0]
+    assert feature(raw, "session_lines")[-1] == 2 and after.records["open"].tolist() == [0, 0, 1]
 
 
 def test_a_session_cut_short_is_caught_at_its_end_record_and_not_before() -> None:
@@ -181,25 +183,38 @@ def test_states_carried_between_batches_equal_one_pass() -> None:
     np.testing.assert_array_equal(np.vstack(parts), whole.raw_features)
 
 
-def session_verdicts(records: list[Any], session_of: dict[str, str]) -> dict[str, bool]:
+def session_verdicts(records: list[Any]) -> dict[str, bool]:
     verdict: dict[str, bool] = defaultdict(bool)
     for record in records:
-        event = msgspec.json.decode(decode_output(record.value()).event)
-        verdict[session_of[event["event_id"]]] |= decode_output(record.value()).__class__.__name__ == "AlertRecord"
+        output = decode_output(record.value())
+        event = LOGS.decode([bytes(output.event)]).events
+        verdict[LOGS.columns(event).session[0]] |= output.__class__.__name__ == "AlertRecord"
     return verdict
 
 
-def test_log_lines_through_the_trainer_and_two_workers_one_killed_mid_session(
+def test_log_lines_through_the_trainer_and_two_workers_one_killed_mid_session_and_idle_sessions_ended(
     kafka: KafkaConnection, redis_server: Any, unique_name: str, tmp_path: Path
 ) -> None:
     history = LOGS.synthetic(events=20_000, entities=12, anomaly_rate=0.002, seed=21)
     (tmp_path / "history.jsonl").write_bytes(b"\n".join(history.payloads) + b"\n")
-    live = LOGS.synthetic(events=6_000, entities=12, anomaly_rate=0.06, seed=22)
-    session_of = dict(zip(live.event_id.tolist(), live.keys, strict=True))
+    generated = LOGS.synthetic(events=6_000, entities=12, anomaly_rate=0.06, seed=22)
+    # Half the sessions lose their producer's end record: the workers must end them once they are idle, which
+    # lines two hours later (in event time) show.
+    events = LOGS.decode(generated.payloads).events
+    kept = [not (e.ends_session and int(e.session_id[-1]) % 2) for e in events]  # type: ignore[index]
+    lines = [e for e, keep in zip(events, kept, strict=True) if keep]
+    later = [
+        msgspec.structs.replace(e, timestamp=e.timestamp + timedelta(hours=2))
+        for e in LOGS.decode(LOGS.synthetic(events=300, entities=12, anomaly_rate=0.0, seed=23).payloads).events
+    ]
+    live = [*lines, *later]
+    live_payloads = payloads(live)
+    live_keys = LOGS.columns(live).session.tolist()
     with open_fleet(kafka, redis_server.url, unique_name, tmp_path) as fleet:
         fleet.env.update(
             {
                 "FLEETWATCH_WORKER__STREAMS": '["logs"]',
+                "FLEETWATCH_WORKER__IDLE_SWEEP_INTERVAL_S": "1",
                 **topic_environment({"input": fleet.topics["input"], "summary": fleet.topics["summary"]}, "logs"),
             }
         )
@@ -210,30 +225,47 @@ def test_log_lines_through_the_trainer_and_two_workers_one_killed_mid_session(
         assert trained.returncode == 0, trained.stderr
         first, _ = fleet.start_worker(FLEETWATCH_WORKER__BATCH_SIZE="100")
         producing = threading.Thread(
-            target=produce_paced, args=(fleet, [*live.payloads, b"{broken"], [*live.keys, "x"], 2_000), daemon=True
+            target=produce_paced, args=(fleet, [*live_payloads, b"{broken"], [*live_keys, "x"], 2_000), daemon=True
         )
         producing.start()
         assert wait_until(lambda: fleet.scored_count() > 1_000, 60)
         first.send_signal(signal.SIGKILL)
         first.wait()
-        assert fleet.scored_count() < len(live.payloads), "the kill came too late to test anything"
+        assert fleet.scored_count() < len(live), "the kill came too late to test anything"
         fleet.start_worker()
         producing.join()
-        outputs = fleet.wait_for_outputs(len(live.payloads) + 1)
         deployed = fleet.registry.load_deployed("logs")
-    ids = event_ids(outputs["alerts"]) + event_ids(outputs["summary"])
-    assert [e for e, n in Counter(ids).items() if n > 1] == [] and sorted(ids) == sorted(live.event_id.tolist())
+        assert deployed is not None
+        left_open = {end.session_id for end in deployed.stream.session_ends(live)}  # type: ignore[attr-defined]
+        assert len(left_open) > 100
+        outputs = fleet.wait_for_outputs(len(live) + 1 + len(left_open))
+    records = outputs["alerts"] + outputs["summary"]
+    ids = event_ids(records)
+    assert [e for e, n in Counter(ids).items() if n > 1] == []
+    assert sorted(set(ids) - {e.event_id for e in live}) == sorted(i for i in ids if i.startswith("end-"))
+    assert {e.event_id for e in live} <= set(ids)
+    ended = [LOGS.decode([bytes(decode_output(r.value()).event)]).events[0] for r in records]
+    ended_sessions = [e.session_id for e in ended if e.event_id.startswith("end-")]
+    assert sorted(ended_sessions) == sorted(left_open), "each idle session ended once, and only those"
     assert [r.value() for r in outputs["deadletter"]] == [b"{broken"]
-    # Sessions lived in Redis across the kill: the alerts are exactly those of one pass over the lines.
-    assert deployed is not None
-    offline = deployed.stream.offline(live.payloads)
-    expected = set(offline.columns.event_id[score_batch(deployed, offline.raw_features).alert].tolist())
-    assert set(event_ids(outputs["alerts"])) == expected
+    # Sessions lived in Redis across the kill: the alerts are exactly those of one pass over the lines and the
+    # end records of the idle sessions (there made as `session_ends` makes them at a file's end).
+    offline = deployed.stream.offline(live_payloads + payloads(deployed.stream.session_ends(live)))  # type: ignore[attr-defined]
+    offline_alert, ends = score_batch(deployed, offline.raw_features).alert, offline.columns.ends_session
+    alerted = [LOGS.decode([bytes(decode_output(r.value()).event)]).events[0] for r in outputs["alerts"]]
+    assert {e.event_id for e in alerted if not e.ends_session} == set(
+        offline.columns.event_id[offline_alert & ~ends].tolist()
+    )
+    assert {e.session_id for e in alerted if e.ends_session} == set(
+        offline.columns.session[offline_alert & ends].tolist()
+    )
     # Sessions with an injected fault alert; normal sessions mostly do not.
-    verdict = session_verdicts(outputs["alerts"] + outputs["summary"], session_of)
-    faulty = {session_of[e] for e in live.event_id[live.is_anomaly].tolist()}
+    verdict = session_verdicts(records)
+    session_of = dict(zip(generated.event_id.tolist(), generated.keys, strict=True))
+    faulty = {session_of[e] for e in generated.event_id[generated.is_anomaly].tolist()}
     caught = sum(verdict[s] for s in faulty) / len(faulty)
-    false_alarms = sum(verdict[s] for s in verdict if s not in faulty) / (len(verdict) - len(faulty))
+    normal = [s for s in verdict if s not in faulty]
+    false_alarms = sum(verdict[s] for s in normal) / len(normal)
     assert caught >= 0.7 and false_alarms <= 0.05, (caught, false_alarms)
     alert = decode_output(outputs["alerts"][0].value())
     assert alert.stream == "logs" and alert.context["session"] and alert.context["session_templates"]

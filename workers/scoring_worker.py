@@ -73,6 +73,7 @@ class ScoringWorker:
         self._exactly_once = worker.delivery == "exactly_once"
         self._stopping = threading.Event()
         self._failed_attempts = 0  # consecutive batches that did not commit
+        self._next_idle_sweep = 0.0  # monotonic time of the next idle-session sweep
         self._ready = False
         connection = settings.kafka_connection()
         self._consumer = consumer(
@@ -109,8 +110,7 @@ class ScoringWorker:
         while not self._stopping.is_set():
             self._swap_versions()
             messages = self._consumer.consume(num_messages=worker.batch_size, timeout=worker.batch_timeout_s)
-            if messages:
-                self._process(messages)
+            self._process(messages)
         self._close()
 
     def _wait_for_versions(self) -> None:
@@ -165,24 +165,37 @@ class ScoringWorker:
                 log.warning("consumer error", error=str(error))
                 continue
             valid[message.topic() or ""].append(message)
-        if not valid:
-            return
         outputs: list[OutputRecord] = []
         for topic, batch in valid.items():
             scorer = self._by_topic[topic]
             metrics.BATCH_SIZE.labels(scorer.stream.name).observe(len(batch))
             outputs += scorer.build_outputs(batch)
+        ending = self._idle_session_ends()
+        if not valid and not ending:
+            return
+        outputs += [record for records in ending.values() for record in records]
         consumed = [message for batch in valid.values() for message in batch]
-        streams = sorted({self._by_topic[topic].stream.name for topic in valid})
+        streams = sorted({self._by_topic[topic].stream.name for topic in valid} | {s.stream.name for s in ending})
         if self._exactly_once:
             committed = self._commit_transaction(outputs, consumed, streams)
         else:
             committed = self._commit_after_delivery(outputs, consumed, streams)
+        for scorer in ending:
+            scorer.settle_idle_sessions(committed)
         if committed:
             self._failed_attempts = 0
             self._observe_latency(consumed)
         else:
             self._read_again(consumed)
+
+    def _idle_session_ends(self) -> dict[StreamScorer, list[OutputRecord]]:
+        """Every `idle_sweep_interval_s`: the end records of each stream's idle sessions, committed with the batch."""
+        now = time.monotonic()
+        if now < self._next_idle_sweep:
+            return {}
+        self._next_idle_sweep = now + self.settings.worker.idle_sweep_interval_s
+        ends = {scorer: scorer.end_idle_sessions() for scorer in self._scorers.values() if scorer.version is not None}
+        return {scorer: records for scorer, records in ends.items() if records}
 
     def _observe_latency(self, messages: list[Message]) -> None:
         """Event time (the input record's Kafka timestamp) to output handed over and committed."""
@@ -196,7 +209,9 @@ class ScoringWorker:
     def _produce(self, outputs: list[OutputRecord]) -> None:
         # One call per record: confluent-kafka has no batch produce (the producer retries a full queue).
         for record in outputs:
-            self._producer.produce(record.topic, value=record.value, key=record.key, headers=record.headers)
+            self._producer.produce(
+                record.topic, value=record.value, key=record.key, headers=record.headers, partition=record.partition
+            )
 
     def _commit_after_delivery(self, outputs: list[OutputRecord], consumed: list[Message], streams: list[str]) -> bool:
         """At-least-once: commit the batch's offsets only once the broker acknowledged every one of its outputs."""
@@ -222,6 +237,8 @@ class ScoringWorker:
             for stream in streams:
                 metrics.BATCHES_REREAD.labels(stream, "delivery_failed").inc()
             return False
+        if not consumed:  # only idle sessions' end records
+            return True
         try:
             self._consumer.commit(offsets=next_offsets(consumed), asynchronous=False)
         except KafkaException as exc:
@@ -248,8 +265,9 @@ class ScoringWorker:
         try:
             self._producer.begin_transaction()
             self._produce(outputs)
-            metadata = self._consumer.consumer_group_metadata()
-            self._producer.send_offsets_to_transaction(next_offsets(consumed), metadata, TRANSACTION_CALL_TIMEOUT_S)
+            if consumed:
+                metadata = self._consumer.consumer_group_metadata()
+                self._producer.send_offsets_to_transaction(next_offsets(consumed), metadata, TRANSACTION_CALL_TIMEOUT_S)
             started = time.perf_counter()
             self._producer.commit_transaction(TRANSACTION_CALL_TIMEOUT_S)
         except (KafkaException, ProducerQueueFull) as exc:

@@ -12,15 +12,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import redis
 from confluent_kafka import Message
 
 from shared import metrics
 from shared.config import FleetwatchSettings
+from shared.entity_state import EntityStates
+from shared.logs import get_logger
 from shared.model_version import DeployedVersion
 from shared.output_records import OutputRecord, OutputTopics, ScoredEvents, Source, dead_letter, scored_records
 from shared.pipeline import Stream
 from shared.scoring import score_batch
 from shared.state_store import EntityStateStore
+
+log = get_logger("fleetwatch.worker")
 
 
 @dataclass
@@ -53,6 +58,8 @@ class StreamScorer:
         self._top = settings.worker.top_features
         self._states = states
         self.version: DeployedVersion | None = None
+        self._newest_event_s: dict[int, float] = {}  # per input partition
+        self._claimed: EntityStates | None = None
 
     def build_outputs(self, messages: list[Message]) -> list[OutputRecord]:
         assert self.version is not None
@@ -71,10 +78,14 @@ class StreamScorer:
         valid = [messages[i] for i in decoded.positions]
         with Stage(name, "featurize"):
             columns = self.version.stream.columns(decoded.events)
+        partitions = np.array([m.partition() for m in valid], dtype=np.int64)
+        for partition in np.unique(partitions).tolist():
+            newest = float(columns.event_time_s[partitions == partition].max())
+            self._newest_event_s[partition] = max(self._newest_event_s.get(partition, -np.inf), newest)
         with Stage(name, "state"):
             raw = self._states.features(
                 columns,
-                partitions=np.array([m.partition() for m in valid], dtype=np.int64),
+                partitions=partitions,
                 offsets=np.array([m.offset() for m in valid], dtype=np.int64),
                 stream=self.version.stream,
             )
@@ -97,3 +108,43 @@ class StreamScorer:
         metrics.EVENTS.labels(name, "alert").inc(alerts)
         metrics.EVENTS.labels(name, "summary").inc(len(valid) - alerts)
         return outputs
+
+    def end_idle_sessions(self) -> list[OutputRecord]:
+        """End records for the sessions idle by the newest event time this worker read from their partition, each
+        to the input partition its session's state came from (`shared.idle_sessions`); settle them after the
+        commit."""
+        assert self.version is not None
+        stream = self.version.stream
+        if stream.idle_deadlines(stream.empty_states()) is None:
+            return []
+        try:
+            states, partitions = self._states.claim_idle(self._newest_event_s, stream)
+        except redis.RedisError as exc:
+            log.warning("idle sessions not claimed; trying again at the next sweep", error=str(exc))
+            return []
+        if not len(states):
+            return []
+        self._claimed = states
+        return [
+            OutputRecord(self.input_topic, key.encode(), payload, partition=int(partition))
+            for key, payload, partition in zip(
+                states.keys.tolist(), stream.end_records(states), partitions.tolist(), strict=True
+            )
+        ]
+
+    def settle_idle_sessions(self, committed: bool) -> None:
+        """After the commit that carried the end records: count them, or put their claims back."""
+        claimed, self._claimed = self._claimed, None
+        if claimed is None or self.version is None:
+            return
+        if committed:
+            metrics.IDLE_SESSIONS_ENDED.labels(self.stream.name).inc(len(claimed))
+            return
+        deadlines = self.version.stream.idle_deadlines(claimed)
+        assert deadlines is not None
+        try:
+            self._states.record_idle(claimed.keys, deadlines)
+        except redis.RedisError as exc:
+            log.warning(
+                "idle sessions not put back (they end at their next line)", error=str(exc), sessions=len(claimed)
+            )
