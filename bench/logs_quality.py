@@ -38,7 +38,7 @@ from shared.errors import FleetwatchError
 from shared.model_version import DeployedVersion
 from shared.streams.logs.contract import LogLine
 from shared.streams.logs.formats import PRESETS, parse_log_file
-from shared.streams.logs.sessions import FEATURE_NAMES, SessionRule
+from shared.streams.logs.sessions import SessionRule
 from shared.streams.logs.stream import LogStream
 from shared.streams.logs.templates import UNSEEN, Masking, TemplateVocabulary
 from shared.streams.logs.verdicts import SessionVerdicts
@@ -225,11 +225,7 @@ def hdfs_sessions(deeplog_data: Path, on_stage: Callable[[str], None] = lambda s
     on_stage(f"scoring {len(test_normal):,} normal and {len(anomalous):,} anomalous sessions")
     started = time.perf_counter()
     offline = version.stream.offline(normal_payloads + anomalous_payloads)
-    lines = FEATURE_NAMES.index("session_lines")
-    verdicts = SessionVerdicts.of(
-        version, offline.columns.session, offline.columns.timestamp_s, offline.raw_features,
-        offline.raw_features[:, lines],
-    )  # fmt: skip
+    verdicts = SessionVerdicts.of(version, offline.columns.session, offline.columns.timestamp_s, offline.raw_features)
     score_seconds = time.perf_counter() - started
     truth = np.array([key.startswith("anomalous-") for key in verdicts.keys.tolist()])
     rows = {}
@@ -237,6 +233,10 @@ def hdfs_sessions(deeplog_data: Path, on_stage: Callable[[str], None] = lambda s
         flagged = verdicts.flags[:, j]
         rows[name] = {"mode": "shadow" if name in verdicts.shadow else "alerting", **_metrics(flagged, truth)}
     rows["fleet"] = {"mode": "combined" if verdicts.combined else "any detector", **_metrics(verdicts.alert, truth)}
+    if verdicts.combined:  # the other alert rule on the same detectors and thresholds
+        alerting = np.array([name not in verdicts.shadow for name in verdicts.detector_names])
+        any_flags = np.asarray(verdicts.flags[:, alerting].any(axis=1))
+        rows["fleet, any detector"] = {"mode": "any detector", **_metrics(any_flags, truth)}
     train_keys = {key for keys in train for key in keys}
     with_unseen = sum(any(key not in train_keys for key in keys) for keys in anomalous)
     hidden = undetectable_by_prefixes(train, anomalous)

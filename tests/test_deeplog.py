@@ -73,6 +73,21 @@ def test_top_g_rule_flags_keys_outside_the_g_most_probable(trained: DeepLogDetec
     assert flags[:2].tolist() == [False, True] and flags[2:].sum() == 1
 
 
+def test_expected_keys_are_the_top_g_predictions_and_a_flagged_key_is_not_among_them(
+    trained: DeepLogDetector,
+) -> None:
+    two = DeepLogDetector(history=3, top_g=2)
+    two.__dict__.update({k: v for k, v in trained.__dict__.items() if k.endswith("_")})
+    rows = np.array([[1, 2, 3, 4], [1, 2, 3, 1], [0, 0, 1, 2], [4, 6, 0, 99]], dtype=np.float64)
+    keys, probabilities = two.expected_keys(rows)
+    assert keys.shape == probabilities.shape == (4, 2)
+    assert set(keys[0].tolist()) == set(keys[1].tolist()) == {4, 5} and probabilities[0].sum() > 0.8
+    assert keys[2, 0] == 2 and (np.diff(probabilities, axis=1) <= 0).all()
+    np.testing.assert_allclose(probabilities, np.exp(np.take_along_axis(two.log_probabilities(rows), keys, axis=1)))
+    seen = rows[:, -1].astype(np.int64)
+    np.testing.assert_array_equal(two.top_g_flags(rows), ~(keys == seen[:, None]).any(axis=1))
+
+
 def test_detectors_see_only_their_columns_and_categorical_columns_stay_unscaled() -> None:
     raw = np.column_stack([np.arange(100.0) * 1000, np.tile([1.0, 2.0, 3.0, 4.0], 25)])
     scaler = FeatureScaler(passthrough=[1]).fit(raw)

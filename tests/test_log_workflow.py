@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import redis
@@ -24,6 +27,7 @@ from shared.streams.logs.formats import (
     parse_log_lines,
     scan_log_files,
 )
+from shared.streams.logs.sessions import HISTORY_KEYS, KEY_FEATURES, SessionRule
 from shared.streams.logs.stream import LogStream
 from workers.log_workflow import (
     LogTrainingRequest,
@@ -103,14 +107,20 @@ def test_gz_files_read_as_they_are_and_the_scan_keeps_to_depth_and_count(tmp_pat
 
 
 # --- train → infer → validate on synthetic HDFS-like logs written as files ---------------------------------------
-def write_hdfs_logs(folder: Path, lines: int, seed: int, hosts: int = 3) -> dict[str, bool]:
-    """Synthetic LogLines of the log stream written as HDFS-format files, one per host; the session labels back."""
+BLOCKS = SessionRule(idle_timeout_s=60)
+"""The synthetic blocks' sessions last seconds: a minute without a line ends one."""
+
+
+def write_hdfs_logs(folder: Path, lines: int, seed: int, hosts: int = 3, anomaly_rate: float = 0.05) -> dict[str, bool]:
+    """`lines` synthetic LogLines of the log stream written as HDFS-format files, one per host (files hold lines
+    only: the producer's end-of-session records are left out); the session labels back."""
     stream = LogStream()
-    generated = stream.synthetic(lines, hosts, anomaly_rate=0.05, seed=seed)
+    generated = stream.synthetic(lines + lines // 4, hosts, anomaly_rate=anomaly_rate, seed=seed)
     events = stream.decode(generated.payloads).events
+    kept = [i for i, event in enumerate(events) if not event.ends_session][:lines]
     folder.mkdir(parents=True, exist_ok=True)
     by_host: dict[str, list[str]] = {}
-    for pid, event in enumerate(events):
+    for pid, event in enumerate(events[i] for i in kept):
         stamp = event.timestamp.strftime("%y%m%d %H%M%S")
         by_host.setdefault(event.source_host, []).append(
             f"{stamp} {100 + pid % 50} {event.level} {event.component}: {event.message}"
@@ -118,9 +128,27 @@ def write_hdfs_logs(folder: Path, lines: int, seed: int, hosts: int = 3) -> dict
     for host, text in by_host.items():
         (folder / f"{host}.log").write_text("\n".join(text) + "\n")
     labels: dict[str, bool] = {}
-    for key, anomalous in zip(generated.keys, generated.is_anomaly.tolist(), strict=True):
-        labels[key] = labels.get(key, False) or anomalous
+    for i in kept:
+        key = generated.keys[i]
+        labels[key] = labels.get(key, False) or bool(generated.is_anomaly[i])
     return labels
+
+
+def write_backward_sessions(folder: Path, source: Path, count: int) -> list[str]:
+    """`count` of the source file's sessions replayed backwards under new block ids, an hour after its lines, into
+    `folder/backward.log`: every template known, in an order never seen."""
+    blocks: dict[str, list[str]] = {}
+    for line in source.read_text().splitlines():
+        if found := re.search(r"blk_-?\d+", line):
+            blocks.setdefault(found.group(0), []).append(line.split(" ", 2)[2])
+    chosen = [lines for lines in blocks.values() if len(lines) >= 8][:count]
+    keys = [f"blk_{7_770_000 + i}" for i in range(len(chosen))]
+    backward = [
+        re.sub(r"blk_-?\d+", key, rest) for key, lines in zip(keys, chosen, strict=True) for rest in lines[::-1]
+    ]
+    text = [f"261001 01{second // 60:02d}{second % 60:02d} {rest}" for second, rest in enumerate(backward)]
+    (folder / "backward.log").write_text("\n".join(text) + "\n")
+    return keys
 
 
 def write_labels(path: Path, labels: dict[str, bool]) -> Path:
@@ -152,7 +180,7 @@ def test_train_then_infer_writes_sessions_per_detector_and_a_report(
     settings, registry = registry_settings
     write_hdfs_logs(tmp_path / "train", 12_000, seed=1)
     test_labels = write_hdfs_logs(tmp_path / "test", 4_000, seed=2)
-    outcome = train_logs(settings, registry, LogTrainingRequest(tmp_path / "train", ScanOptions("hdfs")))
+    outcome = train_logs(settings, registry, LogTrainingRequest(tmp_path / "train", ScanOptions("hdfs"), rule=BLOCKS))
 
     facts = training_facts(outcome.manifest)
     assert outcome.deployed and facts["files"] == ["dn-000.log", "dn-001.log", "dn-002.log"]
@@ -162,8 +190,13 @@ def test_train_then_infer_writes_sessions_per_detector_and_a_report(
     version = registry.load("logs", outcome.manifest.version)
     (result,) = infer_logs(version, [tmp_path / "test"], tmp_path / "out", ScanOptions())
     parsed = pq.read_table(result.out_dir / "parsed.parquet").to_pydict()
-    assert len(parsed["event_id"]) == 4_000 and set(parsed["file"]) == {"dn-000.log", "dn-001.log", "dn-002.log"}
+    files = [file for file in parsed["file"] if file is not None]
+    assert len(files) == 4_000 and set(files) == {"dn-000.log", "dn-001.log", "dn-002.log"}
     assert all(session.startswith("blk_") for session in parsed["session"])
+    # Sessions idle by the files' last time end: one end record each (no file, the template "(session end)").
+    ends = [session for session, file in zip(parsed["session"], parsed["file"], strict=True) if file is None]
+    assert len(set(ends)) == len(ends) >= 0.8 * len(set(parsed["session"]))
+    assert [t == "(session end)" for t in parsed["template"]] == [file is None for file in parsed["file"]]
     fleet = pq.read_table(result.out_dir / "results" / "fleet.parquet").to_pydict()
     assert sum(fleet["lines"]) == 4_000 and len(fleet["session"]) == result.sessions
     for name in ("new_template", "pca", "knn"):
@@ -180,13 +213,53 @@ def test_train_then_infer_writes_sessions_per_detector_and_a_report(
     assert all((result.out_dir / chart).exists() for chart in ("timeline.png", "top-templates.png"))
 
 
+@pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="DeepLog trains with the `deep` extra")
+def test_infer_report_shows_deeplogs_expected_keys_beside_the_key_that_came(
+    registry_settings: tuple[FleetwatchSettings, ModelRegistry], tmp_path: Path
+) -> None:
+    settings, registry = registry_settings
+    deeplog = DetectorConfig(
+        name="deeplog", kind="deeplog", features=list(KEY_FEATURES),
+        params={"history": HISTORY_KEYS, "hidden_units": 16, "layers": 1, "top_g": 3, "epochs": 8, "random_state": 0},
+    )  # fmt: skip
+    small = [*settings.streams["logs"].detectors[:1], deeplog]
+    logs = settings.streams["logs"].model_copy(update={"detectors": small})
+    settings = settings.model_copy(update={"streams": {"logs": logs}})
+    write_hdfs_logs(tmp_path / "train", 6_000, seed=5)
+    write_hdfs_logs(tmp_path / "test", 3_000, seed=6, anomaly_rate=0.01)  # few enough for the report's 10 sessions
+    backward = write_backward_sessions(tmp_path / "test", tmp_path / "test" / "dn-000.log", 3)
+    outcome = train_logs(settings, registry, LogTrainingRequest(tmp_path / "train", ScanOptions("hdfs"), rule=BLOCKS))
+    version = registry.load("logs", outcome.manifest.version)
+    (result,) = infer_logs(version, [tmp_path / "test"], tmp_path / "out", ScanOptions())
+
+    table = pq.read_table(result.out_dir / "results" / "deeplog.parquet").to_pydict()
+    assert all(len(keys) == len(texts) == 3 for keys, texts in zip(table["expected_keys"], table["expected_templates"],
+                                                                  strict=True))  # fmt: skip
+    assert all(p[0] >= p[1] >= p[2] and sum(p) <= 1 + 1e-9 for p in table["expected_probabilities"])
+    report = result.report.read_text()
+    section = report.split("## DeepLog (deeplog): expected and seen keys")[1].split("\n## ")[0]
+    fleet = pq.read_table(result.out_dir / "results" / "fleet.parquet").to_pydict()
+    anomalous = {key for key, flag in zip(fleet["session"], fleet["anomalous"], strict=True) if flag}
+    anomalous |= {key for key, flag in zip(table["session"], table["anomalous"], strict=True) if flag}
+    shown = [line.removeprefix("### ").split(" (")[0] for line in section.splitlines() if line.startswith("### ")]
+    assert set(backward) <= set(shown) <= anomalous and len(shown) <= 10
+    unexpected = [line for line in section.splitlines() if line.startswith("- ")]
+    assert unexpected and all(": seen `" in line and line.count("` 0.") == 3 for line in unexpected)
+
+    scored = score_logs(version, read_corpus(tmp_path / "test", ScanOptions()))
+    size = len(scored.stream.vocabulary.templates)
+    assert scored.key_text(np.array([0, 1, size + 1, size + 2])) == [
+        "(no line)", f"T0 {scored.stream.vocabulary.templates[0]}", "(unseen)", "(session end)",
+    ]  # fmt: skip
+
+
 def test_validate_scores_sessions_and_incremental_training_extends_the_parent(
     registry_settings: tuple[FleetwatchSettings, ModelRegistry], tmp_path: Path
 ) -> None:
     settings, registry = registry_settings
     write_hdfs_logs(tmp_path / "train", 8_000, seed=3)
     labels = write_hdfs_logs(tmp_path / "test", 3_000, seed=4)
-    first = train_logs(settings, registry, LogTrainingRequest(tmp_path / "train", ScanOptions("hdfs")))
+    first = train_logs(settings, registry, LogTrainingRequest(tmp_path / "train", ScanOptions("hdfs"), rule=BLOCKS))
     version = registry.load("logs", first.manifest.version)
     validation = validate_logs(version, score_logs(version, read_corpus(tmp_path / "test", ScanOptions())), labels)
     assert validation.evaluation is not None and validation.labelled == validation.sessions

@@ -7,8 +7,9 @@
   continues a parent version's Drain3 tree (its templates and their counts) with the new lines, keeps its session
   rule, fits the detectors on the new lines (DeepLog fine-tunes from the parent's network), and records the parent.
 - **infer**: per target, `parsed.parquet` (every line with its session and template), `results/<detector>.parquet`
-  and `results/fleet.parquet` (per session: worst line's score, threshold, verdict), `hourly.parquet` and a
-  markdown report with charts.
+  and `results/fleet.parquet` (per session: worst line's score, threshold, verdict; a DeepLog detector's also the
+  keys it expected at that line), `hourly.parquet` and a markdown report with charts, and for the most anomalous
+  sessions the lines whose key DeepLog did not expect, beside the keys it did.
 - **validate** / **compare**: session-level precision, recall and F1 per detector and for the fleet against a
   labels file (session key -> anomalous), and a quality score out of 100 whose components are stated.
 
@@ -36,6 +37,8 @@ import pyarrow.parquet as pq
 
 from shared.batch_report import HOUR, Concentration
 from shared.config import FleetwatchSettings, StreamSettings
+from shared.detectors.deeplog import DeepLogDetector
+from shared.detectors.on_features import OnFeatures
 from shared.errors import FleetwatchError
 from shared.evaluation import FleetEvaluation
 from shared.model_version import DeployedVersion, Manifest
@@ -44,7 +47,7 @@ from shared.streams.logs.contract import LogLine
 from shared.streams.logs.formats import LogFormat, ParsedLog, log_format, parse_log_file, scan_log_files
 from shared.streams.logs.sessions import FEATURE_NAMES, SessionRule
 from shared.streams.logs.stream import LOGS, LogColumns, LogStream
-from shared.streams.logs.templates import UNSEEN
+from shared.streams.logs.templates import SESSION_END, UNSEEN
 from shared.streams.logs.verdicts import SessionVerdicts, session_labels_for
 from shared.summary_report import markdown_table, save_chart
 from shared.training import GateDecision, TrainingData, quality_gate, train_round
@@ -52,6 +55,9 @@ from shared.training import GateDecision, TrainingData, quality_gate, train_roun
 STREAM = LOGS.name
 NOTE_PREFIX = "logs: "
 SESSION_LINES = FEATURE_NAMES.index("session_lines")
+EXPECTED_SESSIONS = 10
+"""Anomalous sessions whose unexpected keys the report lists (the most anomalous first), and their lines each."""
+EXPECTED_LINES = 4
 ANOMALOUS = {"1", "true", "yes", "anomaly", "anomalous", "abnormal"}
 NORMAL = {"0", "false", "no", "normal"}
 
@@ -82,6 +88,26 @@ class LogCorpus:
     @property
     def unmatched(self) -> int:
         return sum(f.unmatched for f in self.files)
+
+    def with_session_ends(self, stream: LogStream) -> LogCorpus:
+        """These lines with the end records of the sessions idle by their last time (`LogStream.session_ends`),
+        each right after its session's last line, so the rows stay in time order (end records have no file:
+        `file_of_line` -1)."""
+        ends = stream.session_ends(self.lines)
+        rows = [*self.lines, *ends]
+        order = np.argsort([row.timestamp.timestamp() for row in rows], kind="stable").tolist()
+        file_of_line = np.r_[self.file_of_line, np.full(len(ends), -1)]
+        line_number = np.r_[self.line_number, np.zeros(len(ends), dtype=np.int64)]
+        return dataclasses.replace(
+            self, lines=[rows[i] for i in order], file_of_line=file_of_line[order], line_number=line_number[order]
+        )
+
+    def where(self, rows: np.ndarray) -> list[str]:
+        """`file:line` of each row, "(end of input)" for an end record."""
+        return [
+            f"{self.files[file].source}:{number}" if file >= 0 else "(end of input)"
+            for file, number in zip(self.file_of_line[rows].tolist(), self.line_number[rows].tolist(), strict=True)
+        ]
 
     @property
     def untimed(self) -> int:
@@ -187,6 +213,8 @@ def train_logs(
     else:
         learned = base.learn(columns)
     progress("building sessions and their features", 0, 0)
+    corpus = corpus.with_session_ends(learned)
+    columns = learned.columns(corpus.lines)
     raw, _ = learned.advance(learned.empty_states(), columns)
     is_anomaly = None
     if request.labels is not None:
@@ -227,10 +255,10 @@ def corpus_facts(corpus: LogCorpus, columns: LogColumns, raw: np.ndarray, stream
         "formats": sorted({f.pattern for f in corpus.files}),
         "files": [f.source for f in corpus.files],
         "files_left_out": corpus.left_out,
-        "lines": len(columns),
+        "lines": int(np.count_nonzero(~columns.ends_session)),
         "unmatched_lines": corpus.unmatched,
         "untimed_lines": corpus.untimed,
-        "sessions": int(np.count_nonzero(raw[:, SESSION_LINES] == 1)),
+        "sessions": int(np.count_nonzero((raw[:, SESSION_LINES] == 1) & ~columns.ends_session)),
         "session_keys": len(np.unique(columns.session)),
         "templates": len(stream.vocabulary.templates),
         "start": _iso(float(columns.timestamp_s.min())),
@@ -275,14 +303,59 @@ class ScoredLogs:
     templates: np.ndarray  # each line's template index (UNSEEN = -1)
     verdicts: SessionVerdicts
     stream: LogStream
+    raw_features: np.ndarray
+
+    @property
+    def line_count(self) -> int:
+        """Rows that are lines (the others are the sessions' end records)."""
+        return int(np.count_nonzero(~self.columns.ends_session))
+
+    def key_text(self, keys: np.ndarray) -> list[str]:
+        """What each DeepLog key stands for: `T<index> <template>`, unseen, the end of the session (any key past
+        the unseen one), or no line (0: the history before a session's first line)."""
+        size = len(self.stream.vocabulary.templates)
+        templates = np.where(keys <= size, keys - 1, np.where(keys == size + 1, UNSEEN, SESSION_END))
+        texts = self.stream.template_text(np.maximum(templates, SESSION_END))
+        return [
+            "(no line)" if key == 0 else f"T{key - 1} {text}" if key <= size else text
+            for key, text in zip(keys.tolist(), texts, strict=True)
+        ]
+
+
+@dataclass(frozen=True)
+class KeyPredictor:
+    """A version's DeepLog detector and the feature columns (the key history, then the key) it reads."""
+
+    name: str
+    detector: DeepLogDetector
+    columns: np.ndarray
+
+    @classmethod
+    def of_version(cls, version: DeployedVersion) -> list[KeyPredictor]:
+        """The version's detectors of kind deeplog, unwrapped from the column selection training put round them."""
+        found = []
+        for entry in version.manifest.detectors:
+            fitted = version.bundle.detectors[entry.name]
+            if isinstance(fitted, OnFeatures) and isinstance(fitted.detector_, DeepLogDetector):
+                found.append(cls(entry.name, fitted.detector_, fitted.columns_))
+            elif isinstance(fitted, DeepLogDetector):
+                found.append(cls(entry.name, fitted, np.arange(len(version.feature_names))))
+        return found
+
+    def rows(self, version: DeployedVersion, raw_features: np.ndarray) -> np.ndarray:
+        """The detector's input for these lines: their scaled features (keys pass the scaler unchanged), its columns."""
+        if not len(raw_features):
+            return np.zeros((0, len(self.columns)))
+        return version.bundle.scaler.transform(raw_features)[:, self.columns]
 
 
 def score_logs(version: DeployedVersion, corpus: LogCorpus) -> ScoredLogs:
     stream = _log_stream(version)
+    corpus = corpus.with_session_ends(stream)
     columns = stream.columns(corpus.lines)
     raw, _ = stream.advance(stream.empty_states(), columns)
-    verdicts = SessionVerdicts.of(version, columns.session, columns.timestamp_s, raw, raw[:, SESSION_LINES])
-    return ScoredLogs(corpus, columns, stream.templates_of(columns), verdicts, stream)
+    verdicts = SessionVerdicts.of(version, columns.session, columns.timestamp_s, raw)
+    return ScoredLogs(corpus, columns, stream.templates_of(columns), verdicts, stream, raw)
 
 
 @dataclass(frozen=True)
@@ -330,7 +403,7 @@ def write_inference(version: DeployedVersion, scored: ScoredLogs, folder: Path, 
         pa.table(
             {
                 "event_id": columns.event_id.tolist(),
-                "file": [corpus.files[i].source for i in corpus.file_of_line.tolist()],
+                "file": [corpus.files[i].source if i >= 0 else None for i in corpus.file_of_line.tolist()],
                 "line": corpus.line_number,
                 "timestamp": timestamps,
                 "source_host": columns.source_host.tolist(),
@@ -345,20 +418,22 @@ def write_inference(version: DeployedVersion, scored: ScoredLogs, folder: Path, 
         ),
         folder / "parsed.parquet",
     )
+    predictors = {predictor.name: predictor for predictor in KeyPredictor.of_version(version)}
     for j, name in enumerate(verdicts.detector_names):
         worst = verdicts.worst_line[:, j]
-        pq.write_table(
-            _session_table(scored, worst, verdicts.scores[:, j], np.full(len(worst), verdicts.offsets[j]),
-                           verdicts.flags[:, j], "shadow" if name in verdicts.shadow else "alerting"),
-            folder / "results" / f"{name}.parquet",
-        )  # fmt: skip
+        table = _session_table(scored, worst, verdicts.scores[:, j], np.full(len(worst), verdicts.offsets[j]),
+                               verdicts.flags[:, j], "shadow" if name in verdicts.shadow else "alerting")  # fmt: skip
+        if name in predictors:
+            table = _with_expected_keys(table, version, scored, predictors[name], worst)
+        pq.write_table(table, folder / "results" / f"{name}.parquet")
     pq.write_table(
         _session_table(scored, verdicts.fleet_line, verdicts.fleet_margin, np.zeros(len(verdicts.keys)),
                        verdicts.alert, "combined" if verdicts.combined else "any detector"),
         folder / "results" / "fleet.parquet",
     )  # fmt: skip
-    hours = ((columns.timestamp_s // 3600) % 24).astype(np.int64)
-    line_alert = verdicts.line_scores.alert
+    is_line = ~columns.ends_session
+    hours = ((columns.timestamp_s[is_line] // 3600) % 24).astype(np.int64)
+    line_alert = verdicts.line_scores.alert[is_line]
     by_hour = Concentration.of(HOUR, hours, line_alert)
     session_hours = ((verdicts.first_s // 3600) % 24).astype(np.int64)
     anomalous_by_hour = np.bincount(session_hours[verdicts.alert], minlength=24)
@@ -377,7 +452,7 @@ def write_inference(version: DeployedVersion, scored: ScoredLogs, folder: Path, 
     )
     report = write_log_report(version, scored, folder, top_n, by_hour, sessions_by_hour, anomalous_by_hour)
     return InferenceResult(
-        corpus.target, folder, len(columns), len(verdicts.keys), int(verdicts.alert.sum()),
+        corpus.target, folder, scored.line_count, len(verdicts.keys), int(verdicts.alert.sum()),
         int(np.count_nonzero(scored.templates == UNSEEN)), report,
     )  # fmt: skip
 
@@ -402,6 +477,23 @@ def _session_table(
             "worst_template": scored.stream.template_text(scored.templates[worst]),
             "worst_message": columns.message[worst].tolist(),
         }
+    )
+
+
+def _with_expected_keys(
+    table: pa.Table, version: DeployedVersion, scored: ScoredLogs, predictor: KeyPredictor, worst: np.ndarray
+) -> pa.Table:
+    """A DeepLog detector's session table with the key of each session's worst line and the `top_g` keys it
+    expected there (most probable first), their probabilities and templates."""
+    rows = predictor.rows(version, scored.raw_features[worst])
+    keys, probabilities = predictor.detector.expected_keys(rows)
+    texts = scored.key_text(keys.reshape(-1))
+    width = keys.shape[1]
+    return (
+        table.append_column("worst_key", pa.array(np.rint(rows[:, -1]).astype(np.int64)))
+        .append_column("expected_keys", pa.array(keys.tolist(), pa.list_(pa.int64())))
+        .append_column("expected_probabilities", pa.array(probabilities.tolist(), pa.list_(pa.float64())))
+        .append_column("expected_templates", pa.array([texts[i : i + width] for i in range(0, len(texts), width)]))
     )
 
 
@@ -448,22 +540,28 @@ def write_log_report(
         ]
         for j, name in enumerate(verdicts.detector_names)
     ]
+    expectations = [
+        _expected_and_seen_keys(version, scored, predictor) for predictor in KeyPredictor.of_version(version)
+    ]
     unseen = int(np.count_nonzero(scored.templates == UNSEEN))
     left_out = f" ({corpus.left_out} more left out)" if corpus.left_out else ""
     charts = [*session_chart, template_chart, timeline_chart, hour_chart]
     text = "\n\n".join(
         [
             f"# Log inference report: {corpus.target}",
-            f"Model version v{version.version} ({STREAM}); {len(corpus.files)} file(s){left_out}, {len(columns):,} "
-            f"lines ({corpus.unmatched:,} not matching their format, {corpus.untimed:,} without a parsable time), "
+            f"Model version v{version.version} ({STREAM}); {len(corpus.files)} file(s){left_out}, "
+            f"{scored.line_count:,} lines ({corpus.unmatched:,} not matching their format, {corpus.untimed:,} "
+            "without a parsable time), "
             f"{_iso(float(columns.timestamp_s.min()))} to {_iso(float(columns.timestamp_s.max()))}; "
             f"{len(verdicts.keys):,} sessions, **{int(alert.sum()):,} anomalous ({alert.mean():.2%})**; "
-            f"{unseen:,} lines ({unseen / len(columns):.2%}) match no saved template.",
-            "A session is as anomalous as its worst line (every line is scored with its session so far).",
+            f"{unseen:,} lines ({unseen / scored.line_count:.2%}) match no saved template.",
+            "A session is as anomalous as its worst line (every line is scored with its session so far) or its end "
+            "(the complete session, scored once more at the end of the input).",
             f"## Anomalous sessions (top {len(session_rows)} by depth below the fleet threshold)",
             markdown_table(SESSION_HEADER, session_rows) if session_rows else "None.",
             "## Detectors",
             markdown_table(["detector", "mode", "threshold", "anomalous sessions"], detector_rows),
+            *expectations,
             "## Top templates",
             markdown_table(["id", "template", "lines", "share", "lines in anomalous sessions"], template_rows),
             "## Timeline",
@@ -512,10 +610,60 @@ def _anomalous_sessions(scored: ScoredLogs, folder: Path, top_n: int) -> tuple[l
     return rows, [chart]
 
 
+def _expected_and_seen_keys(version: DeployedVersion, scored: ScoredLogs, predictor: KeyPredictor) -> str:
+    """For the most anomalous sessions (the fleet's, then those only DeepLog judged anomalous), the lines whose key
+    was not among DeepLog's `top_g` predictions: the key that came, with its probability, and the keys it expected."""
+    verdicts, corpus = scored.verdicts, scored.corpus
+    detector = predictor.detector
+    j = verdicts.detector_names.index(predictor.name)
+    judged = np.flatnonzero(verdicts.alert | verdicts.flags[:, j])
+    depth = verdicts.scores[judged, j] - verdicts.offsets[j]
+    rank = np.full(len(verdicts.keys), len(judged))
+    rank[judged[np.lexsort((depth, verdicts.fleet_margin[judged]))]] = np.arange(len(judged))
+    session_of_line = np.searchsorted(verdicts.keys, scored.columns.session)
+    candidates = np.flatnonzero(rank[session_of_line] < len(judged))
+    flagged = candidates[detector.top_g_flags(predictor.rows(version, scored.raw_features[candidates]))]
+    flagged = flagged[np.lexsort((flagged, rank[session_of_line[flagged]]))]  # by session rank, then line order
+    session = session_of_line[flagged]
+    opens = np.r_[True, session[1:] != session[:-1]] if len(flagged) else np.zeros(0, dtype=bool)
+    group = np.cumsum(opens) - 1
+    position = np.arange(len(flagged)) - np.flatnonzero(opens)[group]
+    shown = flagged[(group < EXPECTED_SESSIONS) & (position < EXPECTED_LINES)]
+    title = f"## DeepLog ({predictor.name}): expected and seen keys"
+    if not len(shown):
+        return f"{title}\n\nNo line of an anomalous session has a key outside DeepLog's top {detector.top_g}."
+    rows = predictor.rows(version, scored.raw_features[shown])
+    seen_p = np.exp(detector.score_samples(rows))
+    keys, probabilities = detector.expected_keys(rows)
+    seen = scored.key_text(np.rint(rows[:, -1]).astype(np.int64))
+    expected = scored.key_text(keys.reshape(-1))
+    out = [
+        title,
+        f"Anomalous sessions (at most {EXPECTED_SESSIONS}: the fleet's by depth below its threshold, then those only "
+        f"{predictor.name} judged anomalous) with lines whose key was not among the {detector.top_g} keys DeepLog "
+        f"expected after the session's previous {detector.history} keys; at most {EXPECTED_LINES} such lines each, "
+        "with the key that came (its probability) and the expected keys (theirs).",
+    ]
+    width = keys.shape[1]
+    for i, line in enumerate(shown.tolist()):
+        key = session_of_line[line]
+        if i == 0 or key != session_of_line[shown[i - 1]]:
+            verdict = "anomalous" if verdicts.alert[key] else f"anomalous for {predictor.name} only"
+            total = np.count_nonzero(session == key)
+            out.append(f"### {verdicts.keys[key]} ({verdict}; {total:,} unexpected key(s))")
+        (where,) = corpus.where(np.array([line]))
+        guesses = " · ".join(
+            f"`{_short(text, 60)}` {p:.3f}"
+            for text, p in zip(expected[i * width : (i + 1) * width], probabilities[i].tolist(), strict=True)
+        )
+        out.append(f"- {where}: seen `{_short(seen[i], 60)}` ({seen_p[i]:.2g}); expected {guesses}")
+    return "\n\n".join(out)
+
+
 def _top_templates(scored: ScoredLogs, folder: Path, top: int = 15) -> tuple[list[list[str]], Path]:
     """The most frequent templates of the target with their lines in anomalous sessions, and their chart."""
     verdicts, columns = scored.verdicts, scored.columns
-    ids, counts = np.unique(scored.templates, return_counts=True)
+    ids, counts = np.unique(scored.templates[~columns.ends_session], return_counts=True)
     chosen = np.argsort(-counts, kind="stable")[:top]
     in_anomalous = verdicts.alert[np.searchsorted(verdicts.keys, columns.session)]
     texts = scored.stream.template_text(ids[chosen])
@@ -524,7 +672,7 @@ def _top_templates(scored: ScoredLogs, folder: Path, top: int = 15) -> tuple[lis
             f"T{ids[rank]}" if ids[rank] != UNSEEN else "unseen",
             _short(text, 90),
             f"{counts[rank]:,}",
-            f"{counts[rank] / len(columns):.1%}",
+            f"{counts[rank] / scored.line_count:.1%}",
             f"{np.count_nonzero((scored.templates == ids[rank]) & in_anomalous):,}",
         ]
         for rank, text in zip(chosen.tolist(), texts, strict=True)

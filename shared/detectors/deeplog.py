@@ -165,6 +165,14 @@ class DeepLogDetector(Detector):
         rank[rows] = (log_p[rows] > log_p[rows, target[known]][:, None]).sum(axis=1)
         return rank >= self.top_g
 
+    def expected_keys(self, X: Matrix) -> tuple[np.ndarray, np.ndarray]:
+        """The `top_g` most probable next keys of each row, most probable first, and their probabilities: what
+        the paper's rule would have accepted, to set beside the key that came (shape (rows, top_g) at most)."""
+        history, _ = self._keys(np.asarray(X, dtype=np.float64))
+        log_p = self._log_probabilities(history)
+        top = np.argsort(-log_p, axis=1, kind="stable")[:, : self.top_g]
+        return top, np.exp(np.take_along_axis(log_p, top, axis=1))
+
 
 def _widened(weights: list[Any], keys: int) -> list[Any]:
     """A parent's weights for `keys` classes: the one-hot input rows and the output columns of new keys are zero."""

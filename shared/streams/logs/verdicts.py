@@ -27,7 +27,7 @@ from shared.model_version import DeployedVersion
 from shared.scoring import ScoredBatch, score_batch
 from shared.streams.logs.sessions import FEATURE_NAMES
 
-SESSION_CLOSED = FEATURE_NAMES.index("session_closed")
+SESSION_LINES, SESSION_CLOSED = FEATURE_NAMES.index("session_lines"), FEATURE_NAMES.index("session_closed")
 
 
 def worst_per_key(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -61,11 +61,9 @@ class SessionVerdicts:
 
     @classmethod
     def of(
-        cls, version: DeployedVersion, session_keys: np.ndarray, times_s: np.ndarray, raw_features: np.ndarray,
-        session_lines: np.ndarray,
-    ) -> SessionVerdicts:  # fmt: skip
-        """Score every line with `version` and judge each key; `session_lines` is the stream's `session_lines`
-        feature (1 where a line opens a session)."""
+        cls, version: DeployedVersion, session_keys: np.ndarray, times_s: np.ndarray, raw_features: np.ndarray
+    ) -> SessionVerdicts:
+        """Score every row (line or end record) with `version` and judge each key."""
         scored = score_batch(version, raw_features)
         names = version.detector_names
         offsets = version.offsets
@@ -78,7 +76,9 @@ class SessionVerdicts:
         keys, fleet_margin, fleet_line = worst_per_key(session_keys, margin)
         columns = [worst_per_key(session_keys, scored.scores[:, j]) for j in range(len(names))]
         inverse = np.searchsorted(keys, session_keys)
-        count = np.bincount(inverse, weights=raw_features[:, SESSION_CLOSED] == 0, minlength=len(keys))
+        is_line = raw_features[:, SESSION_CLOSED] == 0
+        count = np.bincount(inverse, weights=is_line, minlength=len(keys))
+        opens = is_line & (raw_features[:, SESSION_LINES] == 1)
         first_s = np.full(len(keys), np.inf)
         last_s = np.full(len(keys), -np.inf)
         np.minimum.at(first_s, inverse, times_s)
@@ -89,7 +89,7 @@ class SessionVerdicts:
             offsets=offsets,
             keys=keys,
             lines=count.astype(np.int64),
-            sessions=np.bincount(inverse, weights=session_lines == 1, minlength=len(keys)).astype(np.int64),
+            sessions=np.bincount(inverse, weights=opens, minlength=len(keys)).astype(np.int64),
             first_s=first_s,
             last_s=last_s,
             scores=np.column_stack([c[1] for c in columns]) if columns else np.zeros((len(keys), 0)),
