@@ -54,6 +54,10 @@ class BenchSize:
     memory_window_s: float = 10.0
     stream_events: int = 200_000  # per stream of the `streams` scenario
     stream_train_rows: int = 50_000
+    deeplog_rows: int = 20_000  # log lines DeepLog trains on (the `deep` scenario)
+    mscred_rows: int = 1_000  # sensor windows MS-CRED trains on: its defaults take ~0.5 s per window on 2 cores
+    deep_score_rows: int = 10_000
+    deep_max_epochs: int | None = None  # None: each kind's default (early stopping may end sooner)
 
     @classmethod
     def quick(cls) -> BenchSize:
@@ -73,6 +77,10 @@ class BenchSize:
             memory_window_s=1.5,
             stream_events=5_000,
             stream_train_rows=3_000,
+            deeplog_rows=2_000,
+            mscred_rows=200,
+            deep_score_rows=1_000,
+            deep_max_epochs=2,
         )
 
 

@@ -97,6 +97,19 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                          f", {_figure(run['scorer_over_passthrough'], 3)}"))  # fmt: skip
         rows.append(("streams", "transactions: scorer (exactly-once) events/s, same run",
                      _figure(streams["transactions_scorer_eos_events_per_s"])))  # fmt: skip
+    if deep := scenarios.get("deep"):
+        for kind, run in deep["runs"].items():
+            if "failure" in run:
+                rows.append(("deep", f"{kind}: training", f"failed: {run['failure'][-1] if run['failure'] else '?'}"))
+                continue
+            fit, score = run["training"], run["inference"]
+            training = (
+                f"{fit['seconds']:.1f}s, {fit['epochs']} of {fit['max_epochs']} epochs, peak {fit['peak_rss_mib']:.0f} "
+                f"MiB ({fit['peak_rss_above_baseline_mib']:.0f} above the interpreter with Keras loaded)"
+            )
+            inference = f"{_figure(score['ms_per_1000_rows'], 1)} ms / {_figure(score['ms_per_batch_median'], 1)} ms"
+            rows.append(("deep", f"{kind}: training on {run['rows_train']:,} rows", training))
+            rows.append(("deep", f"{kind}: inference per 1,000 rows / per batch of {score['batch_rows']:,}", inference))
     return rows
 
 
@@ -211,7 +224,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         _plot_reload(reload, out_dir / "reload_throughput.png")
         lines += ["## Hot reload", "", f"Parameters: `{reload['parameters']}`.", "",
                   "![throughput across a reload](reload_throughput.png)", ""]  # fmt: skip
-    for name in ("scaling", "training", "memory", "streams"):
+    for name in ("scaling", "training", "memory", "streams", "deep"):
         if name in scenarios:
             lines += [f"## {name.capitalize()}", "", f"Parameters: `{scenarios[name]['parameters']}`.", ""]
     lines += ["Every figure, with its repetitions and spread, is in `results.json`.", ""]

@@ -2,7 +2,7 @@
 write `results.json` and `report.md` (with plots) into the output folder.
 
 >>> sorted(SCENARIOS)
-['latency', 'memory', 'reload', 'scaling', 'streams', 'throughput', 'training']
+['deep', 'latency', 'memory', 'reload', 'scaling', 'streams', 'throughput', 'training']
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from bench.context import BenchContext, BenchSize
+from bench.deep_cost import run_deep_cost
 from bench.environment import bench_stack, machine_description, software_versions
 from bench.latency import run_latency
 from bench.logs_quality import logs_benchmark as logs_benchmark  # `fleetwatch bench logs`
@@ -47,6 +48,7 @@ SCENARIOS: dict[str, Callable[[BenchContext], dict[str, Any]]] = {
     "training": run_training_cost,
     "memory": run_memory,
     "streams": run_streams,
+    "deep": run_deep_cost,
 }
 RESULTS_SCHEMA_VERSION = 1
 QUICK_NOTE = (

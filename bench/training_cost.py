@@ -12,25 +12,31 @@ from bench.context import BenchContext
 from bench.peers import REPOSITORY
 
 
+def run_probe(module: str, *args: object) -> dict[str, Any]:
+    """`python -m module args...` in a fresh interpreter (so one measurement's memory never inflates the next's):
+    its last stdout line as JSON, or the tail of its stderr under `failure`."""
+    python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-m", module, *(str(arg) for arg in args)],
+        env={**os.environ, "PYTHONPATH": python_path},
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    if done.returncode != 0:
+        return {"failure": done.stderr.strip().splitlines()[-5:]}
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def run_training_cost(ctx: BenchContext) -> dict[str, Any]:
     sizes = ctx.size.training_rows
     task = ctx.progress.add_task("training", total=len(sizes))
     runs = []
-    python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
     for rows in sizes:
         ctx.progress.update(task, description=f"training: {rows:,} rows")
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.training_probe", str(rows)],
-            env={**os.environ, "PYTHONPATH": python_path},
-            capture_output=True,
-            text=True,
-            timeout=3600,
-            check=False,
-        )
-        if done.returncode != 0:
-            runs.append({"rows": rows, "failure": done.stderr.strip().splitlines()[-5:]})
-        else:
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        measured = run_probe("bench.training_probe", rows)
+        runs.append({"rows": rows, **measured} if "failure" in measured else measured)
         ctx.progress.advance(task)
     ctx.progress.remove_task(task)
     return {
