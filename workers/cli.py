@@ -878,7 +878,8 @@ def bench(
     scenarios: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Scenarios to run: throughput, latency, reload, scaling, training, memory, streams (default: all); "
+            help="Scenarios to run: throughput, latency, reload, scaling, training, memory, streams, deep "
+            "(default: all); "
             "or `quality FILES...`: detection quality on ADBench .npz files (no Kafka, no Redis); "
             "or `nab --nab-dir DIR` / `skab --skab-dir DIR`: the public sensor benchmarks (no Kafka, no Redis); "
             "or `logs [DATA_DIR]`: templates on loghub and HDFS sessions on DeepLog's files (default .cache/data)."
