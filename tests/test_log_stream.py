@@ -15,20 +15,22 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import pytest
 
 from shared.config import StreamSettings, topic_environment
-from shared.entity_state import EntityStates
 from shared.kafka_client import KafkaConnection
 from shared.model_version import DeployedVersion
 from shared.output_records import decode_output
 from shared.scoring import score_batch
 from shared.streams.logs.contract import LogLine
-from shared.streams.logs.sessions import COUNT_FEATURES, FEATURE_NAMES, SESSION_LAYOUT, SessionRule
+from shared.streams.logs.host_windows import RING_LINES
+from shared.streams.logs.sessions import COUNT_FEATURES, FEATURE_NAMES, SessionRule
 from shared.streams.logs.stream import LOGS, LogStream
 from shared.streams.logs.synthetic import payloads
 from shared.streams.logs.templates import UNSEEN, TemplateVocabulary
 from shared.training import TrainingData, train_round
 from tests.fleet import FLEETWATCH, event_ids, open_fleet, produce_paced, wait_until
+from tests.online_batches import online
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC).timestamp()
 LOG_SETTINGS = StreamSettings().completed(LOGS)
@@ -170,17 +172,87 @@ def test_states_carried_between_batches_equal_one_pass() -> None:
     generated = LOGS.synthetic(events=3_000, entities=10, anomaly_rate=0.05, seed=8)
     learned = LOGS.trained_on(generated.payloads)
     whole = learned.offline(generated.payloads)
-    states, parts = learned.empty_states(), []
-    for rows in np.array_split(np.arange(len(whole.columns)), 7):
-        raw, after = learned.advance(states, whole.columns.take(rows))
-        kept = ~np.isin(states.keys, after.keys)
-        states = EntityStates.of(
-            SESSION_LAYOUT,
-            np.concatenate([states.keys[kept], after.keys]),
-            np.concatenate([states.records[kept], after.records]),
-        )
-        parts.append(raw)
-    np.testing.assert_array_equal(np.vstack(parts), whole.raw_features)
+    sizes = [len(rows) for rows in np.array_split(np.arange(len(whole.columns)), 7)]
+    np.testing.assert_array_equal(online(learned, whole.columns, sizes), whole.raw_features)
+
+
+SLIDING = SessionRule(pattern=None, window_s=25, host_windows="sliding")
+
+
+def test_a_sliding_window_holds_the_hosts_lines_of_the_last_window_s_and_counts_drop_expired_ones() -> None:
+    stream = LogStream(SLIDING, TemplateVocabulary.mine(HISTORY))
+    events = [line("open file 1 for job 1" if i % 2 else "close file 1", 10 * i) for i in range(6)]
+    events.append(line("kernel panic", 60))
+    raw, after = stream.advance(stream.empty_states(), stream.columns(events))
+    assert stream.columns(events).session.tolist() == ["dn-1"] * 7
+    assert feature(raw, "session_lines") == [1, 2, 3, 3, 3, 3, 3]
+    assert feature(raw, "session_seconds") == [0, 10, 20, 20, 20, 20, 20]
+    closes, opens = (
+        FEATURE_NAMES.index(f"template_{template:02d}")
+        for template in stream.vocabulary.match(["close file 1", "open file 1 for job 1"]).tolist()
+    )
+    assert raw[:, closes].tolist() == [1, 1, 2, 1, 2, 1, 1]  # the lines at 0, 20, 40 leave the window in turn
+    assert raw[:, opens].tolist() == [0, 1, 1, 2, 1, 2, 1]
+    assert feature(raw, "session_unseen") == [0, 0, 0, 0, 0, 0, 1] and feature(raw, "session_closed") == [0] * 7
+    keys = feature(raw, "key")
+    assert feature(raw, "key_lag_01")[1:] == keys[:-1] and feature(raw, "key_lag_02")[2:] == keys[:-2]
+    assert feature(raw, "key_lag_03") == [0] * 7, "a window's history is its own lines"
+    assert after.keys.tolist() == ["dn-1"] and np.isnan(stream.idle_deadlines(after)).all()
+
+
+def test_sliding_states_carried_between_batches_equal_one_pass_with_sessions_in_the_same_batches() -> None:
+    stream = LogStream(SLIDING, TemplateVocabulary.mine(HISTORY))
+    rng = np.random.default_rng(3)
+    messages = [*HISTORY, "kernel panic"]
+    events = [
+        line(messages[rng.integers(len(messages))], second, host=f"dn-{rng.integers(3)}",
+             session_id=f"s{rng.integers(4)}" if rng.random() < 0.3 else None)
+        for second in np.cumsum(rng.exponential(4.0, 1_500)).tolist()
+    ]  # fmt: skip
+    columns = stream.columns(events)
+    whole, after = stream.advance(stream.empty_states(), columns)
+    sizes = [len(rows) for rows in np.array_split(np.arange(len(columns)), 9)]
+    np.testing.assert_array_equal(online(stream, columns, sizes), whole)
+    # Lines with a session id are its session, as with fixed windows: the same features, and an idle deadline.
+    sessions = columns.take(np.flatnonzero(~columns.host_window))
+    fixed = LogStream(SessionRule(pattern=None, window_s=25), stream.vocabulary)
+    np.testing.assert_array_equal(whole[~columns.host_window], fixed.advance(fixed.empty_states(), sessions)[0])
+    assert after.keys.tolist() == ["dn-0", "dn-1", "dn-2", "s0", "s1", "s2", "s3"]
+    deadlines = stream.idle_deadlines(after)
+    assert np.isnan(deadlines[:3]).all() and np.isfinite(deadlines[3:]).all()
+
+
+def test_a_busy_hosts_window_holds_its_last_ring_lines_lines_in_one_pass_as_in_batches() -> None:
+    stream = LogStream(SLIDING, TemplateVocabulary.mine(HISTORY))
+    columns = stream.columns([line(f"open file {i} for job 1", i / 100) for i in range(RING_LINES + 100)])
+    whole, _ = stream.advance(stream.empty_states(), columns)
+    assert feature(whole, "session_lines")[-101:] == [RING_LINES] * 101
+    assert feature(whole, "session_seconds")[-1] == pytest.approx((RING_LINES - 1) / 100)
+    np.testing.assert_array_equal(online(stream, columns, [300, 7, 250]), whole)
+
+
+def test_a_host_window_is_never_reported_idle_and_never_ended() -> None:
+    stream = LogStream(SLIDING, TemplateVocabulary.mine(HISTORY))
+    lines = [line("open file 1 for job 1", 0), line("open file 2 for job 1", 1, session_id="a"),
+             line("close file 2", 5_000, host="dn-2")]  # fmt: skip
+    assert [end.session_id for end in stream.session_ends(lines)] == ["a"]
+
+
+def test_a_learned_stream_with_sliding_windows_survives_pickling_and_featurizes_alike() -> None:
+    generated = LOGS.synthetic(events=2_000, entities=5, anomaly_rate=0.05, seed=4)
+    learned = LogStream(SessionRule(pattern=None, host_windows="sliding")).trained_on(generated.payloads)
+    copy = pickle.loads(pickle.dumps(learned))
+    assert copy.state_layout == learned.state_layout != LOGS.state_layout
+    fixed = LogStream(SessionRule(pattern=None)).trained_on(generated.payloads)
+    assert copy.fingerprint == learned.fingerprint != fixed.fingerprint
+    np.testing.assert_array_equal(
+        copy.offline(generated.payloads).raw_features, learned.offline(generated.payloads).raw_features
+    )
+
+
+def test_an_unknown_host_windows_option_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="host_windows must be 'fixed' or 'sliding'; got 'rolling'"):
+        SessionRule(host_windows="rolling")  # type: ignore[arg-type]
 
 
 def session_verdicts(records: list[Any]) -> dict[str, bool]:

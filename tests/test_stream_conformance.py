@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 
 from shared.artifact_store import RedisArtifactStore
 from shared.config import StreamSettings, topic_environment
-from shared.entity_state import EntityStates
 from shared.kafka_client import KafkaConnection
 from shared.output_records import decode_output
 from shared.pipeline import OfflineBatch, Stream
@@ -33,6 +32,7 @@ from shared.state_store import EntityStateStore
 from shared.streams.catalog import CATALOG, load_plugins
 from shared.training import TrainingData, train_round
 from tests.fleet import FLEETWATCH, event_ids, open_fleet
+from tests.online_batches import online
 from tests.toy_stream import METERS
 
 load_plugins(["tests.toy_stream:METERS"])  # as a worker does from its `stream_plugins` setting
@@ -90,27 +90,6 @@ def learned_offline(stream: Stream[Any, Any], payloads: list[bytes]) -> tuple[St
     columns = stream.columns(stream.decode(payloads).events)
     learned = stream.learn(columns.take(np.argsort(columns.event_time_s, kind="stable")))
     return learned, learned.offline(payloads)
-
-
-def online(stream: Stream[Any, Any], columns: Any, sizes: list[int]) -> np.ndarray:
-    """Features batch by batch, each entity's state kept as the bytes a store keeps."""
-    states = stream.empty_states()
-    rows, start = [], 0
-    for size in [*sizes, len(columns)]:
-        part = columns.take(np.arange(start, min(start + size, len(columns))))
-        if not len(part):
-            continue
-        features, after = stream.advance(states, part)
-        stored = EntityStates.from_blobs(stream.state_layout, after.keys.tolist(), after.blobs())
-        kept = ~np.isin(states.keys, stored.keys)
-        states = EntityStates.of(
-            stream.state_layout,
-            np.concatenate([states.keys[kept], stored.keys]),
-            np.concatenate([states.records[kept], stored.records]),
-        )
-        rows.append(features)
-        start += len(part)
-    return np.vstack(rows)
 
 
 @by_stream

@@ -19,6 +19,7 @@ from rich.table import Table
 from shared.config import FleetwatchSettings, load_settings
 from shared.errors import FleetwatchError
 from shared.logs import configure_logging
+from shared.streams.logs.sessions import HostWindows
 
 if TYPE_CHECKING:
     from shared.registry import ModelRegistry
@@ -542,6 +543,13 @@ def logs_train(
         str, typer.Option(help="Regex whose first match in a line is its session key; '' groups by host windows.")
     ] = r"blk_-?\d+",
     window: Annotated[float, typer.Option(min=1, help="Seconds per host window (lines without a session key).")] = 300,
+    host_windows: Annotated[
+        HostWindows,
+        typer.Option(
+            help="Lines without a session key: the host's fixed windows, or each line with its host's "
+            "lines of the last --window seconds (sliding; a window never closes)."
+        ),
+    ] = "fixed",
     idle_timeout: Annotated[float, typer.Option(min=1, help="A session closes after this many idle seconds.")] = 1800,
     max_lines: Annotated[int, typer.Option(min=1, help="A session closes after this many lines.")] = 10_000,
     end_template: Annotated[
@@ -562,12 +570,14 @@ def logs_train(
 
     if parent is not None and not incremental:
         raise FleetwatchError("--from names the version --incremental extends; add --incremental")
-    rule_flags = (session_pattern != r"blk_-?\d+", window != 300, idle_timeout != 1800, max_lines != 10_000,
-                  bool(end_template))  # fmt: skip
+    rule_flags = (session_pattern != r"blk_-?\d+", window != 300, host_windows != "fixed", idle_timeout != 1800,
+                  max_lines != 10_000, bool(end_template))  # fmt: skip
     if incremental and any(rule_flags):
         raise FleetwatchError("--incremental keeps the parent's session rule; leave the session options out")
     try:
-        rule = SessionRule(session_pattern or None, window, idle_timeout, max_lines, tuple(end_template or ()))
+        rule = SessionRule(
+            session_pattern or None, window, idle_timeout, max_lines, tuple(end_template or ()), host_windows
+        )
         re.compile(session_pattern)
     except re.error as exc:
         raise FleetwatchError(f"--session-pattern is not a regular expression: {exc}") from exc

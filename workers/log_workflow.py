@@ -266,6 +266,7 @@ def corpus_facts(corpus: LogCorpus, columns: LogColumns, raw: np.ndarray, stream
         "rule": {
             "pattern": stream.rule.pattern,
             "window_s": stream.rule.window_s,
+            "host_windows": stream.rule.host_windows,
             "idle_timeout_s": stream.rule.idle_timeout_s,
             "max_lines": stream.rule.max_lines,
             "end_templates": list(stream.rule.end_templates),

@@ -1,12 +1,12 @@
 """Sessions of log lines and their features: template-count vectors that grow line by line.
 
 A session is the lines of one key (the producer's session id, a block id found in the message, or a host's
-fixed time window: `SessionRule`). Its state is one fixed-size record: how often each of the vocabulary's
-most frequent templates occurred (`COUNT_SLOTS`, the last slot for all rarer ones), lines, unseen lines, the
-rarest template so far, first and last time, and whether it is still open. A session closes after
-`idle_timeout_s` without a line, after `max_lines` lines, on one of the rule's end templates, or on an
-end-of-session record (`LogLine.ends_session`: the producer, or a file's end, says the session is complete);
-the next line of that key opens a new one.
+fixed time window: `SessionRule`; a host's sliding windows are `host_windows.py`'s). Its state is one
+fixed-size record: how often each of the vocabulary's most frequent templates occurred (`COUNT_SLOTS`, the last
+slot for all rarer ones), lines, unseen lines, the rarest template so far, first and last time, and whether it
+is still open. A session closes after `idle_timeout_s` without a line, after `max_lines` lines, on one of the
+rule's end templates, or on an end-of-session record (`LogLine.ends_session`: the producer, or a file's end,
+says the session is complete); the next line of that key opens a new one.
 
 An end-of-session record is not a line: it counts nothing, and it is scored with the complete session
 (`session_closed` 1, and the key `end_key` after the session's last keys), so a session that stops early,
@@ -41,6 +41,7 @@ session, so a session that is merely young is not unusual.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -78,20 +79,27 @@ record) after the keys of the session's previous lines, oldest first (0 where th
 FEATURE_NAMES = COUNT_FEATURES + SESSION_FEATURES + LINE_FEATURES + KEY_FEATURES
 FEATURE_SPEC = FeatureSpec(3, FEATURE_NAMES)  # 3: end-of-session records (session_closed)
 
+HostWindows = Literal["fixed", "sliding"]
+"""How lines with neither a session id nor a match of the rule's pattern are grouped: the host's fixed windows
+(sessions keyed `host@start`), or each line with its host's last `window_s` seconds (`host_windows.py`)."""
+
 
 @dataclass(frozen=True)
 class SessionRule:
     """How lines become sessions: kept inside the version, so training and serving group lines alike."""
 
     pattern: str | None = r"blk_-?\d+"  # the first match in a line without session_id is its session key
-    window_s: float = 300.0  # lines with neither: the host's fixed windows of this many seconds
+    window_s: float = 300.0  # lines with neither: the host's windows of this many seconds
     idle_timeout_s: float = 1800.0
     max_lines: int = 10_000
     end_templates: tuple[str, ...] = ()  # templates (as mined, e.g. "Deleting block <BLK> file <*>") that close
+    host_windows: HostWindows = "fixed"
 
     def __post_init__(self) -> None:
         if self.window_s <= 0 or self.idle_timeout_s <= 0 or self.max_lines < 1:
             raise ValueError("window_s and idle_timeout_s must be positive and max_lines at least 1")
+        if self.host_windows not in get_args(HostWindows):
+            raise ValueError(f"host_windows must be 'fixed' or 'sliding'; got {self.host_windows!r}")
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,7 @@ class Featurization:
     end_key: int  # an end-of-session record's key: the vocabulary's size + 2
     idle_timeout_s: float
     max_lines: int
+    window_s: float
 
     @classmethod
     def of(cls, vocabulary: TemplateVocabulary, rule: SessionRule) -> Featurization:
@@ -121,6 +130,7 @@ class Featurization:
             end_key=count + 2,
             idle_timeout_s=rule.idle_timeout_s,
             max_lines=rule.max_lines,
+            window_s=rule.window_s,
         )
 
 
@@ -131,8 +141,9 @@ def advance_sessions(
     templates: np.ndarray,
     how: Featurization,
 ) -> tuple[np.ndarray, EntityStates]:
-    """Every row's features (its session after the row) and the sessions' states after the batch; a row is a
-    line, or an end-of-session record where its template is `SESSION_END`.
+    """Every row's features (its session after the row) and the sessions' states after the batch, in the layout
+    of `before` (fields beyond `SESSION_LAYOUT`'s left empty); a row is a line, or an end-of-session record where
+    its template is `SESSION_END`.
 
     Vectorized over the batch: rows are grouped by key (stable, so each key's rows keep their order),
     session starts are found from the carried state, idle gaps, end templates and records, and the length
@@ -178,7 +189,7 @@ def advance_sessions(
     counts = _within_sessions(counts, session, session_start)
     lines = _within_sessions(is_line.astype(np.float64), session, session_start)
     unseen_lines = _within_sessions(unseen.astype(np.float64), session, session_start)
-    max_rarity = _running_max_within_sessions(rarity, session)
+    max_rarity = running_max_within_groups(rarity, session)
     first_s = t[session_start][session]
 
     base = carried[session_start]  # a session that continues its key's state starts from it
@@ -202,7 +213,7 @@ def advance_sessions(
     raw[order] = sorted_raw
 
     last = np.r_[np.flatnonzero(group_first)[1:] - 1, n - 1] if n else np.zeros(0, dtype=np.int64)
-    after = SESSION_LAYOUT.empty(len(entities))
+    after = before.layout.empty(len(entities))
     after["counts"] = counts[last]
     after["lines"] = lines[last]
     after["unseen"] = unseen_lines[last]
@@ -211,7 +222,7 @@ def advance_sessions(
     after["last_s"] = t[last]
     after["open"] = ~closes[last] & (lines[last] % how.max_lines != 0)
     after["recent"] = np.column_stack([history[last, 1:], key[last]]) if n else after["recent"]
-    return raw, EntityStates(SESSION_LAYOUT, entities, after)
+    return raw, EntityStates(before.layout, entities, after)
 
 
 def _previous_keys(
@@ -237,11 +248,11 @@ def _within_sessions(values: np.ndarray, session: np.ndarray, session_start: np.
     return total - before_start[session]
 
 
-def _running_max_within_sessions(values: np.ndarray, session: np.ndarray) -> np.ndarray:
-    """Running maximum restarting at each session, exactly: ranks of the values (few distinct ones) are made
-    to grow from session to session by an integer offset, so one accumulate serves every session."""
+def running_max_within_groups(values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Running maximum restarting at each group (rows sorted by group), exactly: ranks of the values are made to
+    grow from group to group by an integer offset, so one accumulate serves every group."""
     if not len(values):
         return values.astype(np.float64)
     distinct, rank = np.unique(values, return_inverse=True)
-    offset = session.astype(np.int64) * len(distinct)
+    offset = group.astype(np.int64) * len(distinct)
     return distinct[np.maximum.accumulate(rank.reshape(-1) + offset) - offset]

@@ -20,6 +20,7 @@ from shared.contracts import DecodedBatch
 from shared.entity_state import EntityStates
 from shared.pipeline import Stream, StreamTopics, SyntheticEvents, WindowDimensions
 from shared.streams.logs.contract import LogLine, decode_log_lines
+from shared.streams.logs.host_windows import SLIDING_LAYOUT, advance_sessions_and_host_windows
 from shared.streams.logs.sessions import (
     COUNT_FEATURES,
     FEATURE_NAMES,
@@ -43,6 +44,7 @@ class LogColumns:
     message: np.ndarray
     timestamp_s: np.ndarray
     session: np.ndarray
+    host_window: np.ndarray  # bool: keyed by its host's time window (no session id, no match of the rule's pattern)
     ends_session: np.ndarray  # bool: an end-of-session record, not a line
 
     @property
@@ -69,7 +71,6 @@ def _objects(values: Sequence[Any]) -> np.ndarray:
 class LogStream(Stream[LogLine, LogColumns]):
     name = "logs"
     feature_spec = FEATURE_SPEC
-    state_layout = SESSION_LAYOUT
     topics = StreamTopics(input="events.logs", summary="summary.logs")
     windows = WindowDimensions(entity="session_id", time="timestamp", dimensions=("source_host", "component"))
     alert_fields = ("event_id", "session", "source_host", "template", "message")
@@ -97,6 +98,7 @@ class LogStream(Stream[LogLine, LogColumns]):
         self.vocabulary = vocabulary or TemplateVocabulary.empty()
         self._featurization = Featurization.of(self.vocabulary, self.rule)
         self._pattern = re.compile(self.rule.pattern) if self.rule.pattern else None
+        self.state_layout = SLIDING_LAYOUT if self.rule.host_windows == "sliding" else SESSION_LAYOUT
 
     def __getstate__(self) -> dict[str, Any]:
         return {"rule": self.rule, "vocabulary": self.vocabulary}
@@ -117,27 +119,34 @@ class LogStream(Stream[LogLine, LogColumns]):
 
     def columns(self, events: Sequence[LogLine]) -> LogColumns:
         seconds = np.array([event.timestamp.timestamp() for event in events], dtype=np.float64)
+        keys, host_window = self.session_keys(events, seconds)
         return LogColumns(
             event_id=_objects([event.event_id for event in events]),
             source_host=_objects([event.source_host for event in events]),
             component=_objects([event.component or "-" for event in events]),
             message=_objects([event.message for event in events]),
             timestamp_s=seconds,
-            session=_objects(self.session_keys(events, seconds)),
+            session=_objects(keys),
+            host_window=host_window,
             ends_session=np.array([event.ends_session for event in events], dtype=bool),
         )
 
-    def session_keys(self, events: Sequence[LogLine], seconds: np.ndarray) -> list[str]:
-        """The producer's session id, else the rule's pattern found in the message, else the host's window."""
-        pattern, window = self._pattern, self.rule.window_s
-        keys = []
-        for event, second in zip(events, seconds.tolist(), strict=True):  # one regex search per line, in C
+    def session_keys(self, events: Sequence[LogLine], seconds: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """The producer's session id, else the rule's pattern found in the message, else the host's window (its
+        fixed window `host@start`, or with sliding windows the host alone); and which keys are hosts' windows."""
+        pattern, window, sliding = self._pattern, self.rule.window_s, self.rule.host_windows == "sliding"
+        keys, host_window = [], np.zeros(len(events), dtype=bool)
+        for row, (event, second) in enumerate(zip(events, seconds.tolist(), strict=True)):  # a regex search a line
+            found = pattern.search(event.message) if pattern and not event.session_id else None
             if event.session_id:
                 keys.append(event.session_id)
-                continue
-            found = pattern.search(event.message) if pattern else None
-            keys.append(found.group(0) if found else f"{event.source_host}@{int(second // window) * int(window)}")
-        return keys
+            elif found:
+                keys.append(found.group(0))
+            else:
+                host_window[row] = True
+                start = int(second // window) * int(window)
+                keys.append(event.source_host if sliding else f"{event.source_host}@{start}")
+        return keys, host_window
 
     def session_ends(self, lines: Sequence[LogLine]) -> list[LogLine]:
         """An end record, at its last line's time, for every session the lines leave open that is idle by their
@@ -178,9 +187,12 @@ class LogStream(Stream[LogLine, LogColumns]):
         return templates
 
     def advance(self, before: EntityStates, columns: LogColumns) -> tuple[np.ndarray, EntityStates]:
-        return advance_sessions(
-            before, columns.session, columns.timestamp_s, self.templates_of(columns), self._featurization
-        )
+        templates = self.templates_of(columns)
+        if self.rule.host_windows == "sliding":
+            return advance_sessions_and_host_windows(
+                before, columns.session, columns.timestamp_s, templates, columns.host_window, self._featurization
+            )
+        return advance_sessions(before, columns.session, columns.timestamp_s, templates, self._featurization)
 
     def template_text(self, indices: np.ndarray) -> list[str]:
         """Each template index as mined, "(unseen)" for a line none matches, "(session end)" for an end record."""
@@ -225,7 +237,7 @@ class LogStream(Stream[LogLine, LogColumns]):
         if len(generated.lines) < events:  # many sessions cut short: at least 3 rows each
             generated = generate_log_lines(events // 3 + 1, entities, anomaly_rate, seed)
         lines = generated.lines[:events]
-        keys = self.session_keys(lines, np.array([line.timestamp.timestamp() for line in lines]))
+        keys, _ = self.session_keys(lines, np.array([line.timestamp.timestamp() for line in lines]))
         return SyntheticEvents(
             payloads=payloads(lines),
             keys=keys,
