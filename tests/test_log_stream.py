@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import signal
 import subprocess
 import threading
@@ -110,6 +111,11 @@ def test_an_end_of_session_record_scores_the_complete_session_counts_nothing_and
     assert feature(raw, "line_rarity")[2] == 0 and feature(raw, "session_unseen")[2] == 0
     assert after.records["lines"].tolist() == [1] and after.records["open"].tolist() == [1]
     assert stream.template_text(stream.templates_of(stream.columns(events)))[2] == "(session end)"
+    # An alert on the end record names the session's lines' templates in order, then the end.
+    recent = stream.alert_context(stream.columns(events), raw)[2]["recent_templates"]
+    assert [re.sub(r"^T\d+ ", "", text) for text in recent] == [
+        "open file <NUM> for job <NUM>", "close file <NUM>", "(session end)",
+    ]  # fmt: skip
 
 
 def test_session_ends_ends_every_open_session_idle_by_the_last_lines_time() -> None:

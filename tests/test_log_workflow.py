@@ -248,7 +248,7 @@ def test_infer_report_shows_deeplogs_expected_keys_beside_the_key_that_came(
 
     scored = score_logs(version, read_corpus(tmp_path / "test", ScanOptions()))
     size = len(scored.stream.vocabulary.templates)
-    assert scored.key_text(np.array([0, 1, size + 1, size + 2])) == [
+    assert scored.stream.key_text(np.array([0, 1, size + 1, size + 2])) == [
         "(no line)", f"T0 {scored.stream.vocabulary.templates[0]}", "(unseen)", "(session end)",
     ]  # fmt: skip
 

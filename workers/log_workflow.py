@@ -47,7 +47,7 @@ from shared.streams.logs.contract import LogLine
 from shared.streams.logs.formats import LogFormat, ParsedLog, log_format, parse_log_file, scan_log_files
 from shared.streams.logs.sessions import FEATURE_NAMES, SessionRule
 from shared.streams.logs.stream import LOGS, LogColumns, LogStream
-from shared.streams.logs.templates import SESSION_END, UNSEEN
+from shared.streams.logs.templates import UNSEEN
 from shared.streams.logs.verdicts import SessionVerdicts, session_labels_for
 from shared.summary_report import markdown_table, save_chart
 from shared.training import GateDecision, TrainingData, quality_gate, train_round
@@ -311,17 +311,6 @@ class ScoredLogs:
         """Rows that are lines (the others are the sessions' end records)."""
         return int(np.count_nonzero(~self.columns.ends_session))
 
-    def key_text(self, keys: np.ndarray) -> list[str]:
-        """What each DeepLog key stands for: `T<index> <template>`, unseen, the end of the session (any key past
-        the unseen one), or no line (0: the history before a session's first line)."""
-        size = len(self.stream.vocabulary.templates)
-        templates = np.where(keys <= size, keys - 1, np.where(keys == size + 1, UNSEEN, SESSION_END))
-        texts = self.stream.template_text(np.maximum(templates, SESSION_END))
-        return [
-            "(no line)" if key == 0 else f"T{key - 1} {text}" if key <= size else text
-            for key, text in zip(keys.tolist(), texts, strict=True)
-        ]
-
 
 @dataclass(frozen=True)
 class KeyPredictor:
@@ -488,7 +477,7 @@ def _with_expected_keys(
     expected there (most probable first), their probabilities and templates."""
     rows = predictor.rows(version, scored.raw_features[worst])
     keys, probabilities = predictor.detector.expected_keys(rows)
-    texts = scored.key_text(keys.reshape(-1))
+    texts = scored.stream.key_text(keys.reshape(-1))
     width = keys.shape[1]
     return (
         table.append_column("worst_key", pa.array(np.rint(rows[:, -1]).astype(np.int64)))
@@ -636,8 +625,8 @@ def _expected_and_seen_keys(version: DeployedVersion, scored: ScoredLogs, predic
     rows = predictor.rows(version, scored.raw_features[shown])
     seen_p = np.exp(detector.score_samples(rows))
     keys, probabilities = detector.expected_keys(rows)
-    seen = scored.key_text(np.rint(rows[:, -1]).astype(np.int64))
-    expected = scored.key_text(keys.reshape(-1))
+    seen = scored.stream.key_text(np.rint(rows[:, -1]).astype(np.int64))
+    expected = scored.stream.key_text(keys.reshape(-1))
     out = [
         title,
         f"Anomalous sessions (at most {EXPECTED_SESSIONS}: the fleet's by depth below its threshold, then those only "

@@ -200,9 +200,23 @@ class LogStream(Stream[LogLine, LogColumns]):
         special = {UNSEEN: "(unseen)", SESSION_END: "(session end)"}
         return [special[i] if i < 0 else names[i] for i in indices.tolist()]
 
+    def key_text(self, keys: np.ndarray) -> list[str]:
+        """What each template key (the key features) stands for: `T<index> <template>`, unseen, the end of the
+        session (any key past the unseen one), or no line (0: the history before a session's first line)."""
+        size = len(self.vocabulary.templates)
+        templates = np.where(keys <= size, keys - 1, np.where(keys == size + 1, UNSEEN, SESSION_END))
+        texts = self.template_text(np.maximum(templates, SESSION_END))
+        return [
+            "(no line)" if key == 0 else f"T{key - 1} {text}" if key <= size else text
+            for key, text in zip(keys.tolist(), texts, strict=True)
+        ]
+
     def alert_context(self, columns: LogColumns, raw_features: np.ndarray) -> list[dict[str, Any]]:
-        """The session, the line's template, and the session's templates so far with their counts (the count
+        """The session, the line's template, the templates of the session's last lines up to this row in order
+        (what DeepLog read, this row's last), and the session's templates so far with their counts (the count
         vector the detectors saw; the rarer templates share one count)."""
+        keys = np.rint(raw_features[:, [FEATURE_NAMES.index(name) for name in KEY_FEATURES]]).astype(np.int64)
+        recent = np.asarray(self.key_text(keys.reshape(-1)), dtype=object).reshape(keys.shape)
         counts = raw_features[:, : len(COUNT_FEATURES)]
         named = self.vocabulary.templates[: len(COUNT_FEATURES) - 1]
         names = [*named, *[""] * (len(COUNT_FEATURES) - 1 - len(named)), "(rarer templates)"]
@@ -213,6 +227,9 @@ class LogStream(Stream[LogLine, LogColumns]):
                 "template": template,
                 "session_lines": int(row[column["session_lines"]]),
                 "session_unseen_lines": int(row[column["session_unseen"]]),
+                "recent_templates": [
+                    text for key, text in zip(keys[i].tolist(), recent[i].tolist(), strict=True) if key
+                ],
                 "session_templates": {names[j]: int(counts[i, j]) for j in np.flatnonzero(counts[i]).tolist()},
             }
             for i, (session, template, row) in enumerate(
