@@ -211,12 +211,17 @@ def demo(
     users: Annotated[int, typer.Option(min=1, help="Users behind them.")] = 20_000,
     readings: Annotated[int, typer.Option(min=1, help="Pump sensor readings (metrics stream) to stream.")] = 12_000,
     pumps: Annotated[int, typer.Option(min=1, help="Pumps behind them.")] = 24,
+    log_lines: Annotated[
+        int, typer.Option(min=1, help="Server log lines and session ends (logs stream) to stream.")
+    ] = 12_000,
+    hosts: Annotated[int, typer.Option(min=1, help="Hosts writing them.")] = 12,
     keep: Annotated[bool, typer.Option("--keep", help="Leave Kafka and Redis running afterwards.")] = False,
 ) -> None:
     """The main job end to end on the local stack: Kafka + Redis up, events streamed and watched, stack down."""
-    from workers.demo import run_demo
+    from workers.demo import demo_streams, run_demo
 
-    run_demo(_settings(), events=events, users=users, readings=readings, pumps=pumps, keep=keep, console=console)
+    plans = demo_streams(events, users, readings, pumps, log_lines, hosts)
+    run_demo(_settings(), plans, keep=keep, console=console)
 
 
 models_app = typer.Typer(

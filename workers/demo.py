@@ -1,12 +1,13 @@
 """`fleetwatch demo`: the whole system end to end on the local stack, for a newcomer's first look.
 
-Kafka + Redis come up on loopback; a labelled synthetic history is generated for two streams, transactions
-and pump sensor readings (metrics). The trainer fits transactions v1 on the first third of its history
-(deployed) and v2 on its first half (newer data, kept back), and metrics v1 on the first half of the
-readings (deployed); two scoring workers start, each serving both streams; every event of both histories
-streams through them side by side while a live table shows what comes out; halfway, transactions v2 is
-promoted and the workers hot-reload it; the run ends with throughput, precision and recall against the
-ground truth per stream, and which version scored what. Workers and the stack are stopped at the end.
+Kafka + Redis come up on loopback; a labelled synthetic history is generated for three streams:
+transactions, pump sensor readings (metrics) and HDFS-like server log lines with their sessions' end
+records (logs). The trainer fits transactions v1 on the first third of its history (deployed) and v2 on
+its first half (newer data, kept back), and metrics v1 and logs v1 on the first half of theirs (deployed);
+two scoring workers start, each serving every stream; every event of every history streams through them
+side by side while a live table shows what comes out; halfway, transactions v2 is promoted and the workers
+hot-reload it; the run ends with throughput, precision and recall against the ground truth per stream, and
+which version scored what. Workers and the stack are stopped at the end.
 """
 
 from __future__ import annotations
@@ -58,13 +59,16 @@ class DemoStream:
     malformed: tuple[bytes, ...]
 
 
-def demo_streams(events: int, users: int, readings: int, pumps: int) -> list[DemoStream]:
+def demo_streams(events: int, users: int, readings: int, pumps: int, log_lines: int, hosts: int) -> list[DemoStream]:
     return [
         DemoStream("transactions", events, users, 0.01, (3, 2),
                    (b"{not json", b'{"event_id": "demo-bad", "amount": "lots"}')),
         DemoStream("metrics", readings, pumps, 0.04, (2,),
                    (b"{not json", b'{"event_id": "demo-bad-reading", "asset_id": "pump-000", '
                                   b'"timestamp": "2026-10-01T00:00:00Z", "values": {"flow_m3h": "high"}}')),
+        DemoStream("logs", log_lines, hosts, 0.05, (2,),
+                   (b"{not json", b'{"event_id": "demo-bad-line", "source_host": "dn-000", '
+                                  b'"timestamp": "2026-10-01T00:00:00Z"}')),
     ]  # fmt: skip
 
 
@@ -212,14 +216,11 @@ def _start_worker(environment: dict[str, str], index: int, log_dir: Path) -> sub
     return subprocess.Popen([fleetwatch, "worker"], env=environment, stdout=log, stderr=log)
 
 
-def run_demo(
-    settings: FleetwatchSettings, events: int, users: int, readings: int, pumps: int, keep: bool, console: Console
-) -> dict[str, DemoRun]:
+def run_demo(settings: FleetwatchSettings, plans: list[DemoStream], keep: bool, console: Console) -> dict[str, DemoRun]:
     with console.status("bringing up Kafka (KRaft) and Redis on loopback ..."):
         stack = dev_stack.up(settings)
     console.print(stack.connection_lines().strip())
     seed = int(time.time()) % 100_000
-    plans = demo_streams(events, users, readings, pumps)
     # A Redis namespace of its own: this run's registry numbering, user profiles and sensor windows start empty.
     dump = settings.model_dump()
     served = sorted({*settings.worker.streams, *(plan.name for plan in plans)})
