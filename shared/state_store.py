@@ -160,8 +160,8 @@ class EntityStateStore:
             log.warning("states newer than this batch were kept (another worker is ahead)", entities=refused)
         deadlines = stream.idle_deadlines(after)
         if deadlines is not None:
-            try:
-                self.record_idle(after.keys, deadlines)
+            try:  # `after` holds the batch's entities in `keys`' order, as the write above relies on
+                self._idle.record(IdleDeadlines(after.keys, keys.buckets, deadlines))
             except redis.RedisError as exc:
                 metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
                 log.warning("idle-session index write failed; these sessions end at their next line", error=str(exc))
