@@ -35,6 +35,7 @@ def worker_settings(setting: LatencySetting, ctx: BenchContext) -> dict[str, str
         "FLEETWATCH_WORKER__DELIVERY": setting.delivery,
         "FLEETWATCH_WORKER__BATCH_SIZE": str(setting.batch_size),
         "FLEETWATCH_WORKER__BATCH_TIMEOUT_S": str(setting.batch_timeout_s),
+        "FLEETWATCH_WORKER__BATCH_MIN_SIZE": str(setting.batch_min_size),
         "FLEETWATCH_WORKER__CONSUMER_PROPERTIES": f'{{"session.timeout.ms": "{size.session_timeout_ms}"}}',
         "FLEETWATCH_WORKER__PRODUCER_PROPERTIES": f'{{"transaction.timeout.ms": "{size.transaction_timeout_ms}"}}',
     }
@@ -82,6 +83,7 @@ def _measure_setting(ctx: BenchContext, index: int, setting: LatencySetting, cei
         "delivery": setting.delivery,
         "batch_size": setting.batch_size,
         "batch_timeout_s": setting.batch_timeout_s,
+        "batch_min_size": setting.batch_min_size,
         "produced": paced.produced,
         "visible": tail.count,
         "levels": levels,

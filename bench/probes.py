@@ -73,10 +73,11 @@ class OutputTail:
             reader.assign([TopicPartition(t, p, 0) for t in self.topics for p in topic_partitions(self.kafka, t)])
             self._ready.set()
             while not self._stop.is_set():
-                batch = reader.consume(num_messages=10_000, timeout=0.01)
-                if not batch:
+                first = reader.poll(0.01)  # stamped on arrival: `consume` would hold it until its timeout
+                if first is None:
                     continue
                 now = time.time()
+                batch = [first, *reader.consume(num_messages=10_000, timeout=0)]
                 records = [m for m in batch if m.error() is None]
                 if self.decode:
                     for message in records:

@@ -129,7 +129,14 @@ class WorkerSettings(BaseModel):
         "at_least_once: produce, flush, then commit offsets (faster; a crash may repeat a batch's outputs)",
     )
     batch_size: int = Field(1000, gt=0, description="most records per micro-batch")
-    batch_timeout_s: float = Field(0.05, gt=0, description="longest wait to fill a micro-batch")
+    batch_min_size: int = Field(
+        1,
+        gt=0,
+        description="score a batch once this many records have arrived (then take all waiting, up to batch_size) "
+        "or batch_timeout_s has passed; 1 = score what is there as soon as anything is (lowest latency), "
+        "batch_size = wait for full batches",
+    )
+    batch_timeout_s: float = Field(0.05, gt=0, description="longest wait to fill a micro-batch to batch_min_size")
     reconcile_interval_s: float = Field(5.0, gt=0, description="how often the deployed pointers are re-read")
     idle_sweep_interval_s: float = Field(
         5.0, gt=0, description="how often a worker ends sessions idle past their stream's timeout (in event time)"
@@ -141,6 +148,12 @@ class WorkerSettings(BaseModel):
     compute_threads: int = Field(1, gt=0, description="BLAS/OpenMP threads per worker process (scale by replicas)")
     consumer_properties: dict[str, str] = Field(default_factory=dict, description="librdkafka, consumer only")
     producer_properties: dict[str, str] = Field(default_factory=dict, description="librdkafka, producer only")
+
+    @model_validator(mode="after")
+    def _min_within_batch(self) -> WorkerSettings:
+        if self.batch_min_size > self.batch_size:
+            raise ValueError(f"batch_min_size ({self.batch_min_size}) is above batch_size ({self.batch_size})")
+        return self
 
 
 class RateCriterion(BaseModel):

@@ -63,9 +63,12 @@ OUTPUTS_NOT_ACKNOWLEDGED = Counter(
 )
 BATCHES_REREAD = Counter(
     "fleetwatch_batches_reread_total",
-    "Batches consumed again because their outputs or offsets did not commit, by reason "
-    "(delivery_failed, commit_failed, transaction_aborted).",
+    "Batches consumed again because their outputs did not commit, by reason (delivery_failed, transaction_aborted).",
     ["stream", "reason"],
+)
+OFFSET_COMMITS_FAILED = Counter(
+    "fleetwatch_offset_commits_failed_total",
+    "At-least-once offset commits that failed (a later commit supersedes them, or their outputs repeat).",
 )
 PROFILE_STORE_ERRORS = Counter(
     "fleetwatch_profile_store_errors_total",

@@ -73,3 +73,12 @@ def test_an_unknown_stream_is_refused_with_the_known_ones(isolated: Path, monkey
     monkeypatch.setenv("FLEETWATCH_WORKER__STREAMS", '["weather"]')
     with pytest.raises(ValidationError, match=r"unknown stream 'weather'; known streams: .*transactions"):
         load_settings()
+
+
+def test_a_batch_minimum_above_the_batch_size_is_refused(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWATCH_WORKER__BATCH_SIZE", "100")
+    monkeypatch.setenv("FLEETWATCH_WORKER__BATCH_MIN_SIZE", "101")
+    with pytest.raises(ValidationError, match=r"batch_min_size \(101\) is above batch_size \(100\)"):
+        load_settings()
+    monkeypatch.setenv("FLEETWATCH_WORKER__BATCH_MIN_SIZE", "100")
+    assert load_settings().worker.batch_min_size == 100

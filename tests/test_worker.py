@@ -12,11 +12,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from confluent_kafka import TopicPartition
 
 from shared.artifact_store import RedisArtifactStore
 from shared.config import DetectorConfig, StreamSettings
 from shared.http_endpoints import scrape_metrics
-from shared.kafka_client import KafkaConnection, producer
+from shared.kafka_client import KafkaConnection, consumer, producer, topic_partitions
 from shared.local_infra.redis_server import RedisServer
 from shared.output_records import AlertRecord, decode_output
 from shared.registry import ModelRegistry
@@ -223,3 +224,37 @@ def test_tampered_version_is_refused_while_scoring_goes_on(fleet: Fleet, trained
     assert versions == {1} and sum(len(r) for r in outputs.values()) == len(payloads)
     assert 'fleetwatch_deployed_version{stream="transactions"} 1.0' in scrape_metrics(port)
     assert outputs["deadletter"] == []
+
+
+def test_a_batch_waits_for_its_minimum_and_goes_as_soon_as_it_is_reached(fleet: Fleet, trained: TrainingResult) -> None:
+    fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
+    fleet.start_worker(FLEETWATCH_WORKER__BATCH_MIN_SIZE="3", FLEETWATCH_WORKER__BATCH_TIMEOUT_S="300")
+    payloads, keys = labelled_stream(3, seed=47)
+    fleet.produce(payloads[:2], keys[:2])
+    time.sleep(3)
+    assert fleet.scored_count() == 0, "two records were scored before the minimum of three was there"
+    fleet.produce(payloads[2:], keys[2:])
+    # Well before the 300 s timeout: the third record completes the minimum.
+    assert wait_until(lambda: fleet.scored_count() == 3, 30)
+
+
+def test_at_least_once_commits_the_offsets_of_what_it_delivered(fleet: Fleet, trained: TrainingResult) -> None:
+    fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
+    fleet.start_worker(FLEETWATCH_WORKER__DELIVERY="at_least_once")
+    payloads, keys = labelled_stream(1_000, seed=48)
+    fleet.produce(payloads, keys)
+    fleet.wait_for_outputs(len(payloads))
+    group = consumer(fleet.kafka, fleet.env["FLEETWATCH_WORKER__GROUP_ID"])
+    try:
+        partitions = [
+            TopicPartition(fleet.topics["input"], p) for p in topic_partitions(fleet.kafka, fleet.topics["input"])
+        ]
+        ends = [group.get_watermark_offsets(p, timeout=10)[1] for p in partitions]
+
+        def committed() -> list[int]:
+            return [p.offset for p in group.committed(partitions, timeout=10)]
+
+        # Asynchronous commits: they land shortly after the outputs, and cover every consumed record.
+        assert wait_until(lambda: committed() == ends, 20), f"committed {committed()}, ends {ends}"
+    finally:
+        group.close()
