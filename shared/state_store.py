@@ -64,11 +64,14 @@ BUCKETS = 256
 """Hash-tag buckets: enough to spread a cluster's slots over its nodes, few enough to batch per bucket."""
 
 WRITE_SCRIPT = f"""
--- KEYS: profile keys; ARGV: ttl_seconds, then one envelope per key (header: partition, snap offset)
+-- KEYS: state keys; ARGV: ttl_seconds, the keys' envelopes concatenated (header: partition, snap offset),
+-- the size of one envelope. One argument for all of them: packing and parsing a thousand is what cost.
 local ttl = tonumber(ARGV[1])
+local envelopes = ARGV[2]
+local size = tonumber(ARGV[3])
 local refused = 0
 for i, key in ipairs(KEYS) do
-  local envelope = ARGV[i + 1]
+  local envelope = string.sub(envelopes, (i - 1) * size + 1, i * size)
   local stored = redis.call('GET', key)
   if stored and string.sub(stored, 1, {PARTITION_DIGITS}) == string.sub(envelope, 1, {PARTITION_DIGITS})
       and tonumber(string.sub(stored, {PARTITION_DIGITS + 1}, {PARTITION_DIGITS + OFFSET_DIGITS}))
@@ -269,16 +272,14 @@ class EntityStateStore:
         envelopes["applied_offset"] = _digits(last_offsets, OFFSET_DIGITS)
         envelopes["state"] = after.records
         envelopes["snapshot"] = start.aligned(after.keys)
-        whole, size = envelopes.tobytes(), envelopes.dtype.itemsize
-        values = [whole[offset : offset + size] for offset in range(0, len(whole), size)]
         if not self._cluster:
-            return int(self._write(keys=keys.names, args=[self._ttl_s, *values]))
-        return self._write_by_bucket(keys, values)
+            return int(self._write(keys=keys.names, args=[self._ttl_s, envelopes.tobytes(), envelopes.itemsize]))
+        return self._write_by_bucket(keys, envelopes)
 
-    def _write_by_bucket(self, keys: EntityKeys, values: list[bytes]) -> int:
+    def _write_by_bucket(self, keys: EntityKeys, envelopes: np.ndarray) -> int:
         """One script call per bucket (one slot each), pipelined: one round trip per cluster node."""
         calls = [
-            ([keys.names[i] for i in rows.tolist()], [self._ttl_s, *(values[i] for i in rows.tolist())])
+            ([keys.names[i] for i in rows.tolist()], [self._ttl_s, envelopes[rows].tobytes(), envelopes.itemsize])
             for rows in bucket_groups(keys.buckets)
         ]
         return sum(int(refused) for refused in run_script_pipelined(self._redis, self._write, calls))
