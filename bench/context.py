@@ -33,7 +33,7 @@ class BenchSize:
     repetitions: int = 3
     batch_size: int = 1000
     batch_timeout_s: float = 0.05
-    peer_seconds: float = 120.0  # per_record, Quix Streams and faust: time budget after their first output
+    peer_seconds: float = 120.0  # every peer but the passthrough: time budget after its first output
     contender_timeout_s: float = 900.0
     latency_levels: tuple[float, ...] = (0.25, 0.50, 0.75)
     latency_level_s: float = 20.0

@@ -159,6 +159,6 @@ def software_versions(stack: BenchStack) -> dict[str, object]:
         "redis_server": str(stack.redis().info("server").get("redis_version")),
         **{
             name: _package_version(name)
-            for name in ("numpy", "scikit-learn", "msgspec", "quixstreams", "faust-streaming", "aiokafka")
+            for name in ("numpy", "scikit-learn", "msgspec", "quixstreams", "faust-streaming", "aiokafka", "bytewax")
         },
     }

@@ -18,9 +18,8 @@ import faust
 from faust.streams import Stream
 from faust.types import EventT, SchemaT, StreamT
 
-from bench.peers import PeerConfig, dead_letters, deployed_version, read_config, score_events, stored_profiles
+from bench.peers import PeerConfig, deployed_version, read_config, score_batch_of_messages
 from shared.output_records import Source
-from shared.streams.transactions.contract import decode_transactions
 
 
 def build_app(config: PeerConfig) -> faust.App:
@@ -50,25 +49,15 @@ def build_app(config: PeerConfig) -> faust.App:
             await _score_batch(batch)
 
     async def _score_batch(batch: Sequence[EventT]) -> None:
-        payloads = [event.value for event in batch]
-        keys = [event.key for event in batch]
-        sources = [Source(e.message.topic, e.message.partition, e.message.offset) for e in batch]
-        decoded = decode_transactions(payloads)
-        records = dead_letters(config, decoded.errors, keys, sources)
-        if decoded.events:
-            users = sorted({event.user_id for event in decoded.events})
-            start = stored_profiles(users, [profiles.get(user.encode()) for user in users])
-            at = decoded.positions
-            scored, after = score_events(
-                version,
-                config,
-                decoded.events,
-                [payloads[i] for i in at],
-                [keys[i] for i in at],
-                [sources[i] for i in at],
-                start,
-            )
-            records += scored
+        records, after = score_batch_of_messages(
+            version,
+            config,
+            [event.value for event in batch],
+            [event.key for event in batch],
+            [Source(e.message.topic, e.message.partition, e.message.offset) for e in batch],
+            lambda user: profiles.get(user.encode()),
+        )
+        if after is not None:
             for user, blob in zip(after.keys.tolist(), after.blobs(), strict=True):
                 profiles[user.encode()] = blob
         for record in records:  # faust sends one record per call; it buffers and batches underneath

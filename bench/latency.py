@@ -86,8 +86,16 @@ def _measure_setting(ctx: BenchContext, index: int, setting: LatencySetting, cei
         "batch_min_size": setting.batch_min_size,
         "produced": paced.produced,
         "visible": tail.count,
+        **_missing_and_repeated(tail.heads, paced.produced_at_ms),
         "levels": levels,
     }
+
+
+def _missing_and_repeated(heads: list[Visible], produced_at_ms: dict[tuple[int, int], int]) -> dict[str, int]:
+    """Inputs the broker acknowledged with no output visible by the end of the wait (lost, or more than a minute
+    late), and outputs beyond one per input."""
+    seen = {(head.partition, head.offset) for head in heads}
+    return {"missing": len(set(produced_at_ms) - seen), "repeated": len(heads) - len(seen)}
 
 
 def _cdf_points(values_s: list[float], points: int = 50) -> list[float]:

@@ -1,4 +1,4 @@
-"""The scorer's contenders as processes of their own: passthrough, per-record baseline, Quix Streams, faust.
+"""The scorer's contenders as processes of their own: passthrough, per-record baseline, Quix Streams, faust, Bytewax.
 
 Each contender is a small app module in this package with a `main()` that takes a `PeerConfig` as
 JSON on the command line, so it gets a fresh interpreter like the worker does, and can be sampled
@@ -29,7 +29,7 @@ from shared.model_version import DeployedVersion
 from shared.output_records import OutputRecord, OutputTopics, ScoredEvents, Source, dead_letter, scored_records
 from shared.registry import open_registry
 from shared.scoring import score_batch
-from shared.streams.transactions.contract import Transaction
+from shared.streams.transactions.contract import Transaction, decode_transactions
 from shared.streams.transactions.features import TransactionColumns, advance_profiles
 from shared.streams.transactions.profiles import PROFILE_LAYOUT
 
@@ -92,6 +92,34 @@ def score_events(
         OutputTopics(config.alerts_topic, config.summary_topic, config.deadletter_topic),
     )
     return outputs, after
+
+
+def score_batch_of_messages(
+    version: DeployedVersion,
+    config: PeerConfig,
+    payloads: list[bytes | None],
+    keys: list[bytes | None],
+    sources: list[Source],
+    stored_profile: Callable[[str], bytes | None],
+) -> tuple[list[OutputRecord], EntityStates | None]:
+    """A batching peer's step: decode, then score the valid events from their users' stored profiles (looked
+    up by `stored_profile`); the outputs (dead letters first) and the profiles after the batch (None: none)."""
+    decoded = decode_transactions(payloads)
+    records = dead_letters(config, decoded.errors, keys, sources)
+    if not decoded.events:
+        return records, None
+    users = sorted({event.user_id for event in decoded.events})
+    at = decoded.positions
+    scored, after = score_events(
+        version,
+        config,
+        decoded.events,
+        [payloads[i] or b"" for i in at],  # a decoded event had a value
+        [keys[i] for i in at],
+        [sources[i] for i in at],
+        stored_profiles(users, [stored_profile(user) for user in users]),
+    )
+    return records + scored, after
 
 
 def stored_profiles(users: list[str], blobs: list[bytes | None]) -> EntityStates:

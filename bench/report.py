@@ -26,6 +26,9 @@ PEER_DESCRIPTIONS = {
     "messages or 1 s — Quix has no batch operator (bench/quix_app.py)",
     "faust": "faust-streaming agent, exactly-once; `stream.take_events(batch, within)` micro-batches scored at "
     "once, user history in a faust Table, `Topic.send` per output (bench/faust_app.py)",
+    "bytewax": "Bytewax dataflow, at-least-once (Bytewax has no Kafka transactions; recovery snapshots offsets "
+    "and state every 10 s epoch, its default); `KafkaSource` → `collect(batch, timeout)` micro-batches scored at "
+    "once, user history in its `stateful_flat_map` state, `KafkaSink` (bench/bytewax_app.py)",
 }
 
 
@@ -58,6 +61,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                              f"p50 {_figure(level['p50_ms'], 1)} / p95 {_figure(level['p95_ms'], 1)} / "
                              f"p99 {_figure(level['p99_ms'], 1)} / max {_figure(level['max_ms'], 1)} ms "
                              f"(n={level['count']:,})"))  # fmt: skip
+            rows.append(("latency", f"{setting['setting']}: inputs without output / outputs repeated",
+                         f"{setting['missing']:,} / {setting['repeated']:,} of {setting['produced']:,}"))  # fmt: skip
     if reload := scenarios.get("reload"):
         rows.append(("reload", "publish → first output by new version, every partition (s)",
                      _figure(reload["publish_to_first_new_output_s"]["every_partition"], 3)))  # fmt: skip
@@ -122,6 +127,14 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
+def _save_with_legend(figure: Any, axis: Any, path: Path) -> None:
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def _plot_latency_cdf(latency: dict[str, Any], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(8, 4.5))
     for setting in latency["settings"]:
@@ -134,11 +147,26 @@ def _plot_latency_cdf(latency: dict[str, Any], path: Path) -> None:
     axis.set_xlabel("produce → visible to read_committed reader (ms, log scale)")
     axis.set_ylabel("share of events")
     axis.set_title("End-to-end latency CDF")
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save_with_legend(figure, axis, path)
+
+
+def _plot_latency_tradeoff(latency: dict[str, Any], path: Path) -> None:
+    """p99 latency against the load each setting carried: the curve nearest the bottom right wins."""
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for setting in latency["settings"]:
+        levels = [level for level in setting["levels"] if level["p99_ms"] is not None]
+        axis.plot(
+            [level["produced_events_per_s"] for level in levels],
+            [level["p99_ms"] for level in levels],
+            marker="o",
+            linestyle="-" if setting["delivery"] == "at_least_once" else "--",
+            label=setting["setting"],
+        )
+    axis.set_yscale("log")
+    axis.set_xlabel("events/s offered (25 / 50 / 75 % of the exactly-once ceiling)")
+    axis.set_ylabel("p99 produce → visible (ms, log scale)")
+    axis.set_title("p99 latency against load, per batch size × fill (dashed: exactly-once)")
+    _save_with_legend(figure, axis, path)
 
 
 def _plot_reload(reload: dict[str, Any], path: Path) -> None:
@@ -180,9 +208,10 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         parameters = throughput["parameters"]
         lines += [
             "",
-            f"per_record, quixstreams and faust are far slower than the scorer, so each runs for "
-            f"{parameters['peer_time_budget_s']:.0f} s after its first output instead of over all "
-            f"{parameters['events']:,} events; the others consume everything. Parameters: `{parameters}`.",
+            f"{', '.join(parameters['peer_time_budget_applies_to'])} each run for "
+            f"{parameters['peer_time_budget_s']:.0f} s after their first output instead of over all "
+            f"{parameters['events']:,} events (the slowest would take hours over them); the others consume "
+            f"everything. Parameters: `{parameters}`.",
             "",
         ]
         if share := throughput["scorer_stage_share"]:
@@ -212,10 +241,13 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
             lines += [f"Profiling: {profile.get('unavailable')}", ""]
     if latency := scenarios.get("latency"):
         _plot_latency_cdf(latency, out_dir / "latency_cdf.png")
+        _plot_latency_tradeoff(latency, out_dir / "latency_tradeoff.png")
         lines += [
             "## Latency",
             "",
             f"Parameters: `{latency['parameters']}`.",
+            "",
+            "![latency against load per setting](latency_tradeoff.png)",
             "",
             "![latency CDF](latency_cdf.png)",
             "",

@@ -26,8 +26,9 @@ the idle-session index (`shared.idle_sessions`), from which the workers end idle
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import numpy as np
@@ -85,6 +86,10 @@ return refused
 """
 
 
+def nothing_to_store() -> None:
+    """The write of a batch that changes no stored state (scored from empty states, or dead letters only)."""
+
+
 def _digits(values: np.ndarray, width: int) -> np.ndarray:
     """Non-negative integers as zero-padded ASCII of a fixed width (what Lua's tonumber reads)."""
     powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
@@ -98,6 +103,24 @@ class EntityKeys:
 
     names: list[str]
     buckets: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Advanced:
+    """What storing a batch's advanced states needs: per entity (in `keys`' order) the new and the starting
+    state, its partition and the batch's first and last offset of it."""
+
+    keys: EntityKeys
+    after: EntityStates
+    start: EntityStates
+    partitions: np.ndarray
+    first_offsets: np.ndarray
+    last_offsets: np.ndarray
+    stream: Stream[Any, Any]
+
+
+StateWrite = Callable[[], None]
+"""Stores a batch's advanced states when called (logs and counts a failure, never raises it)."""
 
 
 class EntityStateStore:
@@ -135,6 +158,19 @@ class EntityStateStore:
         one partition (events are keyed by entity). `stream` is the version's (with what it learned, and its
         state layout: a sensor stream's depends on the window size it was trained with), by default the store's.
         Without Redis: from empty states, logged and counted."""
+        raw, store = self.features_to_store(columns, partitions, offsets, stream)
+        store()
+        return raw
+
+    def features_to_store(
+        self,
+        columns: EventColumns,
+        partitions: np.ndarray,
+        offsets: np.ndarray,
+        stream: Stream[Any, Any] | None = None,
+    ) -> tuple[np.ndarray, StateWrite]:
+        """`features`, with the advanced states not stored yet: the worker stores them once it knows the batch
+        before this one committed (a batch read again must not find later batches' states)."""
         stream = stream or self._stream
         entities, inverse = np.unique(columns.entity, return_inverse=True)
         inverse = inverse.reshape(-1)
@@ -151,24 +187,34 @@ class EntityStateStore:
             metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
             log.warning("state store unavailable; scoring with empty histories", error=str(exc))
             raw, _ = stream.advance(stream.empty_states(), columns)
-            return raw
+            return raw, nothing_to_store
         raw, after = stream.advance(start, columns)
+        return raw, partial(self._store_advanced, _Advanced(keys, after, start, entity_partition, first, last, stream))
+
+    def _store_advanced(self, advanced: _Advanced) -> None:
+        """A batch's states, then their idle deadlines; failures are logged and counted, not raised."""
         try:
-            refused = self._store(keys, after, start, entity_partition, first, last)
+            refused = self._store(
+                advanced.keys,
+                advanced.after,
+                advanced.start,
+                advanced.partitions,
+                advanced.first_offsets,
+                advanced.last_offsets,
+            )
         except redis.RedisError as exc:
             metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
             log.warning("state store write failed; states of this batch are not kept", error=str(exc))
-            return raw
+            return
         if refused:
             log.warning("states newer than this batch were kept (another worker is ahead)", entities=refused)
-        deadlines = stream.idle_deadlines(after)
+        deadlines = advanced.stream.idle_deadlines(advanced.after)
         if deadlines is not None:
             try:  # `after` holds the batch's entities in `keys`' order, as the write above relies on
-                self._idle.record(IdleDeadlines(after.keys, keys.buckets, deadlines))
+                self._idle.record(IdleDeadlines(advanced.after.keys, advanced.keys.buckets, deadlines))
             except redis.RedisError as exc:
                 metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
                 log.warning("idle-session index write failed; these sessions end at their next line", error=str(exc))
-        return raw
 
     def record_idle(self, entities: np.ndarray, deadlines: np.ndarray) -> None:
         """Record (or put back) these entities' idle deadlines (NaN: no open session) in the idle-session index."""

@@ -26,8 +26,13 @@ from shared.local_infra.kafka_broker import KafkaBroker
 from shared.local_infra.redis_server import RedisServer
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-THROUGHPUT_CONTENDERS = {"passthrough", "scorer_eos", "scorer_at_least_once", "per_record", "quixstreams", "faust"}
-RATIOS = {"scorer_over_passthrough", "scorer_over_per_record", "scorer_over_quixstreams", "scorer_over_faust"}
+THROUGHPUT_CONTENDERS = {
+    "passthrough", "scorer_eos", "scorer_at_least_once", "per_record", "quixstreams", "faust", "bytewax",
+}  # fmt: skip
+RATIOS = {
+    "scorer_over_passthrough", "scorer_at_least_once_over_passthrough", "scorer_over_per_record",
+    "scorer_over_quixstreams", "scorer_over_faust", "scorer_over_bytewax", "scorer_at_least_once_over_bytewax",
+}  # fmt: skip
 
 
 def test_sustained_rate_leaves_out_the_first_batch_and_counts_the_time_after_it() -> None:
@@ -119,12 +124,13 @@ def test_quick_bench_scores_and_counts_outputs_in_every_scenario(
     for contender in ("passthrough", "scorer_eos", "scorer_at_least_once"):
         assert throughput["runs"][contender]["visible_outputs"] == [20_000], contender
         assert throughput["events_per_s"][contender] > 0
-    for peer in ("per_record", "quixstreams", "faust"):  # a peer that cannot run says why, with no number
+    for peer in ("per_record", "quixstreams", "faust", "bytewax"):  # a peer that cannot run says why, with no number
         assert (throughput["events_per_s"][peer] or 0) > 0 or throughput["unavailable"][peer]
     assert throughput["scorer_stage_seconds"]["score"] > 0
 
     for setting in results["scenarios"]["latency"]["settings"]:
         assert setting["visible"] > 0 and all(level["count"] > 0 for level in setting["levels"])
+        assert setting["missing"] == 0 and setting["repeated"] == 0, setting["setting"]
     reload = results["scenarios"]["reload"]
     assert reload["publish_to_first_new_output_s"]["every_partition"] is not None
     assert reload["before"]["count"] > 0 and reload["around_swap"]["count"] > 0
@@ -142,6 +148,7 @@ def test_quick_bench_scores_and_counts_outputs_in_every_scenario(
 
     report = (out / "report.md").read_text()
     assert "latency_cdf.png" in report and (out / "latency_cdf.png").stat().st_size > 0
+    assert "latency_tradeoff.png" in report and (out / "latency_tradeoff.png").stat().st_size > 0
     assert (out / "reload_throughput.png").stat().st_size > 0
     assert len(summary_rows(results)) > 20
     print(f"\nfleetwatch bench --quick took {elapsed:.0f}s (bench's own figure: {results['seconds']:.0f}s)")

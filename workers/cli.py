@@ -881,7 +881,7 @@ def models_compare(
 
 # The benchmark is optional: its package (absent from the image), its extra and its peers, which pip cannot
 # resolve together with this project's pins (bench/peers-requirements.txt says why).
-BENCH_MODULES = ("bench", "psutil", "quixstreams")
+BENCH_MODULES = ("bench", "psutil", "quixstreams", "bytewax")
 BENCH_INSTALL = (
     "in a source checkout: pip install -e '.[bench]' && pip install --no-deps -r bench/peers-requirements.txt "
     "(bin/setup does both)"

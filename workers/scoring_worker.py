@@ -5,7 +5,13 @@ outputs (alerts, summaries, dead letters), then produce them and commit the cons
 Kafka transaction (exactly-once), or produce them, wait until the broker acknowledged every one, and
 only then commit the offsets, asynchronously (at-least-once). A batch whose outputs do not commit (its
 transaction aborted, an output refused or not acknowledged in time) is consumed again from its first
-offsets after a short backoff, so nothing is lost. Retriable transactional errors are retried by
+offsets after a short backoff, so nothing is lost.
+
+The commit runs on a committer thread while the loop consumes and scores the next batch: the Redis state
+write and the broker's round trips overlap the next batch's compute. Order is kept: a batch's entity
+states are stored before the next batch reads them, and the next batch is handed over (its states stored,
+its outputs produced) only once this one committed; if this one did not, the next is dropped unstored and
+both are read again. Retriable transactional errors are retried by
 the producer; a fatal one (a fenced producer: another worker took over) ends this worker. New model
 versions are swapped in between batches, so a batch is never scored by two versions.
 """
@@ -20,12 +26,15 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from threadpoolctl import threadpool_limits
 
 from shared import metrics
 from shared.config import FleetwatchSettings
+from shared.entity_state import EntityStates
 from shared.http_endpoints import start_http_endpoints
 from shared.kafka_client import (
     DeliveryReport,
@@ -39,7 +48,7 @@ from shared.logs import get_logger
 from shared.output_records import OutputRecord
 from shared.redis_connection import connect_redis
 from shared.registry import open_registry
-from shared.state_store import EntityStateStore
+from shared.state_store import EntityStateStore, StateWrite
 from shared.streams.catalog import stream_named
 from workers.stream_scorer import StreamScorer
 from workers.version_watcher import VersionWatcher
@@ -74,6 +83,9 @@ class ScoringWorker:
         self._stopping = threading.Event()
         self._failed_attempts = 0  # consecutive batches that did not commit
         self._next_idle_sweep = 0.0  # monotonic time of the next idle-session sweep
+        # Commits one batch while the loop scores the next; one thread keeps batches in order.
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="committer")
+        self._in_flight: _InFlight | None = None
         self._ready = False
         connection = settings.kafka_connection()
         self._consumer = consumer(
@@ -115,6 +127,7 @@ class ScoringWorker:
         while not self._stopping.is_set():
             self._swap_versions()
             self._process(self._next_batch())
+        self._settle_in_flight()
         self._close()
 
     def _next_batch(self) -> list[Message]:
@@ -163,9 +176,11 @@ class ScoringWorker:
         log.info("partitions assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _on_revoke(self, _consumer: object, partitions: list[TopicPartition]) -> None:
+        self._settle_in_flight()  # its transaction or offsets while the partitions are still this worker's
         log.info("partitions revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _close(self) -> None:
+        self._committer.shutdown()
         self._watcher.stop()
         self._consumer.close()  # leaves the group, so partitions move on at once
         unacknowledged = self._producer.flush(10)
@@ -177,6 +192,21 @@ class ScoringWorker:
 
     # --- one batch -----------------------------------------------------------------------------
     def _process(self, messages: list[Message]) -> None:
+        """Score this batch while the previous one commits on the committer thread; then settle that one and hand
+        this one over. A batch scored after one that did not commit is read again with it, its states unstored."""
+        batch = self._score(messages)
+        if self._in_flight is not None:
+            previous, self._in_flight = self._in_flight, None
+            if not self._settle(previous):
+                if batch is not None:
+                    self._settle_idle_claims(batch, committed=False)
+                self._read_again(previous.batch.consumed + (batch.consumed if batch is not None else []))
+                return
+        if batch is not None:
+            self._in_flight = self._hand_over(batch)
+
+    def _score(self, messages: list[Message]) -> _ScoredBatch | None:
+        """Outputs of this batch's records and of any idle sessions due, with the state writes they need."""
         valid: dict[str, list[Message]] = defaultdict(list)
         for message in messages:
             error = message.error()
@@ -186,37 +216,84 @@ class ScoringWorker:
                 log.warning("consumer error", error=str(error))
                 continue
             valid[message.topic() or ""].append(message)
+        if self._in_flight is not None:  # its states first: this batch may advance the same entities
+            self._in_flight.states_stored.wait()
         outputs: list[OutputRecord] = []
-        for topic, batch in valid.items():
+        store_states: list[StateWrite] = []
+        for topic, messages_of_topic in valid.items():
             scorer = self._by_topic[topic]
-            metrics.BATCH_SIZE.labels(scorer.stream.name).observe(len(batch))
-            outputs += scorer.build_outputs(batch)
+            metrics.BATCH_SIZE.labels(scorer.stream.name).observe(len(messages_of_topic))
+            records, store = scorer.build_outputs(messages_of_topic)
+            outputs += records
+            store_states.append(store)
         ending = self._idle_session_ends()
         if not valid and not ending:
-            return
-        outputs += [record for records in ending.values() for record in records]
-        consumed = [message for batch in valid.values() for message in batch]
-        streams = sorted({self._by_topic[topic].stream.name for topic in valid} | {s.stream.name for s in ending})
+            return None
+        outputs += [record for records, _ in ending.values() for record in records]
+        return _ScoredBatch(
+            consumed=[message for batch in valid.values() for message in batch],
+            outputs=outputs,
+            streams=sorted({self._by_topic[topic].stream.name for topic in valid} | {s.stream.name for s in ending}),
+            store_states=store_states,
+            idle_claims={scorer: claimed for scorer, (_, claimed) in ending.items()},
+        )
+
+    def _hand_over(self, batch: _ScoredBatch) -> _InFlight:
+        """Start the batch's commit on the committer thread: its states stored, then its outputs and offsets."""
+        states_stored = threading.Event()
+        metadata = self._consumer.consumer_group_metadata() if self._exactly_once and batch.consumed else None
+        future = self._committer.submit(self._commit, batch, states_stored, metadata)
+        return _InFlight(batch, states_stored, future)
+
+    def _commit(self, batch: _ScoredBatch, states_stored: threading.Event, group_metadata: object) -> bool:
+        """On the committer thread. Raises what ends the worker (a fenced producer); the rest is a False."""
+        try:
+            for store in batch.store_states:
+                store()
+        finally:
+            states_stored.set()
         if self._exactly_once:
-            committed = self._commit_transaction(outputs, consumed, streams)
+            committed = self._commit_transaction(batch.outputs, batch.consumed, batch.streams, group_metadata)
         else:
-            committed = self._commit_after_delivery(outputs, consumed, streams)
-        for scorer in ending:
-            scorer.settle_idle_sessions(committed)
+            committed = self._deliver(batch.outputs, batch.consumed, batch.streams)
+        if committed:
+            self._observe_latency(batch.consumed)
+        return committed
+
+    def _settle(self, in_flight: _InFlight) -> bool:
+        """Wait for a handed-over batch's commit; at-least-once then commits its offsets. Whether it committed."""
+        committed = in_flight.commit.result()
+        batch = in_flight.batch
+        self._settle_idle_claims(batch, committed)
         if committed:
             self._failed_attempts = 0
-            self._observe_latency(consumed)
-        else:
-            self._read_again(consumed)
+            if not self._exactly_once and batch.consumed:
+                # Asynchronous: a failed commit is superseded by the next batch's; if none follows (the partition
+                # moved), its new owner reads from the older offset: outputs repeat, as at-least-once allows, and
+                # none is lost, since the outputs were acknowledged first.
+                self._consumer.commit(offsets=next_offsets(batch.consumed), asynchronous=True)
+        return committed
 
-    def _idle_session_ends(self) -> dict[StreamScorer, list[OutputRecord]]:
-        """Every `idle_sweep_interval_s`: the end records of each stream's idle sessions, committed with the batch."""
+    def _settle_in_flight(self) -> None:
+        """Before partitions go (a rebalance, the end): the batch in flight settles, or is read again."""
+        if self._in_flight is not None:
+            previous, self._in_flight = self._in_flight, None
+            if not self._settle(previous):
+                self._read_again(previous.batch.consumed)
+
+    def _settle_idle_claims(self, batch: _ScoredBatch, committed: bool) -> None:
+        for scorer, claimed in batch.idle_claims.items():
+            scorer.settle_idle_sessions(claimed, committed)
+
+    def _idle_session_ends(self) -> dict[StreamScorer, tuple[list[OutputRecord], EntityStates]]:
+        """Every `idle_sweep_interval_s`: each stream's idle sessions' end records (committed with the batch), and
+        the sessions claimed for them."""
         now = time.monotonic()
         if now < self._next_idle_sweep:
             return {}
         self._next_idle_sweep = now + self.settings.worker.idle_sweep_interval_s
         ends = {scorer: scorer.end_idle_sessions() for scorer in self._scorers.values() if scorer.version is not None}
-        return {scorer: records for scorer, records in ends.items() if records}
+        return {scorer: (records, claimed) for scorer, (records, claimed) in ends.items() if records}
 
     def _observe_latency(self, messages: list[Message]) -> None:
         """Event time (the input record's Kafka timestamp) to output handed over and committed."""
@@ -234,8 +311,8 @@ class ScoringWorker:
                 record.topic, value=record.value, key=record.key, headers=record.headers, partition=record.partition
             )
 
-    def _commit_after_delivery(self, outputs: list[OutputRecord], consumed: list[Message], streams: list[str]) -> bool:
-        """At-least-once: commit the batch's offsets only once the broker acknowledged every one of its outputs."""
+    def _deliver(self, outputs: list[OutputRecord], consumed: list[Message], streams: list[str]) -> bool:
+        """At-least-once: whether the broker acknowledged every output (only then are the offsets committed)."""
         started = time.perf_counter()
         try:
             self._produce(outputs)
@@ -260,15 +337,11 @@ class ScoringWorker:
             for stream in streams:
                 metrics.BATCHES_REREAD.labels(stream, "delivery_failed").inc()
             return False
-        if consumed:  # else only idle sessions' end records
-            # Asynchronous: the next batch starts at once instead of after the coordinator's answer (about a
-            # third of a light-load batch's time). A commit that fails is superseded by the next batch's; if
-            # none follows (the partition moved), its new owner reads from the older offset: outputs repeat,
-            # which at-least-once allows, and none is lost, since outputs were acknowledged first.
-            self._consumer.commit(offsets=next_offsets(consumed), asynchronous=True)
         return True
 
-    def _commit_transaction(self, outputs: list[OutputRecord], consumed: list[Message], streams: list[str]) -> bool:
+    def _commit_transaction(
+        self, outputs: list[OutputRecord], consumed: list[Message], streams: list[str], group_metadata: object
+    ) -> bool:
         """Exactly-once: outputs and offsets in one transaction.
 
         Retriable errors were already retried by the producer (bounded); anything else but a fatal error
@@ -282,8 +355,9 @@ class ScoringWorker:
             _observe_stage(streams, "produce", started)
             started = time.perf_counter()
             if consumed:
-                metadata = self._consumer.consumer_group_metadata()
-                self._producer.send_offsets_to_transaction(next_offsets(consumed), metadata, TRANSACTION_CALL_TIMEOUT_S)
+                self._producer.send_offsets_to_transaction(
+                    next_offsets(consumed), group_metadata, TRANSACTION_CALL_TIMEOUT_S
+                )
             self._producer.commit_transaction(TRANSACTION_CALL_TIMEOUT_S)
             _observe_stage(streams, "commit", started)
         except (KafkaException, ProducerQueueFull) as exc:
@@ -329,6 +403,26 @@ class ScoringWorker:
                 )
         self._failed_attempts += 1
         self._stopping.wait(min(REREAD_BACKOFF_S * 2 ** (self._failed_attempts - 1), REREAD_BACKOFF_MAX_S))
+
+
+@dataclass
+class _ScoredBatch:
+    """A batch between scoring and commit: what it consumed, what it outputs, the state writes it needs."""
+
+    consumed: list[Message]
+    outputs: list[OutputRecord]
+    streams: list[str]
+    store_states: list[StateWrite]
+    idle_claims: dict[StreamScorer, EntityStates]  # sessions its end records end
+
+
+@dataclass
+class _InFlight:
+    """A batch handed to the committer: set once its states are stored, then its commit's outcome."""
+
+    batch: _ScoredBatch
+    states_stored: threading.Event
+    commit: Future[bool]
 
 
 def _offset_ranges(messages: list[Message]) -> list[str]:

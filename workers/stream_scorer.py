@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from shared.model_version import DeployedVersion
 from shared.output_records import OutputRecord, OutputTopics, ScoredEvents, Source, dead_letter, scored_records
 from shared.pipeline import Stream
 from shared.scoring import score_batch
-from shared.state_store import EntityStateStore
+from shared.state_store import EntityStateStore, StateWrite, nothing_to_store
 
 log = get_logger("fleetwatch.worker")
 
@@ -43,6 +44,11 @@ class Stage:
         metrics.STAGE_SECONDS.labels(self.stream, self.name).observe(time.perf_counter() - self._started)
 
 
+def _timed(stage: Stage, step: StateWrite) -> None:
+    with stage:
+        step()
+
+
 def source_of(message: Message) -> Source:
     return Source(message.topic() or "", int(message.partition() or 0), int(message.offset() or 0))
 
@@ -59,9 +65,10 @@ class StreamScorer:
         self._states = states
         self.version: DeployedVersion | None = None
         self._newest_event_s: dict[int, float] = {}  # per input partition
-        self._claimed: EntityStates | None = None
 
-    def build_outputs(self, messages: list[Message]) -> list[OutputRecord]:
+    def build_outputs(self, messages: list[Message]) -> tuple[list[OutputRecord], StateWrite]:
+        """The batch's output records, and the write that stores its entities' advanced states: the worker calls
+        it once the batch before this one committed, and before this batch's outputs are produced."""
         assert self.version is not None
         name = self.stream.name
         with Stage(name, "decode"):
@@ -74,7 +81,7 @@ class StreamScorer:
             metrics.DEAD_LETTERS.labels(name, error.kind.value).inc()
         metrics.EVENTS.labels(name, "deadletter").inc(len(decoded.errors))
         if not decoded.events:
-            return outputs
+            return outputs, nothing_to_store
         valid = [messages[i] for i in decoded.positions]
         with Stage(name, "featurize"):
             columns = self.version.stream.columns(decoded.events)
@@ -83,7 +90,7 @@ class StreamScorer:
             newest = float(columns.event_time_s[partitions == partition].max())
             self._newest_event_s[partition] = max(self._newest_event_s.get(partition, -np.inf), newest)
         with Stage(name, "state"):
-            raw = self._states.features(
+            raw, store_states = self._states.features_to_store(
                 columns,
                 partitions=partitions,
                 offsets=np.array([m.offset() for m in valid], dtype=np.int64),
@@ -107,35 +114,32 @@ class StreamScorer:
         alerts = int(scored.alert.sum())
         metrics.EVENTS.labels(name, "alert").inc(alerts)
         metrics.EVENTS.labels(name, "summary").inc(len(valid) - alerts)
-        return outputs
+        return outputs, partial(_timed, Stage(name, "state_write"), store_states)
 
-    def end_idle_sessions(self) -> list[OutputRecord]:
+    def end_idle_sessions(self) -> tuple[list[OutputRecord], EntityStates]:
         """End records for the sessions idle by the newest event time this worker read from their partition, each
-        to the input partition its session's state came from (`shared.idle_sessions`); settle them after the
-        commit."""
+        to the input partition its session's state came from (`shared.idle_sessions`), and the sessions claimed
+        for them: settle those after the commit."""
         assert self.version is not None
         stream = self.version.stream
         if stream.idle_deadlines(stream.empty_states()) is None:
-            return []
+            return [], stream.empty_states()
         try:
             states, partitions = self._states.claim_idle(self._newest_event_s, stream)
         except redis.RedisError as exc:
             log.warning("idle sessions not claimed; trying again at the next sweep", error=str(exc))
-            return []
-        if not len(states):
-            return []
-        self._claimed = states
-        return [
+            return [], stream.empty_states()
+        records = [
             OutputRecord(self.input_topic, key.encode(), payload, partition=int(partition))
             for key, payload, partition in zip(
                 states.keys.tolist(), stream.end_records(states), partitions.tolist(), strict=True
             )
         ]
+        return records, states
 
-    def settle_idle_sessions(self, committed: bool) -> None:
-        """After the commit that carried the end records: count them, or put their claims back."""
-        claimed, self._claimed = self._claimed, None
-        if claimed is None or self.version is None:
+    def settle_idle_sessions(self, claimed: EntityStates, committed: bool) -> None:
+        """After the commit that carried their end records: count the claimed sessions, or put their claims back."""
+        if not len(claimed) or self.version is None:
             return
         if committed:
             metrics.IDLE_SESSIONS_ENDED.labels(self.stream.name).inc(len(claimed))
