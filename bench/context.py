@@ -22,6 +22,7 @@ class LatencySetting:
     batch_size: int
     batch_timeout_s: float
     batch_min_size: int = 1  # the worker's default: score what has arrived
+    overlap: bool = False  # worker.overlap_commit
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class BenchSize:
         LatencySetting("at-least-once, ≤ 1000, min 200 / 10 ms", "at_least_once", 1000, 0.01, 200),
         LatencySetting("exactly-once, ≤ 5000 / 200 ms", "exactly_once", 5000, 0.2),
         LatencySetting("exactly-once, 5000 full / 200 ms", "exactly_once", 5000, 0.2, 5000),
+        LatencySetting("at-least-once, ≤ 1000 / 50 ms, overlap_commit", "at_least_once", 1000, 0.05, overlap=True),
+        LatencySetting("exactly-once, ≤ 1000 / 50 ms, overlap_commit", "exactly_once", 1000, 0.05, overlap=True),
     )
     reload_window_s: float = 5.0
     scaling_events: int = 500_000

@@ -36,6 +36,7 @@ def worker_settings(setting: LatencySetting, ctx: BenchContext) -> dict[str, str
         "FLEETWATCH_WORKER__BATCH_SIZE": str(setting.batch_size),
         "FLEETWATCH_WORKER__BATCH_TIMEOUT_S": str(setting.batch_timeout_s),
         "FLEETWATCH_WORKER__BATCH_MIN_SIZE": str(setting.batch_min_size),
+        "FLEETWATCH_WORKER__OVERLAP_COMMIT": str(setting.overlap).lower(),
         "FLEETWATCH_WORKER__CONSUMER_PROPERTIES": f'{{"session.timeout.ms": "{size.session_timeout_ms}"}}',
         "FLEETWATCH_WORKER__PRODUCER_PROPERTIES": f'{{"transaction.timeout.ms": "{size.transaction_timeout_ms}"}}',
     }
@@ -84,6 +85,7 @@ def _measure_setting(ctx: BenchContext, index: int, setting: LatencySetting, cei
         "batch_size": setting.batch_size,
         "batch_timeout_s": setting.batch_timeout_s,
         "batch_min_size": setting.batch_min_size,
+        "overlap_commit": setting.overlap,
         "produced": paced.produced,
         "visible": tail.count,
         **_missing_and_repeated(tail.heads, paced.produced_at_ms),

@@ -19,6 +19,8 @@ PEER_DESCRIPTIONS = {
     "scorer_eos": "`fleetwatch worker`, exactly-once (one Kafka transaction per micro-batch), all detectors of "
     "the default version, user profiles in Redis",
     "scorer_at_least_once": "`fleetwatch worker`, at-least-once (produce, flush, commit offsets)",
+    "scorer_eos_overlap": "`fleetwatch worker`, exactly-once with `overlap_commit` (a batch commits on a second "
+    "thread while the next is scored)",
     "per_record": "seed 000's shape: poll one record, json decode, its feature row, `predict` of each model on "
     "that row, produce; auto-commit; profiles in process memory (bench/per_record_app.py)",
     "quixstreams": "Quix Streams `Application`, exactly-once; a StreamingDataFrame with a stateful `apply` per "

@@ -26,7 +26,13 @@ from bench.profiling import Profiler, py_spy, summarize
 from bench.scorer import REGISTRY_KEY, ScorerDeployment, registry_for
 from shared.kafka_client import topic_partitions
 
-CONTENDERS = ("passthrough", "scorer_eos", "scorer_at_least_once", "per_record", "quixstreams", "faust", "bytewax")
+CONTENDERS = ("passthrough", "scorer_eos", "scorer_at_least_once", "scorer_eos_overlap", "per_record", "quixstreams",
+              "faust", "bytewax")  # fmt: skip
+SCORERS = {  # contender: (delivery, worker.overlap_commit)
+    "scorer_eos": ("exactly_once", False),
+    "scorer_at_least_once": ("at_least_once", False),
+    "scorer_eos_overlap": ("exactly_once", True),
+}
 PEER_MODULES = {
     "passthrough": "passthrough_app",
     "per_record": "per_record_app",
@@ -37,6 +43,7 @@ PEER_MODULES = {
 # ...over_bytewax: the scorer at least as fast as the best batching peer a Python user could assemble; Bytewax
 # is at-least-once, so the at-least-once scorer is the like-for-like figure.
 TARGETS = {"scorer_over_passthrough": 0.5, "scorer_at_least_once_over_passthrough": 0.5,
+           "scorer_eos_overlap_over_passthrough": 0.5,
            "scorer_over_per_record": 100.0, "scorer_over_quixstreams": 3.0,
            "scorer_over_faust": 3.0, "scorer_over_bytewax": 1.0,
            "scorer_at_least_once_over_bytewax": 1.0}  # fmt: skip
@@ -51,7 +58,9 @@ class RunFigure:
     stage_seconds: dict[str, float] | None = None
 
 
-def run_scorer(ctx: BenchContext, name: str, delivery: str, profile_to: Path | None = None) -> RunFigure:
+def run_scorer(
+    ctx: BenchContext, name: str, delivery: str, overlap_commit: bool = False, profile_to: Path | None = None
+) -> RunFigure:
     """One `fleetwatch worker` over the preloaded input, from an empty registry namespace and group;
     with `profile_to`, py-spy samples the worker for the whole run."""
     size = ctx.size
@@ -64,6 +73,7 @@ def run_scorer(ctx: BenchContext, name: str, delivery: str, profile_to: Path | N
             "FLEETWATCH_WORKER__DELIVERY": delivery,
             "FLEETWATCH_WORKER__BATCH_SIZE": str(size.batch_size),
             "FLEETWATCH_WORKER__BATCH_TIMEOUT_S": str(size.batch_timeout_s),
+            "FLEETWATCH_WORKER__OVERLAP_COMMIT": str(overlap_commit).lower(),
         },
         stream=ctx.stream,
     )
@@ -159,12 +169,11 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 def run_throughput(ctx: BenchContext, contenders: tuple[str, ...] = CONTENDERS) -> dict[str, Any]:
     size = ctx.size
     runners: dict[str, Callable[[str], RunFigure]] = {
-        "scorer_eos": lambda name: run_scorer(ctx, name, "exactly_once"),
-        "scorer_at_least_once": lambda name: run_scorer(ctx, name, "at_least_once"),
+        **{c: (lambda name, how=how: run_scorer(ctx, name, *how)) for c, how in SCORERS.items()},  # type: ignore[misc]
         **{peer: (lambda name, peer=peer: run_peer(ctx, peer, name)) for peer in PEER_MODULES},  # type: ignore[misc]
     }
     # Peers slower than the scorer by design run once: their time budget bounds them, not the data.
-    repetitions = {c: size.repetitions if c in ("passthrough", "scorer_eos", "scorer_at_least_once") else 1
+    repetitions = {c: size.repetitions if c == "passthrough" or c in SCORERS else 1
                    for c in contenders}  # fmt: skip
     task = ctx.progress.add_task("throughput: warm-up (passthrough, uncounted)", total=sum(repetitions.values()))
     # The broker's JIT and page cache warm up on the first pass over the input; nobody should pay for it.
@@ -190,6 +199,7 @@ def run_throughput(ctx: BenchContext, contenders: tuple[str, ...] = CONTENDERS) 
     ratios = {
         "scorer_over_passthrough": _ratio(scorer, rates["passthrough"]),
         "scorer_at_least_once_over_passthrough": _ratio(rates["scorer_at_least_once"], rates["passthrough"]),
+        "scorer_eos_overlap_over_passthrough": _ratio(rates["scorer_eos_overlap"], rates["passthrough"]),
         "scorer_over_per_record": _ratio(scorer, rates["per_record"]),
         "scorer_over_quixstreams": _ratio(scorer, rates["quixstreams"]),
         "scorer_over_faust": _ratio(scorer, rates["faust"]),

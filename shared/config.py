@@ -137,6 +137,11 @@ class WorkerSettings(BaseModel):
         "batch_size = wait for full batches",
     )
     batch_timeout_s: float = Field(0.05, gt=0, description="longest wait to fill a micro-batch to batch_min_size")
+    overlap_commit: bool = Field(
+        False,
+        description="commit each batch on a second thread while the next one is scored: more events/s when the "
+        "worker waits on Redis and the broker; on a host whose cores the broker shares, a longer latency tail",
+    )
     reconcile_interval_s: float = Field(5.0, gt=0, description="how often the deployed pointers are re-read")
     idle_sweep_interval_s: float = Field(
         5.0, gt=0, description="how often a worker ends sessions idle past their stream's timeout (in event time)"

@@ -27,10 +27,12 @@ from shared.local_infra.redis_server import RedisServer
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 THROUGHPUT_CONTENDERS = {
-    "passthrough", "scorer_eos", "scorer_at_least_once", "per_record", "quixstreams", "faust", "bytewax",
+    "passthrough", "scorer_eos", "scorer_at_least_once", "scorer_eos_overlap", "per_record", "quixstreams", "faust",
+    "bytewax",
 }  # fmt: skip
 RATIOS = {
-    "scorer_over_passthrough", "scorer_at_least_once_over_passthrough", "scorer_over_per_record",
+    "scorer_over_passthrough", "scorer_at_least_once_over_passthrough", "scorer_eos_overlap_over_passthrough",
+    "scorer_over_per_record",
     "scorer_over_quixstreams", "scorer_over_faust", "scorer_over_bytewax", "scorer_at_least_once_over_bytewax",
 }  # fmt: skip
 
@@ -121,7 +123,7 @@ def test_quick_bench_scores_and_counts_outputs_in_every_scenario(
 
     throughput = results["scenarios"]["throughput"]
     assert set(throughput["events_per_s"]) == THROUGHPUT_CONTENDERS and set(throughput["ratios"]) == RATIOS
-    for contender in ("passthrough", "scorer_eos", "scorer_at_least_once"):
+    for contender in ("passthrough", "scorer_eos", "scorer_at_least_once", "scorer_eos_overlap"):
         assert throughput["runs"][contender]["visible_outputs"] == [20_000], contender
         assert throughput["events_per_s"][contender] > 0
     for peer in ("per_record", "quixstreams", "faust", "bytewax"):  # a peer that cannot run says why, with no number

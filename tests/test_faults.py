@@ -115,13 +115,19 @@ def restart_mid_stream(fleet: Fleet, broker: KafkaBroker, events: int, seed: int
     return inputs
 
 
+@pytest.mark.parametrize("overlap_commit", ["false", "true"])
 def test_exactly_once_rides_through_a_broker_restart_with_one_output_per_input(
-    own_broker: KafkaBroker, redis_server: RedisServer, trained: TrainingResult, unique_name: str, logs: Path
+    own_broker: KafkaBroker,
+    redis_server: RedisServer,
+    trained: TrainingResult,
+    unique_name: str,
+    logs: Path,
+    overlap_commit: str,
 ) -> None:
     kafka = KafkaConnection(own_broker.bootstrap)
     with open_fleet(kafka, redis_server.url, unique_name, logs) as fleet:
         fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
-        worker, _ = fleet.start_worker()
+        worker, _ = fleet.start_worker(FLEETWATCH_WORKER__OVERLAP_COMMIT=overlap_commit)
         inputs = restart_mid_stream(fleet, own_broker, events=20_000, seed=51)
         sources = wait_until_covered(fleet, inputs, timeout_s=360)  # see the at-least-once test below
 

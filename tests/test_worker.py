@@ -173,8 +173,12 @@ def test_missed_notices_are_recovered_by_reconciliation(fleet: Fleet, trained: T
         assert wait_until(lambda: first_output_time_of(fleet, 3) is not None, 15)
 
 
-def test_sigkill_mid_stream_loses_and_duplicates_nothing(fleet: Fleet, trained: TrainingResult) -> None:
+@pytest.mark.parametrize("overlap_commit", ["false", "true"])
+def test_sigkill_mid_stream_loses_and_duplicates_nothing(
+    fleet: Fleet, trained: TrainingResult, overlap_commit: str
+) -> None:
     fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
+    fleet.env["FLEETWATCH_WORKER__OVERLAP_COMMIT"] = overlap_commit  # both workers: killed and successor
     payloads, keys = labelled_stream(12_000, seed=44)
     first, _ = fleet.start_worker(FLEETWATCH_WORKER__BATCH_SIZE="100")
     paced = threading.Thread(target=produce_paced, args=(fleet, payloads, keys, 4_000), daemon=True)

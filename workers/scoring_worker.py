@@ -5,15 +5,15 @@ outputs (alerts, summaries, dead letters), then produce them and commit the cons
 Kafka transaction (exactly-once), or produce them, wait until the broker acknowledged every one, and
 only then commit the offsets, asynchronously (at-least-once). A batch whose outputs do not commit (its
 transaction aborted, an output refused or not acknowledged in time) is consumed again from its first
-offsets after a short backoff, so nothing is lost.
-
-The commit runs on a committer thread while the loop consumes and scores the next batch: the Redis state
-write and the broker's round trips overlap the next batch's compute. Order is kept: a batch's entity
-states are stored before the next batch reads them, and the next batch is handed over (its states stored,
-its outputs produced) only once this one committed; if this one did not, the next is dropped unstored and
-both are read again. Retriable transactional errors are retried by
-the producer; a fatal one (a fenced producer: another worker took over) ends this worker. New model
+offsets after a short backoff, so nothing is lost. Retriable transactional errors are retried by the
+producer; a fatal one (a fenced producer: another worker took over) ends this worker. New model
 versions are swapped in between batches, so a batch is never scored by two versions.
+
+The commit runs on a committer thread. With `worker.overlap_commit` the loop consumes and scores the next
+batch meanwhile, so the Redis state write and the broker's round trips overlap that compute; order is
+kept: a batch's entity states are stored before the next batch reads them, and the next batch is handed
+over (its states stored, its outputs produced) only once this one committed; if this one did not, the
+next is dropped unstored and both are read again. Without it the loop waits for each commit.
 """
 
 from __future__ import annotations
@@ -193,7 +193,8 @@ class ScoringWorker:
     # --- one batch -----------------------------------------------------------------------------
     def _process(self, messages: list[Message]) -> None:
         """Score this batch while the previous one commits on the committer thread; then settle that one and hand
-        this one over. A batch scored after one that did not commit is read again with it, its states unstored."""
+        this one over. A batch scored after one that did not commit is read again with it, its states unstored.
+        Without `overlap_commit` each batch settles before the next is consumed."""
         batch = self._score(messages)
         if self._in_flight is not None:
             previous, self._in_flight = self._in_flight, None
@@ -204,6 +205,8 @@ class ScoringWorker:
                 return
         if batch is not None:
             self._in_flight = self._hand_over(batch)
+            if not self.settings.worker.overlap_commit:
+                self._settle_in_flight()
 
     def _score(self, messages: list[Message]) -> _ScoredBatch | None:
         """Outputs of this batch's records and of any idle sessions due, with the state writes they need."""
