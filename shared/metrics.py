@@ -31,7 +31,7 @@ BATCH_SIZE = Histogram(
 )
 STAGE_SECONDS = Histogram(
     "fleetwatch_batch_stage_seconds",
-    "Time per batch in each stage (decode, featurize, state, score, encode, produce, commit).",
+    "Time per batch in each stage (decode, featurize, state, score, encode, state_write, produce, commit).",
     ["stream", "stage"],
     buckets=LATENCY_BUCKETS,
 )
