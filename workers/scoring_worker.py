@@ -196,13 +196,8 @@ class ScoringWorker:
         this one over. A batch scored after one that did not commit is read again with it, its states unstored.
         Without `overlap_commit` each batch settles before the next is consumed."""
         batch = self._score(messages)
-        if self._in_flight is not None:
-            previous, self._in_flight = self._in_flight, None
-            if not self._settle(previous):
-                if batch is not None:
-                    self._settle_idle_claims(batch, committed=False)
-                self._read_again(previous.batch.consumed + (batch.consumed if batch is not None else []))
-                return
+        if not self._settle_in_flight(scored_after=batch):
+            return
         if batch is not None:
             self._in_flight = self._hand_over(batch)
             if not self.settings.worker.overlap_commit:
@@ -277,12 +272,20 @@ class ScoringWorker:
                 self._consumer.commit(offsets=next_offsets(batch.consumed), asynchronous=True)
         return committed
 
-    def _settle_in_flight(self) -> None:
-        """Before partitions go (a rebalance, the end): the batch in flight settles, or is read again."""
-        if self._in_flight is not None:
-            previous, self._in_flight = self._in_flight, None
-            if not self._settle(previous):
-                self._read_again(previous.batch.consumed)
+    def _settle_in_flight(self, scored_after: _ScoredBatch | None = None) -> bool:
+        """The batch in flight settles, or is read again, with `scored_after` (scored meanwhile, its states unstored,
+        its idle claims put back). Also before partitions go (a rebalance, the end). False: it did not commit."""
+        if self._in_flight is None:
+            return True
+        previous, self._in_flight = self._in_flight, None
+        if self._settle(previous):
+            return True
+        consumed = previous.batch.consumed
+        if scored_after is not None:
+            self._settle_idle_claims(scored_after, committed=False)
+            consumed = consumed + scored_after.consumed
+        self._read_again(consumed)
+        return False
 
     def _settle_idle_claims(self, batch: _ScoredBatch, committed: bool) -> None:
         for scorer, claimed in batch.idle_claims.items():

@@ -129,6 +129,8 @@ class StreamScorer:
         except redis.RedisError as exc:
             log.warning("idle sessions not claimed; trying again at the next sweep", error=str(exc))
             return [], stream.empty_states()
+        if not len(states):
+            return [], states
         records = [
             OutputRecord(self.input_topic, key.encode(), payload, partition=int(partition))
             for key, payload, partition in zip(
