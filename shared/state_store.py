@@ -194,14 +194,7 @@ class EntityStateStore:
     def _store_advanced(self, advanced: _Advanced) -> None:
         """A batch's states, then their idle deadlines; failures are logged and counted, not raised."""
         try:
-            refused = self._store(
-                advanced.keys,
-                advanced.after,
-                advanced.start,
-                advanced.partitions,
-                advanced.first_offsets,
-                advanced.last_offsets,
-            )
+            refused = self._store(advanced)
         except redis.RedisError as exc:
             metrics.PROFILE_STORE_ERRORS.labels(self._stream.name).inc()
             log.warning("state store write failed; states of this batch are not kept", error=str(exc))
@@ -299,28 +292,25 @@ class EntityStateStore:
         """Store every entity's new state with the snapshot it started from; return how many were refused.
 
         `partitions` and the offsets are per entity of `after`, in its order."""
-        return self._store(self._keys(after.keys), after, start, partitions, first_offsets, last_offsets)
+        return self._store(
+            _Advanced(self._keys(after.keys), after, start, partitions, first_offsets, last_offsets, self._stream)
+        )
 
-    def _store(
-        self,
-        keys: EntityKeys,
-        after: EntityStates,
-        start: EntityStates,
-        partitions: np.ndarray,
-        first_offsets: np.ndarray,
-        last_offsets: np.ndarray,
-    ) -> int:
+    def _store(self, advanced: _Advanced) -> int:
+        after = advanced.after
         if not len(after):
             return 0
         envelopes = np.empty(len(after), dtype=envelope_dtype(after.layout))
-        envelopes["partition"] = _digits(partitions, PARTITION_DIGITS)
-        envelopes["snap_offset"] = _digits(first_offsets, OFFSET_DIGITS)
-        envelopes["applied_offset"] = _digits(last_offsets, OFFSET_DIGITS)
+        envelopes["partition"] = _digits(advanced.partitions, PARTITION_DIGITS)
+        envelopes["snap_offset"] = _digits(advanced.first_offsets, OFFSET_DIGITS)
+        envelopes["applied_offset"] = _digits(advanced.last_offsets, OFFSET_DIGITS)
         envelopes["state"] = after.records
-        envelopes["snapshot"] = start.aligned(after.keys)
+        envelopes["snapshot"] = advanced.start.aligned(after.keys)
         if not self._cluster:
-            return int(self._write(keys=keys.names, args=[self._ttl_s, envelopes.tobytes(), envelopes.itemsize]))
-        return self._write_by_bucket(keys, envelopes)
+            return int(
+                self._write(keys=advanced.keys.names, args=[self._ttl_s, envelopes.tobytes(), envelopes.itemsize])
+            )
+        return self._write_by_bucket(advanced.keys, envelopes)
 
     def _write_by_bucket(self, keys: EntityKeys, envelopes: np.ndarray) -> int:
         """One script call per bucket (one slot each), pipelined: one round trip per cluster node."""

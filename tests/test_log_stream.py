@@ -9,6 +9,8 @@ import re
 import signal
 import subprocess
 import threading
+import time
+import urllib.request
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.config import StreamSettings, topic_environment
 from shared.kafka_client import KafkaConnection
@@ -30,7 +33,7 @@ from shared.streams.logs.stream import LOGS, LogStream
 from shared.streams.logs.synthetic import payloads
 from shared.streams.logs.templates import UNSEEN, TemplateVocabulary
 from shared.training import TrainingData, train_round
-from tests.fleet import FLEETWATCH, event_ids, open_fleet, produce_paced, wait_until
+from tests.fleet import FLEETWATCH, Fleet, event_ids, open_fleet, produce_paced, wait_until
 from tests.online_batches import online
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC).timestamp()
@@ -270,11 +273,28 @@ def session_verdicts(records: list[Any]) -> dict[str, bool]:
     return verdict
 
 
+def train_logs(fleet: Fleet, history: list[bytes], tmp_path: Path, **worker_env: str) -> None:
+    """Point the fleet's workers at the logs stream alone (with `worker_env`) and train its first version on
+    `history` with a real `fleetwatch train`."""
+    (tmp_path / "history.jsonl").write_bytes(b"\n".join(history) + b"\n")
+    fleet.env.update(
+        {
+            "FLEETWATCH_WORKER__STREAMS": '["logs"]',
+            **worker_env,
+            **topic_environment({"input": fleet.topics["input"], "summary": fleet.topics["summary"]}, "logs"),
+        }
+    )
+    trained = subprocess.run(
+        [FLEETWATCH, "train", "--stream", "logs", str(tmp_path / "history.jsonl")],
+        env=fleet.env, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+
+
 def test_log_lines_through_the_trainer_and_two_workers_one_killed_mid_session_and_idle_sessions_ended(
     kafka: KafkaConnection, redis_server: Any, unique_name: str, tmp_path: Path
 ) -> None:
     history = LOGS.synthetic(events=20_000, entities=12, anomaly_rate=0.002, seed=21)
-    (tmp_path / "history.jsonl").write_bytes(b"\n".join(history.payloads) + b"\n")
     generated = LOGS.synthetic(events=6_000, entities=12, anomaly_rate=0.06, seed=22)
     # Half the sessions lose their producer's end record: the workers must end them once they are idle, which
     # lines two hours later (in event time) show.
@@ -289,18 +309,7 @@ def test_log_lines_through_the_trainer_and_two_workers_one_killed_mid_session_an
     live_payloads = payloads(live)
     live_keys = LOGS.columns(live).session.tolist()
     with open_fleet(kafka, redis_server.url, unique_name, tmp_path) as fleet:
-        fleet.env.update(
-            {
-                "FLEETWATCH_WORKER__STREAMS": '["logs"]',
-                "FLEETWATCH_WORKER__IDLE_SWEEP_INTERVAL_S": "1",
-                **topic_environment({"input": fleet.topics["input"], "summary": fleet.topics["summary"]}, "logs"),
-            }
-        )
-        trained = subprocess.run(
-            [FLEETWATCH, "train", "--stream", "logs", str(tmp_path / "history.jsonl")],
-            env=fleet.env, capture_output=True, text=True, timeout=180, check=False,
-        )  # fmt: skip
-        assert trained.returncode == 0, trained.stderr
+        train_logs(fleet, history.payloads, tmp_path, FLEETWATCH_WORKER__IDLE_SWEEP_INTERVAL_S="1")
         first, _ = fleet.start_worker(FLEETWATCH_WORKER__BATCH_SIZE="100")
         producing = threading.Thread(
             target=produce_paced, args=(fleet, [*live_payloads, b"{broken"], [*live_keys, "x"], 2_000), daemon=True
@@ -349,3 +358,37 @@ def test_log_lines_through_the_trainer_and_two_workers_one_killed_mid_session_an
     assert alert.stream == "logs" and alert.context["session"] and alert.context["session_templates"]
     assert {d.name for d in alert.detectors} == {entry["name"] for entry in LOGS.default_detectors}
     assert json.loads(bytes(alert.event))["message"] or alert.context["template"] == "(session end)"
+
+
+def test_a_session_closed_by_the_batch_that_moves_time_past_its_deadline_is_not_also_ended_as_idle(
+    kafka: KafkaConnection, redis_server: Any, unique_name: str, tmp_path: Path
+) -> None:
+    """The idle sweep judges by the event times of batches whose states are stored: a batch that closes session
+    `a` and carries a line two hours later must not also claim `a`, still open in Redis, as idle."""
+    history = LOGS.synthetic(events=3_000, entities=6, anomaly_rate=0.0, seed=31)
+    first = [line("open file 1 for job 1", 0, session_id="a"), line("open file 2 for job 1", 1, session_id="a")]
+    end_of_a = LogLine(event_id="a-end", source_host="dn-1", timestamp=first[-1].timestamp, session_id="a",
+                       ends_session=True)  # fmt: skip
+    second = [end_of_a, line("open file 3 for job 2", 7_200, session_id="b")]  # past a's idle deadline
+    with open_fleet(kafka, redis_server.url, unique_name, tmp_path) as fleet:
+        train_logs(
+            fleet, history.payloads, tmp_path,
+            FLEETWATCH_WORKER__IDLE_SWEEP_INTERVAL_S="0.01",
+            FLEETWATCH_WORKER__BATCH_MIN_SIZE="2",  # each pair below is one batch
+            FLEETWATCH_WORKER__BATCH_TIMEOUT_S="5",
+        )  # fmt: skip
+        _, metrics_port = fleet.start_worker()
+        fleet.produce(payloads(first), ["k", "k"])  # one key: one partition, whose newest time the sweep reads
+        assert wait_until(lambda: fleet.scored_count() == 2, 60), "a's first lines were not scored (and stored)"
+        fleet.produce(payloads(second), ["k", "k"])
+        assert wait_until(lambda: fleet.scored_count() >= 4, 60)
+        time.sleep(1)  # the worker sweeps every 10 ms
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            exposed = response.read().decode()
+    ended = [
+        sample.value
+        for family in text_string_to_metric_families(exposed)
+        for sample in family.samples
+        if sample.name == "fleetwatch_idle_sessions_ended_total" and sample.labels.get("stream") == "logs"
+    ]
+    assert ended in ([], [0.0]), "session a was closed by its end record and also ended as idle"

@@ -29,6 +29,7 @@ from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from threadpoolctl import threadpool_limits
 
@@ -216,6 +217,9 @@ class ScoringWorker:
             valid[message.topic() or ""].append(message)
         if self._in_flight is not None:  # its states first: this batch may advance the same entities
             self._in_flight.states_stored.wait()
+        # Before this batch moves the partitions' newest event times: a session is idle only by times whose
+        # batches' states are stored (one this batch closes must not be claimed from its still-open stored state).
+        ending = self._idle_session_ends()
         outputs: list[OutputRecord] = []
         store_states: list[StateWrite] = []
         for topic, messages_of_topic in valid.items():
@@ -224,7 +228,6 @@ class ScoringWorker:
             records, store = scorer.build_outputs(messages_of_topic)
             outputs += records
             store_states.append(store)
-        ending = self._idle_session_ends()
         if not valid and not ending:
             return None
         outputs += [record for records, _ in ending.values() for record in records]
@@ -304,11 +307,14 @@ class ScoringWorker:
     def _observe_latency(self, messages: list[Message]) -> None:
         """Event time (the input record's Kafka timestamp) to output handed over and committed."""
         now_ms = time.time() * 1000.0
-        for message in messages:
-            kind, stamp = message.timestamp()
-            scorer = self._by_topic.get(message.topic() or "")
-            if scorer is not None and kind and stamp > 0:  # prometheus-client has no batch observe
-                metrics.EVENT_LATENCY.labels(scorer.stream.name).observe((now_ms - stamp) / 1000.0)
+        stamps = np.array([message.timestamp() for message in messages], dtype=np.float64).reshape(-1, 2)
+        topics = np.array([message.topic() or "" for message in messages], dtype=object)
+        stamped = (stamps[:, 0] != 0) & (stamps[:, 1] > 0)  # 0: TIMESTAMP_NOT_AVAILABLE
+        for topic in set(topics.tolist()):
+            scorer = self._by_topic.get(topic)
+            if scorer is not None:
+                rows = stamped & (topics == topic)
+                metrics.EVENT_LATENCY.observe((scorer.stream.name,), (now_ms - stamps[rows, 1]) / 1000.0)
 
     def _produce(self, outputs: list[OutputRecord]) -> None:
         # One call per record: confluent-kafka has no batch produce (the producer retries a full queue).

@@ -149,35 +149,31 @@ class LogStream(Stream[LogLine, LogColumns]):
         return keys, host_window
 
     def session_ends(self, lines: Sequence[LogLine]) -> list[LogLine]:
-        """An end record, at its last line's time, for every session the lines leave open that is idle by their
-        last time: what the workers would end once the stream's time passed it. A session still running at the
-        end of the lines stays open (the next file may go on with it)."""
+        """The end record of every session the lines leave open that is idle by their last time: what the workers
+        would end once the stream's time passed it (the same records, `end_records`). A session still running
+        at the end of the lines stays open (the next file may go on with it)."""
         columns = self.columns(lines)
         _, after = self.advance(self.empty_states(), columns)
         idle = self.idle_deadlines(after) <= columns.timestamp_s.max(initial=-np.inf)
-        still_open = set(after.keys[idle].tolist())
-        last_line = {key: line for key, line in zip(columns.session.tolist(), lines, strict=True) if key in still_open}
-        return [
-            LogLine(event_id=f"{key}#end", source_host=line.source_host, timestamp=line.timestamp, session_id=key,
-                    ends_session=True)
-            for key, line in last_line.items()
-        ]  # fmt: skip
+        return self._end_lines(EntityStates.of(after.layout, after.keys[idle], after.records[idle]))
 
     def idle_deadlines(self, states: EntityStates) -> np.ndarray:
         records = states.records
         return np.where(records["open"] == 1, records["last_s"] + self.rule.idle_timeout_s, np.nan)
 
     def end_records(self, states: EntityStates) -> list[bytes]:
+        return payloads(self._end_lines(states))
+
+    @staticmethod
+    def _end_lines(states: EntityStates) -> list[LogLine]:
         """End records at each session's last line's time (so they continue it), named after the session and
-        that time: the same idle session always gets the same event id."""
-        return payloads(
-            [
-                LogLine(event_id=f"end-{hashlib.blake2b(f'{key}@{last_s}'.encode(), digest_size=12).hexdigest()}",
-                        source_host="fleetwatch-idle", session_id=key,
-                        timestamp=datetime.fromtimestamp(last_s, UTC), ends_session=True)
-                for key, last_s in zip(states.keys.tolist(), states.records["last_s"].tolist(), strict=True)
-            ]
-        )  # fmt: skip
+        that time: the same idle session always gets the same event id, offline and in any worker."""
+        return [
+            LogLine(event_id=f"end-{hashlib.blake2b(f'{key}@{last_s}'.encode(), digest_size=12).hexdigest()}",
+                    source_host="fleetwatch-idle", session_id=key,
+                    timestamp=datetime.fromtimestamp(last_s, UTC), ends_session=True)
+            for key, last_s in zip(states.keys.tolist(), states.records["last_s"].tolist(), strict=True)
+        ]  # fmt: skip
 
     def templates_of(self, columns: LogColumns) -> np.ndarray:
         """Each row's template index: `UNSEEN` for a line none matches, `SESSION_END` for an end-of-session record."""
