@@ -240,14 +240,19 @@ class ScoringWorker:
         )
 
     def _hand_over(self, batch: _ScoredBatch) -> _InFlight:
-        """Start the batch's commit on the committer thread: its states stored, then its outputs and offsets."""
+        """Start the batch's commit: its states stored, then its outputs and offsets. On the committer thread with
+        `overlap_commit`; else here, since the loop would only wait for it (a thread hand-off per batch costs two
+        wake-ups, each a scheduling delay when the cores are busy)."""
         states_stored = threading.Event()
         metadata = self._consumer.consumer_group_metadata() if self._exactly_once and batch.consumed else None
-        future = self._committer.submit(self._commit, batch, states_stored, metadata)
-        return _InFlight(batch, states_stored, future)
+        if self.settings.worker.overlap_commit:
+            return _InFlight(batch, states_stored, self._committer.submit(self._commit, batch, states_stored, metadata))
+        done: Future[bool] = Future()
+        done.set_result(self._commit(batch, states_stored, metadata))  # what ends the worker is raised here
+        return _InFlight(batch, states_stored, done)
 
     def _commit(self, batch: _ScoredBatch, states_stored: threading.Event, group_metadata: object) -> bool:
-        """On the committer thread. Raises what ends the worker (a fenced producer); the rest is a False."""
+        """Raises what ends the worker (a fenced producer); the rest is a False."""
         try:
             for store in batch.store_states:
                 store()
