@@ -18,10 +18,11 @@ from pathlib import Path
 
 import msgspec
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.artifact_store import RedisArtifactStore
 from shared.config import topic_environment
-from shared.http_endpoints import wait_until_ready
+from shared.http_endpoints import scrape_metrics, wait_until_ready
 from shared.kafka_client import KafkaConnection, consumer, ensure_topics, produce_all, producer, topic_partitions
 from shared.local_infra.processes import free_port
 from shared.output_records import decode_output
@@ -161,3 +162,13 @@ def produce_paced(fleet: Fleet, payloads: list[bytes], keys: list[str], per_seco
             writer.produce(fleet.topics["input"], value=payload, key=key)
         time.sleep(0.05)
     return writer.flush(60)
+
+
+def metric_total(port: int, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` (a counter's name without _total) whose labels include `labels`."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(scrape_metrics(port))
+        for sample in family.samples
+        if sample.name == f"{name}_total" and labels.items() <= sample.labels.items()
+    )

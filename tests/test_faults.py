@@ -20,15 +20,13 @@ import msgspec
 import pytest
 import redis
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
-from prometheus_client.parser import text_string_to_metric_families
 
-from shared.http_endpoints import scrape_metrics
 from shared.kafka_client import KafkaConnection, admin_client, read_all
 from shared.local_infra.kafka_broker import KafkaBroker
 from shared.local_infra.redis_server import RedisServer
 from shared.output_records import decode_output
 from shared.training import TrainingResult
-from tests.fleet import Fleet, labelled_stream, open_fleet, produce_paced, wait_until
+from tests.fleet import Fleet, labelled_stream, metric_total, open_fleet, produce_paced, wait_until
 from tests.servers import running_broker, running_redis
 from tests.small_models import train_small
 
@@ -80,16 +78,6 @@ def wait_until_covered(fleet: Fleet, inputs: set[tuple[int, int]], timeout_s: fl
     wait_until(lambda: inputs <= set(output_sources(fleet)), timeout_s)
     time.sleep(2.0)
     return output_sources(fleet)
-
-
-def metric_total(port: int, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` (a counter's name without _total) whose labels include `labels`."""
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(scrape_metrics(port))
-        for sample in family.samples
-        if sample.name == f"{name}_total" and labels.items() <= sample.labels.items()
-    )
 
 
 def worker_events(log: str, event: str) -> list[dict]:

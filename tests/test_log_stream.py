@@ -10,7 +10,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.config import StreamSettings, topic_environment
 from shared.kafka_client import KafkaConnection
@@ -33,7 +31,7 @@ from shared.streams.logs.stream import LOGS, LogStream
 from shared.streams.logs.synthetic import payloads
 from shared.streams.logs.templates import UNSEEN, TemplateVocabulary
 from shared.training import TrainingData, train_round
-from tests.fleet import FLEETWATCH, Fleet, event_ids, open_fleet, produce_paced, wait_until
+from tests.fleet import FLEETWATCH, Fleet, event_ids, metric_total, open_fleet, produce_paced, wait_until
 from tests.online_batches import online
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC).timestamp()
@@ -383,12 +381,5 @@ def test_a_session_closed_by_the_batch_that_moves_time_past_its_deadline_is_not_
         fleet.produce(payloads(second), ["k", "k"])
         assert wait_until(lambda: fleet.scored_count() >= 4, 60)
         time.sleep(1)  # the worker sweeps every 10 ms
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
-            exposed = response.read().decode()
-    ended = [
-        sample.value
-        for family in text_string_to_metric_families(exposed)
-        for sample in family.samples
-        if sample.name == "fleetwatch_idle_sessions_ended_total" and sample.labels.get("stream") == "logs"
-    ]
-    assert ended in ([], [0.0]), "session a was closed by its end record and also ended as idle"
+        ended = metric_total(metrics_port, "fleetwatch_idle_sessions_ended", stream="logs")
+    assert ended == 0, "session a was closed by its end record and also ended as idle"
