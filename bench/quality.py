@@ -8,12 +8,13 @@ detector kind, the default fleet of a stream (its detectors under the alert rule
 deploys: their consensus-weighted combination, `shared.detectors.combination`) and the combination of those kinds
 (`shared.detectors.combination`) are fitted without labels on the 70 % behind a standard scaler; ROC AUC
 and PR AUC on the 30 %; the mean over seeds. The combination fits its members on 80 % of the training
-rows and calibrates on the other 20 %, as an unlabelled training round does. A CSV of
-`name,published_best` (ROC AUC in [0, 1] or percent) adds that column.
+rows and calibrates on the other 20 %, as an unlabelled training round does. A CSV of `name,<column>,...`
+(published ROC AUC per data set, in [0, 1] or percent; a cell may be empty) adds one column per published
+column, each with its mean over the sets it has a figure for.
 ADBench also repeats rows of files under 1,000 rows up to 1,000 before splitting; that is not done here
 (the repeats put copies of test rows into the training rows).
 
->>> print(markdown_table([DatasetQuality("toy", 100, 5, 0.05, {"ecod": (0.91, 0.5)}, None)], ["ecod"]))
+>>> print(markdown_table([DatasetQuality("toy", 100, 5, 0.05, {"ecod": (0.91, 0.5)}, {})], ["ecod"]))
 | data set | rows | features | anomalies | ecod ROC | ecod PR |
 | --- | ---: | ---: | ---: | ---: | ---: |
 | toy | 100 | 5 | 5.0 % | 0.910 | 0.500 |
@@ -70,7 +71,7 @@ class DatasetQuality:
     features: int
     anomaly_share: float
     results: Mapping[str, tuple[float, float]]  # column -> (mean ROC AUC, mean PR AUC)
-    published_best: float | None
+    published: Mapping[str, float]  # published column -> ROC AUC, for the columns with a figure for this set
     seconds: float | None = None  # wall time of all seeds
 
 
@@ -91,7 +92,7 @@ def run_quality(
     """
     if not files:
         raise FleetwatchError("give at least one ADBench .npz file (arrays X and y)")
-    published_best = read_published(published) if published else {}
+    published_figures = read_published(published) if published else PublishedFigures([], {})
     columns = [*kinds, *([FLEET_COLUMN] if fleet else []), COMBINATION_COLUMN]
     measured = []
     for path in files:
@@ -106,21 +107,25 @@ def run_quality(
                 features=X.shape[1],
                 anomaly_share=float(y.mean()),
                 results={c: tuple(np.mean([run[c] for run in per_seed], axis=0)) for c in columns},
-                published_best=published_best.get(path.stem),
+                published=published_figures.rows.get(path.stem, {}),
                 seconds=time.perf_counter() - started,
             )
         )
     if json_out is not None:
         settings = {"seeds": seeds, "max_rows": max_rows, "kinds": list(kinds), "fleet": [dict(e) for e in fleet]}
-        json_out.write_text(json.dumps(quality_json(measured, columns, settings), indent=1) + "\n")
-    return markdown_table(measured, columns)
+        json_out.write_text(
+            json.dumps(quality_json(measured, columns, published_figures.columns, settings), indent=1) + "\n"
+        )
+    return markdown_table(measured, columns, published_figures.columns)
 
 
 def quality_json(
-    measured: Sequence[DatasetQuality], columns: Sequence[str], settings: Mapping[str, Any]
+    measured: Sequence[DatasetQuality],
+    columns: Sequence[str],
+    published_columns: Sequence[str],
+    settings: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The figures of `markdown_table` as plain values: per data set and column ROC and PR AUC, and the means."""
-    known = [d.published_best for d in measured if d.published_best is not None]
     return {
         "protocol": dict(settings),
         "datasets": [
@@ -130,13 +135,13 @@ def quality_json(
                 "features": d.features,
                 "anomaly_share": d.anomaly_share,
                 "seconds": d.seconds,
-                "published_best_roc": d.published_best,
+                "published_roc": dict(d.published),
                 **{c: {"roc": d.results[c][0], "pr": d.results[c][1]} for c in columns},
             }
             for d in measured
         ],
         "mean": {c: _mean_aucs(measured, c) for c in columns},
-        "mean_published_best_roc": float(np.mean(known)) if known else None,
+        "mean_published_roc": {c: _mean_published(measured, c) for c in published_columns},
         "seconds": float(sum(d.seconds or 0.0 for d in measured)),
     }
 
@@ -170,17 +175,38 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def read_published(path: Path) -> dict[str, float]:
-    """`name,published_best` rows; percentages (> 1) are turned into fractions."""
+@dataclass(frozen=True)
+class PublishedFigures:
+    """Published ROC AUCs: the columns in file order, and per data set the columns that have a figure for it."""
+
+    columns: list[str]
+    rows: dict[str, dict[str, float]]
+
+
+def read_published(path: Path) -> PublishedFigures:
+    """`name,<column>,...` rows under an optional header (without one, the one column is `published_best`); lines
+    starting with # are comments, an empty cell is no figure, percentages (> 1) are turned into fractions."""
     with path.open(newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row and not row[0].startswith("#")]
-    if rows and rows[0][0].strip() == "name":
-        rows = rows[1:]
+        rows = [[cell.strip() for cell in row] for row in csv.reader(handle) if row and not row[0].startswith("#")]
+    columns = rows.pop(0)[1:] if rows and rows[0][0] == "name" else ["published_best"]
     try:
-        values = {row[0].strip(): float(row[1]) for row in rows}
-    except (IndexError, ValueError) as exc:
-        raise FleetwatchError(f"{path}: expected rows of name,published_best ({exc})") from exc
-    return {name: value / 100.0 if value > 1.0 else value for name, value in values.items()}
+        figures = {
+            row[0]: {column: float(cell) for column, cell in zip(columns, row[1:], strict=True) if cell} for row in rows
+        }
+    except ValueError as exc:
+        raise FleetwatchError(f"{path}: expected rows of name and {len(columns)} ROC AUC figure(s) ({exc})") from exc
+    return PublishedFigures(
+        columns,
+        {
+            name: {c: value / 100.0 if value > 1.0 else value for c, value in row.items()}
+            for name, row in figures.items()
+        },
+    )
+
+
+def _mean_published(measured: Sequence[DatasetQuality], column: str) -> float | None:
+    known = [d.published[column] for d in measured if column in d.published]
+    return float(np.mean(known)) if known else None
 
 
 def _one_seed(
@@ -224,20 +250,21 @@ def _aucs(y: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     return float(roc_auc_score(y, -scores)), float(average_precision_score(y, -scores))
 
 
-def markdown_table(measured: Sequence[DatasetQuality], columns: Sequence[str]) -> str:
-    """One row per data set, ROC and PR AUC per column, the published best when given, and the mean row."""
-    with_published = any(d.published_best is not None for d in measured)
+def markdown_table(
+    measured: Sequence[DatasetQuality], columns: Sequence[str], published_columns: Sequence[str] = ()
+) -> str:
+    """One row per data set, ROC and PR AUC per column, the published columns when given, and the mean row (a
+    published column's mean is over the sets it has a figure for)."""
     header = ["data set", "rows", "features", "anomalies"]
     header += [f"{c} {metric}" for c in columns for metric in ("ROC", "PR")]
-    header += ["published best ROC"] if with_published else []
+    header += [f"published {c.removeprefix('published_').replace('_', ' ')} ROC" for c in published_columns]
     lines = [header, ["---", *["---:"] * (len(header) - 1)]]
     for d in measured:
         cells = [d.name, f"{d.rows:,}", str(d.features), f"{100 * d.anomaly_share:.1f} %"]
         cells += [f"{value:.3f}" for c in columns for value in d.results[c]]
-        if with_published:
-            cells.append("" if d.published_best is None else f"{d.published_best:.3f}")
+        cells += [f"{d.published[c]:.3f}" if c in d.published else "" for c in published_columns]
         lines.append(cells)
     means = [f"{np.mean([d.results[c][i] for d in measured]):.3f}" for c in columns for i in (0, 1)]
-    known = [d.published_best for d in measured if d.published_best is not None]
-    lines.append(["**mean**", "", "", "", *means, *([f"{np.mean(known):.3f}"] if with_published else [])])
+    published_means = [_mean_published(measured, c) for c in published_columns]
+    lines.append(["**mean**", "", "", "", *means, *("" if m is None else f"{m:.3f}" for m in published_means)])
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)

@@ -62,6 +62,10 @@ class EntityStates:
         order = np.argsort(keys, kind="stable")
         return cls(layout, keys[order], records[order])
 
+    def selected(self, mask: np.ndarray) -> EntityStates:
+        """The states whose entry in the boolean `mask` (aligned with `keys`) is set; still sorted."""
+        return EntityStates(self.layout, self.keys[mask], self.records[mask])
+
     def aligned(self, keys: np.ndarray) -> np.ndarray:
         """Records for `keys` (sorted, distinct), an empty record for each entity not held here."""
         records = self.layout.empty(len(keys))

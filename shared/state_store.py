@@ -234,7 +234,7 @@ class EntityStateStore:
         moved = np.isfinite(deadlines) & ~due
         if moved.any():
             self.record_idle(states.keys[moved], deadlines[moved])
-        return EntityStates.of(states.layout, states.keys[due], states.records[due]), partitions[due]
+        return states.selected(due), partitions[due]
 
     def stored(self, entities: np.ndarray, layout: StateLayout) -> tuple[EntityStates, np.ndarray]:
         """The stored states of these entities (sorted, distinct; absent ones left out) and the partition each

@@ -74,7 +74,30 @@ def test_a_file_without_x_and_y_is_refused_with_its_name(tmp_path):
 def test_published_figures_in_percent_become_fractions(tmp_path):
     published = tmp_path / "published.csv"
     published.write_text("name,published_best\ncardio,93.2\nsatellite,0.74\n")
-    assert read_published(published) == {"cardio": pytest.approx(0.932), "satellite": 0.74}
+    figures = read_published(published)
+    assert figures.columns == ["published_best"]
+    assert figures.rows == {"cardio": {"published_best": pytest.approx(0.932)}, "satellite": {"published_best": 0.74}}
+
+
+def test_every_published_column_is_printed_with_its_mean_over_the_sets_it_has(tmp_path):
+    blob, other = write_adbench_npz(tmp_path / "blob.npz"), write_adbench_npz(tmp_path / "other.npz", seed=1)
+    published = tmp_path / "published.csv"
+    published.write_text("# a comment\nname,IForest,LOF\nblob,90.0,\nother,80.0,70.0\n")
+    table = run_quality([blob, other], seeds=1, kinds=("ecod",), published=published, json_out=tmp_path / "q.json")
+    header, _, blob_row, other_row, mean = table.splitlines()
+    assert header.endswith("| published IForest ROC | published LOF ROC |")
+    assert blob_row.endswith("| 0.900 |  |") and other_row.endswith("| 0.800 | 0.700 |")
+    assert mean.endswith("| 0.850 | 0.700 |")  # LOF's mean is over the one set with a figure
+    written = json.loads((tmp_path / "q.json").read_text())
+    assert written["mean_published_roc"] == {"IForest": pytest.approx(0.85), "LOF": pytest.approx(0.7)}
+    assert written["datasets"][0]["published_roc"] == {"IForest": pytest.approx(0.9)}
+
+
+def test_a_published_row_with_too_many_cells_is_refused(tmp_path):
+    published = tmp_path / "published.csv"
+    published.write_text("name,IForest\nblob,90.0,80.0\n")
+    with pytest.raises(FleetwatchError, match=r"published.csv: expected rows of name and 1 ROC AUC figure"):
+        read_published(published)
 
 
 def test_fleetwatch_bench_quality_prints_the_markdown_table(tmp_path):

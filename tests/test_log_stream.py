@@ -129,10 +129,36 @@ def test_session_ends_ends_every_open_session_idle_by_the_last_lines_time() -> N
         line("open file 3 for job 1", 5, session_id="a"),
         line("open file 4 for job 1", 20, session_id="c"),  # still running at the end: stays open
     ]
-    ends = stream.session_ends(lines)
+    ends = stream.with_session_ends(lines).ends
     assert [(end.session_id, end.timestamp, end.ends_session) for end in ends] == [("a", lines[3].timestamp, True)]
     raw, after = stream.advance(stream.empty_states(), stream.columns([*lines, *ends]))
     assert feature(raw, "session_lines")[-1] == 2 and after.records["open"].tolist() == [0, 0, 1]
+
+
+@pytest.mark.parametrize("host_windows", ["fixed", "sliding"])
+def test_end_records_advanced_from_the_lines_states_have_the_features_of_one_pass_in_time_order(
+    host_windows: str,
+) -> None:
+    rule = SessionRule(
+        pattern=r"job \d+",
+        window_s=30,
+        idle_timeout_s=10,
+        end_templates=("close file <NUM>",),
+        host_windows=host_windows,  # type: ignore[arg-type]
+    )
+    stream = LogStream(rule, TemplateVocabulary.mine(HISTORY))
+    rng = np.random.default_rng(3)
+    messages = [*(f"open file {i} for job {i % 7}" for i in range(40)), *(f"close file {i}" for i in range(40))]
+    lines = [
+        line(messages[i], float(second), host=f"dn-{i % 3}", session_id="s" if i % 11 == 0 else None)
+        for i, second in zip(rng.integers(0, len(messages), 300), np.sort(rng.uniform(0, 200, 300)), strict=True)
+    ]
+    featurized = stream.with_session_ends(lines)
+    assert len(featurized.ends) >= 3  # sessions and hosts' windows left idle
+    order = np.argsort(featurized.columns.timestamp_s, kind="stable")
+    in_time_order = [featurized.rows[i] for i in order.tolist()]
+    raw, _ = stream.advance(stream.empty_states(), stream.columns(in_time_order))
+    np.testing.assert_array_equal(featurized.raw[order], raw)
 
 
 def test_a_session_cut_short_is_caught_at_its_end_record_and_not_before() -> None:
@@ -242,7 +268,7 @@ def test_a_host_window_is_never_reported_idle_and_never_ended() -> None:
     stream = LogStream(SLIDING, TemplateVocabulary.mine(HISTORY))
     lines = [line("open file 1 for job 1", 0), line("open file 2 for job 1", 1, session_id="a"),
              line("close file 2", 5_000, host="dn-2")]  # fmt: skip
-    assert [end.session_id for end in stream.session_ends(lines)] == ["a"]
+    assert [end.session_id for end in stream.with_session_ends(lines).ends] == ["a"]
 
 
 def test_a_learned_stream_with_sliding_windows_survives_pickling_and_featurizes_alike() -> None:
@@ -321,7 +347,7 @@ def test_log_lines_through_the_trainer_and_two_workers_one_killed_mid_session_an
         producing.join()
         deployed = fleet.registry.load_deployed("logs")
         assert deployed is not None
-        left_open = {end.session_id for end in deployed.stream.session_ends(live)}  # type: ignore[attr-defined]
+        left_open = {end.session_id for end in deployed.stream.with_session_ends(live).ends}  # type: ignore[attr-defined]
         assert len(left_open) > 100
         outputs = fleet.wait_for_outputs(len(live) + 1 + len(left_open))
     records = outputs["alerts"] + outputs["summary"]
@@ -334,8 +360,8 @@ def test_log_lines_through_the_trainer_and_two_workers_one_killed_mid_session_an
     assert sorted(ended_sessions) == sorted(left_open), "each idle session ended once, and only those"
     assert [r.value() for r in outputs["deadletter"]] == [b"{broken"]
     # Sessions lived in Redis across the kill: the alerts are exactly those of one pass over the lines and the
-    # end records of the idle sessions (there made as `session_ends` makes them at a file's end).
-    offline = deployed.stream.offline(live_payloads + payloads(deployed.stream.session_ends(live)))  # type: ignore[attr-defined]
+    # end records of the idle sessions (there made as `with_session_ends` makes them at a file's end).
+    offline = deployed.stream.offline(live_payloads + payloads(deployed.stream.with_session_ends(live).ends))  # type: ignore[attr-defined]
     offline_alert, ends = score_batch(deployed, offline.raw_features).alert, offline.columns.ends_session
     alerted = [LOGS.decode([bytes(decode_output(r.value()).event)]).events[0] for r in outputs["alerts"]]
     assert {e.event_id for e in alerted if not e.ends_session} == set(

@@ -903,7 +903,8 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="Every scenario at a small size (minutes).")] = False,
     seeds: Annotated[int, typer.Option(min=1, help="quality: splits per file, averaged.")] = 3,
     published: Annotated[
-        Path | None, typer.Option(help="quality: CSV of name,published_best to print beside the figures.")
+        Path | None,
+        typer.Option(help="quality: CSV of published ROC AUCs (header name,<column>,...) to print beside the figures."),
     ] = None,
     nab_dir: Annotated[Path | None, typer.Option(help="nab: a clone of github.com/numenta/NAB.")] = None,
     skab_dir: Annotated[Path | None, typer.Option(help="skab: a clone of github.com/waico/SKAB.")] = None,

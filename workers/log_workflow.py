@@ -89,18 +89,19 @@ class LogCorpus:
     def unmatched(self) -> int:
         return sum(f.unmatched for f in self.files)
 
-    def with_session_ends(self, stream: LogStream) -> LogCorpus:
-        """These lines with the end records of the sessions idle by their last time (`LogStream.session_ends`),
+    def featurized(self, stream: LogStream) -> tuple[LogCorpus, LogColumns, np.ndarray]:
+        """These lines with the end records of the sessions idle by their last time (`LogStream.with_session_ends`),
         each right after its session's last line, so the rows stay in time order (end records have no file:
-        `file_of_line` -1)."""
-        ends = stream.session_ends(self.lines)
-        rows = [*self.lines, *ends]
-        order = np.argsort([row.timestamp.timestamp() for row in rows], kind="stable").tolist()
-        file_of_line = np.r_[self.file_of_line, np.full(len(ends), -1)]
-        line_number = np.r_[self.line_number, np.zeros(len(ends), dtype=np.int64)]
-        return dataclasses.replace(
-            self, lines=[rows[i] for i in order], file_of_line=file_of_line[order], line_number=line_number[order]
+        `file_of_line` -1); and the rows' columns and raw features, in that order."""
+        featurized = stream.with_session_ends(self.lines)
+        rows = featurized.rows
+        order = np.argsort(featurized.columns.timestamp_s, kind="stable")
+        file_of_line = np.r_[self.file_of_line, np.full(len(featurized.ends), -1)][order]
+        line_number = np.r_[self.line_number, np.zeros(len(featurized.ends), dtype=np.int64)][order]
+        corpus = dataclasses.replace(
+            self, lines=[rows[i] for i in order.tolist()], file_of_line=file_of_line, line_number=line_number
         )
+        return corpus, featurized.columns.take(order), featurized.raw[order]
 
     def where(self, rows: np.ndarray) -> list[str]:
         """`file:line` of each row, "(end of input)" for an end record."""
@@ -213,9 +214,7 @@ def train_logs(
     else:
         learned = base.learn(columns)
     progress("building sessions and their features", 0, 0)
-    corpus = corpus.with_session_ends(learned)
-    columns = learned.columns(corpus.lines)
-    raw, _ = learned.advance(learned.empty_states(), columns)
+    corpus, columns, raw = corpus.featurized(learned)
     is_anomaly = None
     if request.labels is not None:
         labels = read_session_labels(request.labels)
@@ -341,9 +340,7 @@ class KeyPredictor:
 
 def score_logs(version: DeployedVersion, corpus: LogCorpus) -> ScoredLogs:
     stream = _log_stream(version)
-    corpus = corpus.with_session_ends(stream)
-    columns = stream.columns(corpus.lines)
-    raw, _ = stream.advance(stream.empty_states(), columns)
+    corpus, columns, raw = corpus.featurized(stream)
     verdicts = SessionVerdicts.of(version, columns.session, columns.timestamp_s, raw)
     return ScoredLogs(corpus, columns, stream.templates_of(columns), verdicts, stream, raw)
 

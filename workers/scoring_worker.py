@@ -9,11 +9,11 @@ offsets after a short backoff, so nothing is lost. Retriable transactional error
 producer; a fatal one (a fenced producer: another worker took over) ends this worker. New model
 versions are swapped in between batches, so a batch is never scored by two versions.
 
-The commit runs on a committer thread. With `worker.overlap_commit` the loop consumes and scores the next
-batch meanwhile, so the Redis state write and the broker's round trips overlap that compute; order is
-kept: a batch's entity states are stored before the next batch reads them, and the next batch is handed
-over (its states stored, its outputs produced) only once this one committed; if this one did not, the
-next is dropped unstored and both are read again. Without it the loop waits for each commit.
+With `worker.overlap_commit` the commit runs on a committer thread while the loop consumes and scores the
+next batch, so the Redis state write and the broker's round trips overlap that compute; order is kept: a
+batch's entity states are stored before the next batch reads them, and the next batch is handed over (its
+states stored, its outputs produced) only once this one committed; if this one did not, the next is
+dropped unstored and both are read again. Without it the loop commits each batch itself.
 """
 
 from __future__ import annotations
@@ -84,8 +84,10 @@ class ScoringWorker:
         self._stopping = threading.Event()
         self._failed_attempts = 0  # consecutive batches that did not commit
         self._next_idle_sweep = 0.0  # monotonic time of the next idle-session sweep
-        # Commits one batch while the loop scores the next; one thread keeps batches in order.
-        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="committer")
+        # With `overlap_commit`: commits one batch while the loop scores the next; one thread keeps batches in order.
+        self._committer = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="committer") if worker.overlap_commit else None
+        )
         self._in_flight: _InFlight | None = None
         self._ready = False
         connection = settings.kafka_connection()
@@ -181,7 +183,8 @@ class ScoringWorker:
         log.info("partitions revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _close(self) -> None:
-        self._committer.shutdown()
+        if self._committer is not None:
+            self._committer.shutdown()
         self._watcher.stop()
         self._consumer.close()  # leaves the group, so partitions move on at once
         unacknowledged = self._producer.flush(10)
@@ -245,7 +248,7 @@ class ScoringWorker:
         wake-ups, each a scheduling delay when the cores are busy)."""
         states_stored = threading.Event()
         metadata = self._consumer.consumer_group_metadata() if self._exactly_once and batch.consumed else None
-        if self.settings.worker.overlap_commit:
+        if self._committer is not None:
             return _InFlight(batch, states_stored, self._committer.submit(self._commit, batch, states_stored, metadata))
         done: Future[bool] = Future()
         done.set_result(self._commit(batch, states_stored, metadata))  # what ends the worker is raised here

@@ -37,6 +37,21 @@ from shared.streams.logs.templates import SESSION_END, UNSEEN, Masking, Template
 
 
 @dataclass(frozen=True)
+class LinesWithEnds:
+    """Log lines followed by the end records of the sessions they leave idle, with the columns and raw features of
+    all of them in that order (`LogStream.with_session_ends`)."""
+
+    lines: list[LogLine]
+    ends: list[LogLine]
+    columns: LogColumns
+    raw: np.ndarray
+
+    @property
+    def rows(self) -> list[LogLine]:
+        return [*self.lines, *self.ends]
+
+
+@dataclass(frozen=True)
 class LogColumns:
     event_id: np.ndarray
     source_host: np.ndarray
@@ -148,14 +163,17 @@ class LogStream(Stream[LogLine, LogColumns]):
                 keys.append(event.source_host if sliding else f"{event.source_host}@{start}")
         return keys, host_window
 
-    def session_ends(self, lines: Sequence[LogLine]) -> list[LogLine]:
-        """The end record of every session the lines leave open that is idle by their last time: what the workers
-        would end once the stream's time passed it (the same records, `end_records`). A session still running
-        at the end of the lines stays open (the next file may go on with it)."""
+    def with_session_ends(self, lines: Sequence[LogLine]) -> LinesWithEnds:
+        """The lines, then the end record of every session they leave open that is idle by their last time (what
+        the workers would end once the stream's time passed it: the same records, `end_records`), with the
+        columns and raw features of both. A session still running at the end of the lines stays open (the next
+        file may go on with it). Each end record is advanced from its session's state after its last line, so
+        one pass of template matching serves both."""
         columns = self.columns(lines)
-        _, after = self.advance(self.empty_states(), columns)
-        idle = self.idle_deadlines(after) <= columns.timestamp_s.max(initial=-np.inf)
-        return self._end_lines(EntityStates.of(after.layout, after.keys[idle], after.records[idle]))
+        raw, after = self.advance(self.empty_states(), columns)
+        ends = self._end_lines(after.selected(self.idle_deadlines(after) <= columns.timestamp_s.max(initial=-np.inf)))
+        end_raw, _ = self.advance(after, self.columns(ends))
+        return LinesWithEnds(list(lines), ends, self.columns([*lines, *ends]), np.vstack([raw, end_raw]))
 
     def idle_deadlines(self, states: EntityStates) -> np.ndarray:
         records = states.records
