@@ -13,8 +13,11 @@ from bench.workload import Workload
 from shared.config import WorkerSettings
 from shared.training import TrainingResult
 
-DEFAULT_BATCH = WorkerSettings()
-"""The worker's default batching, which the throughput contenders share and the latency scenario starts from."""
+WORKER_DEFAULTS = WorkerSettings()
+"""The worker's default settings: its batching is what every throughput contender uses, and the latency scenario's
+first settings."""
+_CAP, _TIMEOUT_S = WORKER_DEFAULTS.batch_size, WORKER_DEFAULTS.batch_timeout_s
+_DEFAULT_BATCHING = f"≤ {_CAP} / {_TIMEOUT_S * 1000:.0f} ms"
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,8 @@ class BenchSize:
     events: int = 1_000_000
     train_rows: int = 100_000
     repetitions: int = 3
-    batch_size: int = DEFAULT_BATCH.batch_size
-    batch_timeout_s: float = DEFAULT_BATCH.batch_timeout_s
+    batch_size: int = _CAP
+    batch_timeout_s: float = _TIMEOUT_S
     peer_seconds: float = 120.0  # every peer but the passthrough: time budget after its first output
     contender_timeout_s: float = 900.0
     latency_levels: tuple[float, ...] = (0.25, 0.50, 0.75)
@@ -46,16 +49,20 @@ class BenchSize:
     # Batch size × how a batch fills: "≤ N" scores what has arrived (batch_min_size 1, the default; the timeout
     # only bounds the wait for a first record), "N full" waits for N records or the timeout (batch_min_size N).
     latency_settings: tuple[LatencySetting, ...] = (
-        LatencySetting("at-least-once, ≤ 5000 / 50 ms", "at_least_once", 5000, 0.05),
-        LatencySetting("exactly-once, ≤ 5000 / 50 ms", "exactly_once", 5000, 0.05),
+        LatencySetting(f"at-least-once, {_DEFAULT_BATCHING}", "at_least_once", _CAP, _TIMEOUT_S),
+        LatencySetting(f"exactly-once, {_DEFAULT_BATCHING}", "exactly_once", _CAP, _TIMEOUT_S),
         LatencySetting("at-least-once, ≤ 1000 / 50 ms", "at_least_once", 1000, 0.05),
         LatencySetting("exactly-once, ≤ 1000 / 50 ms", "exactly_once", 1000, 0.05),
         LatencySetting("exactly-once, 1000 full / 50 ms", "exactly_once", 1000, 0.05, 1000),
         LatencySetting("at-least-once, 1000 full / 10 ms", "at_least_once", 1000, 0.01, 1000),
         LatencySetting("at-least-once, ≤ 1000, min 200 / 10 ms", "at_least_once", 1000, 0.01, 200),
         LatencySetting("exactly-once, 5000 full / 200 ms", "exactly_once", 5000, 0.2, 5000),
-        LatencySetting("at-least-once, ≤ 5000 / 50 ms, overlap_commit", "at_least_once", 5000, 0.05, overlap=True),
-        LatencySetting("exactly-once, ≤ 5000 / 50 ms, overlap_commit", "exactly_once", 5000, 0.05, overlap=True),
+        LatencySetting(
+            f"at-least-once, {_DEFAULT_BATCHING}, overlap_commit", "at_least_once", _CAP, _TIMEOUT_S, overlap=True
+        ),
+        LatencySetting(
+            f"exactly-once, {_DEFAULT_BATCHING}, overlap_commit", "exactly_once", _CAP, _TIMEOUT_S, overlap=True
+        ),
     )
     reload_window_s: float = 5.0
     scaling_events: int = 500_000
@@ -70,6 +77,7 @@ class BenchSize:
     deeplog_rows: int = 20_000  # log lines DeepLog trains on (the `deep` scenario)
     mscred_rows: int = 1_000  # sensor windows MS-CRED trains on: its defaults take ~0.5 s per window on 2 cores
     deep_score_rows: int = 10_000
+    deep_batch_rows: int = 1000  # the deep table's "per 1,000-line worker batch", whatever the worker's cap
     deep_max_epochs: int | None = None  # None: each kind's default (early stopping may end sooner)
 
     @classmethod

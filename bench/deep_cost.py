@@ -38,6 +38,6 @@ def run_deep_cost(ctx: BenchContext) -> dict[str, Any]:
     task = ctx.progress.add_task("deep: DeepLog and MS-CRED training and inference", total=None)
     try:
         rows = {"deeplog": size.deeplog_rows, "mscred": size.mscred_rows}
-        return deep_cost(rows, size.deep_score_rows, size.batch_size, size.deep_max_epochs)
+        return deep_cost(rows, size.deep_score_rows, size.deep_batch_rows, size.deep_max_epochs)
     finally:
         ctx.progress.remove_task(task)

@@ -185,23 +185,33 @@ class PublishedFigures:
 
 def read_published(path: Path) -> PublishedFigures:
     """`name,<column>,...` rows under an optional header (without one, the one column is `published_best`); lines
-    starting with # are comments, an empty cell is no figure, percentages (> 1) are turned into fractions."""
+    starting with # are comments, an empty cell is no figure, percentages (> 1) are turned into fractions. A column
+    of text only (a method's name, say) is not a figure column; one mixing numbers and text is refused."""
     with path.open(newline="") as handle:
         rows = [[cell.strip() for cell in row] for row in csv.reader(handle) if row and not row[0].startswith("#")]
-    columns = rows.pop(0)[1:] if rows and rows[0][0] == "name" else ["published_best"]
+    header = rows.pop(0)[1:] if rows and rows[0][0] == "name" else ["published_best"]
+    if any(len(row) != len(header) + 1 for row in rows):
+        raise FleetwatchError(f"{path}: expected rows of a name and {len(header)} cell(s), as its header")
+    cells = {column: [row[1 + i] for row in rows] for i, column in enumerate(header)}
+    numeric = {column: [_number(cell) for cell in values] for column, values in cells.items()}
+    columns = [c for c in header if any(value is not None for value in numeric[c])]
+    mixed = [
+        c for c in columns if any(value is None and cell for value, cell in zip(numeric[c], cells[c], strict=True))
+    ]
+    if mixed:
+        raise FleetwatchError(f"{path}: column(s) {', '.join(mixed)} mix ROC AUC figures and text")
+    figures = {
+        row[0]: {c: value / 100.0 if value > 1.0 else value for c in columns if (value := numeric[c][i]) is not None}
+        for i, row in enumerate(rows)
+    }
+    return PublishedFigures(columns, figures)
+
+
+def _number(cell: str) -> float | None:
     try:
-        figures = {
-            row[0]: {column: float(cell) for column, cell in zip(columns, row[1:], strict=True) if cell} for row in rows
-        }
-    except ValueError as exc:
-        raise FleetwatchError(f"{path}: expected rows of name and {len(columns)} ROC AUC figure(s) ({exc})") from exc
-    return PublishedFigures(
-        columns,
-        {
-            name: {c: value / 100.0 if value > 1.0 else value for c, value in row.items()}
-            for name, row in figures.items()
-        },
-    )
+        return float(cell)
+    except ValueError:
+        return None
 
 
 def _mean_published(measured: Sequence[DatasetQuality], column: str) -> float | None:

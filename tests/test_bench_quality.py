@@ -93,11 +93,25 @@ def test_every_published_column_is_printed_with_its_mean_over_the_sets_it_has(tm
     assert written["datasets"][0]["published_roc"] == {"IForest": pytest.approx(0.9)}
 
 
-def test_a_published_row_with_too_many_cells_is_refused(tmp_path):
+def test_a_published_row_with_too_many_cells_or_a_column_mixing_figures_and_text_is_refused(tmp_path):
     published = tmp_path / "published.csv"
     published.write_text("name,IForest\nblob,90.0,80.0\n")
-    with pytest.raises(FleetwatchError, match=r"published.csv: expected rows of name and 1 ROC AUC figure"):
+    with pytest.raises(FleetwatchError, match=r"published.csv: expected rows of a name and 1 cell"):
         read_published(published)
+    published.write_text("name,IForest\nblob,90.0\nother,n/a\n")
+    with pytest.raises(FleetwatchError, match=r"published.csv: column\(s\) IForest mix ROC AUC figures and text"):
+        read_published(published)
+
+
+def test_the_shipped_published_files_are_read_with_their_text_columns_left_out():
+    results = Path(__file__).resolve().parents[1] / "bench" / "results"
+    best = read_published(results / "adbench_published_best.csv")
+    assert best.columns == ["published_best"] and len(best.rows) == 21  # best_method names a method: not a figure
+    assert best.rows["4_breastw"] == {"published_best": pytest.approx(0.997)}
+    methods = read_published(results / "adbench_published_methods.csv")
+    assert methods.columns[0] == "IForest" and len(methods.columns) == 13 and set(methods.rows) == set(best.rows)
+    for name, row in methods.rows.items():  # the best file is the per-set maximum of the methods file
+        assert max(row.values()) == pytest.approx(best.rows[name]["published_best"])
 
 
 def test_fleetwatch_bench_quality_prints_the_markdown_table(tmp_path):

@@ -119,7 +119,7 @@ def test_an_end_of_session_record_scores_the_complete_session_counts_nothing_and
     ]  # fmt: skip
 
 
-def test_session_ends_ends_every_open_session_idle_by_the_last_lines_time() -> None:
+def test_with_session_ends_ends_every_open_session_idle_by_the_last_lines_time() -> None:
     rule = SessionRule(pattern=None, idle_timeout_s=10, end_templates=("close file <NUM>",))
     stream = LogStream(rule, TemplateVocabulary.mine(HISTORY))
     lines = [
@@ -154,7 +154,7 @@ def test_end_records_advanced_from_the_lines_states_have_the_features_of_one_pas
         for i, second in zip(rng.integers(0, len(messages), 300), np.sort(rng.uniform(0, 200, 300)), strict=True)
     ]
     featurized = stream.with_session_ends(lines)
-    assert len(featurized.ends) >= 3  # sessions and hosts' windows left idle
+    assert len(featurized.ends) >= 3  # sessions (and, with fixed host windows, hosts' windows) left idle
     order = np.argsort(featurized.columns.timestamp_s, kind="stable")
     in_time_order = [featurized.rows[i] for i in order.tolist()]
     raw, _ = stream.advance(stream.empty_states(), stream.columns(in_time_order))

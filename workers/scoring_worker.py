@@ -204,7 +204,7 @@ class ScoringWorker:
             return
         if batch is not None:
             self._in_flight = self._hand_over(batch)
-            if not self.settings.worker.overlap_commit:
+            if self._committer is None:
                 self._settle_in_flight()
 
     def _score(self, messages: list[Message]) -> _ScoredBatch | None:

@@ -73,6 +73,11 @@ class LogColumns:
     def take(self, rows: np.ndarray) -> LogColumns:
         return LogColumns(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
+    def followed_by(self, other: LogColumns) -> LogColumns:
+        return LogColumns(
+            **{f.name: np.concatenate([getattr(self, f.name), getattr(other, f.name)]) for f in fields(self)}
+        )
+
     def __len__(self) -> int:
         return len(self.timestamp_s)
 
@@ -164,16 +169,17 @@ class LogStream(Stream[LogLine, LogColumns]):
         return keys, host_window
 
     def with_session_ends(self, lines: Sequence[LogLine]) -> LinesWithEnds:
-        """The lines, then the end record of every session they leave open that is idle by their last time (what
-        the workers would end once the stream's time passed it: the same records, `end_records`), with the
-        columns and raw features of both. A session still running at the end of the lines stays open (the next
-        file may go on with it). Each end record is advanced from its session's state after its last line, so
+        """The lines (in time order), then the end record of every session they leave open that is idle by their
+        last time (what the workers would end once the stream's time passed it: the same records, `end_records`),
+        with the columns and raw features of both. A session still running at the end of the lines stays open (the
+        next file may go on with it). Each end record is advanced from its session's state after its last line, so
         one pass of template matching serves both."""
         columns = self.columns(lines)
         raw, after = self.advance(self.empty_states(), columns)
         ends = self._end_lines(after.selected(self.idle_deadlines(after) <= columns.timestamp_s.max(initial=-np.inf)))
-        end_raw, _ = self.advance(after, self.columns(ends))
-        return LinesWithEnds(list(lines), ends, self.columns([*lines, *ends]), np.vstack([raw, end_raw]))
+        end_columns = self.columns(ends)
+        end_raw, _ = self.advance(after, end_columns)
+        return LinesWithEnds(list(lines), ends, columns.followed_by(end_columns), np.vstack([raw, end_raw]))
 
     def idle_deadlines(self, states: EntityStates) -> np.ndarray:
         records = states.records
