@@ -41,6 +41,13 @@ RATE_METRICS = ("roc_auc", "pr_auc", "precision", "recall", "f1")
 
 METRIC_HEADERS = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "precision": "precision", "recall": "recall", "f1": "F1"}
 
+HISTORY_FOR_RECALL = 3
+"""Earlier events of its entity that an anomaly needs to count as visible: with fewer, there is no behaviour
+for it to depart from (a user's first transactions), so no detector of departures can see it."""
+
+UNNAMED_KIND = "unnamed"
+"""The kind of a labelled anomaly whose label names none."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DetectionMetrics:
@@ -85,13 +92,56 @@ class DetectionMetrics:
 
 
 @dataclass(frozen=True, slots=True)
+class KindRecall:
+    """The fleet's catch among one kind of labelled anomaly: all of them, and those whose entity had history."""
+
+    anomalies: int
+    caught: int
+    with_history: int  # anomalies whose entity had at least HISTORY_FOR_RECALL earlier events
+    caught_with_history: int
+
+    @property
+    def recall(self) -> float:
+        return _ratio(self.caught, self.anomalies)
+
+    @property
+    def recall_with_history(self) -> float:
+        return _ratio(self.caught_with_history, self.with_history)
+
+
+def recall_by_kind(kinds: ArrayLike, earlier_events: ArrayLike, caught: ArrayLike) -> dict[str, KindRecall]:
+    """Per kind of these anomalies (one row each), and over all of them under "all kinds", what the fleet caught.
+
+    >>> by_kind = recall_by_kind(["burst", "burst", ""], [0, 5, 9], [False, True, True])
+    >>> by_kind["burst"].recall, by_kind["burst"].recall_with_history, by_kind["all kinds"].anomalies
+    (0.5, 1.0, 3)
+    """
+    kind = np.asarray(kinds, dtype=object)
+    kind = np.where(kind == "", UNNAMED_KIND, kind)
+    visible = np.asarray(earlier_events) >= HISTORY_FOR_RECALL
+    hit = np.asarray(caught, dtype=bool)
+    masks = {str(name): kind == name for name in sorted(set(kind.tolist()))} | {"all kinds": np.ones(kind.size, bool)}
+    return {
+        name: KindRecall(
+            anomalies=int(mask.sum()),
+            caught=int((mask & hit).sum()),
+            with_history=int((mask & visible).sum()),
+            caught_with_history=int((mask & visible & hit).sum()),
+        )
+        for name, mask in masks.items()
+    }
+
+
+@dataclass(frozen=True, slots=True)
 class FleetEvaluation:
-    """Every detector's metrics, the fleet rule's, and which detectors were only shadowing."""
+    """Every detector's metrics, the fleet rule's, which detectors were only shadowing, and, when the labels
+    name kinds, the fleet's recall per kind."""
 
     detectors: Mapping[str, DetectionMetrics]
     fleet: DetectionMetrics
     shadow: frozenset[str] = frozenset()
     combined: bool = False  # the fleet is the combined score (`shared.detectors.combination`), not "any −1"
+    by_kind: Mapping[str, KindRecall] = dataclasses.field(default_factory=dict)
 
     @property
     def weakest_detector(self) -> str:
@@ -106,6 +156,7 @@ class FleetEvaluation:
             "shadow": sorted(self.shadow),
             "weakest_detector": self.weakest_detector,
             "combined": self.combined,
+            "by_kind": {name: dataclasses.asdict(recall) for name, recall in self.by_kind.items()},
         }
 
     @classmethod
@@ -115,6 +166,7 @@ class FleetEvaluation:
             fleet=DetectionMetrics.from_dict(data["fleet"]),
             shadow=frozenset(data["shadow"]),
             combined=bool(data.get("combined", False)),
+            by_kind={name: KindRecall(**recall) for name, recall in data.get("by_kind", {}).items()},
         )
 
     def to_markdown(self) -> str:
@@ -122,10 +174,18 @@ class FleetEvaluation:
         rows = [[_row_label(name, self.shadow), *_metric_cells(metrics)] for name, metrics in self.detectors.items()]
         rows.append([_fleet_label(self), *_metric_cells(self.fleet)])
         weakest = self.weakest_detector
-        return (
+        text = (
             _markdown_table(["detector", *METRIC_HEADERS.values(), "TP", "FP", "TN", "FN"], rows)
             + f"\n\nWeakest detector: {weakest} (ROC AUC {self.detectors[weakest].roc_auc:.3f}).\n"
         )
+        if not self.by_kind:
+            return text
+        headers = ["anomaly kind", "anomalies", "fleet recall", f"with ≥ {HISTORY_FOR_RECALL} earlier events", "recall"]
+        kinds = [
+            [name, str(r.anomalies), f"{r.recall:.3f}", str(r.with_history), f"{r.recall_with_history:.3f}"]
+            for name, r in self.by_kind.items()
+        ]
+        return text + "\n" + _markdown_table(headers, kinds) + "\n"
 
 
 def evaluate_fleet(
@@ -135,12 +195,15 @@ def evaluate_fleet(
     *,
     shadow: Collection[str] = (),
     combination: ScoreCombination | None = None,
+    kinds: ArrayLike | None = None,
+    earlier_events: ArrayLike | None = None,
 ) -> FleetEvaluation:
     """Evaluate each detector and the fleet rule on a labelled set (`y_true` 1 = anomaly).
 
     `scores[name]` is the detector's `score_samples` of the set and `offsets[name]` its active
     operating point (`offset_`); a shadow detector is measured but takes no part in the fleet rule.
-    With a `combination`, the fleet is its score and its offset.
+    With a `combination`, the fleet is its score and its offset. With each row's anomaly `kinds` (labels'
+    `anomaly_kind`) and the number of `earlier_events` of its entity, the fleet's recall per kind.
     """
     is_anomaly = _binary_labels(y_true)
     if set(scores) != set(offsets):
@@ -162,11 +225,22 @@ def evaluate_fleet(
         alerting_decisions = np.column_stack([decisions[name] for name in alerting])
         _, spread = robust_location_scale(alerting_decisions)
         fleet_score = np.min(alerting_decisions / spread, axis=1)
+    by_kind = {}
+    if kinds is not None:
+        if earlier_events is None:
+            raise ValueError("the recall per kind needs each row's earlier_events")
+        anomalous = np.flatnonzero(is_anomaly)
+        by_kind = recall_by_kind(
+            np.asarray(kinds, dtype=object)[anomalous],
+            np.asarray(earlier_events)[anomalous],
+            fleet_score[anomalous] < 0,
+        )
     return FleetEvaluation(
         detectors=detectors,
         fleet=DetectionMetrics.measure(is_anomaly, -fleet_score, fleet_score < 0.0),
         shadow=frozenset(shadow),
         combined=combination is not None,
+        by_kind=by_kind,
     )
 
 

@@ -58,6 +58,9 @@ class TrainingData:
     raw_features: np.ndarray | None = None
     """The stream's features of these rows, computed upstream from the same history (the Spark path featurizes
     on its executors); None: the round computes them with `Stream.advance`."""
+    anomaly_kind: np.ndarray | None = None
+    """Each row's kind of anomaly as the labels name it ("" for a normal row or an unnamed kind); with it the
+    evaluation reports the fleet's recall per kind."""
 
     def __post_init__(self) -> None:
         if len(self.columns) < 50:
@@ -66,6 +69,24 @@ class TrainingData:
             raise TrainingError("labels and events differ in length")
         if self.raw_features is not None and len(self.raw_features) != len(self.columns):
             raise TrainingError("features and events differ in length")
+        if self.anomaly_kind is not None and (self.is_anomaly is None or len(self.anomaly_kind) != len(self.columns)):
+            raise TrainingError("anomaly kinds need labels, one per event")
+
+
+def earlier_events(entities: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """How many events of the same entity come before each event (by time, then position) in these rows.
+
+    >>> earlier_events(np.array(["a", "b", "a", "a"], dtype=object), np.array([5.0, 1.0, 2.0, 9.0])).tolist()
+    [1, 0, 0, 2]
+    """
+    _, entity = np.unique(entities, return_inverse=True)
+    entity = entity.reshape(-1)
+    order = np.lexsort((np.arange(len(times)), times, entity))
+    ordered = entity[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    counts = np.empty(len(order), dtype=np.int64)
+    counts[order] = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    return counts
 
 
 @dataclass(frozen=True)
@@ -179,6 +200,7 @@ def _evaluate(
     labels: np.ndarray,
     shadow: set[str],
     combination: ScoreCombination | None,
+    **by_kind: np.ndarray,
 ) -> FleetEvaluation:
     return evaluate_fleet(
         labels,
@@ -186,6 +208,7 @@ def _evaluate(
         offsets={name: thresholds[name].offset() for name in names},
         shadow=shadow,
         combination=combination,
+        **by_kind,
     )
 
 
@@ -283,12 +306,24 @@ def train_round(
         if labels.any() and not labels.all():
             evaluation_scores = score_matrix(detectors, names, scaler.transform(raw[split.evaluation]))
             evaluation = _evaluate(evaluation_scores, names, thresholds, labels, shadow, combination)
-            floor = _below_floor(evaluation, settings)
-            if floor == set(names):  # the fleet rule needs one alerting detector: keep the best
-                floor.discard(max(names, key=lambda n: evaluation.detectors[n].roc_auc))  # type: ignore[union-attr]
             anomalous_calibration = split.calibration[data.is_anomaly[split.calibration]]
-            if len(anomalous_calibration) >= MIN_LABELLED_ANOMALIES:
+            labelled_calibration = len(anomalous_calibration) >= MIN_LABELLED_ANOMALIES
+            judged = evaluation  # what the floors judge: the labelled calibration rows when there are enough
+            if labelled_calibration:  # the floors and the members are chosen on them, the evaluation stays held out
                 anomaly_scores = score_matrix(detectors, names, scaler.transform(raw[anomalous_calibration]))
+                normal_scores = calibration_scores[~data.is_anomaly[calibration_rows]]
+                judged = _evaluate(
+                    np.vstack([normal_scores, anomaly_scores]),
+                    names,
+                    thresholds,
+                    np.r_[np.zeros(len(normal_scores), bool), np.ones(len(anomaly_scores), bool)],
+                    shadow,
+                    combination,
+                )
+            floor = _below_floor(judged, settings)
+            if floor == set(names):  # the fleet rule needs one alerting detector: keep the best
+                floor.discard(max(names, key=lambda n: judged.detectors[n].roc_auc))
+            if labelled_calibration:
                 candidates = [name for name in names if name not in floor]
                 combination = select_members_by_labels(
                     combination, calibration_scores, anomaly_scores, candidates, config.fleet_fpr_budget
@@ -296,7 +331,13 @@ def train_round(
             shadow = {name for name in names if combination.weights[name] == 0.0}
             thresholds = _thresholds_with_shadows(calibration_scores, names, shadow, config)
             rule = combination if settings.alert_rule == "combined" else None
-            evaluation = _evaluate(evaluation_scores, names, thresholds, labels, shadow, rule)
+            by_kind = {}
+            if data.anomaly_kind is not None:
+                by_kind = {
+                    "kinds": data.anomaly_kind[split.evaluation],
+                    "earlier_events": earlier_events(data.columns.entity, data.columns.event_time_s)[split.evaluation],
+                }
+            evaluation = _evaluate(evaluation_scores, names, thresholds, labels, shadow, rule, **by_kind)
             method_rates = threshold_method_rates(labels, evaluation_scores, names, thresholds)
 
     entries = [

@@ -54,13 +54,14 @@ def training_data_from_payloads(
     if not len(kept):
         raise TrainingError(f"no events to train on from {source}")
     columns = columns.take(kept)
-    is_anomaly = None
+    is_anomaly = kinds = None
     if labels is not None:
         missing = sum(1 for event_id in columns.event_id.tolist() if event_id not in labels)
         if missing:
             raise TrainingError(f"{missing} of {len(columns)} events have no label in the labelled set")
         is_anomaly = np.array([labels[event_id][0] for event_id in columns.event_id.tolist()])
-    return TrainingData(columns, is_anomaly, source)
+        kinds = np.array([labels[event_id][1] for event_id in columns.event_id.tolist()], dtype=object)
+    return TrainingData(columns, is_anomaly, source, anomaly_kind=kinds)
 
 
 def from_files(

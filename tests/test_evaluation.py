@@ -149,3 +149,29 @@ def test_scores_of_the_wrong_length_are_refused():
 
 def test_detection_metrics_round_trip_through_a_plain_dict(evaluation):
     assert DetectionMetrics.from_dict(evaluation.fleet.to_dict()) == evaluation.fleet
+
+
+def test_recall_per_kind_counts_what_the_fleet_caught_in_all_and_among_anomalies_with_history():
+    # A third anomaly the fleet misses, of a user with no earlier events; the two caught ones have history.
+    y_true = np.r_[Y_TRUE, 1]
+    scores = {name: np.r_[values, 0.9] for name, values in SCORES.items()}
+    kinds = ["", "", "", "", "", "", "burst", "new_ip_country", "burst"]
+    evaluation = evaluate_fleet(
+        y_true, scores, OFFSETS, shadow={"shadowing"}, kinds=kinds, earlier_events=[0, 0, 0, 0, 0, 0, 3, 7, 0]
+    )
+    burst, everything = evaluation.by_kind["burst"], evaluation.by_kind["all kinds"]
+    assert (burst.anomalies, burst.caught, burst.with_history, burst.caught_with_history) == (2, 1, 1, 1)
+    assert burst.recall == 0.5 and burst.recall_with_history == 1.0
+    assert everything.recall == pytest.approx(evaluation.fleet.recall) and everything.with_history == 2
+    assert FleetEvaluation.from_dict(json.loads(json.dumps(evaluation.to_dict()))) == evaluation
+    table = evaluation.to_markdown()
+    assert "| anomaly kind | anomalies | fleet recall | with ≥ 3 earlier events | recall |" in table
+    assert "| burst | 2 | 0.500 | 1 | 1.000 |" in table
+    with pytest.raises(ValueError, match="earlier_events"):
+        evaluate_fleet(y_true, scores, OFFSETS, shadow={"shadowing"}, kinds=kinds)
+
+
+def test_an_evaluation_stored_before_kinds_were_reported_still_loads(evaluation):
+    data = evaluation.to_dict()
+    del data["by_kind"]
+    assert FleetEvaluation.from_dict(data) == evaluation and "anomaly kind" not in evaluation.to_markdown()

@@ -15,7 +15,7 @@ from shared.streams.transactions.features import (
     TransactionColumns,
     advance_profiles,
 )
-from shared.streams.transactions.profiles import PROFILE_LAYOUT, empty_profiles, ip_hashes
+from shared.streams.transactions.profiles import PROFILE_LAYOUT, country_codes, empty_profiles, ip_hashes
 from shared.streams.transactions.synthetic import AnomalyKind, GeneratorSpec, generate_transactions
 
 
@@ -92,6 +92,29 @@ def test_user_features_mean_what_their_names_say() -> None:
     np.testing.assert_array_equal(a["recent_ts"], [900.0, 600.0, 0.0, np.nan, np.nan])
 
 
+def test_a_new_country_counts_only_against_countries_the_user_named_before() -> None:
+    countries = ["DE", "DE", "FR", "", "DE", "", "NG", "RU", "NG", "PL", "DE", "RU"]
+    cols = TransactionColumns.from_arrays(
+        user_id=["a"] * 5 + ["b"] * 4 + ["c"] * 3, amount=[10.0] * 12, timestamp_s=np.arange(12.0) * 60,
+        ip=["1.1.1.1"] * 12, transaction_type=["purchase"] * 12, channel=["web"] * 12, segment=["tight-passive"] * 12,
+        country=countries,
+    )  # fmt: skip
+    rows, after = advance_profiles(empty_profiles(), cols)
+    # a: FR is new after DE, DE; "" names none; DE again is known. b: NG is the first country it names, RU
+    # is new. c: one event (in PL) is too little history for DE to be news; RU after PL and DE is.
+    assert feature(rows, "new_country_for_user").tolist() == [0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 1]
+    b = after.records[after.keys.tolist().index("b")]
+    assert b["countries"].tolist() == [*country_codes(np.array(["NG", "RU"], dtype=object)).tolist(), 0, 0]
+    # Without a country column nothing is new: the feature needs the events to name one.
+    plain = TransactionColumns.from_arrays(
+        **{
+            f: getattr(cols, f)
+            for f in ("user_id", "amount", "timestamp_s", "ip", "transaction_type", "channel", "segment")
+        }
+    )
+    assert not feature(advance_profiles(empty_profiles(), plain)[0], "new_country_for_user").any()
+
+
 def test_injected_anomalies_stand_out_on_the_features_built_for_them(data) -> None:  # type: ignore[no-untyped-def]
     rows, _ = advance_profiles(empty_profiles(), columns_of(data))
     normal = ~data.is_anomaly
@@ -104,6 +127,11 @@ def test_injected_anomalies_stand_out_on_the_features_built_for_them(data) -> No
     for kind, name in expectations.items():
         values = feature(rows, name)
         assert values[data.anomaly_kind == kind].mean() > values[normal].mean() + values[normal].std()
+    # Normal events are in their user's home country; a new_ip_country anomaly after two events is abroad.
+    new_country = feature(rows, "new_country_for_user")
+    assert new_country[normal].mean() < 0.0002
+    with_history = (data.anomaly_kind == AnomalyKind.NEW_IP_COUNTRY) & (feature(rows, "user_tx_count_log") > 1.0)
+    assert new_country[with_history].all()
 
 
 def test_scaler_is_fitted_on_training_rows_only_and_survives_constant_columns() -> None:

@@ -201,7 +201,7 @@ def test_another_feature_spec_is_refused_before_anything_is_unpickled(
     bundle.to_bytes = lambda: b"not a pickle: reading it would fail differently"  # type: ignore[method-assign]
     draft = msgspec.structs.replace(trained.draft, feature_spec_version=1, feature_names=["amount"])
     manifest = registry.publish(bundle, draft, deploy=True)
-    with pytest.raises(VersionRefused, match=r"trained on feature spec 1 \(1 features\); this build computes spec 2"):
+    with pytest.raises(VersionRefused, match=r"trained on feature spec 1 \(1 features\); this build computes spec 3"):
         registry.load("transactions", manifest.version)
     other_stream = msgspec.structs.replace(trained.draft, stream="weather")
     weather = registry.publish(trained.bundle, other_stream, deploy=True)

@@ -26,7 +26,7 @@ from shared.output_records import Source, SummaryRecord
 from shared.registry import ModelRegistry, open_registry
 from shared.streams.transactions.files import transaction_payloads, write_labels, write_transactions
 from shared.streams.transactions.stream import TRANSACTIONS
-from shared.streams.transactions.synthetic import GeneratorSpec, generate_transactions
+from shared.streams.transactions.synthetic import ANOMALY_KINDS, GeneratorSpec, generate_transactions
 from workers.trainer import TrainingSource, request_key, request_round, run_round
 
 SMALL = [
@@ -75,6 +75,13 @@ def test_round_publishes_and_deploys_an_evaluated_version(settings: FleetwatchSe
     assert evaluation is not None and set(evaluation["detectors"]) == {"iforest", "autoencoder"}
     assert 0.0 <= evaluation["fleet"]["roc_auc"] <= 1.0 and evaluation["weakest_detector"] in evaluation["detectors"]
     assert registry.load("transactions", 1).detector_names == ["iforest", "autoencoder"]
+    # The labels name kinds: the fleet's recall per kind, over all anomalies and those of users with history.
+    by_kind, fleet = evaluation["by_kind"], evaluation["fleet"]
+    assert set(by_kind) == {*ANOMALY_KINDS, "all kinds"}
+    assert sum(by_kind[kind]["anomalies"] for kind in ANOMALY_KINDS) == by_kind["all kinds"]["anomalies"]
+    assert by_kind["all kinds"]["anomalies"] == fleet["true_positives"] + fleet["false_negatives"]
+    assert by_kind["all kinds"]["caught"] == fleet["true_positives"]
+    assert 0 < by_kind["all kinds"]["with_history"] < by_kind["all kinds"]["anomalies"]
 
 
 def test_quality_gate_refuses_a_worse_candidate_and_the_pointer_stays(

@@ -29,14 +29,17 @@ from numpy.typing import ArrayLike
 from shared.entity_state import EntityStates
 from shared.pipeline import FeatureSpec
 from shared.streams.transactions.contract import CHANNELS, SEGMENTS, TRANSACTION_TYPES, Transaction
-from shared.streams.transactions.profiles import KNOWN_IPS, MOMENTS, PROFILE_LAYOUT, RECENT_TIMESTAMPS, ip_hashes
+from shared.streams.transactions.profiles import MOMENTS, PROFILE_LAYOUT, RECENT_TIMESTAMPS, country_codes, ip_hashes
 
-FEATURE_SPEC_VERSION = 2
+FEATURE_SPEC_VERSION = 3
 """Bump when a feature's definition changes: a model trained on another spec is refused at load."""
 
 AMOUNT_PRIOR_WEIGHT, AMOUNT_PRIOR_VARIANCE = 3.0, 0.25
 """A user's log-amount spread is shrunk toward a prior (sigma 0.5) worth 3 transactions: two equal
 amounts must not make the third one look impossible."""
+
+COUNTRY_HISTORY = 2
+"""Earlier events a user needs before a country counts as new: after one event abroad, home is not news."""
 
 NO_HISTORY_GAP_S = 30 * 86400.0
 """'Time since previous transaction' for a user's first one: as long as the training window."""
@@ -63,6 +66,7 @@ USER_FEATURES = (
     "new_ip_with_history",
     "user_tx_last_hour",
     "hour_off_user_habit",
+    "new_country_for_user",
 )
 FEATURE_NAMES: tuple[str, ...] = (*TRANSACTION_FEATURES, *USER_FEATURES)
 FEATURE_SPEC = FeatureSpec(FEATURE_SPEC_VERSION, FEATURE_NAMES)
@@ -80,12 +84,13 @@ class TransactionColumns:
     transaction_type: np.ndarray
     channel: np.ndarray
     segment: np.ndarray
+    country: np.ndarray  # "" where the event names none
 
     @classmethod
     def from_arrays(cls, **columns: ArrayLike) -> TransactionColumns:
-        """Columns from arrays; without `event_id`, events are numbered by position."""
+        """Columns from arrays; without `event_id`, events are numbered by position; without `country`, none named."""
         amount = np.asarray(columns["amount"], dtype=np.float64)
-        event_id = columns.get("event_id")
+        event_id, country = columns.get("event_id"), columns.get("country")
         return cls(
             event_id=np.asarray(event_id if event_id is not None else np.arange(len(amount)).astype(str), dtype=object),
             user_id=np.asarray(columns["user_id"], dtype=object),
@@ -95,6 +100,7 @@ class TransactionColumns:
             transaction_type=np.asarray(columns["transaction_type"], dtype=object),
             channel=np.asarray(columns["channel"], dtype=object),
             segment=np.asarray(columns["segment"], dtype=object),
+            country=np.asarray(country if country is not None else np.full(len(amount), ""), dtype=object),
         )
 
     @classmethod
@@ -109,6 +115,7 @@ class TransactionColumns:
             transaction_type=[e.transaction_type for e in events],
             channel=[e.channel for e in events],
             segment=[e.segment for e in events],
+            country=[e.country or "" for e in events],
         )
 
     @property
@@ -197,6 +204,7 @@ def advance_profiles(before: EntityStates, cols: TransactionColumns) -> tuple[np
     order = np.lexsort((cols.timestamp_s, group))
     g = group[order]
     ts, amount, ip = cols.timestamp_s[order], cols.amount[order], ip_hashes(cols.ip)[order]
+    country = country_codes(cols.country)[order]
     first_of_group = np.ones(n, dtype=bool)
     first_of_group[1:] = g[1:] != g[:-1]
     group_start = np.flatnonzero(first_of_group)  # row where each group begins, indexed by group id
@@ -227,12 +235,13 @@ def advance_profiles(before: EntityStates, cols: TransactionColumns) -> tuple[np
         previous_ts[~in_batch & (k - 1 - rank_in_group >= RECENT_TIMESTAMPS), k - 1] = np.nan
 
     # New IP: not among the profile's known IPs and not used earlier in this batch by the same user.
-    pairs = np.column_stack([g.astype(np.uint64), ip])
-    _, first_use = np.unique(pairs, axis=0, return_index=True)
-    first_in_batch = np.zeros(n, dtype=bool)
-    first_in_batch[first_use] = True
-    in_profile = (start["ips"][g] == ip[:, None]).any(axis=1)
-    new_ip = first_in_batch & ~in_profile & (count > 0)
+    new_ip = _first_use(g, ip, start["ips"][g]) & (count > 0)
+    # New country: as a new IP, for users with at least COUNTRY_HISTORY earlier events who named a country before.
+    named_before = (start["countries"][g] != 0).any(axis=1) | (
+        _segmented_exclusive_cumsum((country != 0).astype(np.float64), group_start) > 0
+    )
+    new_country = _first_use(g, country, start["countries"][g]) & (country != 0) & named_before
+    new_country &= count >= COUNTRY_HISTORY
 
     has_history = count > 0
     history = np.maximum(count, 1)
@@ -258,6 +267,7 @@ def advance_profiles(before: EntityStates, cols: TransactionColumns) -> tuple[np
             new_ip * np.log1p(count),
             last_hour.astype(np.float64),
             hour_off_habit,
+            new_country.astype(np.float64),
         ]
     )
     rows = np.empty((n, len(FEATURE_NAMES)))
@@ -271,7 +281,8 @@ def advance_profiles(before: EntityStates, cols: TransactionColumns) -> tuple[np
     for k, name in enumerate(MOMENTS):
         after[name] = moments[last, k] + moment_terms[last, k]
     after["recent_ts"] = _newest_first(ts, last, start["recent_ts"], rank_in_group[last] + 1)
-    after["ips"] = _recent_distinct_ips(g, ip, rank_in_group, last, start["ips"])
+    after["ips"] = _recent_distinct(g, ip, rank_in_group, last, start["ips"])
+    after["countries"] = _recent_distinct(g, country, rank_in_group, last, start["countries"])
     return rows, EntityStates(PROFILE_LAYOUT, users, after)
 
 
@@ -284,25 +295,35 @@ def _newest_first(ts: np.ndarray, last: np.ndarray, stored: np.ndarray, batch_co
     return np.where(from_batch, batch_values, np.take_along_axis(stored, stored_at, axis=1))
 
 
-def _recent_distinct_ips(
-    g: np.ndarray, ip: np.ndarray, rank_in_group: np.ndarray, last: np.ndarray, stored: np.ndarray
+def _first_use(g: np.ndarray, values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Rows whose value is not among the user's `known` values (n, slots) nor used earlier in this batch."""
+    _, first = np.unique(np.column_stack([g.astype(np.uint64), values.astype(np.uint64)]), axis=0, return_index=True)
+    first_in_batch = np.zeros(len(g), dtype=bool)
+    first_in_batch[first] = True
+    return first_in_batch & ~(known == values[:, None]).any(axis=1)
+
+
+def _recent_distinct(
+    g: np.ndarray, values: np.ndarray, rank_in_group: np.ndarray, last: np.ndarray, stored: np.ndarray
 ) -> np.ndarray:
-    """Each user's KNOWN_IPS most recent distinct IPs: the batch's (newest first), then the stored ones."""
+    """Each user's most recent distinct non-zero values (as many as `stored` has slots): the batch's (newest
+    first), then the stored ones."""
     batch_count = rank_in_group[last] + 1
-    user = np.concatenate([g, np.repeat(np.arange(len(last)), KNOWN_IPS)])
-    address = np.concatenate([ip, stored.reshape(-1)])
-    recency = np.concatenate(  # 0 for a user's newest event; stored IPs come after the batch's
-        [batch_count[g] - 1 - rank_in_group, (batch_count[:, None] + np.arange(KNOWN_IPS)).reshape(-1)]
+    slots = stored.shape[1]
+    user = np.concatenate([g, np.repeat(np.arange(len(last)), slots)])
+    value = np.concatenate([values, stored.reshape(-1)])
+    recency = np.concatenate(  # 0 for a user's newest event; stored values come after the batch's
+        [batch_count[g] - 1 - rank_in_group, (batch_count[:, None] + np.arange(slots)).reshape(-1)]
     )
-    # Keep each (user, IP) pair's most recent use, then rank the survivors by recency per user.
-    order = np.lexsort((recency, address, user))
-    user, address, recency = user[order], address[order], recency[order]
-    keep = (address != 0) & np.r_[True, (user[1:] != user[:-1]) | (address[1:] != address[:-1])]
-    user, address, recency = user[keep], address[keep], recency[keep]
+    # Keep each (user, value) pair's most recent use, then rank the survivors by recency per user.
+    order = np.lexsort((recency, value, user))
+    user, value, recency = user[order], value[order], recency[order]
+    keep = (value != 0) & np.r_[True, (user[1:] != user[:-1]) | (value[1:] != value[:-1])]
+    user, value, recency = user[keep], value[keep], recency[keep]
     order = np.lexsort((recency, user))
-    user, address = user[order], address[order]
+    user, value = user[order], value[order]
     starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
     slot = np.arange(len(user)) - np.repeat(starts, np.diff(np.r_[starts, len(user)]))
-    ips = np.zeros((len(last), KNOWN_IPS), dtype=np.uint64)
-    ips[user[slot < KNOWN_IPS], slot[slot < KNOWN_IPS]] = address[slot < KNOWN_IPS]
-    return ips
+    recent = np.zeros((len(last), slots), dtype=stored.dtype)
+    recent[user[slot < slots], slot[slot < slots]] = value[slot < slots]
+    return recent

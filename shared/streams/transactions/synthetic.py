@@ -101,6 +101,7 @@ class SyntheticTransactions:
         return TransactionColumns.from_arrays(
             event_id=c["event_id"], user_id=c["user_id"], amount=c["amount"], timestamp_s=c["timestamp_ms"] / 1000.0,
             ip=c["ip"], transaction_type=c["transaction_type"], channel=c["channel"], segment=c["segment"],
+            country=c["country"],
         )  # fmt: skip
 
 
