@@ -297,9 +297,10 @@ def _newest_first(ts: np.ndarray, last: np.ndarray, stored: np.ndarray, batch_co
 
 def _first_use(g: np.ndarray, values: np.ndarray, known: np.ndarray) -> np.ndarray:
     """Rows whose value is not among the user's `known` values (n, slots) nor used earlier in this batch."""
-    _, first = np.unique(np.column_stack([g.astype(np.uint64), values.astype(np.uint64)]), axis=0, return_index=True)
+    order = np.lexsort((values, g))  # stable: a (user, value) pair's rows stay in their order
+    same_pair = (g[order][1:] == g[order][:-1]) & (values[order][1:] == values[order][:-1])
     first_in_batch = np.zeros(len(g), dtype=bool)
-    first_in_batch[first] = True
+    first_in_batch[order[np.r_[True, ~same_pair]]] = True
     return first_in_batch & ~(known == values[:, None]).any(axis=1)
 
 
