@@ -335,17 +335,22 @@ def training_data_with_spark(
     columns = stream.columns(decoded.events)
     width = len(stream.feature_spec.names)
     raw = pc.list_flatten(table.column("features")).to_numpy().reshape(-1, width)
-    is_anomaly = None
+    is_anomaly = kinds = None
     if labels_path is not None:
         labelled = table.column("is_anomaly")
         if labelled.null_count:
             raise TrainingError(f"{labelled.null_count} of {table.num_rows} events have no label in the labelled set")
         is_anomaly = labelled.to_numpy(zero_copy_only=False).astype(bool)
-    return TrainingData(columns, is_anomaly, source, raw_features=raw)
+        kinds = np.array(table.column("anomaly_kind").to_pylist(), dtype=object)
+    return TrainingData(columns, is_anomaly, source, raw_features=raw, anomaly_kind=kinds)
 
 
 def _labels(spark: SparkSession, path: Path) -> DataFrame:
     if not path.exists():
         raise FleetwatchError(f"{path}: no such file")
     reader = spark.read.parquet if path.suffix == ".parquet" else spark.read.json
-    return reader(str(path)).select("event_id", F.col("is_anomaly").cast("boolean")).dropDuplicates(["event_id"])
+    return (
+        reader(str(path))
+        .select("event_id", F.col("is_anomaly").cast("boolean"), F.col("anomaly_kind").cast("string"))
+        .dropDuplicates(["event_id"])
+    )
