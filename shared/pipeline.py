@@ -23,10 +23,11 @@ A stream is one subpackage of `shared/streams/` implementing this class, plus on
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +58,39 @@ class EventColumns(Protocol):
         ...
 
     def __len__(self) -> int: ...
+
+
+class ArrayColumns:
+    """Base of a stream's columns as a frozen dataclass whose every field holds one entry per event: selecting,
+    joining and counting rows are the same for all of them.
+
+    >>> @dataclass(frozen=True)
+    ... class Pair(ArrayColumns):
+    ...     a: np.ndarray
+    ...     b: np.ndarray
+    >>> both = Pair(np.array([1, 2]), np.array(["x", "y"])).followed_by(Pair(np.array([3]), np.array(["z"])))
+    >>> both.take(np.array([2, 0])), len(both)
+    (Pair(a=array([3, 1]), b=array(['z', 'x'], dtype='<U1')), 3)
+    """
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    def take(self, rows: np.ndarray) -> Self:
+        """The columns of `rows`, in that order."""
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self)})
+
+    def followed_by(self, other: Self) -> Self:
+        """These rows, then `other`'s."""
+        return dataclasses.replace(
+            self,
+            **{
+                f.name: np.concatenate([getattr(self, f.name), getattr(other, f.name)])
+                for f in dataclasses.fields(self)
+            },
+        )
+
+    def __len__(self) -> int:
+        return len(getattr(self, dataclasses.fields(self)[0].name))
 
 
 EventT = TypeVar("EventT")

@@ -7,7 +7,7 @@ Loaded into a worker or trainer process with FLEETWATCH_STREAM_PLUGINS='["tests.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from shared.contracts import AwareTime, DecodedBatch, Identifier, JsonBatchDecoder
 from shared.entity_state import EntityStates, StateLayout
-from shared.pipeline import FeatureSpec, Stream, StreamTopics, SyntheticEvents, WindowDimensions
+from shared.pipeline import ArrayColumns, FeatureSpec, Stream, StreamTopics, SyntheticEvents, WindowDimensions
 
 
 class MeterReading(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,7 +28,7 @@ class MeterReading(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @dataclass(frozen=True)
-class MeterColumns:
+class MeterColumns(ArrayColumns):
     event_id: np.ndarray
     meter_id: np.ndarray
     region: np.ndarray
@@ -42,12 +42,6 @@ class MeterColumns:
     @property
     def event_time_s(self) -> np.ndarray:
         return self.timestamp_s
-
-    def take(self, rows: np.ndarray) -> MeterColumns:
-        return MeterColumns(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
-
-    def __len__(self) -> int:
-        return len(self.kwh)
 
 
 LAYOUT = StateLayout(np.dtype([("count", "<f8"), ("sum", "<f8"), ("sum_sq", "<f8"), ("last_kwh", "<f8")]))

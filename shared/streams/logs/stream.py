@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from shared.contracts import DecodedBatch
 from shared.entity_state import EntityStates
-from shared.pipeline import Stream, StreamTopics, SyntheticEvents, WindowDimensions
+from shared.pipeline import ArrayColumns, Stream, StreamTopics, SyntheticEvents, WindowDimensions
 from shared.streams.logs.contract import LogLine, decode_log_lines
 from shared.streams.logs.host_windows import SLIDING_LAYOUT, advance_sessions_and_host_windows
 from shared.streams.logs.sessions import (
@@ -52,7 +52,7 @@ class LinesWithEnds:
 
 
 @dataclass(frozen=True)
-class LogColumns:
+class LogColumns(ArrayColumns):
     event_id: np.ndarray
     source_host: np.ndarray
     component: np.ndarray
@@ -69,17 +69,6 @@ class LogColumns:
     @property
     def event_time_s(self) -> np.ndarray:
         return self.timestamp_s
-
-    def take(self, rows: np.ndarray) -> LogColumns:
-        return LogColumns(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
-
-    def followed_by(self, other: LogColumns) -> LogColumns:
-        return LogColumns(
-            **{f.name: np.concatenate([getattr(self, f.name), getattr(other, f.name)]) for f in fields(self)}
-        )
-
-    def __len__(self) -> int:
-        return len(self.timestamp_s)
 
 
 def _objects(values: Sequence[Any]) -> np.ndarray:

@@ -46,13 +46,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 
 from shared.entity_state import EntityStates, StateLayout
-from shared.pipeline import FeatureSpec
+from shared.pipeline import ArrayColumns, FeatureSpec
 
 MAX_SENSORS = 16
 """Sensor slots of the feature spec; a training history naming more sensors is refused."""
@@ -111,7 +111,7 @@ def sensor_set_key(sensors: Sequence[str]) -> int:
 
 
 @dataclass(frozen=True)
-class MetricColumns:
+class MetricColumns(ArrayColumns):
     """A batch of readings as arrays; `values` holds each record's readings as it arrived (name -> number)."""
 
     event_id: np.ndarray
@@ -138,9 +138,6 @@ class MetricColumns:
     def event_time_s(self) -> np.ndarray:
         return self.timestamp_s
 
-    def take(self, rows: np.ndarray) -> MetricColumns:
-        return MetricColumns(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
-
     def readings(self, sensors: Sequence[str]) -> np.ndarray:
         """(n, MAX_SENSORS) readings in slot order; NaN where a record lacks a sensor, 0 in unused slots."""
         matrix = np.zeros((len(self), MAX_SENSORS))
@@ -148,9 +145,6 @@ class MetricColumns:
             # Records are dicts of varying keys: one lookup per record and sensor is the only way in.
             matrix[:, : len(sensors)] = [[record.get(name, np.nan) for name in sensors] for record in self.values]
         return matrix
-
-    def __len__(self) -> int:
-        return len(self.timestamp_s)
 
 
 def object_array(items: Sequence[object]) -> np.ndarray:

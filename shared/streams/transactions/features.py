@@ -21,13 +21,13 @@ scoring worker calls it per micro-batch with the profiles it keeps in Redis. Sam
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from shared.entity_state import EntityStates
-from shared.pipeline import FeatureSpec
+from shared.pipeline import ArrayColumns, FeatureSpec
 from shared.streams.transactions.contract import CHANNELS, SEGMENTS, TRANSACTION_TYPES, Transaction
 from shared.streams.transactions.profiles import MOMENTS, PROFILE_LAYOUT, RECENT_TIMESTAMPS, country_codes, ip_hashes
 
@@ -73,7 +73,7 @@ FEATURE_SPEC = FeatureSpec(FEATURE_SPEC_VERSION, FEATURE_NAMES)
 
 
 @dataclass(frozen=True)
-class TransactionColumns:
+class TransactionColumns(ArrayColumns):
     """A batch of transactions as columns: what featurizing needs, in arrival order."""
 
     event_id: np.ndarray
@@ -125,12 +125,6 @@ class TransactionColumns:
     @property
     def event_time_s(self) -> np.ndarray:
         return self.timestamp_s
-
-    def take(self, rows: np.ndarray) -> TransactionColumns:
-        return TransactionColumns(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
-
-    def __len__(self) -> int:
-        return len(self.amount)
 
 
 def _one_hot(values: np.ndarray, categories: Sequence[str]) -> np.ndarray:
