@@ -159,6 +159,7 @@ def test_end_records_advanced_from_the_lines_states_have_the_features_of_one_pas
     in_time_order = [featurized.rows[i] for i in order.tolist()]
     raw, _ = stream.advance(stream.empty_states(), stream.columns(in_time_order))
     np.testing.assert_array_equal(featurized.raw[order], raw)
+    np.testing.assert_array_equal(featurized.templates[order], stream.templates_of(stream.columns(in_time_order)))
 
 
 def test_a_session_cut_short_is_caught_at_its_end_record_and_not_before() -> None:

@@ -89,10 +89,10 @@ class LogCorpus:
     def unmatched(self) -> int:
         return sum(f.unmatched for f in self.files)
 
-    def featurized(self, stream: LogStream) -> tuple[LogCorpus, LogColumns, np.ndarray]:
+    def featurized(self, stream: LogStream) -> tuple[LogCorpus, LogColumns, np.ndarray, np.ndarray]:
         """These lines with the end records of the sessions idle by their last time (`LogStream.with_session_ends`),
         each right after its session's last line, so the rows stay in time order (end records have no file:
-        `file_of_line` -1); and the rows' columns and raw features, in that order."""
+        `file_of_line` -1); and the rows' columns, raw features and template indices, in that order."""
         featurized = stream.with_session_ends(self.lines)
         rows = featurized.rows
         order = np.argsort(featurized.columns.timestamp_s, kind="stable")
@@ -101,7 +101,7 @@ class LogCorpus:
         corpus = dataclasses.replace(
             self, lines=[rows[i] for i in order.tolist()], file_of_line=file_of_line, line_number=line_number
         )
-        return corpus, featurized.columns.take(order), featurized.raw[order]
+        return corpus, featurized.columns.take(order), featurized.raw[order], featurized.templates[order]
 
     def where(self, rows: np.ndarray) -> list[str]:
         """`file:line` of each row, "(end of input)" for an end record."""
@@ -214,7 +214,7 @@ def train_logs(
     else:
         learned = base.learn(columns)
     progress("building sessions and their features", 0, 0)
-    corpus, columns, raw = corpus.featurized(learned)
+    corpus, columns, raw, _ = corpus.featurized(learned)
     is_anomaly = None
     if request.labels is not None:
         labels = read_session_labels(request.labels)
@@ -340,9 +340,9 @@ class KeyPredictor:
 
 def score_logs(version: DeployedVersion, corpus: LogCorpus) -> ScoredLogs:
     stream = _log_stream(version)
-    corpus, columns, raw = corpus.featurized(stream)
+    corpus, columns, raw, templates = corpus.featurized(stream)
     verdicts = SessionVerdicts.of(version, columns.session, columns.timestamp_s, raw)
-    return ScoredLogs(corpus, columns, stream.templates_of(columns), verdicts, stream, raw)
+    return ScoredLogs(corpus, columns, templates, verdicts, stream, raw)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ class LinesWithEnds:
     ends: list[LogLine]
     columns: LogColumns
     raw: np.ndarray
+    templates: np.ndarray  # each row's template index (`LogStream.templates_of`)
 
     @property
     def rows(self) -> list[LogLine]:
@@ -164,11 +165,19 @@ class LogStream(Stream[LogLine, LogColumns]):
         next file may go on with it). Each end record is advanced from its session's state after its last line, so
         one pass of template matching serves both."""
         columns = self.columns(lines)
-        raw, after = self.advance(self.empty_states(), columns)
+        templates = self.templates_of(columns)
+        raw, after = self._advance_with(templates, self.empty_states(), columns)
         ends = self._end_lines(after.selected(self.idle_deadlines(after) <= columns.timestamp_s.max(initial=-np.inf)))
         end_columns = self.columns(ends)
-        end_raw, _ = self.advance(after, end_columns)
-        return LinesWithEnds(list(lines), ends, columns.followed_by(end_columns), np.vstack([raw, end_raw]))
+        end_templates = self.templates_of(end_columns)  # end records match nothing: no template matching here
+        end_raw, _ = self._advance_with(end_templates, after, end_columns)
+        return LinesWithEnds(
+            list(lines),
+            ends,
+            columns.followed_by(end_columns),
+            np.vstack([raw, end_raw]),
+            np.r_[templates, end_templates],
+        )
 
     def idle_deadlines(self, states: EntityStates) -> np.ndarray:
         records = states.records
@@ -196,7 +205,12 @@ class LogStream(Stream[LogLine, LogColumns]):
         return templates
 
     def advance(self, before: EntityStates, columns: LogColumns) -> tuple[np.ndarray, EntityStates]:
-        templates = self.templates_of(columns)
+        return self._advance_with(self.templates_of(columns), before, columns)
+
+    def _advance_with(
+        self, templates: np.ndarray, before: EntityStates, columns: LogColumns
+    ) -> tuple[np.ndarray, EntityStates]:
+        """`advance` with the rows' templates already matched (matching is the costly part of featurizing)."""
         if self.rule.host_windows == "sliding":
             return advance_sessions_and_host_windows(
                 before, columns.session, columns.timestamp_s, templates, columns.host_window, self._featurization
