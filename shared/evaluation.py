@@ -109,6 +109,22 @@ class KindRecall:
         return _ratio(self.caught_with_history, self.with_history)
 
 
+def earlier_events(entities: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """How many events of the same entity come before each event (by time, then position) in these rows.
+
+    >>> earlier_events(np.array(["a", "b", "a", "a"], dtype=object), np.array([5.0, 1.0, 2.0, 9.0])).tolist()
+    [1, 0, 0, 2]
+    """
+    _, entity = np.unique(entities, return_inverse=True)
+    entity = entity.reshape(-1)
+    order = np.lexsort((np.arange(len(times)), times, entity))
+    ordered = entity[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    counts = np.empty(len(order), dtype=np.int64)
+    counts[order] = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    return counts
+
+
 def recall_by_kind(kinds: ArrayLike, earlier_events: ArrayLike, caught: ArrayLike) -> dict[str, KindRecall]:
     """Per kind of these anomalies (one row each), and over all of them under "all kinds", what the fleet caught.
 
@@ -298,11 +314,7 @@ def render_comparison(
     rows = [
         [
             label,
-            *(
-                f"{getattr(before, metric):.3f} → {getattr(after, metric):.3f} "
-                f"({getattr(after, metric) - getattr(before, metric):+.3f})"
-                for metric in RATE_METRICS
-            ),
+            *(_change(getattr(before, metric), getattr(after, metric)) for metric in RATE_METRICS),
         ]
         for label, before, after in pairs
     ]
@@ -319,7 +331,25 @@ def render_comparison(
         f"Weakest detector: {baseline.weakest_detector} in {baseline_label}, "
         f"{candidate.weakest_detector} in {candidate_label}."
     )
-    return _markdown_table(["detector", *METRIC_HEADERS.values()], rows) + "\n\n" + "\n".join(notes) + "\n"
+    text = _markdown_table(["detector", *METRIC_HEADERS.values()], rows) + "\n\n" + "\n".join(notes) + "\n"
+    kinds = [name for name in baseline.by_kind if name in candidate.by_kind]
+    if not kinds:
+        return text
+    headers = ["anomaly kind", "anomalies", "fleet recall", f"recall, ≥ {HISTORY_FOR_RECALL} earlier events"]
+    kind_rows = [
+        [
+            name,
+            str(candidate.by_kind[name].anomalies),
+            _change(baseline.by_kind[name].recall, candidate.by_kind[name].recall),
+            _change(baseline.by_kind[name].recall_with_history, candidate.by_kind[name].recall_with_history),
+        ]
+        for name in kinds
+    ]
+    return text + "\n" + _markdown_table(headers, kind_rows) + "\n"
+
+
+def _change(before: float, after: float) -> str:
+    return f"{before:.3f} → {after:.3f} ({after - before:+.3f})"
 
 
 def _binary_labels(y_true: ArrayLike) -> NDArray[np.bool_]:

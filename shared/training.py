@@ -30,7 +30,7 @@ from shared.detectors import Detector, build_detector
 from shared.detectors.combination import ScoreCombination, fit_combination
 from shared.detectors.on_features import OnFeatures
 from shared.errors import FleetwatchError
-from shared.evaluation import FleetEvaluation, evaluate_fleet, threshold_method_rates
+from shared.evaluation import FleetEvaluation, earlier_events, evaluate_fleet, threshold_method_rates
 from shared.feature_scaler import FeatureScaler
 from shared.model_version import DeployedVersion, DetectorEntry, Manifest, ModelBundle, TrainingInfo, score_matrix
 from shared.pipeline import EventColumns, Stream
@@ -71,22 +71,6 @@ class TrainingData:
             raise TrainingError("features and events differ in length")
         if self.anomaly_kind is not None and (self.is_anomaly is None or len(self.anomaly_kind) != len(self.columns)):
             raise TrainingError("anomaly kinds need labels, one per event")
-
-
-def earlier_events(entities: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """How many events of the same entity come before each event (by time, then position) in these rows.
-
-    >>> earlier_events(np.array(["a", "b", "a", "a"], dtype=object), np.array([5.0, 1.0, 2.0, 9.0])).tolist()
-    [1, 0, 0, 2]
-    """
-    _, entity = np.unique(entities, return_inverse=True)
-    entity = entity.reshape(-1)
-    order = np.lexsort((np.arange(len(times)), times, entity))
-    ordered = entity[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    counts = np.empty(len(order), dtype=np.int64)
-    counts[order] = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    return counts
 
 
 @dataclass(frozen=True)

@@ -175,3 +175,18 @@ def test_an_evaluation_stored_before_kinds_were_reported_still_loads(evaluation)
     data = evaluation.to_dict()
     del data["by_kind"]
     assert FleetEvaluation.from_dict(data) == evaluation and "anomaly kind" not in evaluation.to_markdown()
+
+
+def test_the_comparison_shows_the_recall_per_kind_when_both_evaluations_have_it():
+    y_true = np.r_[Y_TRUE, 1]
+    scores = {name: np.r_[values, 0.9] for name, values in SCORES.items()}
+    kinds, earlier = ["", "", "", "", "", "", "burst", "burst", "new_ip_country"], [0] * 6 + [5, 5, 0]
+    sharp_only = evaluate_fleet(
+        y_true, scores, OFFSETS, shadow={"shadowing", "blunt"}, kinds=kinds, earlier_events=earlier
+    )
+    both = evaluate_fleet(y_true, scores, OFFSETS, shadow={"shadowing"}, kinds=kinds, earlier_events=earlier)
+    table = render_comparison(sharp_only, both)
+    assert "| anomaly kind | anomalies | fleet recall | recall, ≥ 3 earlier events |" in table
+    burst = both.by_kind["burst"].recall
+    assert f"| burst | 2 | {sharp_only.by_kind['burst'].recall:.3f} → {burst:.3f}" in table
+    assert "anomaly kind" not in render_comparison(sharp_only, evaluate_fleet(y_true, scores, OFFSETS))

@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from shared.errors import FleetwatchError
-from shared.evaluation import FleetEvaluation, evaluate_fleet
+from shared.evaluation import FleetEvaluation, earlier_events, evaluate_fleet
 from shared.event_files import read_labels, read_payloads
 from shared.model_version import DeployedVersion
 
 
 def evaluate_version_on_file(version: DeployedVersion, events_path: Path, labels_path: Path) -> FleetEvaluation:
-    """Features over the file's whole history (time order), scored by the version, against the labels."""
+    """Features over the file's whole history (time order), scored by the version, against the labels (and, per
+    anomaly kind, the fleet's recall)."""
     offline = version.stream.offline(read_payloads(events_path, version.stream.table_payloads))
     labels = read_labels(labels_path)
     event_ids = offline.columns.event_id.tolist()
@@ -27,4 +28,6 @@ def evaluate_version_on_file(version: DeployedVersion, events_path: Path, labels
         offsets=dict(zip(names, version.offsets.tolist(), strict=True)),
         shadow={e.name for e in version.manifest.detectors if e.mode == "shadow"},
         combination=version.combination,
+        kinds=np.array([labels[event_id][1] for event_id in event_ids], dtype=object),
+        earlier_events=earlier_events(offline.columns.entity, offline.columns.event_time_s),
     )
