@@ -139,3 +139,15 @@ def test_scaler_is_fitted_on_training_rows_only_and_survives_constant_columns() 
     scaler = FeatureScaler().fit(train)
     scaled = scaler.transform(np.array([[4.5, 3.0]]))
     assert scaled[0, 0] == pytest.approx(0.0) and np.isfinite(scaled).all()
+
+
+def test_the_hour_off_habit_is_the_circular_deviation_in_units_of_the_users_shrunk_circular_variance() -> None:
+    ten, twenty_two = 10 * 3600.0, 22 * 3600.0
+    cols = TransactionColumns.from_arrays(
+        user_id=["a"] * 5, amount=[10.0] * 5, timestamp_s=[ten, 86400 + ten, 2 * 86400 + ten, 3 * 86400 + ten,
+                                                           3 * 86400 + twenty_two],
+        ip=["1.1.1.1"] * 5, transaction_type=["purchase"] * 5, channel=["web"] * 5, segment=["tight-passive"] * 5,
+    )  # fmt: skip
+    rows, _ = advance_profiles(empty_profiles(), cols)
+    # Four earlier events at 10:00 (R = 1): variance shrunk to (4 * 0 + 3 * 0.5) / 7; 22:00 deviates by 1 - cos(pi).
+    assert feature(rows, "hour_off_user_habit").tolist() == pytest.approx([0, 0, 0, 0, 2 / (1.5 / 7)])

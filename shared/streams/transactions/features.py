@@ -38,6 +38,10 @@ AMOUNT_PRIOR_WEIGHT, AMOUNT_PRIOR_VARIANCE = 3.0, 0.25
 """A user's log-amount spread is shrunk toward a prior (sigma 0.5) worth 3 transactions: two equal
 amounts must not make the third one look impossible."""
 
+HOUR_PRIOR_WEIGHT, HOUR_PRIOR_VARIANCE = 3.0, 0.5
+"""A user's circular variance of the hour of day is shrunk toward 0.5 (halfway to no habit) worth 3 transactions:
+one earlier transaction is no habit yet."""
+
 COUNTRY_HISTORY = 2
 """Earlier events a user needs before a country counts as new: after one event abroad, home is not news."""
 
@@ -247,8 +251,15 @@ def advance_profiles(before: EntityStates, cols: TransactionColumns) -> tuple[np
     )
     gap = np.where(np.isnan(previous_ts[:, 0]), NO_HISTORY_GAP_S, np.maximum(ts - previous_ts[:, 0], 0.0))
     last_hour = np.nansum((ts[:, None] - previous_ts) <= 3600.0, axis=1)
+    # The hour's circular deviation from the user's mean hour, 1 - cos(angle), in units of the user's circular
+    # variance 1 - R (shrunk toward a prior as the amount's spread is): about 1 for a usual hour.
     habit = hour_sum / np.maximum(count, 1)[:, None]
-    hour_off_habit = np.where(has_history, np.hypot(habit[:, 0], habit[:, 1]) - (habit * hour_vec).sum(axis=1), 0.0)
+    resultant = np.hypot(habit[:, 0], habit[:, 1])
+    deviation = 1.0 - (habit * hour_vec).sum(axis=1) / np.maximum(resultant, 1e-12)
+    shrunk_circular_variance = (count * (1.0 - resultant) + HOUR_PRIOR_WEIGHT * HOUR_PRIOR_VARIANCE) / (
+        count + HOUR_PRIOR_WEIGHT
+    )
+    hour_off_habit = np.where(has_history & (resultant > 1e-12), deviation / shrunk_circular_variance, 0.0)
     user_features = np.column_stack(
         [
             np.log1p(count),
