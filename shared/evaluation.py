@@ -109,10 +109,10 @@ class KindRecall:
         return _ratio(self.caught_with_history, self.with_history)
 
 
-def earlier_events(entities: np.ndarray, times: np.ndarray) -> np.ndarray:
+def earlier_event_counts(entities: np.ndarray, times: np.ndarray) -> np.ndarray:
     """How many events of the same entity come before each event (by time, then position) in these rows.
 
-    >>> earlier_events(np.array(["a", "b", "a", "a"], dtype=object), np.array([5.0, 1.0, 2.0, 9.0])).tolist()
+    >>> earlier_event_counts(np.array(["a", "b", "a", "a"], dtype=object), np.array([5.0, 1.0, 2.0, 9.0])).tolist()
     [1, 0, 0, 2]
     """
     _, entity = np.unique(entities, return_inverse=True)
@@ -128,12 +128,11 @@ def earlier_events(entities: np.ndarray, times: np.ndarray) -> np.ndarray:
 def recall_by_kind(kinds: ArrayLike, earlier_events: ArrayLike, caught: ArrayLike) -> dict[str, KindRecall]:
     """Per kind of these anomalies (one row each), and over all of them under "all kinds", what the fleet caught.
 
-    >>> by_kind = recall_by_kind(["burst", "burst", ""], [0, 5, 9], [False, True, True])
-    >>> by_kind["burst"].recall, by_kind["burst"].recall_with_history, by_kind["all kinds"].anomalies
-    (0.5, 1.0, 3)
+    >>> by_kind = recall_by_kind(["burst", "burst", "", None], [0, 5, 9, 1], [False, True, True, False])
+    >>> by_kind["burst"].recall, by_kind["burst"].recall_with_history, by_kind["unnamed"].anomalies
+    (0.5, 1.0, 2)
     """
-    kind = np.asarray(kinds, dtype=object)
-    kind = np.where(kind == "", UNNAMED_KIND, kind)
+    kind = np.array([name or UNNAMED_KIND for name in np.asarray(kinds, dtype=object).tolist()], dtype=object)
     visible = np.asarray(earlier_events) >= HISTORY_FOR_RECALL
     hit = np.asarray(caught, dtype=bool)
     masks = {str(name): kind == name for name in sorted(set(kind.tolist()))} | {"all kinds": np.ones(kind.size, bool)}

@@ -30,7 +30,7 @@ from shared.detectors import Detector, build_detector
 from shared.detectors.combination import ScoreCombination, fit_combination
 from shared.detectors.on_features import OnFeatures
 from shared.errors import FleetwatchError
-from shared.evaluation import FleetEvaluation, earlier_events, evaluate_fleet, threshold_method_rates
+from shared.evaluation import FleetEvaluation, earlier_event_counts, evaluate_fleet, threshold_method_rates
 from shared.feature_scaler import FeatureScaler
 from shared.model_version import DeployedVersion, DetectorEntry, Manifest, ModelBundle, TrainingInfo, score_matrix
 from shared.pipeline import EventColumns, Stream
@@ -289,21 +289,16 @@ def train_round(
         labels = data.is_anomaly[split.evaluation]
         if labels.any() and not labels.all():
             evaluation_scores = score_matrix(detectors, names, scaler.transform(raw[split.evaluation]))
-            evaluation = _evaluate(evaluation_scores, names, thresholds, labels, shadow, combination)
             anomalous_calibration = split.calibration[data.is_anomaly[split.calibration]]
             labelled_calibration = len(anomalous_calibration) >= MIN_LABELLED_ANOMALIES
-            judged = evaluation  # what the floors judge: the labelled calibration rows when there are enough
             if labelled_calibration:  # the floors and the members are chosen on them, the evaluation stays held out
                 anomaly_scores = score_matrix(detectors, names, scaler.transform(raw[anomalous_calibration]))
                 normal_scores = calibration_scores[~data.is_anomaly[calibration_rows]]
-                judged = _evaluate(
-                    np.vstack([normal_scores, anomaly_scores]),
-                    names,
-                    thresholds,
-                    np.r_[np.zeros(len(normal_scores), bool), np.ones(len(anomaly_scores), bool)],
-                    shadow,
-                    combination,
-                )
+                judged_scores = np.vstack([normal_scores, anomaly_scores])
+                judged_labels = np.r_[np.zeros(len(normal_scores), bool), np.ones(len(anomaly_scores), bool)]
+            else:  # too few labelled anomalies among the calibration rows: the floors judge the evaluation rows
+                judged_scores, judged_labels = evaluation_scores, labels
+            judged = _evaluate(judged_scores, names, thresholds, judged_labels, shadow, combination)
             floor = _below_floor(judged, settings)
             if floor == set(names):  # the fleet rule needs one alerting detector: keep the best
                 floor.discard(max(names, key=lambda n: judged.detectors[n].roc_auc))
@@ -319,7 +314,9 @@ def train_round(
             if data.anomaly_kind is not None:
                 by_kind = {
                     "kinds": data.anomaly_kind[split.evaluation],
-                    "earlier_events": earlier_events(data.columns.entity, data.columns.event_time_s)[split.evaluation],
+                    "earlier_events": earlier_event_counts(data.columns.entity, data.columns.event_time_s)[
+                        split.evaluation
+                    ],
                 }
             evaluation = _evaluate(evaluation_scores, names, thresholds, labels, shadow, rule, **by_kind)
             method_rates = threshold_method_rates(labels, evaluation_scores, names, thresholds)

@@ -10,12 +10,20 @@ from hypothesis import strategies as st
 from shared.entity_state import EntityStates
 from shared.feature_scaler import FeatureScaler
 from shared.streams.transactions.features import (
+    COUNTRY_HISTORY,
     FEATURE_NAMES,
     NO_HISTORY_GAP_S,
     TransactionColumns,
     advance_profiles,
 )
-from shared.streams.transactions.profiles import PROFILE_LAYOUT, country_codes, empty_profiles, ip_hashes
+from shared.streams.transactions.profiles import (
+    KNOWN_COUNTRIES,
+    KNOWN_IPS,
+    PROFILE_LAYOUT,
+    country_codes,
+    empty_profiles,
+    ip_hashes,
+)
 from shared.streams.transactions.synthetic import AnomalyKind, GeneratorSpec, generate_transactions
 
 
@@ -36,10 +44,9 @@ def run_in_batches(cols: TransactionColumns, sizes: list[int]) -> np.ndarray:
     profiles = empty_profiles()
     rows, start = [], 0
     for size in sizes:
-        part = TransactionColumns(
-            **{name: getattr(cols, name)[start : start + size] for name in cols.__dataclass_fields__}
-        )
-        features, after = advance_profiles(profiles, part)
+        if start >= len(cols):
+            break
+        features, after = advance_profiles(profiles, cols.take(np.arange(start, min(start + size, len(cols)))))
         # Profiles go through the same bytes the Redis store keeps.
         stored = EntityStates.from_blobs(PROFILE_LAYOUT, after.keys.tolist(), after.blobs())
         kept = ~np.isin(profiles.keys, stored.keys)  # users not in this batch keep their profile
@@ -62,6 +69,50 @@ def test_any_batching_gives_the_same_features(sizes: list[int]) -> None:
     small = generate_transactions(GeneratorSpec(users=40, events=sum(sizes), seed=len(sizes)))
     cols = columns_of(small)
     offline, _ = advance_profiles(empty_profiles(), cols)
+    np.testing.assert_allclose(run_in_batches(cols, sizes), offline, rtol=1e-9, atol=1e-9)
+
+
+def most_recent_distinct_reference(users: list[str], values: list[str], slots: int) -> list[bool]:
+    """One event at a time: is the value among the user's `slots` most recent distinct non-empty values?"""
+    recent: dict[str, list[str]] = {}
+    answers = []
+    for user, value in zip(users, values, strict=True):
+        kept = recent.setdefault(user, [])
+        answers.append(value in kept)
+        if value:
+            recent[user] = [value, *(v for v in kept if v != value)][:slots]
+    return answers
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("ab"), st.integers(0, 11), st.sampled_from(["", "DE", "FR", "IT", "ES", "PL", "NL"])),
+        min_size=1,
+        max_size=80,
+    ),
+    st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=8),
+)
+def test_new_ip_and_country_follow_the_profiles_recent_values_under_any_batching(events, sizes) -> None:  # type: ignore[no-untyped-def]
+    # Users with more distinct IPs and countries than a profile keeps (8 and 4), revisiting old ones.
+    users, ips, countries = [e[0] for e in events], [f"10.0.0.{e[1]}" for e in events], [e[2] for e in events]
+    cols = TransactionColumns.from_arrays(
+        user_id=users, amount=[10.0] * len(events), timestamp_s=np.arange(len(events)) * 60.0, ip=ips,
+        transaction_type=["purchase"] * len(events), channel=["web"] * len(events),
+        segment=["tight-passive"] * len(events), country=countries,
+    )  # fmt: skip
+    offline, _ = advance_profiles(empty_profiles(), cols)
+    earlier = [users[:i].count(u) for i, u in enumerate(users)]
+    named = [any(c for u, c in zip(users[:i], countries[:i], strict=True) if u == users[i]) for i in range(len(users))]
+    ip_known = most_recent_distinct_reference(users, ips, KNOWN_IPS)
+    country_known = most_recent_distinct_reference(users, countries, KNOWN_COUNTRIES)
+    assert feature(offline, "new_ip_for_user").tolist() == [
+        float(not known and n > 0) for known, n in zip(ip_known, earlier, strict=True)
+    ]
+    assert feature(offline, "new_country_for_user").tolist() == [
+        float(bool(c) and not known and was_named and n >= COUNTRY_HISTORY)
+        for c, known, was_named, n in zip(countries, country_known, named, earlier, strict=True)
+    ]
+    sizes = [*sizes, len(events)]  # the last batch takes whatever is left
     np.testing.assert_allclose(run_in_batches(cols, sizes), offline, rtol=1e-9, atol=1e-9)
 
 
@@ -113,6 +164,10 @@ def test_a_new_country_counts_only_against_countries_the_user_named_before() -> 
         }
     )
     assert not feature(advance_profiles(empty_profiles(), plain)[0], "new_country_for_user").any()
+    # None names no country, as an event without the field does (not the country "None").
+    fields = ("user_id", "amount", "timestamp_s", "ip", "transaction_type", "channel", "segment")
+    named = TransactionColumns.from_arrays(**{f: getattr(plain, f)[:2] for f in fields}, country=[None, "DE"])
+    assert named.country.tolist() == ["", "DE"] and country_codes(named.country)[0] == 0
 
 
 def test_injected_anomalies_stand_out_on_the_features_built_for_them(data) -> None:  # type: ignore[no-untyped-def]

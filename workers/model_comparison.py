@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.errors import FleetwatchError
-from shared.evaluation import FleetEvaluation, earlier_events, evaluate_fleet
+from shared.evaluation import FleetEvaluation, earlier_event_counts, evaluate_fleet
 from shared.event_files import read_labels, read_payloads
 from shared.model_version import DeployedVersion
 
@@ -29,5 +29,5 @@ def evaluate_version_on_file(version: DeployedVersion, events_path: Path, labels
         shadow={e.name for e in version.manifest.detectors if e.mode == "shadow"},
         combination=version.combination,
         kinds=np.array([labels[event_id][1] for event_id in event_ids], dtype=object),
-        earlier_events=earlier_events(offline.columns.entity, offline.columns.event_time_s),
+        earlier_events=earlier_event_counts(offline.columns.entity, offline.columns.event_time_s),
     )

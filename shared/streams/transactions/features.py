@@ -1,11 +1,12 @@
 """Transaction features, with one definition for training (offline) and scoring (online).
 
 Per-user behaviour features need each user's history. History is summarised in a profile record
-(`shared.streams.transactions.profiles`: counts, amount sums, the last few timestamps and IPs, the hour-of-day
-vector). `advance_profiles` takes the profiles as they were before a batch and the batch's events,
-and returns every event's features (computed from the history *before* that event) plus the profiles
-after the batch. Training calls it once over the whole time-ordered history with empty profiles; a
-scoring worker calls it per micro-batch with the profiles it keeps in Redis. Same function, so the two cannot drift.
+(`shared.streams.transactions.profiles`: counts, amount sums, the last few timestamps, the most recent
+distinct IPs and countries, the hour-of-day vector). `advance_profiles` takes the profiles as they were
+before a batch and the batch's events, and returns every event's features (computed from the history
+*before* that event) plus the profiles after the batch. Training calls it once over the whole
+time-ordered history with empty profiles; a scoring worker calls it per micro-batch with the profiles it
+keeps in Redis. Same function, so the two cannot drift.
 
 >>> cols = TransactionColumns.from_arrays(
 ...     user_id=["a", "a", "b"], amount=[10.0, 100.0, 5.0],
@@ -104,7 +105,7 @@ class TransactionColumns(ArrayColumns):
             transaction_type=np.asarray(columns["transaction_type"], dtype=object),
             channel=np.asarray(columns["channel"], dtype=object),
             segment=np.asarray(columns["segment"], dtype=object),
-            country=np.asarray(country if country is not None else np.full(len(amount), ""), dtype=object),
+            country=_named(np.asarray(country if country is not None else np.full(len(amount), ""), dtype=object)),
         )
 
     @classmethod
@@ -129,6 +130,12 @@ class TransactionColumns(ArrayColumns):
     @property
     def event_time_s(self) -> np.ndarray:
         return self.timestamp_s
+
+
+def _named(countries: np.ndarray) -> np.ndarray:
+    """None (no country named) as "", the form every other path gives it."""
+    countries[countries == None] = ""  # noqa: E711 (elementwise over an object array)
+    return countries
 
 
 def _one_hot(values: np.ndarray, categories: Sequence[str]) -> np.ndarray:
@@ -197,6 +204,8 @@ def advance_profiles(before: EntityStates, cols: TransactionColumns) -> tuple[np
     Events of one user are taken in timestamp order; the feature rows come back in input order.
     """
     n = len(cols)
+    if not n:
+        return np.empty((0, len(FEATURE_NAMES))), EntityStates.empty(PROFILE_LAYOUT)
     users, group = np.unique(cols.user_id, return_inverse=True)
     group = group.reshape(-1)
     order = np.lexsort((cols.timestamp_s, group))
@@ -232,13 +241,13 @@ def advance_profiles(before: EntityStates, cols: TransactionColumns) -> tuple[np
         )
         previous_ts[~in_batch & (k - 1 - rank_in_group >= RECENT_TIMESTAMPS), k - 1] = np.nan
 
-    # New IP: not among the profile's known IPs and not used earlier in this batch by the same user.
-    new_ip = _first_use(g, ip, start["ips"][g]) & (count > 0)
+    # New IP: not among the user's KNOWN_IPS most recent distinct IPs before this event.
+    new_ip = ~_recently_used(g, ip, start["ips"][g], group_start) & (count > 0)
     # New country: as a new IP, for users with at least COUNTRY_HISTORY earlier events who named a country before.
     named_before = (start["countries"][g] != 0).any(axis=1) | (
         _segmented_exclusive_cumsum((country != 0).astype(np.float64), group_start) > 0
     )
-    new_country = _first_use(g, country, start["countries"][g]) & (country != 0) & named_before
+    new_country = ~_recently_used(g, country, start["countries"][g], group_start) & (country != 0) & named_before
     new_country &= count >= COUNTRY_HISTORY
 
     has_history = count > 0
@@ -300,13 +309,62 @@ def _newest_first(ts: np.ndarray, last: np.ndarray, stored: np.ndarray, batch_co
     return np.where(from_batch, batch_values, np.take_along_axis(stored, stored_at, axis=1))
 
 
-def _first_use(g: np.ndarray, values: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Rows whose value is not among the user's `known` values (n, slots) nor used earlier in this batch."""
-    order = np.lexsort((values, g))  # stable: a (user, value) pair's rows stay in their order
-    same_pair = (g[order][1:] == g[order][:-1]) & (values[order][1:] == values[order][:-1])
-    first_in_batch = np.zeros(len(g), dtype=bool)
-    first_in_batch[order[np.r_[True, ~same_pair]]] = True
-    return first_in_batch & ~(known == values[:, None]).any(axis=1)
+def _recently_used(g: np.ndarray, values: np.ndarray, known: np.ndarray, group_start: np.ndarray) -> np.ndarray:
+    """Rows whose value is among their user's most recent distinct non-zero values before them, as many as the
+    profile keeps (`known`: each row's user's stored values, (n, slots), most recent first, 0-padded).
+
+    The list a profile keeps, so any batching gives the same answer: before row i it is the distinct values of
+    the user's earlier rows in this batch, most recent first, then the stored values not among them. Rows come
+    grouped by user (`g`, ascending; `group_start` each group's first row) and in time order within a user.
+    """
+    n, slots = known.shape
+    order = np.lexsort((values, g))  # stable: a (user, value) pair's rows stay in time order
+    same_pair = np.r_[False, (g[order][1:] == g[order][:-1]) & (values[order][1:] == values[order][:-1])]
+    previous = np.full(n, -1)  # the row of the pair's previous use in this batch
+    previous[order[same_pair]] = order[np.flatnonzero(same_pair) - 1]
+    named = values != 0
+    recent = np.zeros(n, dtype=bool)
+
+    # Used earlier in the batch at row j: recent while fewer than `slots` distinct values came between j and i
+    # (a row p between them brings a value first when its own previous use is at or before j).
+    reused = np.flatnonzero(named & (previous >= 0))
+    near = reused - previous[reused] <= slots  # fewer rows between than slots: fewer distinct values too
+    recent[reused[near]] = True
+    alive = reused[~near]
+    since, distinct = previous[alive], np.zeros(alive.size, dtype=np.int64)
+    step = 1
+    while alive.size:  # one pass per row of distance, over the rows still undecided
+        between = alive - step
+        closed = between <= since
+        recent[alive[closed]] = distinct[closed] < slots
+        alive, since, distinct, between = alive[~closed], since[~closed], distinct[~closed], between[~closed]
+        distinct += named[between] & (previous[between] <= since)
+        undecided = distinct < slots
+        alive, since, distinct = alive[undecided], since[undecided], distinct[undecided]
+        step += 1
+
+    # First use in the batch: recent when stored at slot k and the batch's distinct values before this row,
+    # together with the stored values ahead of slot k, number fewer than `slots` (always, with no batch value
+    # before it: most rows of a worker's batch).
+    first = named & (previous < 0)
+    is_stored = (known == values[:, None]) & (known != 0)
+    recent[first] = is_stored[first].any(axis=1)
+    batch_distinct = _segmented_exclusive_cumsum(first.astype(np.float64), group_start)
+    check = np.flatnonzero(first & recent & (batch_distinct > 0))
+    if check.size:
+        first_rows = np.flatnonzero(first)
+        codes = np.unique(np.r_[values[first_rows], known[check].ravel()], return_inverse=True)[1].astype(np.uint64)
+        pair_key = (g[first_rows].astype(np.uint64) << np.uint64(32)) | codes[: first_rows.size]
+        stored_key = (g[check].astype(np.uint64)[:, None] << np.uint64(32)) | codes[first_rows.size :].reshape(
+            -1, slots
+        )
+        by_key = np.argsort(pair_key)
+        at = np.minimum(np.searchsorted(pair_key[by_key], stored_key), first_rows.size - 1)
+        used_before = (pair_key[by_key][at] == stored_key) & (first_rows[by_key][at] < check[:, None])
+        slot = np.argmax(is_stored[check], axis=1)
+        ahead = np.arange(slots)[None, :] < slot[:, None]
+        recent[check] = batch_distinct[check] + slot - (used_before & ahead & (known[check] != 0)).sum(axis=1) < slots
+    return recent
 
 
 def _recent_distinct(
