@@ -117,7 +117,7 @@ def earlier_event_counts(entities: np.ndarray, times: np.ndarray) -> np.ndarray:
     """
     _, entity = np.unique(entities, return_inverse=True)
     entity = entity.reshape(-1)
-    order = np.lexsort((np.arange(len(times)), times, entity))
+    order = np.lexsort((times, entity))  # stable: equal times keep their positions
     ordered = entity[order]
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
     counts = np.empty(len(order), dtype=np.int64)

@@ -6,7 +6,7 @@ can read them by accident.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -87,6 +87,15 @@ def table_payloads(table: pa.Table) -> list[bytes]:
         epoch_ms = table.column("timestamp").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_numpy()
         table = table.set_column(table.column_names.index("timestamp"), "timestamp", pa.array(iso_timestamps(epoch_ms)))
     return [_ENCODER.encode(row) for row in table.to_pylist()]
+
+
+def label_arrays(labels: Mapping[str, tuple[bool, str]], event_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`is_anomaly` (bool) and `anomaly_kind` (object) of these events, in their order; each must have a label."""
+    labelled = [labels[event_id] for event_id in event_ids]
+    return (
+        np.array([is_anomaly for is_anomaly, _ in labelled], dtype=bool),
+        np.array([kind for _, kind in labelled], dtype=object),
+    )
 
 
 def read_labels(path: Path) -> dict[str, tuple[bool, str]]:

@@ -17,7 +17,7 @@ import msgspec
 import numpy as np
 from confluent_kafka import TopicPartition
 
-from shared.event_files import read_labels, read_payloads
+from shared.event_files import label_arrays, read_labels, read_payloads
 from shared.kafka_client import KafkaConnection, consumer, topic_partitions
 from shared.output_records import decode_output
 from shared.pipeline import Stream
@@ -59,8 +59,7 @@ def training_data_from_payloads(
         missing = sum(1 for event_id in columns.event_id.tolist() if event_id not in labels)
         if missing:
             raise TrainingError(f"{missing} of {len(columns)} events have no label in the labelled set")
-        is_anomaly = np.array([labels[event_id][0] for event_id in columns.event_id.tolist()])
-        kinds = np.array([labels[event_id][1] for event_id in columns.event_id.tolist()], dtype=object)
+        is_anomaly, kinds = label_arrays(labels, columns.event_id.tolist())
     return TrainingData(columns, is_anomaly, source, anomaly_kind=kinds)
 
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from shared.errors import FleetwatchError
 from shared.evaluation import FleetEvaluation, earlier_event_counts, evaluate_fleet
-from shared.event_files import read_labels, read_payloads
+from shared.event_files import label_arrays, read_labels, read_payloads
 from shared.model_version import DeployedVersion
 
 
@@ -20,14 +18,15 @@ def evaluate_version_on_file(version: DeployedVersion, events_path: Path, labels
     event_ids = offline.columns.event_id.tolist()
     if not event_ids or any(event_id not in labels for event_id in event_ids):
         raise FleetwatchError(f"{events_path}: no events, or events without a label in {labels_path}")
+    is_anomaly, kinds = label_arrays(labels, event_ids)
     scores = version.score(version.bundle.scaler.transform(offline.raw_features))
     names = version.detector_names
     return evaluate_fleet(
-        np.array([labels[event_id][0] for event_id in event_ids]),
+        is_anomaly,
         scores={name: scores[:, j] for j, name in enumerate(names)},
         offsets=dict(zip(names, version.offsets.tolist(), strict=True)),
         shadow={e.name for e in version.manifest.detectors if e.mode == "shadow"},
         combination=version.combination,
-        kinds=np.array([labels[event_id][1] for event_id in event_ids], dtype=object),
+        kinds=kinds,
         earlier_events=earlier_event_counts(offline.columns.entity, offline.columns.event_time_s),
     )

@@ -133,9 +133,8 @@ class TransactionColumns(ArrayColumns):
 
 
 def _named(countries: np.ndarray) -> np.ndarray:
-    """None (no country named) as "", the form every other path gives it."""
-    countries[countries == None] = ""  # noqa: E711 (elementwise over an object array)
-    return countries
+    """None (no country named) as "", the form every other path gives it; a new array, the caller's stays."""
+    return np.where(countries == None, "", countries).astype(object)  # noqa: E711 (elementwise over objects)
 
 
 def _one_hot(values: np.ndarray, categories: Sequence[str]) -> np.ndarray:
