@@ -71,9 +71,10 @@ def train_default_version(rows: int, seed: int = 11) -> TrainingResult:
 def quality_table(
     files: list[Path], seeds: int, published: Path | None, out_dir: Path | None, on_dataset: Callable[[str], None]
 ) -> str:
-    """`fleetwatch bench quality`: `bench.quality` with the transactions stream's default detectors as the fleet;
-    with `out_dir`, the figures also go to `adbench_quality.json` there."""
-    fleet = TRANSACTIONS.default_detectors
+    """`fleetwatch bench quality`: `bench.quality` with the transactions stream's default detectors as the fleet
+    (its voting members: the specialists read named transaction features, which a benchmark file does not
+    have); with `out_dir`, the figures also go to `adbench_quality.json` there."""
+    fleet = [entry for entry in TRANSACTIONS.default_detectors if not entry.get("specialist")]
     json_out = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -57,6 +57,11 @@ class DetectorConfig(BaseModel):
     features: list[str] | None = Field(
         None, description="the feature columns it sees; by default every one but the stream's categorical ones"
     )
+    specialist: bool = Field(
+        False,
+        description="a detector of one kind of evidence: it alerts alone when its own surprise is over the fleet's "
+        "threshold, instead of casting a consensus-weighted vote that would drown it",
+    )
 
 
 class StreamSettings(BaseModel):

@@ -27,7 +27,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from shared.config import DetectorConfig, StreamSettings
 from shared.detectors import Detector, build_detector
-from shared.detectors.combination import ScoreCombination, fit_combination
+from shared.detectors.combination import ScoreCombination, combined_surprise, fit_combination, normalized_weights
 from shared.detectors.on_features import OnFeatures
 from shared.errors import FleetwatchError
 from shared.evaluation import FleetEvaluation, earlier_event_counts, evaluate_fleet, threshold_method_rates
@@ -209,17 +209,19 @@ def select_members_by_labels(
     one split's normal and labelled-anomalous rows. The offset is placed at the budget on the normal
     rows, so the false alarms are fixed and precision rises with the anomalies caught; ties go to
     the smaller subset. Members keep their consensus weights within a subset (equal if all are 0).
-    Every subset is tried: 2^k - 1 weighted sums over precomputed surprises, seconds for k <= 10.
+    Every subset is tried: 2^k - 1 combinations of precomputed surprises, seconds for k <= 10.
     """
     normal, anomalous = combination.surprises(normal_scores), combination.surprises(anomaly_scores)
+    specialist = combination.specialist_mask
     best: tuple[tuple[float, int, int], dict[str, float]] | None = None
     for size in range(1, len(candidates) + 1):
         for subset in itertools.combinations(candidates, size):
             weights = {name: combination.weights[name] for name in subset}
             if not any(weights.values()):
                 weights = dict.fromkeys(subset, 1.0)
-            vector = np.array([weights.get(name, 0.0) for name in combination.names])
-            normal_sum, anomalous_sum = normal @ vector, anomalous @ vector
+            vector = np.array(list(normalized_weights(weights, combination.names, specialist).values()))
+            normal_sum = combined_surprise(normal, vector, specialist)
+            anomalous_sum = combined_surprise(anomalous, vector, specialist)
             threshold = np.sort(normal_sum)[::-1][min(int(fpr_budget * normal_sum.size), normal_sum.size - 1)]
             caught = int(np.count_nonzero(anomalous_sum > threshold))
             false_alarms = int(np.count_nonzero(normal_sum > threshold))
@@ -235,11 +237,17 @@ def _below_floor(evaluation: FleetEvaluation, settings: StreamSettings) -> set[s
 
     PR AUC weighs the top of a detector's ranking, where a low false-positive budget puts its
     threshold: a detector weak there adds more false alarms to the any-detector rule than catches.
+    Specialists are exempt: they rank only the anomalies of their kind well, by design; the labels judge
+    them by what they add to the fleet (`select_members_by_labels`).
     """
-    best_pr_auc = max(metrics.pr_auc for metrics in evaluation.detectors.values())
+    specialists = {config.name for config in settings.detectors if config.specialist}
+    judged = {name: metrics for name, metrics in evaluation.detectors.items() if name not in specialists}
+    if not judged:
+        return set()
+    best_pr_auc = max(metrics.pr_auc for metrics in judged.values())
     return {
         name
-        for name, metrics in evaluation.detectors.items()
+        for name, metrics in judged.items()
         if metrics.roc_auc < settings.shadow_floor_auc
         or metrics.pr_auc < settings.shadow_floor_pr_auc_share * best_pr_auc
     }
@@ -281,7 +289,8 @@ def train_round(
 
     evaluation: FleetEvaluation | None = None
     method_rates: dict[str, Any] = {}
-    combination = fit_combination(calibration_scores, names, config.fleet_fpr_budget)
+    specialists = [config.name for config in settings.detectors if config.specialist]
+    combination = fit_combination(calibration_scores, names, config.fleet_fpr_budget, specialists)
     shadow = {name for name in names if combination.weights[name] == 0.0}
     thresholds = _thresholds_with_shadows(calibration_scores, names, shadow, config)
     if labelled and len(split.evaluation):

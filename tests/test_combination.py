@@ -8,11 +8,13 @@ import msgspec
 import numpy as np
 import pytest
 
-from shared.config import DetectorConfig
+from shared.config import DetectorConfig, StreamSettings
 from shared.detectors.combination import ScoreCombination, fit_combination
 from shared.model_version import DeployedVersion, Manifest
 from shared.scoring import score_batch
-from shared.training import select_members_by_labels
+from shared.streams.transactions.stream import TRANSACTIONS
+from shared.streams.transactions.synthetic import GeneratorSpec, generate_transactions
+from shared.training import TrainingData, select_members_by_labels, train_round
 from tests.small_models import SMALL_DETECTORS, train_small
 
 
@@ -90,6 +92,57 @@ def test_labels_choose_the_member_that_catches_the_anomalies_over_the_consensus(
     assert np.mean(chosen.score_samples(normal) < chosen.offset) <= 0.01
 
 
+def with_a_specialist(n_rows: int = 4000, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Normal rows of two agreeing members and one feature's own detector; anomalies only that feature shows."""
+    rng = np.random.default_rng(seed)
+    signal = rng.normal(size=n_rows)
+    normal = np.column_stack([-signal, -signal - 0.2 * rng.normal(size=n_rows), -np.abs(rng.normal(size=n_rows))])
+    anomalous = np.column_stack([rng.normal(size=(40, 2)), np.full(40, -6.0)])
+    return normal, anomalous
+
+
+def test_a_specialist_alerts_alone_where_its_vote_would_be_drowned() -> None:
+    normal, anomalous = with_a_specialist()
+    names = ["a", "b", "hour"]
+    voted = fit_combination(normal, names, fpr_budget=0.005)
+    alone = fit_combination(normal, names, fpr_budget=0.005, specialists=["hour"])
+    assert voted.weights["hour"] == 0.0  # it disagrees with the pair, so the consensus drops it
+    assert alone.weights == {"a": pytest.approx(0.5, abs=0.05), "b": pytest.approx(0.5, abs=0.05), "hour": 1.0}
+    assert np.mean(voted.score_samples(anomalous) < voted.offset) < 0.2
+    assert np.mean(alone.score_samples(anomalous) < alone.offset) == 1.0
+    assert np.mean(alone.score_samples(normal) < alone.offset) <= 0.005  # the one offset still meets the budget
+    # the combined surprise is the larger of the pair's weighted sum and the specialist's own
+    surprises = alone.surprises(normal)
+    expected = np.maximum(alone.weights["a"] * surprises[:, 0] + alone.weights["b"] * surprises[:, 1], surprises[:, 2])
+    np.testing.assert_allclose(-alone.score_samples(normal), expected)
+
+
+def test_specialists_round_trip_and_a_combination_from_before_them_has_none() -> None:
+    normal, _ = with_a_specialist()
+    combination = fit_combination(normal, ["a", "b", "hour"], fpr_budget=0.01, specialists=["hour"])
+    data = json.loads(json.dumps(combination.to_dict()))
+    restored = ScoreCombination.from_dict(data)
+    assert restored.specialists == {"hour"}
+    np.testing.assert_array_equal(restored.score_samples(normal), combination.score_samples(normal))
+    del data["specialists"]
+    assert ScoreCombination.from_dict(data).specialists == frozenset()
+    with pytest.raises(ValueError, match="not among the members"):
+        fit_combination(normal, ["a", "b", "hour"], fpr_budget=0.01, specialists=["minute"])
+
+
+def test_labels_keep_a_specialist_that_adds_catches_and_drop_one_that_adds_false_alarms() -> None:
+    normal, anomalous = with_a_specialist()
+    rng = np.random.default_rng(3)
+    noisy = rng.normal(size=len(normal))  # a specialist whose tail holds no anomaly
+    normal = np.column_stack([normal, noisy])
+    anomalous = np.column_stack([anomalous, np.zeros(len(anomalous))])
+    names = ["a", "b", "hour", "noise"]
+    combination = fit_combination(normal, names, fpr_budget=0.01, specialists=["hour", "noise"])
+    chosen = select_members_by_labels(combination, normal, anomalous, names, fpr_budget=0.01)
+    assert chosen.weights["hour"] == 1.0 and chosen.weights["noise"] == 0.0
+    assert chosen.specialists == {"hour", "noise"}
+
+
 @pytest.fixture(scope="module")
 def trained():
     return train_small(events=5_000, seed=8, detectors=[*SMALL_DETECTORS, DetectorConfig(name="ecod", kind="ecod")])
@@ -120,3 +173,22 @@ def test_a_manifest_from_before_the_combination_loads_and_alerts_when_any_detect
     assert version.combination is None
     scored = score_batch(version, trained.raw_features[trained.evaluation_rows])
     np.testing.assert_array_equal(scored.alert, scored.flags[:, version.alerting_mask].any(axis=1))
+
+
+def test_the_roc_floor_spares_a_specialist_and_the_labels_judge_it_by_what_it_adds() -> None:
+    burst = {"kind": "feature_extreme", "features": ["user_tx_last_hour"]}
+    detectors = [
+        *SMALL_DETECTORS,
+        DetectorConfig(name="burst", specialist=True, **burst),
+        DetectorConfig(name="burst_vote", **burst),  # the same evidence as a voting member
+    ]
+    data = generate_transactions(GeneratorSpec(users=1_000, events=10_000, anomaly_rate=0.03, seed=4))
+    settings = StreamSettings(detectors=detectors, fleet_fpr_budget=0.005)  # the default floors
+    labelled = TrainingData(data.transaction_columns(), data.is_anomaly, "test", anomaly_kind=data.anomaly_kind)
+    result = train_round(labelled, settings, TRANSACTIONS, None)
+    assert result.evaluation is not None
+    assert result.evaluation.detectors["burst"].roc_auc < settings.shadow_floor_auc  # it ranks one kind only
+    assert result.draft.combination is not None and result.draft.combination["specialists"] == ["burst"]
+    modes = {entry.name: entry.mode for entry in result.draft.detectors}
+    assert modes["burst_vote"] == "shadow" and modes["burst"] == "alerting"
+    assert result.evaluation.by_kind["burst"].caught > 0

@@ -30,6 +30,14 @@ def test_defaults_point_at_the_local_dev_stack(isolated: Path) -> None:
         "ocsvm",
         "autoencoder",
         "robust_z",
+        "amount_vs_user",
+        "hour_vs_user",
+        "user_burst",
+    ]
+    assert [d.name for d in settings.streams["transactions"].detectors if d.specialist] == [
+        "amount_vs_user",
+        "hour_vs_user",
+        "user_burst",
     ]
 
 

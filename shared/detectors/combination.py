@@ -15,6 +15,12 @@ its calibration surprises with the mean surprise of the other members, set to 0 
 that ranks rows unlike all the others (noise, or a signal no one else confirms) is dropped, and the
 members that share the dominant signal share the vote. It needs no labels and no refit.
 
+A *specialist* (a detector on one piece of evidence, such as an amount far from the user's own) sees
+one kind of anomaly that the others miss, so disagreeing with the consensus is its point, and a vote
+would drown it: it is left out of the vote and alerts alone. The combined surprise is the larger of
+the members' weighted sum and each specialist's own surprise (Tippett's rule for the specialists,
+Fisher's-style sum for the members), and the one offset still meets the budget on calibration rows.
+
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
 >>> signal = rng.normal(size=2000)
@@ -28,7 +34,7 @@ members that share the dominant signal share the vote. It needs no labels and no
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +52,8 @@ MIN_AGREEMENT = 0.1
 
 @dataclass(frozen=True, slots=True)
 class ScoreCombination:
-    """Per member: residual quantiles at `surprise` levels (-log10 tail probability) and a weight; one offset.
+    """Per member: residual quantiles at `surprise` levels (-log10 tail probability) and a weight; one offset;
+    which members are specialists (their weight is 1 or 0: on or off).
 
     `names` is the member order of the score matrices given to `score_samples` (the manifest's order).
     """
@@ -57,6 +64,7 @@ class ScoreCombination:
     quantiles: NDArray[np.float64]  # (n_members, GRID_POINTS) residual at each surprise level, non-decreasing
     offset: float
     criterion: str = CRITERION
+    specialists: frozenset[str] = frozenset()
 
     def surprises(self, scores: ArrayLike) -> NDArray[np.float64]:
         """Each member's calibration surprise of each row, shape (n_rows, n_members)."""
@@ -67,30 +75,33 @@ class ScoreCombination:
         return out
 
     def score_samples(self, scores: ArrayLike) -> NDArray[np.float64]:
-        """Minus the weighted surprise sum; `scores` are the members' `score_samples`, columns in `names` order.
+        """Minus the combined surprise; `scores` are the members' `score_samples`, columns in `names` order."""
+        weights = np.array([self.weights[name] for name in self.names])
+        return -combined_surprise(self.surprises(scores), weights, self.specialist_mask)
 
-        An elementwise sum over members (no BLAS product), so a row's value does not depend on its batch.
-        """
-        surprises = self.surprises(scores)
-        total = np.zeros(surprises.shape[0])
-        for j, name in enumerate(self.names):
-            if self.weights[name] > 0.0:
-                total += self.weights[name] * surprises[:, j]
-        return -total
+    @property
+    def specialist_mask(self) -> NDArray[np.bool_]:
+        return np.array([name in self.specialists for name in self.names], dtype=bool)
 
     def with_weights(
         self, weights: Mapping[str, float], calibration_scores: ArrayLike, fpr_budget: float
     ) -> ScoreCombination:
         """The same normalization with other weights, and the offset that meets `fpr_budget` with them."""
-        reweighted = ScoreCombination(self.names, _normalized(weights, self.names), self.surprise, self.quantiles, 0.0)
+        normalized = normalized_weights(weights, self.names, self.specialist_mask)
+        reweighted = ScoreCombination(
+            self.names, normalized, self.surprise, self.quantiles, 0.0, self.criterion, self.specialists
+        )
         offset = budget_offset(reweighted.score_samples(calibration_scores), fpr_budget)
-        return ScoreCombination(self.names, reweighted.weights, self.surprise, self.quantiles, offset, self.criterion)
+        return ScoreCombination(
+            self.names, normalized, self.surprise, self.quantiles, offset, self.criterion, self.specialists
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-safe values for the model manifest."""
         return {
             "criterion": self.criterion,
             "weights": dict(self.weights),
+            "specialists": sorted(self.specialists),
             "offset": self.offset,
             "surprise": self.surprise.tolist(),
             "quantiles": {name: grid.tolist() for name, grid in zip(self.names, self.quantiles, strict=True)},
@@ -106,19 +117,48 @@ class ScoreCombination:
             quantiles=np.asarray([data["quantiles"][name] for name in names], dtype=np.float64),
             offset=float(data["offset"]),
             criterion=str(data.get("criterion", CRITERION)),
+            specialists=frozenset(data.get("specialists", ())),
         )
 
 
-def fit_combination(calibration_scores: ArrayLike, names: Sequence[str], fpr_budget: float) -> ScoreCombination:
-    """Normalize every member on its calibration scores (n_rows, n_members), weigh by consensus, place the offset."""
+def fit_combination(
+    calibration_scores: ArrayLike, names: Sequence[str], fpr_budget: float, specialists: Collection[str] = ()
+) -> ScoreCombination:
+    """Normalize every member on its calibration scores (n_rows, n_members), weigh the members other than the
+    `specialists` by consensus, place the offset."""
     scores = np.asarray(calibration_scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[1] != len(names) or scores.shape[0] < 2:
         raise ValueError(f"expected calibration scores of shape (n_rows >= 2, {len(names)}), got {scores.shape}")
+    if unknown := set(specialists) - set(names):
+        raise ValueError(f"specialists {sorted(unknown)} are not among the members {list(names)}")
     n_rows = scores.shape[0]
     surprise = np.linspace(0.0, np.log10(n_rows), GRID_POINTS)
     quantiles = np.quantile(-scores, 1.0 - 10.0**-surprise, axis=0).T  # (n_members, GRID_POINTS)
-    unweighted = ScoreCombination(tuple(names), dict.fromkeys(names, 1.0), surprise, quantiles, 0.0)
-    return unweighted.with_weights(consensus_weights(unweighted.surprises(scores), names), scores, fpr_budget)
+    unweighted = ScoreCombination(
+        tuple(names), dict.fromkeys(names, 1.0), surprise, quantiles, 0.0, specialists=frozenset(specialists)
+    )
+    voting = np.flatnonzero(~unweighted.specialist_mask)
+    weights = dict.fromkeys(specialists, 1.0)
+    if voting.size:
+        weights |= consensus_weights(unweighted.surprises(scores)[:, voting], [names[j] for j in voting.tolist()])
+    return unweighted.with_weights(weights, scores, fpr_budget)
+
+
+def combined_surprise(
+    surprises: NDArray[np.float64], weights: NDArray[np.float64], specialist: NDArray[np.bool_]
+) -> NDArray[np.float64]:
+    """The voting members' weighted surprise sum, raised to a specialist's own surprise where that is larger.
+
+    `weights` and `specialist` are per column of `surprises`; a member or specialist of weight 0 takes no
+    part. An elementwise sum over members (no BLAS product), so a row's value does not depend on its batch.
+    """
+    voting = np.flatnonzero((weights > 0.0) & ~specialist)
+    total = np.zeros(surprises.shape[0]) if voting.size else np.full(surprises.shape[0], -np.inf)
+    for j in voting:
+        total += weights[j] * surprises[:, j]
+    for j in np.flatnonzero((weights > 0.0) & specialist):
+        total = np.maximum(total, surprises[:, j])
+    return total
 
 
 def consensus_weights(surprises: NDArray[np.float64], names: Sequence[str]) -> dict[str, float]:
@@ -132,7 +172,7 @@ def consensus_weights(surprises: NDArray[np.float64], names: Sequence[str]) -> d
         spread = member.std() * others.std()
         correlation = float(np.mean((member - member.mean()) * (others - others.mean())) / spread) if spread else 0.0
         agreement[name] = correlation if correlation >= MIN_AGREEMENT else 0.0
-    return agreement
+    return agreement if any(agreement.values()) else dict.fromkeys(names, 1.0)
 
 
 def budget_offset(combined_scores: NDArray[np.float64], fpr_budget: float) -> float:
@@ -142,11 +182,18 @@ def budget_offset(combined_scores: NDArray[np.float64], fpr_budget: float) -> fl
     return float(ascending[min(allowed, ascending.size - 1)])
 
 
-def _normalized(weights: Mapping[str, float], names: Sequence[str]) -> dict[str, float]:
+def normalized_weights(
+    weights: Mapping[str, float], names: Sequence[str], specialist: NDArray[np.bool_]
+) -> dict[str, float]:
+    """Voting members' weights summing to 1 and each specialist's 1 or 0 (it is on or off); all on if none is."""
     values = np.array([max(0.0, float(weights.get(name, 0.0))) for name in names])
     if values.sum() <= 0.0:
         values = np.ones(len(names))
-    return {name: float(value) for name, value in zip(names, values / values.sum(), strict=True)}
+    voting_total = values[~specialist].sum()
+    if voting_total > 0.0:
+        values[~specialist] /= voting_total
+    values[specialist] = values[specialist] > 0.0
+    return {name: float(value) for name, value in zip(names, values, strict=True)}
 
 
 def _surprise_of(

@@ -32,6 +32,10 @@ class TransactionStream(Stream[Transaction, TransactionColumns]):
         {"name": "ocsvm", "kind": "ocsvm", "params": {"random_state": 0}},
         {"name": "autoencoder", "kind": "autoencoder", "params": {"random_state": 0}},
         {"name": "robust_z", "kind": "robust_zscore", "params": {}},
+        # Specialists: one piece of evidence each, alerting alone (the four above vote; these would be outvoted).
+        {"name": "amount_vs_user", "kind": "feature_extreme", "features": ["amount_z_vs_user"], "specialist": True},
+        {"name": "hour_vs_user", "kind": "feature_extreme", "features": ["hour_off_user_habit"], "specialist": True},
+        {"name": "user_burst", "kind": "feature_extreme", "features": ["user_tx_last_hour"], "specialist": True},
     )
 
     def decode(self, payloads: Sequence[bytes | None]) -> DecodedBatch[Transaction]:
