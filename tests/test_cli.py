@@ -49,6 +49,16 @@ def test_bad_arguments_get_one_line_and_no_traceback(args: list[str], message: s
     assert "Traceback" not in result.stderr
 
 
+def test_training_without_a_reachable_redis_says_how_to_start_one(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    assert run("generate", "--out", str(events), "--users", "100", "--events", "1000", cwd=tmp_path).returncode == 0
+    unused = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    result = run("train", str(events), env={"FLEETWATCH_REDIS_URL": unused}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "cannot reach Redis" in result.stderr and "fleetwatch dev up" in result.stderr
+
+
 def test_generate_writes_events_and_separate_labels(tmp_path: Path) -> None:
     out = tmp_path / "events.parquet"
     result = run("generate", "--out", str(out), "--users", "500", "--events", "5000", "--seed", "9", cwd=tmp_path)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import redis
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -1056,6 +1057,12 @@ def main() -> None:
         sys.exit(getattr(exc, "exit_code", 2))
     except FleetwatchError as exc:
         sys.stderr.write(f"fleetwatch: error: {exc}\n")
+        sys.exit(1)
+    except redis.exceptions.ConnectionError as exc:  # the registry, states and notices live in Redis
+        sys.stderr.write(
+            f"fleetwatch: error: cannot reach Redis ({exc}); start the local stack with `fleetwatch dev up`"
+            " or point FLEETWATCH_REDIS_URL at a running server\n"
+        )
         sys.exit(1)
     sys.exit(exit_code if isinstance(exit_code, int) else 0)
 
