@@ -157,11 +157,13 @@ class FleetEvaluation:
     shadow: frozenset[str] = frozenset()
     combined: bool = False  # the fleet is the combined score (`shared.detectors.combination`), not "any −1"
     by_kind: Mapping[str, KindRecall] = dataclasses.field(default_factory=dict)
+    specialists: frozenset[str] = frozenset()  # the combination's; they rank only their own kind of anomaly
 
     @property
     def weakest_detector(self) -> str:
-        """Lowest ROC AUC, ties broken by lower F1 (shadow detectors included)."""
-        return min(self.detectors, key=lambda name: (self.detectors[name].roc_auc, self.detectors[name].f1, name))
+        """Lowest ROC AUC, ties broken by lower F1, among the detectors other than specialists (shadows included)."""
+        judged = [name for name in self.detectors if name not in self.specialists] or list(self.detectors)
+        return min(judged, key=lambda name: (self.detectors[name].roc_auc, self.detectors[name].f1, name))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-safe values for the model manifest."""
@@ -172,6 +174,7 @@ class FleetEvaluation:
             "weakest_detector": self.weakest_detector,
             "combined": self.combined,
             "by_kind": {name: dataclasses.asdict(recall) for name, recall in self.by_kind.items()},
+            "specialists": sorted(self.specialists),
         }
 
     @classmethod
@@ -182,11 +185,15 @@ class FleetEvaluation:
             shadow=frozenset(data["shadow"]),
             combined=bool(data.get("combined", False)),
             by_kind={name: KindRecall(**recall) for name, recall in data.get("by_kind", {}).items()},
+            specialists=frozenset(data.get("specialists", ())),
         )
 
     def to_markdown(self) -> str:
         """The comparison table, one row per detector and one for the fleet rule."""
-        rows = [[_row_label(name, self.shadow), *_metric_cells(metrics)] for name, metrics in self.detectors.items()]
+        rows = [
+            [_row_label(name, self.shadow, self.specialists), *_metric_cells(metrics)]
+            for name, metrics in self.detectors.items()
+        ]
         rows.append([_fleet_label(self), *_metric_cells(self.fleet)])
         weakest = self.weakest_detector
         text = (
@@ -256,6 +263,7 @@ def evaluate_fleet(
         shadow=frozenset(shadow),
         combined=combination is not None,
         by_kind=by_kind,
+        specialists=combination.specialists if combination is not None else frozenset(),
     )
 
 
@@ -382,8 +390,9 @@ def _fleet_label(evaluation: FleetEvaluation) -> str:
     return "**fleet** (combined)" if evaluation.combined else "**fleet** (any −1)"
 
 
-def _row_label(name: str, shadow: Collection[str]) -> str:
-    return f"{name} (shadow)" if name in shadow else name
+def _row_label(name: str, shadow: Collection[str], specialists: Collection[str]) -> str:
+    marks = [mark for mark, on in (("specialist", name in specialists), ("shadow", name in shadow)) if on]
+    return f"{name} ({', '.join(marks)})" if marks else name
 
 
 def _metric_cells(metrics: DetectionMetrics) -> list[str]:

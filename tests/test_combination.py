@@ -10,6 +10,7 @@ import pytest
 
 from shared.config import DetectorConfig, StreamSettings
 from shared.detectors.combination import ScoreCombination, fit_combination
+from shared.evaluation import FleetEvaluation
 from shared.model_version import DeployedVersion, Manifest
 from shared.scoring import score_batch
 from shared.streams.transactions.stream import TRANSACTIONS
@@ -192,3 +193,8 @@ def test_the_roc_floor_spares_a_specialist_and_the_labels_judge_it_by_what_it_ad
     modes = {entry.name: entry.mode for entry in result.draft.detectors}
     assert modes["burst_vote"] == "shadow" and modes["burst"] == "alerting"
     assert result.evaluation.by_kind["burst"].caught > 0
+    # the report marks it and does not call it the weakest detector for ranking only its own kind
+    table = result.evaluation.to_markdown()
+    assert "| burst (specialist) |" in table and "| burst_vote (shadow) |" in table
+    assert result.evaluation.weakest_detector == "burst_vote"
+    assert FleetEvaluation.from_dict(result.evaluation.to_dict()).specialists == {"burst"}
