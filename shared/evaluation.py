@@ -217,6 +217,7 @@ def evaluate_fleet(
     *,
     shadow: Collection[str] = (),
     combination: ScoreCombination | None = None,
+    specialists: Collection[str] = (),
     kinds: ArrayLike | None = None,
     earlier_events: ArrayLike | None = None,
 ) -> FleetEvaluation:
@@ -224,7 +225,8 @@ def evaluate_fleet(
 
     `scores[name]` is the detector's `score_samples` of the set and `offsets[name]` its active
     operating point (`offset_`); a shadow detector is measured but takes no part in the fleet rule.
-    With a `combination`, the fleet is its score and its offset. With each row's anomaly `kinds` (labels'
+    With a `combination`, the fleet is its score and its offset. `specialists` (and the combination's) are
+    marked in the report and never named the weakest. With each row's anomaly `kinds` (labels'
     `anomaly_kind`) and the number of `earlier_events` of its entity, the fleet's recall per kind.
     """
     is_anomaly = _binary_labels(y_true)
@@ -263,7 +265,7 @@ def evaluate_fleet(
         shadow=frozenset(shadow),
         combined=combination is not None,
         by_kind=by_kind,
-        specialists=combination.specialists if combination is not None else frozenset(),
+        specialists=frozenset(specialists) | (combination.specialists if combination is not None else frozenset()),
     )
 
 

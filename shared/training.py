@@ -184,6 +184,7 @@ def _evaluate(
     labels: np.ndarray,
     shadow: set[str],
     combination: ScoreCombination | None,
+    specialists: frozenset[str] = frozenset(),
     **by_kind: np.ndarray,
 ) -> FleetEvaluation:
     return evaluate_fleet(
@@ -192,6 +193,7 @@ def _evaluate(
         offsets={name: thresholds[name].offset() for name in names},
         shadow=shadow,
         combination=combination,
+        specialists=specialists,
         **by_kind,
     )
 
@@ -208,7 +210,8 @@ def select_members_by_labels(
     `normal_scores` and `anomaly_scores` are the members' scores (columns in `combination.names` order) of
     one split's normal and labelled-anomalous rows. The offset is placed at the budget on the normal
     rows, so the false alarms are fixed and precision rises with the anomalies caught; ties go to
-    the smaller subset. Members keep their consensus weights within a subset (equal if all are 0).
+    the smaller subset. Voting members keep their consensus weights within a subset (equal if all of the
+    subset's are 0); a specialist is on.
     Every subset is tried: 2^k - 1 combinations of precomputed surprises, seconds for k <= 10.
     """
     normal, anomalous = combination.surprises(normal_scores), combination.surprises(anomaly_scores)
@@ -217,8 +220,9 @@ def select_members_by_labels(
     for size in range(1, len(candidates) + 1):
         for subset in itertools.combinations(candidates, size):
             weights = {name: combination.weights[name] for name in subset}
-            if not any(weights.values()):
-                weights = dict.fromkeys(subset, 1.0)
+            voters = [name for name in subset if name not in combination.specialists]
+            if not any(weights[name] for name in voters):
+                weights |= dict.fromkeys(voters, 1.0)
             vector = np.array(list(normalized_weights(weights, combination.names, specialist).values()))
             normal_sum = combined_surprise(normal, vector, specialist)
             anomalous_sum = combined_surprise(anomalous, vector, specialist)
@@ -309,8 +313,9 @@ def train_round(
                 judged_scores, judged_labels = evaluation_scores, labels
             judged = _evaluate(judged_scores, names, thresholds, judged_labels, shadow, combination)
             floor = _below_floor(judged, settings)
-            if floor == set(names):  # the fleet rule needs one alerting detector: keep the best
-                floor.discard(max(names, key=lambda n: judged.detectors[n].roc_auc))
+            voting = [name for name in names if name not in combination.specialists]
+            if voting and floor >= set(voting):  # keep the best general detector, not the specialists alone
+                floor.discard(max(voting, key=lambda n: judged.detectors[n].roc_auc))
             if labelled_calibration:
                 candidates = [name for name in names if name not in floor]
                 combination = select_members_by_labels(
@@ -327,7 +332,9 @@ def train_round(
                         split.evaluation
                     ],
                 }
-            evaluation = _evaluate(evaluation_scores, names, thresholds, labels, shadow, rule, **by_kind)
+            evaluation = _evaluate(
+                evaluation_scores, names, thresholds, labels, shadow, rule, combination.specialists, **by_kind
+            )
             method_rates = threshold_method_rates(labels, evaluation_scores, names, thresholds)
 
     entries = [

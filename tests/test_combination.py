@@ -144,6 +144,28 @@ def test_labels_keep_a_specialist_that_adds_catches_and_drop_one_that_adds_false
     assert chosen.specialists == {"hour", "noise"}
 
 
+def test_labels_can_pair_a_specialist_with_voters_the_consensus_gave_no_weight() -> None:
+    rng = np.random.default_rng(5)
+    shared_noise = rng.normal(size=3000)
+    normal = np.column_stack(
+        [
+            shared_noise,
+            shared_noise + 0.1 * rng.normal(size=3000),
+            rng.normal(size=3000),
+            -np.abs(rng.normal(size=3000)),
+        ]
+    )
+    sharp_sees = np.column_stack([rng.normal(size=(20, 2)), np.full(20, -6.0), np.full(20, -0.5)])
+    hour_sees = np.column_stack([rng.normal(size=(20, 3)), np.full(20, -6.0)])
+    names = ["echo", "echo_too", "sharp", "hour"]
+    combination = fit_combination(normal, names, fpr_budget=0.01, specialists=["hour"])
+    assert combination.weights["sharp"] == 0.0
+    chosen = select_members_by_labels(combination, normal, np.vstack([sharp_sees, hour_sees]), names, 0.01)
+    assert chosen.weights == {"echo": 0.0, "echo_too": 0.0, "sharp": 1.0, "hour": 1.0}
+    for anomalies in (sharp_sees, hour_sees):
+        assert np.mean(chosen.score_samples(anomalies) < chosen.offset) == 1.0
+
+
 @pytest.fixture(scope="module")
 def trained():
     return train_small(events=5_000, seed=8, detectors=[*SMALL_DETECTORS, DetectorConfig(name="ecod", kind="ecod")])
@@ -198,3 +220,6 @@ def test_the_roc_floor_spares_a_specialist_and_the_labels_judge_it_by_what_it_ad
     assert "| burst (specialist) |" in table and "| burst_vote (shadow) |" in table
     assert result.evaluation.weakest_detector == "burst_vote"
     assert FleetEvaluation.from_dict(result.evaluation.to_dict()).specialists == {"burst"}
+    any_detector = StreamSettings(detectors=detectors, fleet_fpr_budget=0.005, alert_rule="any_detector")
+    without_combination = train_round(labelled, any_detector, TRANSACTIONS, None).evaluation
+    assert without_combination is not None and "| burst (specialist) |" in without_combination.to_markdown()

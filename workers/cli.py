@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import redis
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -1058,13 +1057,28 @@ def main() -> None:
     except FleetwatchError as exc:
         sys.stderr.write(f"fleetwatch: error: {exc}\n")
         sys.exit(1)
-    except redis.exceptions.ConnectionError as exc:  # the registry, states and notices live in Redis
-        sys.stderr.write(
-            f"fleetwatch: error: cannot reach Redis ({exc}); start the local stack with `fleetwatch dev up`"
-            " or point FLEETWATCH_REDIS_URL at a running server\n"
-        )
+    except Exception as exc:  # only a Redis the command cannot use becomes one line; anything else re-raises
+        message = _redis_error_line(exc)
+        if message is None:
+            raise
+        sys.stderr.write(f"fleetwatch: error: {message}\n")
         sys.exit(1)
     sys.exit(exit_code if isinstance(exit_code, int) else 0)
+
+
+def _redis_error_line(exc: Exception) -> str | None:
+    """The one line for an unreachable or refusing Redis (the registry, states and notices live there); None for
+    any other error. Imported here: most commands never touch Redis, and the CLI starts without it."""
+    import redis
+
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return f"Redis refused the credentials ({exc}); check the user and password in FLEETWATCH_REDIS_URL"
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return (
+            f"cannot reach Redis ({exc}); locally, start the stack with `fleetwatch dev up`; "
+            "elsewhere, point FLEETWATCH_REDIS_URL at a running server"
+        )
+    return None
 
 
 if __name__ == "__main__":

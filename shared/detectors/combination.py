@@ -6,8 +6,9 @@ row, 1 for the top 10 %, 3 for the top 0.1 %. The map is stored as the residual 
 `GRID_POINTS` tail probabilities from 1 down to `1 / n_calibration` (log-spaced, so the tail that
 alerts is resolved finely) and interpolated; beyond the calibration range it keeps growing slowly
 (the log of the distance in units of the detector's upper half-spread), so the most extreme rows stay
-ranked. The combined score is minus the weighted sum of the surprises: higher = more normal, like
-every detector, and the alert rule is one threshold on it at the fleet's false-positive budget.
+ranked. The combined score is minus the weighted sum of the surprises (with specialists, below: the
+larger of that sum and each specialist's surprise): higher = more normal, like every detector, and the
+alert rule is one threshold on it at the fleet's false-positive budget.
 
 Weights come from agreement with the consensus (the "ensemble centrality" family of internal
 model-selection criteria, Ma, Zhao and Akoglu 2023): a member's weight is the Pearson correlation of
@@ -15,11 +16,13 @@ its calibration surprises with the mean surprise of the other members, set to 0 
 that ranks rows unlike all the others (noise, or a signal no one else confirms) is dropped, and the
 members that share the dominant signal share the vote. It needs no labels and no refit.
 
-A *specialist* (a detector on one piece of evidence, such as an amount far from the user's own) sees
+A *specialist* (a detector on one piece of evidence, such as an amount far above the user's own) sees
 one kind of anomaly that the others miss, so disagreeing with the consensus is its point, and a vote
 would drown it: it is left out of the vote and alerts alone. The combined surprise is the larger of
 the members' weighted sum and each specialist's own surprise (Tippett's rule for the specialists,
 Fisher's-style sum for the members), and the one offset still meets the budget on calibration rows.
+The voting members' weights sum to 1; a specialist's weight is 1 or 0 (on or off), not a share. Code
+from before specialists would add a specialist into the sum: upgrade the workers before the trainer.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
