@@ -18,6 +18,7 @@ import itertools
 import os
 import time
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -219,10 +220,7 @@ def select_members_by_labels(
     best: tuple[tuple[float, int, int], dict[str, float]] | None = None
     for size in range(1, len(candidates) + 1):
         for subset in itertools.combinations(candidates, size):
-            weights = {name: combination.weights[name] for name in subset}
-            voters = [name for name in subset if name not in combination.specialists]
-            if not any(weights[name] for name in voters):
-                weights |= dict.fromkeys(voters, 1.0)
+            weights = _subset_weights(combination, subset)
             vector = np.array(list(normalized_weights(weights, combination.names, specialist).values()))
             normal_sum = combined_surprise(normal, vector, specialist)
             anomalous_sum = combined_surprise(anomalous, vector, specialist)
@@ -234,6 +232,15 @@ def select_members_by_labels(
                 best = (key, weights)
     assert best is not None, "candidates must not be empty"
     return combination.with_weights(best[1], normal_scores, fpr_budget)
+
+
+def _subset_weights(combination: ScoreCombination, subset: Collection[str]) -> dict[str, float]:
+    """The combination's weights of `subset` only; its voting members equal if the consensus gave them all 0."""
+    weights = {name: combination.weights[name] for name in subset}
+    voters = [name for name in subset if name not in combination.specialists]
+    if not any(weights[name] for name in voters):
+        weights |= dict.fromkeys(voters, 1.0)
+    return weights
 
 
 def _below_floor(evaluation: FleetEvaluation, settings: StreamSettings) -> set[str]:
@@ -316,10 +323,14 @@ def train_round(
             voting = [name for name in names if name not in combination.specialists]
             if voting and floor >= set(voting):  # keep the best general detector, not the specialists alone
                 floor.discard(max(voting, key=lambda n: judged.detectors[n].roc_auc))
+            candidates = [name for name in names if name not in floor]
             if labelled_calibration:
-                candidates = [name for name in names if name not in floor]
                 combination = select_members_by_labels(
                     combination, calibration_scores, anomaly_scores, candidates, config.fleet_fpr_budget
+                )
+            else:  # too few labelled anomalies to choose members by: the floors alone shadow
+                combination = combination.with_weights(
+                    _subset_weights(combination, candidates), calibration_scores, config.fleet_fpr_budget
                 )
             shadow = {name for name in names if combination.weights[name] == 0.0}
             thresholds = _thresholds_with_shadows(calibration_scores, names, shadow, config)

@@ -15,7 +15,7 @@ from shared.model_version import DeployedVersion, Manifest
 from shared.scoring import score_batch
 from shared.streams.transactions.stream import TRANSACTIONS
 from shared.streams.transactions.synthetic import GeneratorSpec, generate_transactions
-from shared.training import TrainingData, select_members_by_labels, train_round
+from shared.training import TrainingData, select_members_by_labels, time_ordered_split, train_round
 from tests.small_models import SMALL_DETECTORS, train_small
 
 
@@ -223,3 +223,19 @@ def test_the_roc_floor_spares_a_specialist_and_the_labels_judge_it_by_what_it_ad
     any_detector = StreamSettings(detectors=detectors, fleet_fpr_budget=0.005, alert_rule="any_detector")
     without_combination = train_round(labelled, any_detector, TRANSACTIONS, None).evaluation
     assert without_combination is not None and "| burst (specialist) |" in without_combination.to_markdown()
+
+
+def test_with_too_few_labelled_calibration_anomalies_the_floors_still_shadow() -> None:
+    data = generate_transactions(GeneratorSpec(users=1_000, events=10_000, anomaly_rate=0.03, seed=6))
+    split = time_ordered_split(len(data.is_anomaly), labelled=True)
+    labels = np.zeros_like(data.is_anomaly)
+    labels[split.evaluation] = data.is_anomaly[split.evaluation]  # none among the calibration rows
+    settings = StreamSettings(detectors=SMALL_DETECTORS, fleet_fpr_budget=0.005, shadow_floor_auc=0.999)
+    result = train_round(TrainingData(data.transaction_columns(), labels, "test"), settings, TRANSACTIONS, None)
+    assert result.evaluation is not None
+    below = [name for name, m in result.evaluation.detectors.items() if m.roc_auc < settings.shadow_floor_auc]
+    assert sorted(below) == ["iforest", "robust_z"]  # both under the floor: the better one is kept alerting
+    best = max(below, key=lambda name: result.evaluation.detectors[name].roc_auc)  # type: ignore[union-attr]
+    assert {entry.name: entry.mode for entry in result.draft.detectors} == {
+        name: "alerting" if name == best else "shadow" for name in below
+    }
