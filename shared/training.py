@@ -251,8 +251,7 @@ def _below_floor(evaluation: FleetEvaluation, settings: StreamSettings) -> set[s
     Specialists are exempt: they rank only the anomalies of their kind well, by design; the labels judge
     them by what they add to the fleet (`select_members_by_labels`).
     """
-    specialists = {config.name for config in settings.detectors if config.specialist}
-    judged = {name: metrics for name, metrics in evaluation.detectors.items() if name not in specialists}
+    judged = {name: metrics for name, metrics in evaluation.detectors.items() if name not in evaluation.specialists}
     if not judged:
         return set()
     best_pr_auc = max(metrics.pr_auc for metrics in judged.values())
