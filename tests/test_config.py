@@ -30,6 +30,7 @@ def test_defaults_point_at_the_local_dev_stack(isolated: Path) -> None:
         "ocsvm",
         "autoencoder",
         "robust_z",
+        "pca",
         "amount_vs_user",
         "hour_vs_user",
         "user_burst",

@@ -1,4 +1,4 @@
-"""Financial transactions (seed 001) as a Stream: per-user behaviour profiles, four detector kinds."""
+"""Financial transactions (seed 001) as a Stream: per-user profiles, five voting detectors, three specialists."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ class TransactionStream(Stream[Transaction, TransactionColumns]):
         {"name": "ocsvm", "kind": "ocsvm", "params": {"random_state": 0}},
         {"name": "autoencoder", "kind": "autoencoder", "params": {"random_state": 0}},
         {"name": "robust_z", "kind": "robust_zscore", "params": {}},
-        # Specialists: one piece of evidence each, alerting alone (the four above vote; these would be outvoted).
+        {"name": "pca", "kind": "pca", "params": {}},  # off the rows' principal subspace: cheap, unlike the others
+        # Specialists: one piece of evidence each, alerting alone (the five above vote; these would be outvoted).
         {"name": "amount_vs_user", "kind": "feature_extreme", "features": ["amount_z_vs_user"], "specialist": True},
         {"name": "hour_vs_user", "kind": "feature_extreme", "features": ["hour_off_user_habit"], "specialist": True},
         {"name": "user_burst", "kind": "feature_extreme", "features": ["user_tx_last_hour"], "specialist": True},
