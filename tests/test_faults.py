@@ -26,7 +26,7 @@ from shared.local_infra.kafka_broker import KafkaBroker
 from shared.local_infra.redis_server import RedisServer
 from shared.output_records import decode_output
 from shared.training import TrainingResult
-from tests.fleet import Fleet, labelled_stream, metric_total, open_fleet, produce_paced, wait_until
+from tests.fleet import QUICK_FAILOVER, Fleet, labelled_stream, metric_total, open_fleet, produce_paced, wait_until
 from tests.servers import running_broker, running_redis
 from tests.small_models import train_small
 
@@ -251,15 +251,10 @@ def assigned_partitions(log: str) -> set[str]:
 def test_when_one_of_two_workers_is_killed_the_other_takes_over_and_nothing_is_lost(
     kafka: KafkaConnection, redis_server: RedisServer, trained: TrainingResult, unique_name: str, logs: Path
 ) -> None:
-    quick_failover = {
-        # Found dead within 6 s (the broker's minimum session), and its open transaction aborted within 10 s.
-        "FLEETWATCH_WORKER__CONSUMER_PROPERTIES": json.dumps({"session.timeout.ms": "6000"}),
-        "FLEETWATCH_WORKER__PRODUCER_PROPERTIES": json.dumps({"transaction.timeout.ms": "10000"}),
-    }
     with open_fleet(kafka, redis_server.url, unique_name, logs) as fleet:
         fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
-        victim, _ = fleet.start_worker(**quick_failover)
-        survivor, _ = fleet.start_worker(**quick_failover)
+        victim, _ = fleet.start_worker(**QUICK_FAILOVER)
+        survivor, _ = fleet.start_worker(**QUICK_FAILOVER)
         payloads, keys = labelled_stream(12_000, seed=56)
         with ThreadPoolExecutor(1) as pool:
             sending = pool.submit(produce_paced, fleet, payloads, keys, 1_500)

@@ -31,7 +31,16 @@ from shared.streams.logs.stream import LOGS, LogStream
 from shared.streams.logs.synthetic import payloads
 from shared.streams.logs.templates import UNSEEN, TemplateVocabulary
 from shared.training import TrainingData, train_round
-from tests.fleet import FLEETWATCH, Fleet, event_ids, metric_total, open_fleet, produce_paced, wait_until
+from tests.fleet import (
+    FLEETWATCH,
+    QUICK_FAILOVER,
+    Fleet,
+    event_ids,
+    metric_total,
+    open_fleet,
+    produce_paced,
+    wait_until,
+)
 from tests.online_batches import online
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC).timestamp()
@@ -335,7 +344,7 @@ def test_log_lines_through_the_trainer_and_two_workers_one_killed_mid_session_an
     live_keys = LOGS.columns(live).session.tolist()
     with open_fleet(kafka, redis_server.url, unique_name, tmp_path) as fleet:
         train_logs(fleet, history.payloads, tmp_path, FLEETWATCH_WORKER__IDLE_SWEEP_INTERVAL_S="1")
-        first, _ = fleet.start_worker(FLEETWATCH_WORKER__BATCH_SIZE="100")
+        first, _ = fleet.start_worker(FLEETWATCH_WORKER__BATCH_SIZE="100", **QUICK_FAILOVER)
         producing = threading.Thread(
             target=produce_paced, args=(fleet, [*live_payloads, b"{broken"], [*live_keys, "x"], 2_000), daemon=True
         )
@@ -344,7 +353,7 @@ def test_log_lines_through_the_trainer_and_two_workers_one_killed_mid_session_an
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert fleet.scored_count() < len(live), "the kill came too late to test anything"
-        fleet.start_worker()
+        fleet.start_worker(**QUICK_FAILOVER)
         producing.join()
         deployed = fleet.registry.load_deployed("logs")
         assert deployed is not None

@@ -28,7 +28,7 @@ from shared.streams.transactions.profiles import empty_profiles
 from shared.streams.transactions.stream import TRANSACTIONS
 from shared.streams.transactions.synthetic import GeneratorSpec, generate_transactions
 from shared.training import TrainingData, TrainingResult, train_round
-from tests.fleet import Fleet, event_ids, labelled_stream, open_fleet, produce_paced, wait_until
+from tests.fleet import QUICK_FAILOVER, Fleet, event_ids, labelled_stream, open_fleet, produce_paced, wait_until
 
 DETECTORS = [
     DetectorConfig(name="iforest", kind="isolation_forest", params={"n_estimators": 30, "random_state": 0}),
@@ -180,7 +180,7 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
     fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
     fleet.env["FLEETWATCH_WORKER__OVERLAP_COMMIT"] = overlap_commit  # both workers: killed and successor
     payloads, keys = labelled_stream(12_000, seed=44)
-    first, _ = fleet.start_worker(FLEETWATCH_WORKER__BATCH_SIZE="100")
+    first, _ = fleet.start_worker(FLEETWATCH_WORKER__BATCH_SIZE="100", **QUICK_FAILOVER)
     paced = threading.Thread(target=produce_paced, args=(fleet, payloads, keys, 4_000), daemon=True)
     paced.start()
     assert wait_until(lambda: len(fleet.outputs()["summary"]) > 1_000, 60)
@@ -188,7 +188,7 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
     first.wait()
     scored_before_kill = sum(len(r) for r in fleet.outputs().values())
     assert scored_before_kill < len(payloads), "the kill came too late to test anything"
-    fleet.start_worker()
+    fleet.start_worker(**QUICK_FAILOVER)
     paced.join()
     outputs = fleet.wait_for_outputs(len(payloads))
     ids = event_ids(outputs["alerts"]) + event_ids(outputs["summary"])
