@@ -34,6 +34,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from shared.detectors.combination import ScoreCombination
 from shared.detectors.robust_zscore import robust_location_scale
+from shared.sorted_runs import rank_within_runs
 from shared.thresholds import DetectorThresholds
 
 RATE_METRICS = ("roc_auc", "pr_auc", "precision", "recall", "f1")
@@ -118,10 +119,8 @@ def earlier_event_counts(entities: np.ndarray, times: np.ndarray) -> np.ndarray:
     _, entity = np.unique(entities, return_inverse=True)
     entity = entity.reshape(-1)
     order = np.lexsort((times, entity))  # stable: equal times keep their positions
-    ordered = entity[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
     counts = np.empty(len(order), dtype=np.int64)
-    counts[order] = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    counts[order] = rank_within_runs(entity[order])
     return counts
 
 

@@ -29,6 +29,7 @@ from numpy.typing import ArrayLike
 
 from shared.entity_state import EntityStates
 from shared.pipeline import ArrayColumns, FeatureSpec
+from shared.sorted_runs import rank_within_runs
 from shared.streams.transactions.contract import CHANNELS, SEGMENTS, TRANSACTION_TYPES, Transaction
 from shared.streams.transactions.profiles import MOMENTS, PROFILE_LAYOUT, RECENT_TIMESTAMPS, country_codes, ip_hashes
 
@@ -385,8 +386,7 @@ def _recent_distinct(
     user, value, recency = user[keep], value[keep], recency[keep]
     order = np.lexsort((recency, user))
     user, value = user[order], value[order]
-    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
-    slot = np.arange(len(user)) - np.repeat(starts, np.diff(np.r_[starts, len(user)]))
+    slot = rank_within_runs(user)
     recent = np.zeros((len(last), slots), dtype=stored.dtype)
     recent[user[slot < slots], slot[slot < slots]] = value[slot < slots]
     return recent
