@@ -195,6 +195,12 @@ class SummarizerSettings(BaseModel):
     batch_size: int = Field(1000, gt=0, description="most records folded into one partial aggregate")
     batch_timeout_s: float = Field(0.5, gt=0, description="longest wait to fill that batch")
     commit_interval_s: float = Field(1.0, gt=0, description="how often consumed offsets are committed")
+    session_timeout_s: float = Field(
+        60.0,
+        ge=6.0,
+        description="how soon a summarizer that died without leaving loses its partitions (6 s: the "
+        "broker's default group.min.session.timeout.ms)",
+    )
     shutdown_timeout_s: float = Field(20.0, gt=0, description="bound on a graceful stop after SIGTERM")
     reports_file: Path | None = Field(None, description="also append every window report here, one JSON line each")
     metrics_port: int = 9400

@@ -91,3 +91,13 @@ def test_a_batch_minimum_above_the_batch_size_is_refused(isolated: Path, monkeyp
         load_settings()
     monkeypatch.setenv("FLEETWATCH_WORKER__BATCH_MIN_SIZE", "100")
     assert load_settings().worker.batch_min_size == 100
+
+
+def test_a_summarizer_session_timeout_below_the_brokers_minimum_is_refused(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEETWATCH_SUMMARIZER__SESSION_TIMEOUT_S", "5")
+    with pytest.raises(ValidationError, match=r"session_timeout_s\s+Input should be greater than or equal to 6"):
+        load_settings()
+    monkeypatch.setenv("FLEETWATCH_SUMMARIZER__SESSION_TIMEOUT_S", "6")
+    assert load_settings().summarizer.session_timeout_s == 6.0

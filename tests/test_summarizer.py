@@ -87,6 +87,7 @@ def summarizers(kafka: KafkaConnection, make_topic: Any, unique_name: str, tmp_p
         "FLEETWATCH_KAFKA_BOOTSTRAP": kafka.bootstrap,
         "FLEETWATCH_LOG_FORMAT": "json",
         "FLEETWATCH_SUMMARIZER__APP_ID": f"summarizer-{unique_name}",
+        "FLEETWATCH_SUMMARIZER__SESSION_TIMEOUT_S": "6",  # a killed one's successor waits 6 s, not 60
         "FLEETWATCH_SUMMARIZER__WINDOW_SIZES_S": "[60]",
         # Alerts and summaries are read by two agents, so one may run ahead of the other by a batch.
         "FLEETWATCH_SUMMARIZER__ALLOWED_LATENESS_S": "300",

@@ -162,6 +162,7 @@ def build_app(settings: FleetwatchSettings, data_dir: Path, recovered: threading
         topic_replication_factor=summarizer.replication_factor,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=summarizer.commit_interval_s,
+        broker_session_timeout=summarizer.session_timeout_s,
         datadir=str(data_dir),
     )
     # Bytes in and out everywhere: records are decoded with msgspec, not faust's codecs.
