@@ -38,7 +38,7 @@ from shared.streams.metrics.stream import METRICS, MetricsStream
 from shared.streams.metrics.windows import MAX_SENSORS, ROW_COLUMNS, MetricColumns, WindowShape
 from shared.training import TrainingData, time_ordered_split, train_round
 from shared.training_data import from_files
-from tests.fleet import FLEETWATCH, event_ids, open_fleet, produce_paced
+from tests.fleet import FLEETWATCH, QUICK_FAILOVER, event_ids, open_fleet, produce_paced
 from tests.test_config import isolated  # noqa: F401 (a fixture)
 
 WINDOW = WindowShape().size
@@ -418,14 +418,14 @@ def test_a_pump_fleet_with_faults_gives_alerts_for_faulty_windows_and_summaries_
         )  # fmt: skip
         assert trained.returncode == 0, trained.stderr
         assert fleet.registry.deployed_version("metrics") == 1
-        first, _ = fleet.start_worker()
+        first, _ = fleet.start_worker(**QUICK_FAILOVER)
         # Paced, and the first worker killed midway: the second replays whatever the first had not committed.
         producing = threading.Thread(target=produce_paced, args=(fleet, [*payloads, *bad], [*keys, "x", "y"], 600))
         producing.start()
         assert fleet_waits_for(fleet, 600)
         first.send_signal(signal.SIGKILL)
         first.wait()
-        fleet.start_worker()
+        fleet.start_worker(**QUICK_FAILOVER)
         producing.join()
         outputs = fleet.wait_for_outputs(len(payloads) + len(bad), timeout_s=180)
         version = fleet.registry.load_deployed("metrics")
