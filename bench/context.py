@@ -96,7 +96,7 @@ class BenchSize:
             rebalance_window_s=2.0,
             training_rows=(2_000, 5_000),
             memory_window_s=1.5,
-            stream_events=4 * _CAP,  # several batches: one transaction becomes visible at once, with no rate
+            stream_events=4 * _CAP,  # several batches: one Kafka transaction's outputs appear at once and give no rate
             stream_train_rows=3_000,
             deeplog_rows=2_000,
             mscred_rows=50,  # 200 took 32 s to train, 50 take 20 s (mostly compiling)

@@ -187,6 +187,18 @@ def test_a_restarted_summarizer_recovers_its_windows_from_the_changelog(
     assert len(rate_alerts) == 1
 
 
+@pytest.mark.parametrize("session_s", [6.0, 60.0, 120.0])
+def test_the_session_timeout_keeps_faust_s_request_timeout_above_it_and_heartbeats_within_a_third(
+    tmp_path: Path, session_s: float
+) -> None:
+    app = build_app(
+        FleetwatchSettings(summarizer=SummarizerSettings(session_timeout_s=session_s)), tmp_path, threading.Event()
+    )
+    assert app.conf.broker_session_timeout == session_s
+    assert app.conf.broker_request_timeout >= session_s  # else faust refuses to start its consumer
+    assert app.conf.broker_heartbeat_interval <= session_s / 3
+
+
 def test_internal_topics_and_the_changelog_get_the_configured_replication_factor(tmp_path: Path) -> None:
     settings = FleetwatchSettings(summarizer=SummarizerSettings(replication_factor=3))
     app = build_app(settings, tmp_path, threading.Event())

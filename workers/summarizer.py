@@ -162,7 +162,11 @@ def build_app(settings: FleetwatchSettings, data_dir: Path, recovered: threading
         topic_replication_factor=summarizer.replication_factor,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=summarizer.commit_interval_s,
+        # faust refuses a session above its request timeout (90 s); a third of the session between heartbeats
+        # leaves room for one missed heartbeat at the shortest sessions.
         broker_session_timeout=summarizer.session_timeout_s,
+        broker_request_timeout=max(90.0, summarizer.session_timeout_s),
+        broker_heartbeat_interval=min(3.0, summarizer.session_timeout_s / 3),
         datadir=str(data_dir),
     )
     # Bytes in and out everywhere: records are decoded with msgspec, not faust's codecs.

@@ -32,7 +32,7 @@ class TransactionStream(Stream[Transaction, TransactionColumns]):
         {"name": "ocsvm", "kind": "ocsvm", "params": {"random_state": 0}},
         {"name": "autoencoder", "kind": "autoencoder", "params": {"random_state": 0}},
         {"name": "robust_z", "kind": "robust_zscore", "params": {}},
-        {"name": "pca", "kind": "pca", "params": {}},  # off the rows' principal subspace: cheap, unlike the others
+        {"name": "pca", "kind": "pca", "params": {}},  # off the rows' principal subspace: one product per batch
         # Specialists: one piece of evidence each, alerting alone (the five above vote; these would be outvoted).
         {"name": "amount_vs_user", "kind": "feature_extreme", "features": ["amount_z_vs_user"], "specialist": True},
         {"name": "hour_vs_user", "kind": "feature_extreme", "features": ["hour_off_user_habit"], "specialist": True},
