@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -91,11 +91,15 @@ class Transaction:
 
 class ConsoleStore:
     """One connection, shared by the console's threads under a lock: the console is one process and its
-    writes are small; a PostgreSQL server is what lets several console replicas share one store."""
+    writes are small; a PostgreSQL server is what lets several console replicas share one store.
 
-    def __init__(self, connection: Any, dialect: Dialect) -> None:
+    A PostgreSQL connection the server dropped (a restart, a failover, an idle-session timeout) fails the
+    statement that found it gone; the next transaction opens a new one (`reconnect`)."""
+
+    def __init__(self, connection: Any, dialect: Dialect, reconnect: Callable[[], Any] | None = None) -> None:
         self._connection = connection
         self.dialect = dialect
+        self._reconnect = reconnect
         self._lock = threading.RLock()
         with self.transaction() as tx:
             for statement in _SCHEMA:
@@ -115,15 +119,20 @@ class ConsoleStore:
         if url.startswith(("postgresql://", "postgres://")):
             import psycopg
 
-            try:
-                return cls(psycopg.connect(url, autocommit=True), "postgresql")
-            except psycopg.OperationalError as exc:
-                raise StoreUnavailable(f"cannot reach the console store {_redacted(url)}: {exc}") from exc
+            def connect() -> Any:
+                try:
+                    return psycopg.connect(url, autocommit=True)
+                except psycopg.OperationalError as exc:
+                    raise StoreUnavailable(f"cannot reach the console store {_redacted(url)}: {exc}") from exc
+
+            return cls(connect(), "postgresql", reconnect=connect)
         raise StoreUnavailable(f"console store URL must start with sqlite:// or postgresql://, got {_redacted(url)}")
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         with self._lock:
+            if self._reconnect is not None and self._connection.broken:
+                self._connection = self._reconnect()
             cursor = self._connection.cursor()
             try:
                 cursor.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")

@@ -127,6 +127,10 @@ CONSOLE_RECORDS_INGESTED = Counter(
     "Records the console read from Kafka into its store, by kind (alert, report, skipped).",
     ["kind"],
 )
+CONSOLE_KAFKA_LAST_CONTACT = Gauge(
+    "fleetwatch_console_kafka_last_contact_timestamp_seconds",
+    "When the console's Kafka feeds last got an answer from the brokers (Unix time; 0: never).",
+)
 CONSOLE_EXPORT_FAILURES = Counter(
     "fleetwatch_console_export_failures_total",
     "Export rounds to the interventions and audit topics that left records unacknowledged (retried later).",

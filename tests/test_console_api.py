@@ -398,7 +398,17 @@ def test_an_action_needs_a_reason(client: TestClient, services: ConsoleServices)
 def test_probes_and_metrics_need_no_token(client: TestClient, services: ConsoleServices) -> None:
     client.post("/api/login", json={"username": "nobody", "password": "wrong"})
     assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready", "feeds": None}  # no feeds beside this app
     assert 'fleetwatch_console_logins_total{result="refused"}' in client.get("/metrics").text
+
+
+def test_a_console_whose_store_does_not_answer_is_not_ready_but_stays_live(
+    client: TestClient, services: ConsoleServices
+) -> None:
+    services.store.close()
+    answer = client.get("/readyz")
+    assert answer.status_code == 503 and answer.json()["status"].startswith("the console store does not answer:")
+    assert client.get("/healthz").status_code == 200
 
 
 def test_add_user_stores_an_argon2_hash_and_the_user_can_log_in(

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+import pytest
 from fastapi.testclient import TestClient
 
 from shared.console_auth import Role
 from shared.kafka_client import KafkaConnection, producer, read_all
+from shared.local_infra.processes import free_port
 from tests.console_support import alert_payload, bearer, make_services
 from workers.console import create_app
 from workers.console_feeds import ConsoleFeeds, FeedTopics
@@ -66,3 +68,54 @@ def test_alerts_flow_in_and_interventions_and_audit_records_flow_out(
     stored = services.store.rows("SELECT seq, hash FROM audit_log ORDER BY seq")
     assert [(e["seq"], e["hash"]) for e in audit] == [(r["seq"], r["hash"]) for r in stored]
     assert audit[1]["prev_hash"] == audit[0]["hash"] and audit[1]["actor"] == "olga"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death it provokes
+def test_the_probes_report_the_feeds_and_a_feed_thread_that_died_fails_liveness(
+    kafka: KafkaConnection, make_topic: Callable[..., str], unique_name: str, tmp_path: Path
+) -> None:
+    topics = FeedTopics(make_topic("alerts"), make_topic("reports"), make_topic("interventions"), make_topic("audit"))
+    services = make_services(f"sqlite:///{tmp_path}/console.db")
+    feeds = ConsoleFeeds(kafka, topics, services.store, services.desk, [], unique_name)
+    feeds.start()
+    try:
+        with TestClient(create_app(services, feeds)) as client:
+            wait_until(lambda: feeds.assigned.is_set() and feeds.last_contact is not None)
+            ready = client.get("/readyz")
+            assert ready.status_code == 200
+            status = ready.json()["feeds"]
+            assert status["running"] and status["partitions_assigned"] and status["kafka_last_contact_s_ago"] < 30
+            assert client.get("/healthz").status_code == 200
+            # The store goes away: not ready at once; the next alert ends the feed thread, and then not live.
+            services.store.close()
+            assert client.get("/readyz").status_code == 503
+            writer = producer(kafka)
+            writer.produce(topics.alerts, alert_payload("user-5", "high"), key="user-5")
+            assert writer.flush(10) == 0
+            wait_until(lambda: feeds.died)
+            dead = client.get("/healthz")
+            assert dead.status_code == 503 and "feeds stopped" in dead.json()["status"]
+    finally:
+        feeds.stop()
+
+
+def test_a_console_without_kafka_stays_ready_and_says_the_brokers_never_answered(
+    unique_name: str, tmp_path: Path
+) -> None:
+    nobody = KafkaConnection(f"127.0.0.1:{free_port()}")  # nothing listens there
+    services = make_services(f"sqlite:///{tmp_path}/console.db")
+    feeds = ConsoleFeeds(nobody, FeedTopics("a", "r", "i", "audit"), services.store, services.desk, [], unique_name)
+    feeds.start()
+    try:
+        with TestClient(create_app(services, feeds)) as client:
+            time.sleep(5)  # longer than one metadata request's timeout
+            ready = client.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.json()["feeds"] == {
+                "running": True,
+                "partitions_assigned": False,
+                "kafka_last_contact_s_ago": None,
+            }
+            assert client.get("/healthz").status_code == 200
+    finally:
+        feeds.stop()

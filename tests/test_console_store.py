@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from shared import audit_log
+from shared.console_store import ConsoleStore
 from shared.interventions import Action, InterventionRequest, labels_for_trainer
 from tests.console_support import alert_payload, audit_count, make_services, offline_feeds
 from tests.postgres_server import running_postgres
@@ -35,6 +36,20 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {database}")  # one database per test: no shared state
     return server.rsplit("/", 1)[0] + f"/{database}"
+
+
+def test_a_postgresql_store_reconnects_after_the_server_dropped_its_connection(postgres_url: str) -> None:
+    store = ConsoleStore.open(postgres_url)
+    with store.transaction() as tx:
+        tx.run("INSERT INTO console_users VALUES (?, ?, ?, ?)", ("ann", "hash", "analyst", "2026-12-02T00:00:00Z"))
+    backend = store.rows("SELECT pg_backend_pid() AS pid")[0]["pid"]
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+    with pytest.raises(psycopg.OperationalError):
+        store.rows("SELECT 1")  # the statement that finds the connection gone fails
+    assert store.rows("SELECT pg_backend_pid() AS pid")[0]["pid"] != backend
+    assert store.rows("SELECT username FROM console_users") == [{"username": "ann"}]
+    store.close()
 
 
 def lock(target: str, actor: str = "olga", reason: str = "review") -> InterventionRequest:

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
@@ -41,6 +41,9 @@ from shared.interventions import Action, InterventionDesk, InterventionRefused, 
 from shared.metrics import CONSOLE_LOGINS
 from shared.registry import ModelRegistry
 from shared.thresholds import DetectorThresholds, ThresholdMethod
+
+if TYPE_CHECKING:
+    from workers.console_feeds import ConsoleFeeds
 
 PAGE_DIR = Path(__file__).with_name("console_page")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -184,7 +187,8 @@ def build_services(settings: FleetwatchSettings, registry: ModelRegistry | None)
     )
 
 
-def create_app(services: ConsoleServices) -> FastAPI:
+def create_app(services: ConsoleServices, feeds: "ConsoleFeeds | None" = None) -> FastAPI:
+    """The API and page over `services`; `feeds`, when the Kafka feeds run beside it, for the probes to report."""
     app = FastAPI(
         title="fleetwatch operations console",
         version="1",
@@ -419,8 +423,23 @@ def create_app(services: ConsoleServices) -> FastAPI:
 
     # --- probes and the page -----------------------------------------------------------------------
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def healthz() -> JSONResponse:
+        """Live unless the Kafka feeds died: a restart is what brings them back."""
+        if feeds is not None and feeds.died:
+            return JSONResponse({"status": "the Kafka feeds stopped on an error; see the log"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        """Ready while the store answers: every request needs it. Kafka's state is reported, not required (a
+        console without Kafka still shows stored alerts and takes interventions, which wait in the outbox)."""
+        body: dict[str, Any] = {"status": "ready", "feeds": None if feeds is None else feeds.status()}
+        try:
+            store.rows("SELECT 1 AS answer")
+        except Exception as exc:  # any failure of the store's driver means no request can be served
+            body["status"] = f"the console store does not answer: {exc}"
+            return JSONResponse(body, status_code=503)
+        return JSONResponse(body)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
@@ -502,7 +521,7 @@ def serve(settings: FleetwatchSettings) -> None:
     )
     feeds.start()
     try:
-        uvicorn.run(create_app(services), host=console.host, port=console.port, log_level="warning", **tls)
+        uvicorn.run(create_app(services, feeds), host=console.host, port=console.port, log_level="warning", **tls)
     finally:
         feeds.stop()
         services.store.close()

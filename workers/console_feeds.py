@@ -5,16 +5,22 @@ stores each record (ids make repeats harmless), runs the automation rules on ale
 commits offsets after the store did. The same thread exports the store's outbox to the `interventions`
 and `audit` topics (keyed by target) and marks records published only once the broker acknowledged
 them: at least once on Kafka, the intervention id / audit seq identifies a repeat.
+
+Every `CONTACT_INTERVAL_S` the thread asks the brokers for the alert topic's metadata: the last answer is
+`last_contact` (and a Prometheus timestamp), which the console's probes report. A Kafka outage does not make
+the console unready: analysts keep reading stored alerts and acting, their interventions wait in the outbox.
+The thread ending on an error does make it unhealthy, since only a restart brings it back.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from shared import alert_inbox, interventions
 from shared.automation_rules import AutomationRule, run_rules
@@ -22,9 +28,15 @@ from shared.console_store import ConsoleStore
 from shared.interventions import InterventionDesk
 from shared.kafka_client import KafkaConnection, consumer, producer
 from shared.logs import get_logger
-from shared.metrics import CONSOLE_EXPORT_FAILURES, CONSOLE_RECORDS_INGESTED
+from shared.metrics import CONSOLE_EXPORT_FAILURES, CONSOLE_KAFKA_LAST_CONTACT, CONSOLE_RECORDS_INGESTED
 
 log = get_logger("fleetwatch.console")
+
+CONTACT_INTERVAL_S = 5.0
+"""How often the feeds ask the brokers for metadata, to know they still answer."""
+
+CONTACT_TIMEOUT_S = 3.0
+"""How long one such request may take before it counts as no answer."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,7 @@ class ConsoleFeeds:
     _wake: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     assigned: threading.Event = field(default_factory=threading.Event)
+    last_contact: float | None = None  # time.monotonic() of the brokers' last answer
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="console-feeds", daemon=True)
@@ -58,6 +71,21 @@ class ConsoleFeeds:
         if self._thread is not None:
             self._thread.join(timeout_s)
 
+    @property
+    def died(self) -> bool:
+        """The thread ended without being asked to (an unexpected error): only a restart brings the feeds back."""
+        return self._thread is not None and not self._thread.is_alive() and not self._stop.is_set()
+
+    def status(self) -> dict[str, Any]:
+        """What the probes report: running, partitions assigned, seconds since the brokers last answered."""
+        return {
+            "running": self._thread is not None and self._thread.is_alive(),
+            "partitions_assigned": self.assigned.is_set(),
+            "kafka_last_contact_s_ago": None
+            if self.last_contact is None
+            else round(time.monotonic() - self.last_contact, 1),
+        }
+
     def wake(self) -> None:
         """Export now (called after an intervention was stored)."""
         self._wake.set()
@@ -68,8 +96,12 @@ class ConsoleFeeds:
         reader.subscribe(
             [self.topics.alerts, self.topics.reports], on_assign=lambda _consumer, _partitions: self.assigned.set()
         )
+        asked = -CONTACT_INTERVAL_S
         try:
             while not self._stop.is_set():
+                if time.monotonic() - asked >= CONTACT_INTERVAL_S:
+                    asked = time.monotonic()
+                    self._ask_brokers(reader)
                 messages = reader.consume(num_messages=500, timeout=0.2)
                 good = [m for m in messages if m.error() is None]
                 for message in messages:
@@ -89,6 +121,15 @@ class ConsoleFeeds:
         finally:
             reader.close()
             writer.flush(5)
+
+    def _ask_brokers(self, reader: Any) -> None:
+        try:
+            reader.list_topics(self.topics.alerts, timeout=CONTACT_TIMEOUT_S)
+        except KafkaException as exc:
+            log.warning("console feeds: no answer from the Kafka brokers", error=str(exc))
+            return
+        self.last_contact = time.monotonic()
+        CONSOLE_KAFKA_LAST_CONTACT.set_to_current_time()
 
     def ingest(self, payloads: list[bytes]) -> list[str]:
         """Store alerts and window reports; run the rules on alerts seen for the first time; return their ids."""

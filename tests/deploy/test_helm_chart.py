@@ -369,10 +369,10 @@ def test_console_serves_https_on_its_own_port_with_its_sqlite_store_on_a_kept_cl
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     store = mounted_volumes(deployment)["/var/lib/fleetwatch/console"]
     assert store["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
-    # Its API, page, /metrics and /healthz are on one HTTPS port; the probes speak HTTPS to it.
+    # Its API, page, /metrics and the probes are on one HTTPS port; the probes speak HTTPS to it.
     assert main["ports"] == [{"name": "console", "containerPort": CONSOLE_PORT, "protocol": "TCP"}]
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert main[probe]["httpGet"] == {"path": "/healthz", "port": "console", "scheme": "HTTPS"}
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert main[probe]["httpGet"] == {"path": path, "port": "console", "scheme": "HTTPS"}
     annotations = pod["metadata"]["annotations"]
     assert (annotations["prometheus.io/port"], annotations["prometheus.io/scheme"]) == (str(CONSOLE_PORT), "https")
     assert main["resources"]["requests"] and main["resources"]["limits"]["memory"]
