@@ -42,10 +42,12 @@ from bench.nab_scoring import (
 )
 from bench.sensor_windows import (
     COMBINATION_COLUMN,
+    LEVEL_COLUMN,
     Vector,
     available_kinds,
     file_surprises,
     lagged_rows,
+    level_rows,
     write_report,
 )
 from shared.errors import FleetwatchError
@@ -97,12 +99,13 @@ def corpus_likelihoods(
     on_file: Callable[[str], None] = lambda name: None,
 ) -> tuple[dict[str, list[Vector]], list[dict[str, float]]]:
     """Per column (each kind, then the combination) the likelihood series of every file; the weights per file."""
-    columns: dict[str, list[Vector]] = {column: [] for column in (*kinds, COMBINATION_COLUMN)}
+    columns: dict[str, list[Vector]] = {column: [] for column in (*kinds, LEVEL_COLUMN, COMBINATION_COLUMN)}
     weights = []
     for labelled, values in zip(corpus.files, corpus.values, strict=True):
         on_file(labelled.name)
         rows = lagged_rows(values[:, None], lags)
-        surprises = file_surprises(rows, probation_length(labelled.n_rows), kinds)
+        probation = probation_length(labelled.n_rows)
+        surprises = file_surprises(rows, probation, kinds, level_rows(values[:, None], probation))
         for column in columns:
             columns[column].append(likelihood(surprises.surprise[column]))
         weights.append(dict(surprises.weights))
@@ -178,6 +181,8 @@ def run_nab(
             "training": "each file's probationary period (first 15 %, at most 750 rows): "
             "the earliest 80 % fit, the rest calibrate",
             "rows": f"last {lags} values and their {lags - 1} differences, standard-scaled on the fitted rows",
+            "level": "each value's distance from its running level as the metrics stream computes it (learned on "
+            "the training rows); the stream's level specialist fits on it and joins the combination as a specialist",
             "likelihood": "s / (1 + s) of the calibration surprise s = -log10 tail probability",
             "threshold": "NAB's: one per profile, optimised over the whole corpus",
         },

@@ -34,10 +34,12 @@ from bench.sensor_windows import (
     COMBINATION_COLUMN,
     FIT_SHARE,
     FPR_BUDGET,
+    LEVEL_COLUMN,
     SEED,
     available_kinds,
     file_surprises,
     lagged_rows,
+    level_rows,
     write_report,
 )
 from shared.detectors.combination import budget_offset
@@ -119,15 +121,16 @@ def run_skab(
     started = time.monotonic()
     files = read_skab(skab_dir)
     chosen = tuple(kinds) if kinds else available_kinds()
-    columns = (*chosen, COMBINATION_COLUMN, *((MSCRED_COLUMN,) if mscred else ()))
+    columns = (*chosen, LEVEL_COLUMN, COMBINATION_COLUMN, *((MSCRED_COLUMN,) if mscred else ()))
     counts = {column: np.zeros(4, dtype=np.int64) for column in columns}  # tp, fp, fn, tn
     for skab_file in files:
         on_file(skab_file.name)
-        surprises = file_surprises(lagged_rows(skab_file.sensors, lags), TRAIN_ROWS, chosen)
+        levels = level_rows(skab_file.sensors, TRAIN_ROWS)
+        surprises = file_surprises(lagged_rows(skab_file.sensors, lags), TRAIN_ROWS, chosen, levels)
         truth = skab_file.anomaly[TRAIN_ROWS:] == 1
         alerts = {
             column: surprises.surprise[column] > surprises.alert_level[column]
-            for column in (*chosen, COMBINATION_COLUMN)
+            for column in (*chosen, LEVEL_COLUMN, COMBINATION_COLUMN)
         }
         if mscred:
             alerts[MSCRED_COLUMN] = mscred_alerts(skab_file.sensors)
@@ -151,6 +154,8 @@ def run_skab(
         "protocol": {
             "training": f"each file's first {TRAIN_ROWS} rows: the earliest 80 % fit, the rest calibrate",
             "rows": f"last {lags} values of the 8 sensors and their {lags - 1} differences, standard-scaled",
+            "level": "each value's distance from its running level as the metrics stream computes it (learned on "
+            "the training rows); the stream's level specialist fits on it and joins the combination as a specialist",
             "alert": f"surprise above the level of the fleet's rule at a {FPR_BUDGET} budget on the calibration rows",
             "metrics": "SKAB's binary F1, FAR, MAR over all files' test rows pooled",
         },

@@ -55,7 +55,9 @@ class DetectorConfig(BaseModel):
     kind: str
     params: dict[str, Any] = Field(default_factory=dict)
     features: list[str] | None = Field(
-        None, description="the feature columns it sees; by default every one but the stream's categorical ones"
+        None,
+        description="the feature columns it sees, by name or shell-style pattern (`level:*`); by default every one "
+        "but the stream's categorical ones",
     )
     specialist: bool = Field(
         False,
@@ -75,7 +77,7 @@ class StreamSettings(BaseModel):
     featurization: dict[str, int] = Field(
         default_factory=dict,
         description="the stream's own featurization parameters, set before it learns (metrics: window_size, "
-        "window_step); a trained version keeps them",
+        "window_step, level_memory); a trained version keeps them",
     )
     std_multiplier: float = 6.0
     quantile: float = 0.95

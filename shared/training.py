@@ -14,6 +14,7 @@ calibration rows, the member subset whose combination catches most of them at th
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import os
 import time
@@ -119,13 +120,18 @@ def _fit_one(config_name: str, detector: Detector, rows: np.ndarray) -> tuple[st
 
 
 def detector_columns(config: DetectorConfig, stream: Stream[Any, Any]) -> list[int] | None:
-    """The feature columns a detector sees: those its entry names, else every one but the categorical ones;
-    None when that is every column."""
+    """The feature columns a detector sees: those its entry names (names or shell-style patterns such as
+    `level:*`, in the entry's order, each pattern's matches in the spec's), else every one but the categorical
+    ones; None when that is every column."""
     names = stream.feature_spec.names
-    chosen = config.features or [name for name in names if name not in stream.categorical_features]
-    unknown = sorted(set(chosen) - set(names))
-    if unknown:
-        raise TrainingError(f"detector {config.name!r} names features the {stream.name} stream lacks: {unknown}")
+    if config.features:
+        matches = [fnmatch.filter(names, pattern) for pattern in config.features]
+        unknown = [pattern for pattern, matched in zip(config.features, matches, strict=True) if not matched]
+        if unknown:
+            raise TrainingError(f"detector {config.name!r} names features the {stream.name} stream lacks: {unknown}")
+        chosen = list(dict.fromkeys(name for matched in matches for name in matched))
+    else:
+        chosen = [name for name in names if name not in stream.categorical_features]
     columns = [names.index(name) for name in chosen]
     return None if columns == list(range(len(names))) else columns
 

@@ -131,12 +131,12 @@ def write_nab_checkout(root: Path) -> Path:
 def test_nab_runner_scores_every_column_under_every_profile(tmp_path):
     report = run_nab(write_nab_checkout(tmp_path), kinds=("pca", "knn"))
     assert report["files"] == 2 and report["windows"] == 1 and report["reproduction"] == {}
-    assert set(report["results"]) == {"pca", "knn", "combination"}
+    assert set(report["results"]) == {"pca", "knn", "level", "combination"}  # level: the stream's specialist
     for column in report["results"].values():
         assert set(column) == set(PROFILES)
     assert report["results"]["combination"]["standard"]["detected_windows"] == 1
     assert report["results"]["combination"]["standard"]["normalized"] > 50.0
-    assert "| fleetwatch combination |" in markdown_tables(report)
+    assert "| fleetwatch combination |" in markdown_tables(report) and "| fleetwatch level |" in markdown_tables(report)
 
 
 def test_skab_runner_pools_its_binary_metrics_over_the_test_rows(tmp_path):
@@ -156,6 +156,7 @@ def test_skab_runner_pools_its_binary_metrics_over_the_test_rows(tmp_path):
         (tmp_path / "data" / "valve1" / f"{number}.csv").write_text(header + body)
     report = run_skab(tmp_path, kinds=("pca", "knn"), mscred=False)
     assert report["files"] == 2 and report["test_rows"] == 600
+    assert set(report["results"]) == {"pca", "knn", "level", "combination"}
     combined = report["results"]["combination"]
     assert (
         combined["tp"] + combined["fn"] == 200

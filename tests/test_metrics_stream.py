@@ -106,6 +106,58 @@ def test_a_window_carries_missing_readings_forward_and_pads_a_new_asset_with_its
     assert after.records["real"].tolist() == [2, 1]
 
 
+def _levels_one_reading_at_a_time(readings: np.ndarray, prior: np.ndarray, memory: int) -> np.ndarray:
+    """The level deviations of one asset's readings by the textbook recurrences, a reading at a time."""
+    alpha, weight, mean, square = 1.0 / memory, 0.0, np.zeros(readings.shape[1]), np.zeros(readings.shape[1])
+    out = np.zeros_like(readings)
+    for k, x in enumerate(readings):
+        if k:
+            variance = np.maximum(square - mean**2, 0.0)
+            blended = (weight * memory * variance + 8 * prior) / (weight * memory + 8)
+            out[k] = (x - mean) / (np.sqrt(blended) + 1e-6 * (1.0 + np.abs(mean)))
+        # weighted mean and mean square of all readings so far, weights alpha·(1 - alpha)^age normalised
+        new_weight = (1.0 - alpha) * weight + alpha
+        mean = ((1.0 - alpha) * weight * mean + alpha * x) / new_weight
+        square = ((1.0 - alpha) * weight * square + alpha * x**2) / new_weight
+        weight = new_weight
+    return out
+
+
+def test_the_level_of_interleaved_assets_in_any_batching_equals_the_reading_at_a_time_recurrence() -> None:
+    rng = np.random.default_rng(5)
+    assets = rng.choice(["a", "b", "c"], size=300)
+    flows = np.cumsum(rng.normal(0.0, 1.0, size=300)) + 50.0
+    columns = MetricColumns.from_values(assets.tolist(), np.arange(300.0).tolist(), [{"flow": v} for v in flows])
+    prior = np.r_[4.0, np.zeros(MAX_SENSORS - 1)]
+    stream = MetricsStream(("flow",), np.zeros(MAX_SENSORS), np.ones(MAX_SENSORS), prior,
+                           shape=WindowShape(level_memory=50))  # fmt: skip
+    level = stream.feature_spec.names.index("level:s00")
+    whole, _ = stream.advance(stream.empty_states(), columns)
+    for asset in "abc":
+        mine = assets == asset
+        expected = _levels_one_reading_at_a_time(flows[mine, None], prior[:1], memory=50)[:, 0]
+        np.testing.assert_allclose(whole[mine, level], expected, rtol=1e-9, atol=1e-9)
+    # In batches of 7, each asset's state kept as the bytes a store would keep: the same deviations.
+    stored: dict[str, bytes] = {}
+    parts = []
+    for start in range(0, 300, 7):
+        states = EntityStates.from_blobs(stream.state_layout, sorted(stored), [stored[k] for k in sorted(stored)])
+        part, after = stream.advance(states, columns.take(np.arange(start, min(start + 7, 300))))
+        stored |= dict(zip(after.keys.tolist(), after.blobs(), strict=True))
+        parts.append(part)
+    np.testing.assert_allclose(np.vstack(parts), whole, rtol=1e-9, atol=1e-9)
+
+
+def test_a_level_shift_stands_out_while_it_is_new_and_fades_as_the_level_follows() -> None:
+    flows = np.r_[np.full(400, 10.0), np.full(400, 14.0)] + np.random.default_rng(6).normal(0.0, 0.5, size=800)
+    columns = MetricColumns.from_values(["a"] * 800, np.arange(800.0).tolist(), [{"flow": v} for v in flows])
+    stream = METRICS.configured({"level_memory": 100}).learn(columns.take(np.arange(400)))
+    deviation = stream.advance(stream.empty_states(), columns)[0][:, stream.feature_spec.names.index("level:s00")]
+    assert np.abs(deviation[50:400]).max() < 4.5, "the steady part stays within a few standard deviations"
+    assert deviation[400] > 6.0, "the first shifted reading is far from the level"
+    assert np.abs(deviation[-100:]).max() < 4.5, "a few memories later the shifted level is the normal one"
+
+
 def test_a_window_counts_its_real_readings_across_batches_up_to_a_full_window() -> None:
     stream = MetricsStream(("flow",), np.zeros(MAX_SENSORS), np.r_[1.0, np.zeros(MAX_SENSORS - 1)])
     columns = MetricColumns.from_values(
@@ -117,7 +169,7 @@ def test_a_window_counts_its_real_readings_across_batches_up_to_a_full_window() 
     stored = EntityStates.from_blobs(stream.state_layout, part.keys.tolist(), part.blobs())
     assert stored.records["real"].tolist() == [3]
     rest, _ = stream.advance(stored, columns.take(np.arange(3, 12)))
-    np.testing.assert_array_equal(rest, whole[3:])
+    np.testing.assert_allclose(rest, whole[3:], rtol=1e-12, atol=1e-12)  # the level's sums round differently
     # from the 8th reading on the window is full: the spread of 0, 1, 0, ... is the alternation's own (sd 0.5)
     spread = np.exp(whole[:, METRICS.feature_spec.names.index("logspread:s00")])
     np.testing.assert_allclose(spread[WINDOW - 1 :], 0.5, rtol=1e-4)
@@ -155,14 +207,14 @@ def test_a_version_trained_with_window_4_featurizes_and_keeps_state_with_window_
     result = train_round(TrainingData(columns, None, "test"), quick_settings(window_size=4), METRICS, None)
     version = DeployedVersion.assemble(result.draft, ModelBundle.from_verified_bytes(result.bundle.to_bytes()))
     stream = version.stream
-    parts = ("lag3", "lag2", "lag1", "logspread", "now")
+    parts = ("lag3", "lag2", "lag1", "level", "logspread", "now")
     names = [f"{part}:s{slot:02d}" for part in parts for slot in range(MAX_SENSORS)]
     assert version.feature_names == names and list(stream.feature_spec.names) == names
     raw, after = stream.advance(stream.empty_states(), columns)
     assert raw.shape == result.raw_features.shape == (len(columns), len(parts) * MAX_SENSORS)
     assert after.records["rows"].shape == (4, 3, MAX_SENSORS) and after.records["real"].tolist() == [3] * 4
     assert score_batch(version, raw).scores.shape == (len(columns), 1)
-    assert len(METRICS.feature_spec.names) == (WINDOW + 1) * MAX_SENSORS, "the catalog's stream keeps the default"
+    assert len(METRICS.feature_spec.names) == (WINDOW + 2) * MAX_SENSORS, "the catalog's stream keeps the default"
 
 
 def test_a_pickled_learned_stream_keeps_its_window_and_an_older_one_has_the_default() -> None:
@@ -202,7 +254,8 @@ def test_a_step_fits_the_detectors_on_every_step_th_window_of_each_asset_and_sco
         ({"window_size": 1}, "window size must be an integer from 2 to 64"),
         ({"window_size": 65}, "window size must be an integer from 2 to 64"),
         ({"window_step": 0}, "window step must be a positive integer"),
-        ({"window": 8}, "takes window_size and window_step; unknown: window"),
+        ({"level_memory": 1}, "level memory must be an integer from 2 to 1000000"),
+        ({"window": 8}, "takes window_size, window_step and level_memory; unknown: window"),
     ],
 )
 @pytest.mark.usefixtures("isolated")
@@ -318,7 +371,7 @@ def test_a_trained_version_stores_every_methods_rates_and_alerts_name_the_faulty
     assert result.draft.combination is None, "any_detector: the picked thresholds decide the alerts"
     assert result.evaluation is not None and result.draft.evaluation is not None
     rates = result.draft.evaluation["threshold_methods"]
-    assert set(rates) == {"annoy", "ica", "aakr"}
+    assert set(rates) == {"annoy", "ica", "aakr", "level"}
     assert set(rates["aakr"]) == {
         "mean_k_std",
         "min",

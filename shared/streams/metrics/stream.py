@@ -5,11 +5,12 @@ sensor's median and its typical variance over a window (the median over the hist
 new asset's window counts its missing rows at) from the training history, and the version keeps that learned
 stream in its signed artifact, with its window shape: a worker featurizes with the window size the version was
 trained with, whatever its own configuration. The catalog's stream has learned nothing and refuses to featurize;
-the stream's `featurization` setting (`window_size`, `window_step`, see `windows.WindowShape`) configures it.
+the stream's `featurization` setting (`window_size`, `window_step`, `level_memory`, see `windows.WindowShape`)
+configures it.
 
 >>> stream = METRICS.configured({"window_size": 4})
 >>> stream.feature_spec.names[0], len(stream.feature_spec.names), stream.state_layout.dtype["rows"].shape
-('lag3:s00', 80, (3, 16))
+('lag3:s00', 96, (3, 16))
 >>> METRICS.configured({"window_size": 1})
 Traceback (most recent call last):
 ...
@@ -31,10 +32,12 @@ from shared.errors import FleetwatchError
 from shared.pipeline import FeatureGroups, Stream, StreamTopics, SyntheticEvents, WindowDimensions
 from shared.streams.metrics import files
 from shared.streams.metrics.contract import SensorReadings, decode_readings
+from shared.streams.metrics.levels import learn_level_variance
 from shared.streams.metrics.synthetic import generate_pumps
 from shared.streams.metrics.windows import (
     MAX_SENSORS,
     ROW_COLUMNS,
+    SIZE_INDEPENDENT_PARTS,
     WINDOW_SIZES,
     MetricColumns,
     WindowShape,
@@ -50,8 +53,9 @@ from shared.streams.metrics.windows import (
 
 
 class MetricsStream(Stream[SensorReadings, MetricColumns]):
-    """`sensors`, `fill` (each sensor's training median) and `typical_variance` (each sensor's median variance over
-    a training window) are what `learn` sets; empty in the catalog. `shape` is the configured window shape; the
+    """`sensors`, `fill` (each sensor's training median), `typical_variance` (each sensor's median variance over
+    a training window) and `level_variance` (its median variance over a training asset) are what `learn` sets;
+    empty in the catalog. `shape` is the configured window shape; the
     feature spec and the state layout follow from its size."""
 
     name = "metrics"
@@ -60,11 +64,14 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
     alert_fields = ("event_id", "asset_id")
     default_detectors = (
         # Windows as vectors for the neighbours; each sensor's log spread and current row for the others.
-        {"name": "annoy", "kind": "annoy", "params": {"random_state": 0}},
+        {"name": "annoy", "kind": "annoy", "features": ["lag*", "logspread:*", "now:*"], "params": {"random_state": 0}},
         # 80 % of the variance: the sources keep the load-driven relations, the residual the rest (a stuck
         # sensor's collapsed spread among it); at 95 % the spreads' own directions are sources and stay unseen.
         {"name": "ica", "kind": "ica", "params": {"n_components": 0.8, "last_columns": ROW_COLUMNS, "random_state": 0}},
         {"name": "aakr", "kind": "aakr", "params": {"last_columns": ROW_COLUMNS, "random_state": 0}},
+        # Each sensor against its own running level: a specialist, since a level excursion is one kind of
+        # evidence that the window detectors' consensus would outvote (on NAB: 25.1 as a specialist, 2.4 voting).
+        {"name": "level", "kind": "aakr", "features": ["level:*"], "specialist": True, "params": {"random_state": 0}},
     )
 
     def __init__(
@@ -72,12 +79,14 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
         sensors: Sequence[str] = (),
         fill: np.ndarray | None = None,
         typical_variance: np.ndarray | None = None,
+        level_variance: np.ndarray | None = None,
         *,
         shape: WindowShape | None = None,
     ) -> None:
         self.sensors = tuple(sensors)
         self.fill = np.zeros(MAX_SENSORS) if fill is None else fill
         self.typical_variance = np.zeros(MAX_SENSORS) if typical_variance is None else typical_variance
+        self.level_variance = np.zeros(MAX_SENSORS) if level_variance is None else level_variance
         self.shape = WindowShape() if shape is None else shape
         self.feature_spec = feature_spec(self.shape.size)
         self.state_layout = window_layout(self.shape.size)
@@ -88,6 +97,7 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
             "sensors": self.sensors,
             "fill": self.fill,
             "typical_variance": self.typical_variance,
+            "level_variance": self.level_variance,
             "shape": self.shape,
         }
 
@@ -96,15 +106,24 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
         MetricsStream.__init__(self, **state)
 
     def configured(self, parameters: Mapping[str, int]) -> MetricsStream:
-        """This stream, unlearned, with the `window_size` and `window_step` `parameters` name (others as they are)."""
-        if unknown := sorted(set(parameters) - {"window_size", "window_step"}):
-            raise ValueError(f"the metrics stream takes window_size and window_step; unknown: {', '.join(unknown)}")
-        size, step = parameters.get("window_size", self.shape.size), parameters.get("window_step", self.shape.step)
-        return MetricsStream(shape=WindowShape(size=size, step=step))
+        """This stream, unlearned, with the `window_size`, `window_step` and `level_memory` `parameters` name (others
+        as they are)."""
+        if unknown := sorted(set(parameters) - {"window_size", "window_step", "level_memory"}):
+            raise ValueError(
+                f"the metrics stream takes window_size, window_step and level_memory; unknown: {', '.join(unknown)}"
+            )
+        shape = self.shape
+        return MetricsStream(
+            shape=WindowShape(
+                size=parameters.get("window_size", shape.size),
+                step=parameters.get("window_step", shape.step),
+                level_memory=parameters.get("level_memory", shape.level_memory),
+            )
+        )
 
     def feature_spec_mismatch(self, version: int, names: Sequence[str]) -> str | None:
         """Every window size has its spec: the names are checked against the one of the size their count implies."""
-        size = len(names) // MAX_SENSORS - 1
+        size = len(names) // MAX_SENSORS - SIZE_INDEPENDENT_PARTS + 1
         return (feature_spec(size) if size in WINDOW_SIZES else self.feature_spec).mismatch(version, names)
 
     def decode(self, payloads: Sequence[bytes | None]) -> DecodedBatch[SensorReadings]:
@@ -130,7 +149,8 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
             )
         fill = np.nan_to_num(np.nanmedian(history.readings(sensors), axis=0)) if len(history) else np.zeros(MAX_SENSORS)
         windows = slide_windows(self.empty_states(), history, sensors, fill, self.shape.size)
-        return MetricsStream(sensors, fill, learn_typical_variance(windows), shape=self.shape)
+        level_variance = learn_level_variance(windows.rows[:, -1, :], windows.by_asset)
+        return MetricsStream(sensors, fill, learn_typical_variance(windows), level_variance, shape=self.shape)
 
     def training_rows(self, history: MetricColumns) -> np.ndarray:
         return training_windows(history, self.shape.step)
@@ -141,7 +161,9 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
                 "the metrics stream featurizes with the sensors it learned from a training history; use a trained "
                 "version's stream (or Stream.learn), not the catalog's"
             )
-        return advance_windows(before, columns, self.sensors, self.fill, self.typical_variance, self.shape.size)
+        return advance_windows(
+            before, columns, self.sensors, self.fill, self.typical_variance, self.level_variance, self.shape
+        )
 
     def feature_groups(self) -> FeatureGroups:
         slot = np.arange(len(self.feature_spec.names)) % MAX_SENSORS  # every part of the spec is one column per slot
@@ -152,8 +174,11 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
 
     @property
     def fingerprint(self) -> str:
-        learned = hashlib.blake2b(np.concatenate([self.fill, self.typical_variance]).tobytes(), digest_size=8)
-        return f"{super().fingerprint}:w{self.shape.size}:{sensor_set_key(self.sensors):016x}:{learned.hexdigest()}"
+        learned = hashlib.blake2b(
+            np.concatenate([self.fill, self.typical_variance, self.level_variance]).tobytes(), digest_size=8
+        )
+        shape = f"w{self.shape.size}m{self.shape.level_memory}"
+        return f"{super().fingerprint}:{shape}:{sensor_set_key(self.sensors):016x}:{learned.hexdigest()}"
 
     def report_table(self, columns: MetricColumns) -> dict[str, Any]:
         readings = columns.readings(self.sensors)

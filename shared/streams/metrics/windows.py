@@ -3,9 +3,11 @@
 Every reading is scored with the window that ends at it: the asset's `size` latest readings, its own
 included, of up to `MAX_SENSORS` sensors (the slots, in the order the stream learned the sensor names).
 The features are the window's older rows (`lag{size-1}` .. `lag1`, oldest first: the vector form nearest
-neighbours compare), each sensor's log spread over the window (`logspread`: the log of its standard
-deviation, floored at a millionth of its level, so a stuck sensor stands out by many standard deviations
-instead of one), and the current row (`now`); row-wise detectors read only the last `ROW_COLUMNS` columns.
+neighbours compare), each sensor's distance from its running level (`level`, see `levels`: the asset's own
+recent readings, over a memory far longer than the window), each sensor's log spread over the window
+(`logspread`: the log of its standard deviation, floored at a millionth of its level, so a stuck sensor
+stands out by many standard deviations instead of one), and the current row (`now`); row-wise detectors
+read only the last `ROW_COLUMNS` columns, the level specialist only the `level` ones.
 
 The window's shape is chosen per stream by configuration (`WindowShape`: `size` readings, 8 by default, and a
 `step`) and learned into a version, so a version featurizes with the size it was trained with. The step is a
@@ -14,9 +16,9 @@ training-time choice: the detectors fit on every `step`-th window of each asset 
 calibration and evaluation rows and the workers score every reading, one output per reading. At most 16
 sensors, since the feature columns are fixed slots. A reading without a value for a sensor carries that
 sensor's previous value forward (the training median for an asset's first reading). An asset's state between
-batches is its last `size - 1` rows, how many of them are real readings, and the sensor set they belong to, so
-a version that learned other sensors starts a fresh window instead of misreading them; a state of another
-size is another record size, which the state store ignores.
+batches is its last `size - 1` rows, how many of them are real readings, its sensors' running levels, and the
+sensor set they belong to, so a version that learned other sensors starts a fresh window and level instead of
+misreading them; a state of another size is another record size, which the state store ignores.
 
 A new asset's window holds fewer than `size` real readings. Its older rows are padded with its first
 reading, and its spread is estimated from the real rows only, the missing ones counted at the typical
@@ -30,16 +32,18 @@ window its own; the padding never reads as a stuck sensor.
 ...                                     {"flow": 3.0}, {"flow": 5.0, "power": 4.0}])
 >>> typical = np.r_[4.0, 0.25, np.zeros(MAX_SENSORS - 2)]
 >>> features, after = advance_windows(EntityStates.empty(window_layout(8)), columns, sensors, np.zeros(MAX_SENSORS),
-...                                   typical, size=8)
+...                                   typical, typical, WindowShape())
 >>> names = feature_spec(8).names
->>> [name for name in names if name.endswith(":s00")][-3:]
-['lag1:s00', 'logspread:s00', 'now:s00']
+>>> [name for name in names if name.endswith(":s00")][-4:]
+['lag1:s00', 'level:s00', 'logspread:s00', 'now:s00']
 >>> features[:, names.index("now:s01")].tolist(), float(features[2, names.index("lag1:s00")])
 ([2.0, 2.0, 4.0], 3.0)
 >>> np.exp(features[0, names.index("logspread:s00")]).round(3), after.records["real"].tolist()
 (np.float64(2.0), [3])
+>>> features[:, names.index("level:s00")].round(3).tolist()
+[0.0, 1.061, 1.627]
 >>> feature_spec(3).names[:: MAX_SENSORS], training_windows(columns, step=2).tolist()
-(('lag2:s00', 'lag1:s00', 'logspread:s00', 'now:s00'), [False, True, False])
+(('lag2:s00', 'lag1:s00', 'level:s00', 'logspread:s00', 'now:s00'), [False, True, False])
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import numpy as np
 
 from shared.entity_state import EntityStates, StateLayout
 from shared.pipeline import ArrayColumns, FeatureSpec
+from shared.streams.metrics.levels import LevelState, advance_levels
 
 MAX_SENSORS = 16
 """Sensor slots of the feature spec; a training history naming more sensors is refused."""
@@ -67,12 +72,18 @@ SPREAD_FLOOR = 1e-6
 """A window's spread is floored at this share of its level (plus this much): a stuck sensor's log stays finite."""
 
 
+LEVEL_MEMORIES = range(2, 1_000_001)
+"""The level memories a stream may be configured with, in readings (see `levels`)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WindowShape:
-    """How the stream slides its windows: `size` readings each, and a training window every `step` readings."""
+    """How the stream slides its windows: `size` readings each, a training window every `step` readings, and
+    the memory of each sensor's running level (`level_memory` readings, see `levels`)."""
 
     size: int = 8
     step: int = 1
+    level_memory: int = 1000
 
     def __post_init__(self) -> None:
         if type(self.size) is not int or self.size not in WINDOW_SIZES:
@@ -82,26 +93,48 @@ class WindowShape:
             )
         if type(self.step) is not int or self.step < 1:
             raise ValueError(f"the metrics window step must be a positive integer (readings); got {self.step!r}")
+        if type(self.level_memory) is not int or self.level_memory not in LEVEL_MEMORIES:
+            raise ValueError(
+                f"the metrics level memory must be an integer from {LEVEL_MEMORIES.start} to "
+                f"{LEVEL_MEMORIES.stop - 1} readings; got {self.level_memory!r}"
+            )
 
 
 @cache
 def feature_spec(size: int) -> FeatureSpec:
-    """The features of windows of `size` readings: `lag{size-1}` .. `lag1`, `logspread`, `now`, each per slot."""
+    """The features of windows of `size` readings: `lag{size-1}` .. `lag1`, `level`, `logspread`, `now`, each
+    per slot."""
     return FeatureSpec(
-        2,  # 2: spreads over the real readings only (1 spread a new asset's padding too)
+        3,  # 3: the running level; 2: spreads over the real readings only (1 spread a new asset's padding too)
         tuple(
             f"{part}:s{slot:02d}"
-            for part in (*(f"lag{lag}" for lag in range(size - 1, 0, -1)), "logspread", "now")
+            for part in (*(f"lag{lag}" for lag in range(size - 1, 0, -1)), "level", "logspread", "now")
             for slot in range(MAX_SENSORS)
         ),
     )
 
 
+SIZE_INDEPENDENT_PARTS = 3
+"""Parts of the spec that are not window rows (level, logspread, now): names = (size - 1 + 3) · MAX_SENSORS."""
+
+
 @cache
 def window_layout(size: int) -> StateLayout:
     """An asset's state: the key of the sensor set its rows follow (0: none yet), how many of its last size - 1
-    rows are real readings (the others, the oldest, pad a new asset's window with its first reading), and the rows."""
-    return StateLayout(np.dtype([("sensor_set", "<u8"), ("real", "<i8"), ("rows", "<f8", (size - 1, MAX_SENSORS))]))
+    rows are real readings (the others, the oldest, pad a new asset's window with its first reading), the rows,
+    and each sensor's running level (`levels.LevelState`)."""
+    return StateLayout(
+        np.dtype(
+            [
+                ("sensor_set", "<u8"),
+                ("real", "<i8"),
+                ("rows", "<f8", (size - 1, MAX_SENSORS)),
+                ("level_weight", "<f8"),
+                ("level_mean", "<f8", (MAX_SENSORS,)),
+                ("level_variance", "<f8", (MAX_SENSORS,)),
+            ]
+        )
+    )
 
 
 def sensor_set_key(sensors: Sequence[str]) -> int:
@@ -184,6 +217,8 @@ class Windows:
     rows: np.ndarray  # (n, size, MAX_SENSORS), in the batch's order
     real: np.ndarray  # (n,) 1 .. size
     after: EntityStates
+    by_asset: AssetOrder
+    levels: LevelState  # each asset's stored level (fresh where the state follows another sensor set)
 
     @property
     def size(self) -> int:
@@ -231,7 +266,12 @@ def slide_windows(
     after["sensor_set"] = key
     after["real"] = np.minimum(stored_real + counts, history)
     after["rows"] = sequence[ends[:, None] + np.arange(-history, 0)[None, :]]
-    return Windows(rows, real, EntityStates(layout, assets, after))
+    levels = LevelState(
+        np.where(known, stored["level_weight"], 0.0),
+        np.where(known[:, None], stored["level_mean"], 0.0),
+        np.where(known[:, None], stored["level_variance"], 0.0),
+    )
+    return Windows(rows, real, EntityStates(layout, assets, after), by_asset, levels)
 
 
 def training_windows(history: MetricColumns, step: int) -> np.ndarray:
@@ -269,14 +309,20 @@ def advance_windows(
     sensors: Sequence[str],
     fill: np.ndarray,
     typical_variance: np.ndarray,
-    size: int,
+    level_variance: np.ndarray,
+    shape: WindowShape,
 ) -> tuple[np.ndarray, EntityStates]:
-    """Every reading's window features, and each asset's state after the batch; vectorized over the batch.
+    """Every reading's features, and each asset's state after the batch; vectorized over the batch.
 
     `fill` holds each slot's value for an asset's first reading that lacks it (the training medians),
-    `typical_variance` each slot's variance over a typical window (what a young window's missing rows count as).
+    `typical_variance` each slot's variance over a typical window (what a young window's missing rows count as),
+    `level_variance` each slot's typical variance of an asset's readings (a young level's prior).
     """
-    windows = slide_windows(before, columns, sensors, fill, size)
-    rows, n = windows.rows, len(columns)
-    features = np.hstack([rows[:, : size - 1, :].reshape(n, -1), log_spread(windows, typical_variance), rows[:, -1, :]])
-    return features, windows.after
+    windows = slide_windows(before, columns, sensors, fill, shape.size)
+    rows, n, size = windows.rows, len(columns), shape.size
+    now = rows[:, -1, :]
+    level, levels = advance_levels(windows.levels, now, windows.by_asset, level_variance, shape.level_memory)
+    after = windows.after.records
+    after["level_weight"], after["level_mean"], after["level_variance"] = levels.weight, levels.mean, levels.variance
+    parts = [rows[:, : size - 1, :].reshape(n, -1), level, log_spread(windows, typical_variance), now]
+    return np.hstack(parts), windows.after

@@ -1,0 +1,108 @@
+"""Each sensor's running level per asset: how far a reading lies from the asset's own recent readings.
+
+A model fitted once flags every reading of a later regime (a level shift, a slow drift) as anomalous, row
+after row; NAB's series do that after their first 15 % (README, "Public sensor benchmarks"). The level
+follows each asset instead: an exponentially weighted mean and variance of its readings with a memory of
+`memory` readings (the newest weighs 1/memory), kept in the asset's state and moved by every reading the
+workers score. A reading's `level` feature is its distance from the mean of the readings before it, in
+their standard deviations. The weights are normalised by their sum, so a young asset's mean is its
+readings' mean, not one pulled toward zero; its variance counts `PRIOR_READINGS` more readings at the
+typical level variance a version learned (`learn_level_variance`: the median over the training assets of
+each one's variance), so a young asset's readings are measured on the fleet's usual scale until it has
+shown its own, and an established one's on its own. An asset's first reading defines its level (0).
+
+>>> from shared.streams.metrics.windows import AssetOrder, MetricColumns
+>>> by_asset = AssetOrder.of(MetricColumns.from_values(["a"] * 4, [0.0, 1.0, 2.0, 3.0], [{}] * 4))
+>>> readings = np.c_[[10.0, 10.0, 10.0, 14.0], np.zeros(4)]
+>>> deviation, after = advance_levels(LevelState.fresh(1, 2), readings, by_asset, np.full(2, 4.0), memory=100)
+>>> deviation[:, 0].round(2).tolist(), round(float(after.mean[0, 0]), 3)
+([0.0, 0.0, 0.0, 2.34], 11.015)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.signal import lfilter
+
+if TYPE_CHECKING:
+    from shared.streams.metrics.windows import AssetOrder
+
+PRIOR_READINGS = 8
+"""How many readings at the learned typical level variance a level's variance counts besides its own."""
+
+SCALE_FLOOR = 1e-6
+"""The deviation's unit is floored at this share of the level (plus this much): a constant sensor's stays finite."""
+
+
+@dataclass(frozen=True)
+class LevelState:
+    """Per asset: the total weight of the readings seen (0: none; it approaches 1), their weighted mean and
+    variance per sensor slot."""
+
+    weight: np.ndarray  # (assets,)
+    mean: np.ndarray  # (assets, slots)
+    variance: np.ndarray  # (assets, slots)
+
+    @classmethod
+    def fresh(cls, assets: int, slots: int) -> LevelState:
+        return cls(np.zeros(assets), np.zeros((assets, slots)), np.zeros((assets, slots)))
+
+
+def advance_levels(
+    before: LevelState, readings: np.ndarray, by_asset: AssetOrder, typical_variance: np.ndarray, memory: int
+) -> tuple[np.ndarray, LevelState]:
+    """Each reading's level deviation (n, slots) in the batch's order, and each asset's level after the
+    batch; `readings` are in the batch's order, `before` aligned with `by_asset.assets`. Vectorized: one
+    linear filter over all assets' readings laid end to end, its carry-over across assets subtracted."""
+    g, within = by_asset.group, by_asset.within
+    x = readings[by_asset.order]
+    alpha = 1.0 / memory
+    decay = 1.0 - alpha
+    # A new asset's level starts at its first reading; readings are centred on the level before the batch.
+    first = x[by_asset.starts]
+    centre = np.where(before.weight[:, None] > 0, before.mean, first)
+    centred = x - centre[g]
+    # Weighted sums of the centred readings and their squares: y_k = decay · y_{k-1} + alpha · u_k per asset.
+    # One filter runs over the whole batch; within an asset, what it carried in from the previous asset's rows
+    # decays as decay^(j+1) at the asset's (j+1)-th reading and is replaced by the asset's own stored sums.
+    fade = decay ** (within + 1.0)
+    slots = x.shape[1]
+    sums = np.empty((len(x), 2, slots))
+    for part, u in enumerate((centred, centred**2)):
+        filtered = lfilter([alpha], [1.0, -decay], u, axis=0)
+        carried = np.vstack([np.zeros((1, slots)), filtered])[by_asset.starts][g]  # y just before the asset
+        sums[:, part] = filtered - fade[:, None] * carried
+    sums[:, 1] += fade[:, None] * (before.weight[:, None] * before.variance)[g]
+    weight = 1.0 - (1.0 - before.weight[g]) * fade
+    shift = sums[:, 0] / weight[:, None]
+    mean_after = centre[g] + shift
+    variance_after = np.maximum(sums[:, 1] / weight[:, None] - shift**2, 0.0)
+
+    # The level before each reading: the stored one for an asset's first reading of the batch, else the row above.
+    previous = np.arange(len(x)) - 1
+    opening = within == 0
+    weight_before = np.where(opening, before.weight[g], weight[previous])
+    mean_before = np.where(opening[:, None], centre[g], mean_after[previous])
+    variance_before = np.where(opening[:, None], before.variance[g], variance_after[previous])
+    readings_before = weight_before * memory  # the readings' effective count
+    variance = (readings_before[:, None] * variance_before + PRIOR_READINGS * typical_variance[None, :]) / (
+        readings_before[:, None] + PRIOR_READINGS
+    )
+    scale = np.sqrt(variance) + SCALE_FLOOR * (1.0 + np.abs(mean_before))
+    deviation = np.empty_like(x)
+    deviation[by_asset.order] = (x - mean_before) / scale
+
+    last = by_asset.starts + by_asset.counts - 1
+    return deviation, LevelState(weight[last], mean_after[last], variance_after[last])
+
+
+def learn_level_variance(readings: np.ndarray, by_asset: AssetOrder) -> np.ndarray:
+    """Each slot's median, over the assets of a history, of the variance of the asset's readings (its prior)."""
+    x = readings[by_asset.order]
+    counts = by_asset.counts[:, None].astype(np.float64)
+    means = np.add.reduceat(x, by_asset.starts, axis=0) / counts
+    variances = np.add.reduceat((x - means[by_asset.group]) ** 2, by_asset.starts, axis=0) / counts
+    return np.median(variances, axis=0)
