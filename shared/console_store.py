@@ -94,12 +94,19 @@ class ConsoleStore:
     writes are small; a PostgreSQL server is what lets several console replicas share one store.
 
     A PostgreSQL connection the server dropped (a restart, a failover, an idle-session timeout) fails the
-    statement that found it gone; the next transaction opens a new one (`reconnect`)."""
+    statement that found it gone with `StoreUnavailable`; the next transaction opens a new one (`reconnect`)."""
 
-    def __init__(self, connection: Any, dialect: Dialect, reconnect: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        connection: Any,
+        dialect: Dialect,
+        reconnect: Callable[[], Any] | None = None,
+        lost: tuple[type[BaseException], ...] = (),
+    ) -> None:
         self._connection = connection
         self.dialect = dialect
         self._reconnect = reconnect
+        self._lost = lost  # the driver's errors of a connection that is gone
         self._lock = threading.RLock()
         with self.transaction() as tx:
             for statement in _SCHEMA:
@@ -121,17 +128,22 @@ class ConsoleStore:
 
             def connect() -> Any:
                 try:
-                    return psycopg.connect(url, autocommit=True)
+                    # Bounded waits: a server that went silent is found in seconds, not at the OS's TCP timeout.
+                    return psycopg.connect(
+                        url, autocommit=True, connect_timeout=5, keepalives_idle=10, keepalives_interval=5,
+                        keepalives_count=3,
+                    )  # fmt: skip
                 except psycopg.OperationalError as exc:
                     raise StoreUnavailable(f"cannot reach the console store {_redacted(url)}: {exc}") from exc
 
-            return cls(connect(), "postgresql", reconnect=connect)
+            return cls(connect(), "postgresql", reconnect=connect, lost=(psycopg.OperationalError,))
         raise StoreUnavailable(f"console store URL must start with sqlite:// or postgresql://, got {_redacted(url)}")
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         with self._lock:
             if self._reconnect is not None and self._connection.broken:
+                self._connection.close()
                 self._connection = self._reconnect()
             cursor = self._connection.cursor()
             try:
@@ -139,9 +151,11 @@ class ConsoleStore:
                 try:
                     yield Transaction(cursor, self.dialect)
                 except BaseException:
-                    cursor.execute("ROLLBACK")
+                    cursor.execute("ROLLBACK")  # on a lost connection this fails too: StoreUnavailable below
                     raise
                 cursor.execute("COMMIT")
+            except self._lost as exc:
+                raise StoreUnavailable(f"the console store's connection was lost: {exc}") from exc
             finally:
                 cursor.close()
 

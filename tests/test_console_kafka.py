@@ -7,13 +7,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from shared.console_auth import Role
+from shared.console_store import StoreUnavailable
 from shared.kafka_client import KafkaConnection, producer, read_all
 from shared.local_infra.processes import free_port
 from tests.console_support import alert_payload, bearer, make_services
+from tests.postgres_server import running_postgres
 from workers.console import create_app
 from workers.console_feeds import ConsoleFeeds, FeedTopics
 
@@ -86,7 +89,8 @@ def test_the_probes_report_the_feeds_and_a_feed_thread_that_died_fails_liveness(
             status = ready.json()["feeds"]
             assert status["running"] and status["partitions_assigned"] and status["kafka_last_contact_s_ago"] < 30
             assert client.get("/healthz").status_code == 200
-            # The store goes away: not ready at once; the next alert ends the feed thread, and then not live.
+            # The store goes away (closed: an error no retry mends): not ready at once; the feed thread's next use
+            # of the store ends it, and then the console is not live.
             services.store.close()
             assert client.get("/readyz").status_code == 503
             writer = producer(kafka)
@@ -119,3 +123,35 @@ def test_a_console_without_kafka_stays_ready_and_says_the_brokers_never_answered
             assert client.get("/healthz").status_code == 200
     finally:
         feeds.stop()
+
+
+def test_feeds_on_postgresql_go_on_after_the_server_dropped_the_stores_connection(
+    kafka: KafkaConnection, make_topic: Callable[..., str], unique_name: str
+) -> None:
+    topics = FeedTopics(make_topic("alerts"), make_topic("reports"), make_topic("interventions"), make_topic("audit"))
+    writer = producer(kafka)
+
+    def stored_alerts() -> int:
+        try:
+            return len(services.store.rows("SELECT id FROM alerts"))
+        except StoreUnavailable:  # this read may be the one that finds the connection gone
+            return -1
+
+    with running_postgres() as url:
+        services = make_services(url)
+        feeds = ConsoleFeeds(kafka, topics, services.store, services.desk, [], unique_name)
+        feeds.start()
+        try:
+            writer.produce(topics.alerts, alert_payload("user-1", "high", event_id="evt-1"), key="user-1")
+            assert writer.flush(10) == 0
+            wait_until(lambda: stored_alerts() == 1)
+            backend = services.store.rows("SELECT pg_backend_pid() AS pid")[0]["pid"]
+            with psycopg.connect(url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+            writer.produce(topics.alerts, alert_payload("user-2", "high", event_id="evt-2"), key="user-2")
+            assert writer.flush(10) == 0
+            wait_until(lambda: stored_alerts() == 2)
+            assert not feeds.died and services.store.rows("SELECT pg_backend_pid() AS pid")[0]["pid"] != backend
+        finally:
+            feeds.stop()
+            services.store.close()

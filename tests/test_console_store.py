@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from shared import audit_log
-from shared.console_store import ConsoleStore
+from shared.console_store import ConsoleStore, StoreUnavailable
 from shared.interventions import Action, InterventionRequest, labels_for_trainer
 from tests.console_support import alert_payload, audit_count, make_services, offline_feeds
 from tests.postgres_server import running_postgres
@@ -45,7 +45,7 @@ def test_a_postgresql_store_reconnects_after_the_server_dropped_its_connection(p
     backend = store.rows("SELECT pg_backend_pid() AS pid")[0]["pid"]
     with psycopg.connect(postgres_url, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
-    with pytest.raises(psycopg.OperationalError):
+    with pytest.raises(StoreUnavailable, match="connection was lost"):
         store.rows("SELECT 1")  # the statement that finds the connection gone fails
     assert store.rows("SELECT pg_backend_pid() AS pid")[0]["pid"] != backend
     assert store.rows("SELECT username FROM console_users") == [{"username": "ann"}]

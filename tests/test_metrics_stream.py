@@ -148,6 +148,41 @@ def test_the_level_of_interleaved_assets_in_any_batching_equals_the_reading_at_a
     np.testing.assert_allclose(np.vstack(parts), whole, rtol=1e-9, atol=1e-9)
 
 
+def test_one_assets_extreme_reading_leaves_the_other_assets_levels_exact() -> None:
+    rng = np.random.default_rng(7)
+    assets = np.repeat(["a", "b", "c"], 50)  # laid end to end in the batch: a's glitch comes right before b
+    flows = rng.normal(10.0, 0.01, size=150)
+    flows[49] = 1e12
+    columns = MetricColumns.from_values(assets.tolist(), np.arange(150.0).tolist(), [{"flow": v} for v in flows])
+    prior = np.r_[1e-4, np.zeros(MAX_SENSORS - 1)]
+    stream = MetricsStream(("flow",), np.zeros(MAX_SENSORS), np.ones(MAX_SENSORS), prior)
+    whole, after = stream.advance(stream.empty_states(), columns)
+    level = stream.feature_spec.names.index("level:s00")
+    for asset in "bc":
+        mine = assets == asset
+        expected = _levels_one_reading_at_a_time(flows[mine, None], prior[:1], memory=1000)[:, 0]
+        np.testing.assert_allclose(whole[mine, level], expected, rtol=1e-9, atol=1e-9)
+    variance = after.records["level_variance"][:, 0]
+    np.testing.assert_allclose(variance[1:], [np.var(flows[assets == a]) for a in "bc"], rtol=1e-2)
+
+
+def test_the_level_prior_is_the_variance_of_assets_that_report_a_sensor_at_least_twice() -> None:
+    rng = np.random.default_rng(8)
+    records, assets = [], []
+    for pump in range(10):
+        for _ in range(40):  # temp: only pumps 0-3 report it, with variance 4
+            reading = {"flow": float(rng.normal(50.0, 1.0))}
+            if pump < 4:
+                reading["temp"] = float(rng.normal(60.0, 2.0))
+            records.append(reading)
+            assets.append(f"p{pump}")
+    records += [{"flow": 50.0, "temp": 60.0}] * 30  # 30 assets of one reading each: no variance of their own
+    assets += [f"single{k}" for k in range(30)]
+    columns = MetricColumns.from_values(assets, np.arange(len(assets), dtype=float).tolist(), records)
+    learned = METRICS.learn(columns)
+    np.testing.assert_allclose(learned.level_variance[:2], [1.0, 4.0], rtol=0.35)  # flow, temp (sorted)
+
+
 def test_a_level_shift_stands_out_while_it_is_new_and_fades_as_the_level_follows() -> None:
     flows = np.r_[np.full(400, 10.0), np.full(400, 14.0)] + np.random.default_rng(6).normal(0.0, 0.5, size=800)
     columns = MetricColumns.from_values(["a"] * 800, np.arange(800.0).tolist(), [{"flow": v} for v in flows])

@@ -38,6 +38,7 @@ from shared.console_auth import (
 from shared.console_store import ConsoleStore
 from shared.errors import FleetwatchError
 from shared.interventions import Action, InterventionDesk, InterventionRefused, InterventionRequest
+from shared.logs import get_logger
 from shared.metrics import CONSOLE_LOGINS
 from shared.registry import ModelRegistry
 from shared.thresholds import DetectorThresholds, ThresholdMethod
@@ -45,6 +46,7 @@ from shared.thresholds import DetectorThresholds, ThresholdMethod
 if TYPE_CHECKING:
     from workers.console_feeds import ConsoleFeeds
 
+log = get_logger("fleetwatch.console")
 PAGE_DIR = Path(__file__).with_name("console_page")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -437,7 +439,9 @@ def create_app(services: ConsoleServices, feeds: "ConsoleFeeds | None" = None) -
         try:
             store.rows("SELECT 1 AS answer")
         except Exception as exc:  # any failure of the store's driver means no request can be served
-            body["status"] = f"the console store does not answer: {exc}"
+            # The driver's message can name hosts and users: in the log, not in this unauthenticated answer.
+            log.warning("readiness: the console store does not answer", error=repr(exc))
+            body["status"] = "the console store does not answer (see the log)"
             return JSONResponse(body, status_code=503)
         return JSONResponse(body)
 
@@ -491,7 +495,6 @@ def serve(settings: FleetwatchSettings) -> None:
     import uvicorn
 
     from shared.dev_tls import ensure_dev_certificate
-    from shared.logs import get_logger
     from shared.registry import open_registry
     from workers.console_feeds import ConsoleFeeds, FeedTopics
 
@@ -516,9 +519,7 @@ def serve(settings: FleetwatchSettings) -> None:
             else ensure_dev_certificate(dev_dir())
         )
         tls = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
-    get_logger("fleetwatch.console").info(
-        "console starting", url=f"{'https' if console.tls else 'http'}://{console.host}:{console.port}/"
-    )
+    log.info("console starting", url=f"{'https' if console.tls else 'http'}://{console.host}:{console.port}/")
     feeds.start()
     try:
         uvicorn.run(create_app(services, feeds), host=console.host, port=console.port, log_level="warning", **tls)

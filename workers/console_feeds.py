@@ -9,22 +9,25 @@ them: at least once on Kafka, the intervention id / audit seq identifies a repea
 Every `CONTACT_INTERVAL_S` the thread asks the brokers for the alert topic's metadata: the last answer is
 `last_contact` (and a Prometheus timestamp), which the console's probes report. A Kafka outage does not make
 the console unready: analysts keep reading stored alerts and acting, their interventions wait in the outbox.
-The thread ending on an error does make it unhealthy, since only a restart brings it back.
+A store that does not answer (a PostgreSQL server restarting) pauses the feeds: the batch it could not store
+is read again from its first offsets once the store answers. Any other error ends the thread and makes the
+console unhealthy, since only a restart brings it back.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from shared import alert_inbox, interventions
 from shared.automation_rules import AutomationRule, run_rules
-from shared.console_store import ConsoleStore
+from shared.console_store import ConsoleStore, StoreUnavailable
 from shared.interventions import InterventionDesk
 from shared.kafka_client import KafkaConnection, consumer, producer
 from shared.logs import get_logger
@@ -37,6 +40,9 @@ CONTACT_INTERVAL_S = 5.0
 
 CONTACT_TIMEOUT_S = 3.0
 """How long one such request may take before it counts as no answer."""
+
+STORE_RETRY_S = 1.0
+"""How long the feeds wait before trying a store that did not answer again."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class ConsoleFeeds:
     _thread: threading.Thread | None = None
     assigned: threading.Event = field(default_factory=threading.Event)
     last_contact: float | None = None  # time.monotonic() of the brokers' last answer
+    _brokers_answer: bool = True  # the last request's outcome: warnings on a change, not on every request
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="console-feeds", daemon=True)
@@ -94,9 +101,12 @@ class ConsoleFeeds:
         reader = consumer(self.connection, self.group_id)
         writer = producer(self.connection)
         reader.subscribe(
-            [self.topics.alerts, self.topics.reports], on_assign=lambda _consumer, _partitions: self.assigned.set()
+            [self.topics.alerts, self.topics.reports],
+            on_assign=lambda _consumer, _partitions: self.assigned.set(),
+            on_revoke=lambda _consumer, _partitions: self.assigned.clear(),
+            on_lost=lambda _consumer, _partitions: self.assigned.clear(),
         )
-        asked = -CONTACT_INTERVAL_S
+        asked = -math.inf
         try:
             while not self._stop.is_set():
                 if time.monotonic() - asked >= CONTACT_INTERVAL_S:
@@ -108,10 +118,16 @@ class ConsoleFeeds:
                     error = message.error()
                     if error is not None and error.code() != KafkaError._PARTITION_EOF:
                         log.warning("console consumer error", error=str(error))
-                if good:
-                    self.ingest([m.value() or b"" for m in good])
-                    reader.commit(asynchronous=False)
-                self.export(writer)
+                try:
+                    if good:
+                        self.ingest([m.value() or b"" for m in good])
+                        reader.commit(asynchronous=False)
+                    self.export(writer)
+                except StoreUnavailable as exc:
+                    log.warning("console feeds: the store does not answer; retrying", error=str(exc))
+                    _rewind(reader, good)
+                    self._stop.wait(STORE_RETRY_S)
+                    continue
                 if not good:
                     self._wake.wait(0.2)
                     self._wake.clear()
@@ -126,8 +142,13 @@ class ConsoleFeeds:
         try:
             reader.list_topics(self.topics.alerts, timeout=CONTACT_TIMEOUT_S)
         except KafkaException as exc:
-            log.warning("console feeds: no answer from the Kafka brokers", error=str(exc))
+            if self._brokers_answer:
+                log.warning("console feeds: no answer from the Kafka brokers", topic=self.topics.alerts, error=str(exc))
+            self._brokers_answer = False
             return
+        if not self._brokers_answer:
+            log.info("console feeds: the Kafka brokers answer again")
+        self._brokers_answer = True
         self.last_contact = time.monotonic()
         CONSOLE_KAFKA_LAST_CONTACT.set_to_current_time()
 
@@ -173,3 +194,14 @@ class ConsoleFeeds:
             return 0
         interventions.mark_published(self.store, records, entries)
         return len(records) + len(entries)
+
+
+def _rewind(reader: Any, messages: list[Message]) -> None:
+    """Seek each partition back to the first of `messages` it gave: they are read again, none is lost."""
+    first: dict[tuple[str, int], int] = {}
+    for message in messages:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is not None and partition is not None and offset is not None:
+            first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
+    for (topic, partition), offset in first.items():
+        reader.seek(TopicPartition(topic, partition, offset))

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.signal import lfilter
 
 if TYPE_CHECKING:
     from shared.streams.metrics.windows import AssetOrder
@@ -33,8 +32,9 @@ if TYPE_CHECKING:
 PRIOR_READINGS = 8
 """How many readings at the learned typical level variance a level's variance counts besides its own."""
 
-SCALE_FLOOR = 1e-6
-"""The deviation's unit is floored at this share of the level (plus this much): a constant sensor's stays finite."""
+SPREAD_FLOOR = 1e-6
+"""A spread is floored at this share of its level (plus this much): a constant sensor's log and deviation stay
+finite (the window spreads' floor too)."""
 
 
 @dataclass(frozen=True)
@@ -55,27 +55,27 @@ def advance_levels(
     before: LevelState, readings: np.ndarray, by_asset: AssetOrder, typical_variance: np.ndarray, memory: int
 ) -> tuple[np.ndarray, LevelState]:
     """Each reading's level deviation (n, slots) in the batch's order, and each asset's level after the
-    batch; `readings` are in the batch's order, `before` aligned with `by_asset.assets`. Vectorized: one
-    linear filter over all assets' readings laid end to end, its carry-over across assets subtracted."""
+    batch; `readings` are in the batch's order, `before` aligned with `by_asset.assets`. Vectorized over the
+    batch by `segmented_recurrence`."""
     g, within = by_asset.group, by_asset.within
     x = readings[by_asset.order]
     alpha = 1.0 / memory
     decay = 1.0 - alpha
-    # A new asset's level starts at its first reading; readings are centred on the level before the batch.
+    opening = within == 0
+    # A new asset's level starts at its first reading; readings are centred on the level before the batch, so
+    # the stored first-moment sum is exactly 0 and only the second moment carries over: weight · variance.
     first = x[by_asset.starts]
     centre = np.where(before.weight[:, None] > 0, before.mean, first)
     centred = x - centre[g]
-    # Weighted sums of the centred readings and their squares: y_k = decay · y_{k-1} + alpha · u_k per asset.
-    # One filter runs over the whole batch; within an asset, what it carried in from the previous asset's rows
-    # decays as decay^(j+1) at the asset's (j+1)-th reading and is replaced by the asset's own stored sums.
+    # Weighted sums of the centred readings and their squares: y_k = decay · y_{k-1} + alpha · u_k per asset,
+    # an asset's first reading starting from its stored sums.
+    stored_square = (before.weight[:, None] * before.variance)[g]
+    sums = np.empty((len(x), 2, x.shape[1]))
+    sums[:, 0] = segmented_recurrence(decay, alpha * centred, opening)
+    sums[:, 1] = segmented_recurrence(
+        decay, alpha * centred**2 + np.where(opening[:, None], decay * stored_square, 0.0), opening
+    )
     fade = decay ** (within + 1.0)
-    slots = x.shape[1]
-    sums = np.empty((len(x), 2, slots))
-    for part, u in enumerate((centred, centred**2)):
-        filtered = lfilter([alpha], [1.0, -decay], u, axis=0)
-        carried = np.vstack([np.zeros((1, slots)), filtered])[by_asset.starts][g]  # y just before the asset
-        sums[:, part] = filtered - fade[:, None] * carried
-    sums[:, 1] += fade[:, None] * (before.weight[:, None] * before.variance)[g]
     weight = 1.0 - (1.0 - before.weight[g]) * fade
     shift = sums[:, 0] / weight[:, None]
     mean_after = centre[g] + shift
@@ -83,7 +83,6 @@ def advance_levels(
 
     # The level before each reading: the stored one for an asset's first reading of the batch, else the row above.
     previous = np.arange(len(x)) - 1
-    opening = within == 0
     weight_before = np.where(opening, before.weight[g], weight[previous])
     mean_before = np.where(opening[:, None], centre[g], mean_after[previous])
     variance_before = np.where(opening[:, None], before.variance[g], variance_after[previous])
@@ -91,7 +90,7 @@ def advance_levels(
     variance = (readings_before[:, None] * variance_before + PRIOR_READINGS * typical_variance[None, :]) / (
         readings_before[:, None] + PRIOR_READINGS
     )
-    scale = np.sqrt(variance) + SCALE_FLOOR * (1.0 + np.abs(mean_before))
+    scale = np.sqrt(variance) + SPREAD_FLOOR * (1.0 + np.abs(mean_before))
     deviation = np.empty_like(x)
     deviation[by_asset.order] = (x - mean_before) / scale
 
@@ -99,10 +98,35 @@ def advance_levels(
     return deviation, LevelState(weight[last], mean_after[last], variance_after[last])
 
 
-def learn_level_variance(readings: np.ndarray, by_asset: AssetOrder) -> np.ndarray:
-    """Each slot's median, over the assets of a history, of the variance of the asset's readings (its prior)."""
+def segmented_recurrence(decay: float, inputs: np.ndarray, opening: np.ndarray) -> np.ndarray:
+    """y_k = decay · y_{k-1} + inputs_k along axis 0, restarting (y_{k-1} = 0) where `opening` is set: every
+    segment (an asset's readings) on its own, all at once. A prefix scan by doubling (log2 of the longest
+    segment passes over the batch); the restarts multiply the previous segment's values by an exact 0, so
+    no asset's readings, however extreme, leak into another's sums."""
+    factor = np.where(opening, 0.0, decay)
+    y = inputs.astype(np.float64, copy=True)
+    span = 1
+    while span < len(y) and factor[span:].any():
+        y[span:] += factor[span:, None] * y[:-span]
+        factor[span:] = factor[span:] * factor[:-span]
+        span *= 2
+    return y
+
+
+def learn_level_variance(readings: np.ndarray, by_asset: AssetOrder, fallback: np.ndarray) -> np.ndarray:
+    """Each slot's median, over the assets of a history with at least two readings of it, of the variance of
+    those readings (the prior of a young asset's level); `fallback` where no asset has two. `readings` hold NaN
+    where a record lacks a sensor: an asset's carried-forward values would count as a constant sensor."""
     x = readings[by_asset.order]
-    counts = by_asset.counts[:, None].astype(np.float64)
-    means = np.add.reduceat(x, by_asset.starts, axis=0) / counts
-    variances = np.add.reduceat((x - means[by_asset.group]) ** 2, by_asset.starts, axis=0) / counts
-    return np.median(variances, axis=0)
+    real = ~np.isnan(x)
+    counts = np.add.reduceat(real.astype(np.float64), by_asset.starts, axis=0)
+    sums = np.add.reduceat(np.where(real, x, 0.0), by_asset.starts, axis=0)
+    means = sums / np.maximum(counts, 1.0)
+    squares = np.add.reduceat(np.where(real, (x - means[by_asset.group]) ** 2, 0.0), by_asset.starts, axis=0)
+    variances = np.where(counts >= 2, squares / np.maximum(counts, 1.0), np.nan)
+    prior = fallback.astype(np.float64, copy=True)
+    for slot in range(x.shape[1]):  # a loop over the 16 slots, each a median over assets
+        known = variances[:, slot][~np.isnan(variances[:, slot])]
+        if known.size:
+            prior[slot] = np.median(known)
+    return prior

@@ -57,7 +57,7 @@ import numpy as np
 
 from shared.entity_state import EntityStates, StateLayout
 from shared.pipeline import ArrayColumns, FeatureSpec
-from shared.streams.metrics.levels import LevelState, advance_levels
+from shared.streams.metrics.levels import SPREAD_FLOOR, LevelState, advance_levels
 
 MAX_SENSORS = 16
 """Sensor slots of the feature spec; a training history naming more sensors is refused."""
@@ -67,9 +67,6 @@ WINDOW_SIZES = range(2, 65)
 
 ROW_COLUMNS = 2 * MAX_SENSORS
 """The trailing feature columns row-wise detectors read: each sensor's log spread over the window, then the row."""
-
-SPREAD_FLOOR = 1e-6
-"""A window's spread is floored at this share of its level (plus this much): a stuck sensor's log stays finite."""
 
 
 LEVEL_MEMORIES = range(2, 1_000_001)
