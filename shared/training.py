@@ -125,7 +125,7 @@ def detector_columns(config: DetectorConfig, stream: Stream[Any, Any]) -> list[i
     ones; None when that is every column."""
     names = stream.feature_spec.names
     if config.features:
-        matches = [fnmatch.filter(names, pattern) for pattern in config.features]
+        matches = [[name for name in names if fnmatch.fnmatchcase(name, pattern)] for pattern in config.features]
         unknown = [pattern for pattern, matched in zip(config.features, matches, strict=True) if not matched]
         if unknown:
             raise TrainingError(f"detector {config.name!r} names features the {stream.name} stream lacks: {unknown}")

@@ -14,7 +14,8 @@ shown its own, and an established one's on its own. An asset's first reading def
 >>> from shared.streams.metrics.windows import AssetOrder, MetricColumns
 >>> by_asset = AssetOrder.of(MetricColumns.from_values(["a"] * 4, [0.0, 1.0, 2.0, 3.0], [{}] * 4))
 >>> readings = np.c_[[10.0, 10.0, 10.0, 14.0], np.zeros(4)]
->>> deviation, after = advance_levels(LevelState.fresh(1, 2), readings, by_asset, np.full(2, 4.0), memory=100)
+>>> fresh = LevelState(np.zeros(1), np.zeros((1, 2)), np.zeros((1, 2)))
+>>> deviation, after = advance_levels(fresh, readings, by_asset, np.full(2, 4.0), memory=100)
 >>> deviation[:, 0].round(2).tolist(), round(float(after.mean[0, 0]), 3)
 ([0.0, 0.0, 0.0, 2.34], 11.015)
 """
@@ -45,10 +46,6 @@ class LevelState:
     weight: np.ndarray  # (assets,)
     mean: np.ndarray  # (assets, slots)
     variance: np.ndarray  # (assets, slots)
-
-    @classmethod
-    def fresh(cls, assets: int, slots: int) -> LevelState:
-        return cls(np.zeros(assets), np.zeros((assets, slots)), np.zeros((assets, slots)))
 
 
 def advance_levels(

@@ -148,10 +148,11 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
                 f"{len(sensors)} ({', '.join(sensors[:20])}{', ...' if len(sensors) > 20 else ''}): train one "
                 "version per group of at most 16 sensors, or drop sensors from the files"
             )
-        fill = np.nan_to_num(np.nanmedian(history.readings(sensors), axis=0)) if len(history) else np.zeros(MAX_SENSORS)
+        readings = history.readings(sensors)  # one lookup per record and sensor: done once, used twice
+        fill = np.nan_to_num(np.nanmedian(readings, axis=0)) if len(history) else np.zeros(MAX_SENSORS)
         windows = slide_windows(self.empty_states(), history, sensors, fill, self.shape.size)
         typical_variance = learn_typical_variance(windows)
-        level_variance = learn_level_variance(history.readings(sensors), windows.by_asset, typical_variance)
+        level_variance = learn_level_variance(readings, windows.by_asset, typical_variance)
         return MetricsStream(sensors, fill, typical_variance, level_variance, shape=self.shape)
 
     def training_rows(self, history: MetricColumns) -> np.ndarray:
