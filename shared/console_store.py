@@ -19,6 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,24 +90,30 @@ class Transaction:
             self._cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAIN_LOCK_ID,))
 
 
+@dataclass(frozen=True)
+class Reconnection:
+    """How to open a new connection when the server dropped ours, and the driver's errors that say it did."""
+
+    connect: Callable[[], Any]
+    lost: tuple[type[BaseException], ...]
+
+
 class ConsoleStore:
     """One connection, shared by the console's threads under a lock: the console is one process and its
     writes are small; a PostgreSQL server is what lets several console replicas share one store.
 
     A PostgreSQL connection the server dropped (a restart, a failover, an idle-session timeout) fails the
-    statement that found it gone with `StoreUnavailable`; the next transaction opens a new one (`reconnect`)."""
+    statement that found it gone with `StoreUnavailable`; the next transaction opens a new one (`reconnection`)."""
 
     def __init__(
         self,
         connection: Any,
         dialect: Dialect,
-        reconnect: Callable[[], Any] | None = None,
-        lost: tuple[type[BaseException], ...] = (),
+        reconnection: Reconnection | None = None,
     ) -> None:
         self._connection = connection
         self.dialect = dialect
-        self._reconnect = reconnect
-        self._lost = lost  # the driver's errors of a connection that is gone
+        self._reconnection = reconnection
         self._lock = threading.RLock()
         with self.transaction() as tx:
             for statement in _SCHEMA:
@@ -136,15 +143,17 @@ class ConsoleStore:
                 except psycopg.OperationalError as exc:
                     raise StoreUnavailable(f"cannot reach the console store {_redacted(url)}: {exc}") from exc
 
-            return cls(connect(), "postgresql", reconnect=connect, lost=(psycopg.OperationalError,))
+            return cls(connect(), "postgresql", Reconnection(connect, lost=(psycopg.OperationalError,)))
         raise StoreUnavailable(f"console store URL must start with sqlite:// or postgresql://, got {_redacted(url)}")
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         with self._lock:
-            if self._reconnect is not None and self._connection.broken:
+            reconnection = self._reconnection
+            lost = reconnection.lost if reconnection is not None else ()  # the driver's errors of a gone connection
+            if reconnection is not None and self._connection.broken:
                 self._connection.close()
-                self._connection = self._reconnect()
+                self._connection = reconnection.connect()
             cursor = self._connection.cursor()
             try:
                 cursor.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
@@ -154,7 +163,7 @@ class ConsoleStore:
                     cursor.execute("ROLLBACK")  # on a lost connection this fails too: StoreUnavailable below
                     raise
                 cursor.execute("COMMIT")
-            except self._lost as exc:
+            except lost as exc:
                 raise StoreUnavailable(f"the console store's connection was lost: {exc}") from exc
             finally:
                 cursor.close()
