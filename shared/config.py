@@ -85,6 +85,14 @@ class StreamSettings(BaseModel):
     fleet_fpr_budget: float = Field(
         0.0005, gt=0, lt=1, description="false-positive budget of the any-detector rule on held-out normal data"
     )
+    precision_floor: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="with labelled anomalies among the calibration rows (combined alert rule): choose the members and "
+        "the threshold that catch the most of them while the precision's 95 % lower bound stays at or above this, "
+        "instead of the highest precision at fleet_fpr_budget (which stays the fallback when no choice reaches it)",
+    )
     moving_average_window: int = 50
     gate_metric: Literal["f1", "roc_auc"] = "f1"
     gate_margin: float = Field(0.02, ge=0, description="how far below the deployed version a candidate may fall")

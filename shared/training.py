@@ -9,7 +9,8 @@ rate and recall on the evaluation rows are stored beside the thresholds, for the
 
 The calibration scores also fit the fleet's combination (`shared.detectors.combination`): members
 weighed by agreement with the consensus, without labels; with labelled anomalies among the
-calibration rows, the member subset whose combination catches most of them at the budget.
+calibration rows, the member subset whose combination catches most of them at the budget, or, with a
+`precision_floor`, the subset and threshold that catch most of them at that precision.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import time
 import warnings
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -29,7 +30,14 @@ from sklearn.exceptions import ConvergenceWarning
 
 from shared.config import DetectorConfig, StreamSettings
 from shared.detectors import Detector, build_detector
-from shared.detectors.combination import ScoreCombination, combined_surprise, fit_combination, normalized_weights
+from shared.detectors.combination import (
+    LABELS_AT_BUDGET,
+    LABELS_AT_PRECISION_FLOOR,
+    ScoreCombination,
+    combined_surprise,
+    fit_combination,
+    normalized_weights,
+)
 from shared.detectors.on_features import OnFeatures
 from shared.errors import FleetwatchError
 from shared.evaluation import FleetEvaluation, earlier_event_counts, evaluate_fleet, threshold_method_rates
@@ -211,19 +219,24 @@ def select_members_by_labels(
     anomaly_scores: np.ndarray,
     candidates: list[str],
     fpr_budget: float,
+    precision_floor: float | None = None,
 ) -> ScoreCombination:
-    """The subset of `candidates` whose combination has the highest precision at the budget on labelled rows.
+    """The subset of `candidates`, and its offset, that labelled rows favour.
 
     `normal_scores` and `anomaly_scores` are the members' scores (columns in `combination.names` order) of
-    one split's normal and labelled-anomalous rows. The offset is placed at the budget on the normal
-    rows, so the false alarms are fixed and precision rises with the anomalies caught; ties go to
-    the smaller subset. Voting members keep their consensus weights within a subset (equal if all of the
-    subset's are 0); a specialist is on.
-    Every subset is tried: 2^k - 1 combinations of precomputed surprises, seconds for k <= 10.
+    one split's normal and labelled-anomalous rows, in their natural proportion. Without a
+    `precision_floor`: the highest precision at the budget (the offset is placed at the budget on the
+    normal rows, so the false alarms are fixed and precision rises with the anomalies caught). With one:
+    the most anomalies caught at an offset where the precision's lower confidence bound stays at or
+    above the floor, the fewest false alarms among equals; when no subset reaches the floor, precision at
+    the budget. Ties go to the smaller subset. Voting members keep their consensus weights within a
+    subset (equal if all of the subset's are 0); a specialist is on. The chosen rule is the result's
+    `criterion`. Every subset is tried: 2^k - 1 combinations of precomputed surprises, seconds for k <= 10.
     """
     normal, anomalous = combination.surprises(normal_scores), combination.surprises(anomaly_scores)
     specialist = combination.specialist_mask
-    best: tuple[tuple[float, int, int], dict[str, float]] | None = None
+    at_budget: tuple[tuple[float, int, int], dict[str, float]] | None = None
+    at_floor: tuple[tuple[int, int, int], dict[str, float], float] | None = None
     for size in range(1, len(candidates) + 1):
         for subset in itertools.combinations(candidates, size):
             weights = _subset_weights(combination, subset)
@@ -234,10 +247,61 @@ def select_members_by_labels(
             caught = int(np.count_nonzero(anomalous_sum > threshold))
             false_alarms = int(np.count_nonzero(normal_sum > threshold))
             key = (caught / (caught + false_alarms) if caught else 0.0, caught, -size)
-            if best is None or key > best[0]:
-                best = (key, weights)
-    assert best is not None, "candidates must not be empty"
-    return combination.with_weights(best[1], normal_scores, fpr_budget)
+            if at_budget is None or key > at_budget[0]:
+                at_budget = (key, weights)
+            if precision_floor is not None and (
+                found := _most_caught_at_precision(normal_sum, anomalous_sum, precision_floor)
+            ):
+                floor_key = (found[0], -found[1], -size)
+                if at_floor is None or floor_key > at_floor[0]:
+                    at_floor = (floor_key, weights, found[2])
+    assert at_budget is not None, "candidates must not be empty"
+    if at_floor is None:
+        chosen = combination.with_weights(at_budget[1], normal_scores, fpr_budget)
+        return replace(chosen, criterion=LABELS_AT_BUDGET)
+    chosen = combination.with_weights(at_floor[1], normal_scores, fpr_budget)
+    return replace(chosen, offset=-at_floor[2], criterion=LABELS_AT_PRECISION_FLOOR)
+
+
+PRECISION_CONFIDENCE_Z = 1.645
+"""One-sided 95 % Wilson bound: a floor met only by the luck of a few labelled rows does not count."""
+
+
+def _most_caught_at_precision(
+    normal_sum: np.ndarray, anomalous_sum: np.ndarray, floor: float
+) -> tuple[int, int, float] | None:
+    """(caught, false alarms, surprise threshold) of the lowest threshold whose precision's lower bound is at
+    least `floor`, over thresholds just under each anomaly's combined surprise; None when none is.
+
+    A row alerts when its combined surprise is above the threshold, which lies halfway to the next lower
+    row so that it separates the rows it was measured on however they are rounded later.
+    """
+    descending = np.sort(anomalous_sum)[::-1]
+    caught = np.arange(1, descending.size + 1)
+    ascending_normal = np.sort(normal_sum)
+    false_alarms = normal_sum.size - np.searchsorted(ascending_normal, descending, side="left")
+    bound = _wilson_lower_bound(caught, caught + false_alarms)
+    feasible = np.flatnonzero(bound >= floor)
+    if not feasible.size:
+        return None
+    best = feasible[np.lexsort((false_alarms[feasible], -caught[feasible]))[0]]
+    lowest_caught = descending[best]
+    below = np.concatenate([descending[descending < lowest_caught], ascending_normal[ascending_normal < lowest_caught]])
+    next_lower = below.max() if below.size else lowest_caught - 1.0
+    return (
+        int(np.count_nonzero(anomalous_sum >= lowest_caught)),
+        int(false_alarms[best]),
+        (lowest_caught + next_lower) / 2,
+    )
+
+
+def _wilson_lower_bound(successes: np.ndarray, trials: np.ndarray) -> np.ndarray:
+    """Wilson's score interval's lower end for success shares, at `PRECISION_CONFIDENCE_Z`."""
+    z2 = PRECISION_CONFIDENCE_Z**2
+    share = successes / trials
+    centre = share + z2 / (2 * trials)
+    spread = PRECISION_CONFIDENCE_Z * np.sqrt(share * (1 - share) / trials + z2 / (4 * trials**2))
+    return (centre - spread) / (1 + z2 / trials)
 
 
 def _subset_weights(combination: ScoreCombination, subset: Collection[str]) -> dict[str, float]:
@@ -331,7 +395,12 @@ def train_round(
             candidates = [name for name in names if name not in floor]
             if labelled_calibration:
                 combination = select_members_by_labels(
-                    combination, calibration_scores, anomaly_scores, candidates, config.fleet_fpr_budget
+                    combination,
+                    normal_scores,
+                    anomaly_scores,
+                    candidates,
+                    config.fleet_fpr_budget,
+                    settings.precision_floor,
                 )
             else:  # too few labelled anomalies to choose members by: the floors alone shadow
                 combination = combination.with_weights(

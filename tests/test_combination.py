@@ -9,13 +9,23 @@ import numpy as np
 import pytest
 
 from shared.config import DetectorConfig, StreamSettings
-from shared.detectors.combination import ScoreCombination, fit_combination
+from shared.detectors.combination import (
+    LABELS_AT_BUDGET,
+    LABELS_AT_PRECISION_FLOOR,
+    ScoreCombination,
+    fit_combination,
+)
 from shared.evaluation import FleetEvaluation
 from shared.model_version import DeployedVersion, Manifest
 from shared.scoring import score_batch
 from shared.streams.transactions.stream import TRANSACTIONS
 from shared.streams.transactions.synthetic import GeneratorSpec, generate_transactions
-from shared.training import TrainingData, select_members_by_labels, time_ordered_split, train_round
+from shared.training import (
+    TrainingData,
+    select_members_by_labels,
+    time_ordered_split,
+    train_round,
+)
 from tests.small_models import SMALL_DETECTORS, train_small
 
 
@@ -91,6 +101,61 @@ def test_labels_choose_the_member_that_catches_the_anomalies_over_the_consensus(
     assert chosen.weights == {"echo": 0.0, "echo_too": 0.0, "sharp": 1.0}
     assert np.mean(chosen.score_samples(anomalous) < chosen.offset) > 0.9
     assert np.mean(chosen.score_samples(normal) < chosen.offset) <= 0.01
+
+
+def graded_anomalies(seed: int, n_normal: int = 20_000, n_anomalous: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Two members that share a signal; the anomalies shifted along it by a spread of amounts, some barely."""
+    rng = np.random.default_rng(seed)
+    normal_signal, anomalous_signal = (
+        rng.normal(size=n_normal),
+        rng.normal(size=n_anomalous) + rng.uniform(1, 5, n_anomalous),
+    )
+
+    def members(signal: np.ndarray) -> np.ndarray:
+        return np.column_stack(
+            [-signal - 0.3 * rng.normal(size=signal.size), -signal - 0.3 * rng.normal(size=signal.size)]
+        )
+
+    return members(normal_signal), members(anomalous_signal)
+
+
+def alert_counts(combination: ScoreCombination, normal: np.ndarray, anomalous: np.ndarray) -> tuple[int, int]:
+    return (
+        int(np.count_nonzero(combination.score_samples(anomalous) < combination.offset)),
+        int(np.count_nonzero(combination.score_samples(normal) < combination.offset)),
+    )
+
+
+def test_a_precision_floor_catches_more_than_the_budget_and_its_precision_holds_on_new_rows() -> None:
+    normal, anomalous = graded_anomalies(seed=11)
+    names = ["a", "b"]
+    combination = fit_combination(normal, names, fpr_budget=0.0005)
+    at_budget = select_members_by_labels(combination, normal, anomalous, names, fpr_budget=0.0005)
+    at_floor = select_members_by_labels(combination, normal, anomalous, names, 0.0005, precision_floor=0.5)
+    assert at_budget.criterion == LABELS_AT_BUDGET and at_floor.criterion == LABELS_AT_PRECISION_FLOOR
+    caught_at_budget, _ = alert_counts(at_budget, normal, anomalous)
+    caught, false_alarms = alert_counts(at_floor, normal, anomalous)
+    assert caught > 1.2 * caught_at_budget
+    assert caught / (caught + false_alarms) >= 0.5
+    new_normal, new_anomalous = graded_anomalies(seed=111)  # the same distribution, rows not chosen on
+    caught, false_alarms = alert_counts(at_floor, new_normal, new_anomalous)
+    assert caught / (caught + false_alarms) >= 0.45
+    assert caught > 1.2 * alert_counts(at_budget, new_normal, new_anomalous)[0]
+
+
+def test_a_floor_met_only_by_a_handful_of_rows_falls_back_to_the_budget() -> None:
+    normal, anomalous = graded_anomalies(seed=13)
+    names = ["a", "b"]
+    combination = fit_combination(normal, names, fpr_budget=0.001)
+    beyond = np.argsort(combination.score_samples(anomalous))
+    few, twelve = anomalous[beyond[:5]], anomalous[beyond[:12]]
+    assert combination.score_samples(twelve).max() < combination.score_samples(normal).min()  # beyond every normal
+    chosen = select_members_by_labels(combination, normal, few, names, 0.001, precision_floor=0.8)
+    assert chosen.criterion == LABELS_AT_BUDGET  # five of five: a 95 % lower bound of 0.65, under the floor
+    assert chosen.offset == select_members_by_labels(combination, normal, few, names, 0.001).offset
+    chosen = select_members_by_labels(combination, normal, twelve, names, 0.001, precision_floor=0.8)
+    assert chosen.criterion == LABELS_AT_PRECISION_FLOOR  # twelve of twelve: 0.82
+    assert alert_counts(chosen, normal, twelve) == (12, 0)
 
 
 def with_a_specialist(n_rows: int = 4000, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -239,3 +304,17 @@ def test_with_too_few_labelled_calibration_anomalies_the_floors_still_shadow() -
     assert {entry.name: entry.mode for entry in result.draft.detectors} == {
         name: "alerting" if name == best else "shadow" for name in below
     }
+
+
+def test_training_with_a_precision_floor_records_its_rule_and_catches_at_least_what_the_budget_does() -> None:
+    data = generate_transactions(GeneratorSpec(users=1_000, events=20_000, anomaly_rate=0.03, seed=9))
+    labelled = TrainingData(data.transaction_columns(), data.is_anomaly, "test", anomaly_kind=data.anomaly_kind)
+    at_budget = train_round(labelled, StreamSettings(detectors=SMALL_DETECTORS), TRANSACTIONS, None)
+    settings = StreamSettings(detectors=SMALL_DETECTORS, precision_floor=0.5)
+    at_floor = train_round(labelled, settings, TRANSACTIONS, None)
+    assert at_budget.draft.combination is not None and at_floor.draft.combination is not None
+    assert at_budget.draft.combination["criterion"] == LABELS_AT_BUDGET
+    assert at_floor.draft.combination["criterion"] == LABELS_AT_PRECISION_FLOOR
+    assert at_budget.evaluation is not None and at_floor.evaluation is not None
+    assert at_floor.evaluation.fleet.recall > at_budget.evaluation.fleet.recall  # held-out rows
+    assert at_floor.evaluation.fleet.precision >= 0.5

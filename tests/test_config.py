@@ -101,3 +101,13 @@ def test_a_summarizer_session_timeout_below_the_brokers_minimum_is_refused(
         load_settings()
     monkeypatch.setenv("FLEETWATCH_SUMMARIZER__SESSION_TIMEOUT_S", "6")
     assert load_settings().summarizer.session_timeout_s == 6.0
+
+
+def test_a_precision_floor_is_read_per_stream_and_must_be_a_share(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEETWATCH_STREAMS", '{"transactions": {"precision_floor": 0.8}}')
+    assert load_settings().streams["transactions"].precision_floor == 0.8
+    monkeypatch.setenv("FLEETWATCH_STREAMS", '{"transactions": {"precision_floor": 80}}')
+    with pytest.raises(ValidationError, match=r"precision_floor\s+Input should be less than 1"):
+        load_settings()

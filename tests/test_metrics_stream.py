@@ -506,6 +506,7 @@ def test_a_pump_fleet_with_faults_gives_alerts_for_faulty_windows_and_summaries_
             env=fleet.env, capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
         assert trained.returncode == 0, trained.stderr
+        assert "alert rule: the combined score of " in trained.stderr  # which members, and how they were chosen
         assert fleet.registry.deployed_version("metrics") == 1
         first, _ = fleet.start_worker(**QUICK_FAILOVER)
         # Paced, and the first worker killed midway: the second replays whatever the first had not committed.

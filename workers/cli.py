@@ -274,6 +274,7 @@ def _train_and_show(settings: FleetwatchSettings, stream: str, source: TrainingS
     """One round with its stages on a spinner, then the evaluation table and the published version."""
     from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
 
+    from shared.detectors.combination import CRITERIA
     from workers.trainer import run_round
 
     progress = Progress(
@@ -291,6 +292,10 @@ def _train_and_show(settings: FleetwatchSettings, stream: str, source: TrainingS
         )
     if outcome.result.evaluation is not None:
         console.print(outcome.result.evaluation.to_markdown(), markup=False)
+    if (combination := outcome.manifest.combination) is not None:
+        weights = ", ".join(f"{name} {weight:.2f}" for name, weight in combination["weights"].items() if weight)
+        how = CRITERIA.get(combination["criterion"], combination["criterion"])
+        console.print(f"alert rule: the combined score of {weights}; {how}", markup=False)
     info = outcome.manifest.training
     console.print(
         f"{stream} v{outcome.manifest.version}: {info.rows_train:,} training rows, {info.seconds:.1f}s; "

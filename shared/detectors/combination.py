@@ -48,6 +48,14 @@ GRID_POINTS = 128
 """Tail probabilities per detector at which the calibration residual quantile is stored."""
 
 CRITERION = "consensus_agreement"
+LABELS_AT_BUDGET = "labels_precision_at_budget"
+LABELS_AT_PRECISION_FLOOR = "labels_recall_at_precision_floor"
+CRITERIA = {
+    CRITERION: "voting weights by agreement with the consensus (no labels), threshold at fleet_fpr_budget",
+    LABELS_AT_BUDGET: "members chosen by the labels: the most anomalies caught at fleet_fpr_budget",
+    LABELS_AT_PRECISION_FLOOR: "members and threshold chosen by the labels: the most caught at precision_floor",
+}
+"""How a combination's weights and offset were chosen (`ScoreCombination.criterion`), for the training report."""
 
 MIN_AGREEMENT = 0.1
 """A member whose agreement with the consensus is below this gets weight 0 (chance correlations are dropped)."""
