@@ -24,7 +24,7 @@ from pydantic_settings import (
 
 from shared.kafka_client import KafkaConnection
 from shared.pipeline import Stream
-from shared.streams.catalog import CATALOG, load_plugins
+from shared.streams.catalog import CATALOG, load_plugins, stream_named
 
 DEV_DIR_NAME = ".fleetwatch"
 CONNECTION_FILE_NAME = "connection.env"
@@ -300,6 +300,13 @@ class FleetwatchSettings(BaseSettings):
             for name in sorted({*self.streams, *self.worker.streams})
         }
         return self
+
+    def stream_settings(self, name: str) -> StreamSettings:
+        """A stream's settings: as configured, or the catalog stream's defaults when the config names it nowhere
+        (so `fleetwatch train --stream metrics` needs no config); FleetwatchError names the known streams."""
+        if name in self.streams:
+            return self.streams[name]
+        return StreamSettings().completed(stream_named(name))
 
     def all_topics(self) -> list[str]:
         """Every topic the fleet reads or writes: the streams' input and summary topics and the shared ones."""

@@ -30,6 +30,13 @@ def check_suffix(path: Path) -> None:
         raise EventFileError(f"{path}: unsupported file type {path.suffix!r}; use one of {SUPPORTED_SUFFIXES}")
 
 
+def check_payload_file(path: Path) -> None:
+    """Payloads are written as .jsonl only: a payload is its stream's own contract, which a table would have to
+    know."""
+    if path.suffix != ".jsonl":
+        raise EventFileError(f"{path}: this stream's events are written as .jsonl (one payload per line)")
+
+
 def labels_path_for(events_path: Path) -> Path:
     """`day1.jsonl` -> `day1.labels.jsonl`: beside the events, never inside them."""
     return events_path.with_name(f"{events_path.stem}.labels{events_path.suffix}")
@@ -48,6 +55,31 @@ def write_jsonl(records_by_chunk: Iterator[list[dict]], path: Path) -> None:
     with path.open("wb") as out:
         for records in records_by_chunk:
             out.write(_ENCODER.encode_lines(records))
+
+
+def write_payloads(
+    payloads: Sequence[bytes], path: Path, chunk: int = 100_000, on_progress: Callable[[int], None] = lambda done: None
+) -> None:
+    """Events exactly as a producer would send them, one JSON payload per line."""
+    check_payload_file(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        for start, stop in chunk_bounds(len(payloads), chunk):
+            out.write(b"".join(payload + b"\n" for payload in payloads[start:stop]))
+            on_progress(stop - start)
+
+
+def write_labels(path: Path, event_id: np.ndarray, is_anomaly: np.ndarray, anomaly_kind: np.ndarray) -> None:
+    """Ground truth, one row per event (`event_id`, `is_anomaly`, `anomaly_kind`), as `read_labels` reads it."""
+    check_suffix(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = {"event_id": event_id, "is_anomaly": is_anomaly, "anomaly_kind": anomaly_kind}
+    if path.suffix == ".parquet":
+        pq.write_table(pa.table({name: pa.array(values) for name, values in labels.items()}), path)
+        return
+    names = list(labels)
+    rows = zip(*(values.tolist() for values in labels.values()), strict=True)
+    write_jsonl(iter([[dict(zip(names, row, strict=True)) for row in rows]]), path)
 
 
 def arrow_table(columns: dict[str, np.ndarray]) -> pa.Table:

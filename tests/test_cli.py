@@ -38,6 +38,7 @@ def test_help_explains_every_subcommand() -> None:
     [
         (["generate", "--events", "-3"], "--events"),
         (["generate", "--out", "events.csv"], "unsupported file type"),
+        (["generate", "--stream", "weather"], "unknown stream 'weather'; known streams: logs, metrics, transactions"),
         (["no-such-command"], "No such command"),
     ],
 )
@@ -67,6 +68,26 @@ def test_generate_writes_events_and_separate_labels(tmp_path: Path) -> None:
     for segment in ("loose-passive", "tight-passive", "loose-aggressive", "tight-aggressive"):
         assert segment in result.stderr
     assert "events/s" in result.stderr and "amount_spike=" in result.stderr
+
+
+@pytest.mark.parametrize("stream", ["metrics", "logs"])
+def test_another_streams_events_generate_and_train_with_no_configuration(
+    stream: str, redis_server: RedisServer, unique_name: str, tmp_path: Path
+) -> None:
+    events, labels = tmp_path / f"{stream}.jsonl", tmp_path / f"{stream}.labels.jsonl"
+    generated = run("generate", "--stream", stream, "--out", str(events), "--events", "3000", "--entities", "6",
+                    "--anomaly-rate", "0.03", cwd=tmp_path)  # fmt: skip
+    assert generated.returncode == 0, generated.stderr
+    payloads = [json.loads(line) for line in events.read_text().splitlines()]
+    truth = [json.loads(line) for line in labels.read_text().splitlines()]
+    assert len(payloads) == 3000 and [p["event_id"] for p in payloads] == [t["event_id"] for t in truth]
+    assert 0 < sum(t["is_anomaly"] for t in truth) < 3000 and "injected anomalies: " in generated.stderr
+    env = {"FLEETWATCH_REDIS_URL": redis_server.url, "FLEETWATCH_REDIS_PREFIX": f"{unique_name}:"}
+    trained = run("train", "--stream", stream, str(events), "--labels", str(labels), env=env, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr  # the catalog's defaults: no [streams.<name>] needed
+    assert f"{stream} v1: " in trained.stderr
+    refused = run("generate", "--stream", stream, "--out", str(tmp_path / "events.parquet"), cwd=tmp_path)
+    assert refused.returncode == 1 and refused.stderr.strip().endswith("written as .jsonl (one payload per line)")
 
 
 def test_generate_produces_to_kafka(kafka: KafkaConnection, make_topic, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

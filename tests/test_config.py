@@ -8,6 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from shared.config import load_settings
+from shared.errors import FleetwatchError
+from shared.streams.metrics.stream import METRICS
 
 
 @pytest.fixture
@@ -111,3 +113,13 @@ def test_a_precision_floor_is_read_per_stream_and_must_be_a_share(
     monkeypatch.setenv("FLEETWATCH_STREAMS", '{"transactions": {"precision_floor": 80}}')
     with pytest.raises(ValidationError, match=r"precision_floor\s+Input should be less than 1"):
         load_settings()
+
+
+def test_a_stream_the_config_never_names_takes_the_catalogs_defaults(isolated: Path) -> None:
+    settings = load_settings()
+    assert "metrics" not in settings.streams
+    metrics = settings.stream_settings("metrics")
+    assert metrics.input_topic == "events.metrics"
+    assert [d.name for d in metrics.detectors] == [d["name"] for d in METRICS.default_detectors]
+    with pytest.raises(FleetwatchError, match="unknown stream 'weather'; known streams: logs, metrics"):
+        settings.stream_settings("weather")

@@ -7,7 +7,8 @@ import importlib.util
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -112,11 +113,15 @@ def dev_jars() -> None:
 
 @app.command()
 def generate(
+    stream: Annotated[
+        str, typer.Option("--stream", help="Whose events: transactions, metrics (pump sensor readings) or logs.")
+    ] = "transactions",
     out: Annotated[
-        Path | None, typer.Option(help="Write events to this .jsonl or .parquet file instead of Kafka.")
+        Path | None,
+        typer.Option(help="Write events to this file instead of Kafka (.jsonl; transactions also .parquet)."),
     ] = None,
     topic: Annotated[
-        str | None, typer.Option(help="Kafka topic to produce to (default: the transactions input topic).")
+        str | None, typer.Option(help="Kafka topic to produce to (default: the stream's input topic).")
     ] = None,
     labels: Annotated[
         Path | None,
@@ -125,66 +130,115 @@ def generate(
             "Default: beside --out, or .fleetwatch/labels/<topic>.labels.jsonl."
         ),
     ] = None,
-    users: Annotated[int, typer.Option(min=1, help="Number of users, spread over the four segments.")] = 1_000_000,
-    events: Annotated[int, typer.Option(min=1, help="Number of transactions.")] = 10_000_000,
+    entities: Annotated[
+        int | None,
+        typer.Option(
+            "--entities",
+            "--users",
+            min=1,
+            help="Users (spread over four segments), pumps or hosts behind the events. "
+            "Default: 1,000,000 users; 24 pumps or hosts.",
+        ),
+    ] = None,
+    events: Annotated[
+        int | None, typer.Option(min=1, help="Events. Default: 10,000,000 transactions; 100,000 readings or lines.")
+    ] = None,
     anomaly_rate: Annotated[float, typer.Option(min=0.0, max=0.49, help="Share of injected anomalies.")] = 0.01,
-    days: Annotated[float, typer.Option(min=0.01, help="Time span of the transactions.")] = 30.0,
+    days: Annotated[float, typer.Option(min=0.01, help="Time span of the transactions (transactions only).")] = 30.0,
     seed: Annotated[int, typer.Option(help="Same seed, same data.")] = 42,
 ) -> None:
-    """Synthetic transactions of four user segments with labelled injected anomalies (seed 001)."""
+    """Synthetic events of a stream with labelled injected anomalies (transactions: seed 001's four segments)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from shared import event_files
     from shared.config import dev_dir
-    from shared.kafka_client import produce_all
-    from shared.streams.transactions import synthetic
-    from shared.streams.transactions.files import write_labels, write_transactions
+    from shared.streams.catalog import stream_named
 
     settings = _settings()
-    spec = synthetic.GeneratorSpec(users=users, events=events, anomaly_rate=anomaly_rate, days=days, seed=seed)
+    chosen = stream_named(stream)
+    transactions = stream == "transactions"
     if out is not None:
-        event_files.check_suffix(out)
-    target_topic = topic or settings.streams["transactions"].input_topic
+        (event_files.check_suffix if transactions else event_files.check_payload_file)(out)
+    target_topic = topic or settings.stream_settings(stream).input_topic
     labels_path = labels or (
         event_files.labels_path_for(out) if out else dev_dir() / "labels" / f"{target_topic}.labels.jsonl"
     )
+    events = events or (10_000_000 if transactions else 100_000)
+    entities = entities or (1_000_000 if transactions else 24)
     started = time.monotonic()
-    with console.status(f"drawing {events:,} transactions for {users:,} users ..."):
-        data = synthetic.generate_transactions(spec)
+    with console.status(f"drawing {events:,} {stream} events of {entities:,} entities ..."):
+        if transactions:
+            from shared.streams.transactions import synthetic
+
+            spec = synthetic.GeneratorSpec(
+                users=entities, events=events, anomaly_rate=anomaly_rate, days=days, seed=seed
+            )
+            data = synthetic.generate_transactions(spec)
+        else:
+            generated = chosen.synthetic(events, entities, anomaly_rate, seed)
     drawn = time.monotonic()
     progress = Progress(
         "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console,
     )  # fmt: skip
     with progress:
-        task = progress.add_task(f"writing {out}" if out else f"producing to {target_topic}", total=len(data))
+        task = progress.add_task(f"writing {out}" if out else f"producing to {target_topic}", total=events)
 
         def advance(done: int) -> None:
             progress.advance(task, done)
 
-        if out is not None:
-            write_transactions(data, out, on_progress=advance)
+        if transactions:
+            failed = _write_transactions(settings, data, out, target_topic, advance)
+        elif out is not None:
+            event_files.write_payloads(generated.payloads, out, on_progress=advance)
             failed = 0
         else:
-            from shared.event_files import chunk_bounds
-            from shared.streams.transactions.files import transaction_payloads
-
-            failed = 0
-            connection = settings.kafka_connection()
-            for start, stop in chunk_bounds(len(data), 200_000):
-                failed += produce_all(
-                    connection,
-                    target_topic,
-                    data.columns["user_id"][start:stop].tolist(),
-                    transaction_payloads(data, start, stop),
-                    on_progress=advance,
-                )
-    write_labels(data, labels_path)
-    elapsed = time.monotonic() - started
-    _print_generation_summary(data, elapsed, time.monotonic() - drawn)
+            failed = _produce_keyed(settings, target_topic, generated.keys, generated.payloads, advance)
+    if transactions:
+        event_files.write_labels(labels_path, data.columns["event_id"], data.is_anomaly, data.anomaly_kind)
+        _print_generation_summary(data, time.monotonic() - started, time.monotonic() - drawn)
+    else:
+        event_files.write_labels(labels_path, generated.event_id, generated.is_anomaly, generated.anomaly_kind)
+        kinds = Counter(generated.anomaly_kind[generated.is_anomaly].tolist())
+        console.print("injected anomalies: " + (", ".join(f"{k}={v:,}" for k, v in sorted(kinds.items())) or "none"))
+        console.print(f"{len(generated.payloads):,} events in {time.monotonic() - started:.1f}s")
     console.print(f"labels: {labels_path}")
     if failed:
-        raise FleetwatchError(f"{failed} of {len(data)} records were not acknowledged by Kafka")
+        raise FleetwatchError(f"{failed} of {events} records were not acknowledged by Kafka")
+
+
+def _write_transactions(
+    settings: FleetwatchSettings,
+    data: SyntheticTransactions,
+    out: Path | None,
+    topic: str,
+    advance: Callable[[int], None],
+) -> int:
+    """Synthetic transactions to a file (.jsonl or .parquet) or a topic; how many Kafka did not acknowledge."""
+    from shared.event_files import chunk_bounds
+    from shared.streams.transactions.files import transaction_payloads, write_transactions
+
+    if out is not None:
+        write_transactions(data, out, on_progress=advance)
+        return 0
+    return sum(
+        _produce_keyed(settings, topic, data.columns["user_id"][start:stop].tolist(),
+                        transaction_payloads(data, start, stop), advance)
+        for start, stop in chunk_bounds(len(data), 200_000)
+    )  # fmt: skip
+
+
+def _produce_keyed(
+    settings: FleetwatchSettings,
+    topic: str,
+    keys: Sequence[str],
+    payloads: Sequence[bytes],
+    advance: Callable[[int], None],
+) -> int:
+    """Keyed payloads to a topic; how many Kafka did not acknowledge."""
+    from shared.kafka_client import produce_all
+
+    return produce_all(settings.kafka_connection(), topic, list(keys), list(payloads), on_progress=advance)
 
 
 def _print_generation_summary(data: SyntheticTransactions, elapsed_s: float, write_s: float) -> None:
@@ -372,7 +426,7 @@ def score(
     number = _version_or_deployed(registry, stream, version)
     with console.status(f"scoring {input_file} with v{number} ..."):
         report = score_file(
-            registry.load(stream, number), input_file, out, settings.streams[stream].batch_alert_rate, top
+            registry.load(stream, number), input_file, out, settings.stream_settings(stream).batch_alert_rate, top
         )
     console.print(
         f"{report.events:,} events ({report.malformed:,} malformed): {report.alerts:,} anomalies "
@@ -445,7 +499,7 @@ def spark_score(
     with console.status(f"scoring {len(files)} file(s) with v{number} on Spark ({master}) ..."):
         result = score_with_spark(
             spark_session(job, app_name="fleetwatch-score"), job, deployed, deployed.stream, files, out,
-            settings.streams[stream].batch_alert_rate, top,
+            settings.stream_settings(stream).batch_alert_rate, top,
         )  # fmt: skip
     summary = result.summary
     console.print(
@@ -476,12 +530,9 @@ def spark_train(
     job, files = _spark_job(master, partitions, conf), _parquet_files(files)
     settings = _settings()
     if sample_rate is not None:
-        if stream not in settings.streams:
-            raise FleetwatchError(f"stream {stream!r} has no model configuration")
+        configured = settings.stream_settings(stream)
         try:
-            tuned = settings.streams[stream].model_validate(
-                {**settings.streams[stream].model_dump(), "sample_rate": sample_rate}
-            )
+            tuned = configured.model_validate({**configured.model_dump(), "sample_rate": sample_rate})
         except ValidationError as exc:
             raise FleetwatchError(f"--sample-rate: {exc.errors()[0]['msg']}") from exc
         settings = settings.model_copy(update={"streams": {**settings.streams, stream: tuned}})

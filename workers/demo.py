@@ -31,7 +31,7 @@ from rich.live import Live
 from rich.table import Table
 
 from shared.config import FleetwatchSettings, dev_dir, topic_environment
-from shared.event_files import labels_path_for, write_jsonl
+from shared.event_files import labels_path_for, write_labels, write_payloads
 from shared.kafka_client import consumer, produce_all, topic_partitions
 from shared.local_infra import dev_stack
 from shared.local_infra.processes import free_port
@@ -177,11 +177,9 @@ def _progress_table(runs: dict[str, DemoRun], produced: Counter[str], note: str)
 
 def _training_files(history: SyntheticEvents, rows: int, path: Path) -> TrainingSource:
     """The first `rows` events of the history as a JSONL file of payloads, and their labels beside it."""
-    path.write_bytes(b"".join(payload + b"\n" for payload in history.payloads[:rows]))
+    write_payloads(history.payloads[:rows], path)
     labels = labels_path_for(path)
-    truth = zip(history.event_id[:rows].tolist(), history.is_anomaly[:rows].tolist(),
-                history.anomaly_kind[:rows].tolist(), strict=True)  # fmt: skip
-    write_jsonl(iter([[{"event_id": e, "is_anomaly": a, "anomaly_kind": k} for e, a, k in truth]]), labels)
+    write_labels(labels, history.event_id[:rows], history.is_anomaly[:rows], history.anomaly_kind[:rows])
     return TrainingSource(files=[str(path)], labels=str(labels))
 
 

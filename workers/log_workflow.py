@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shared.batch_report import HOUR, Concentration
-from shared.config import FleetwatchSettings, StreamSettings
+from shared.config import FleetwatchSettings
 from shared.detectors.deeplog import DeepLogDetector
 from shared.detectors.on_features import OnFeatures
 from shared.errors import FleetwatchError
@@ -187,11 +187,6 @@ class LogTrainingOutcome:
     facts: dict[str, Any]
 
 
-def log_settings(settings: FleetwatchSettings) -> StreamSettings:
-    """The logs stream's settings: configured, or the stream's defaults."""
-    return settings.streams.get(STREAM) or StreamSettings().completed(LOGS)
-
-
 def train_logs(
     settings: FleetwatchSettings, registry: ModelRegistry, request: LogTrainingRequest, progress: Progress = _quiet
 ) -> LogTrainingOutcome:
@@ -222,7 +217,7 @@ def train_logs(
         if missing:
             raise FleetwatchError(f"{request.labels}: {missing} sessions of the logs have no label")
         is_anomaly = np.array([labels[key] for key in columns.session.tolist()], dtype=bool)
-    stream_settings = log_settings(settings)
+    stream_settings = settings.stream_settings(STREAM)
     progress(f"training {len(stream_settings.detectors)} detectors on {len(raw):,} lines", 0, 0)
     deployed_number = registry.deployed_version(STREAM)
     parent = parent_version.version if parent_version is not None else deployed_number

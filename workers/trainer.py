@@ -52,7 +52,7 @@ class RoundOutcome:
 
 
 def _read_source(settings: FleetwatchSettings, stream: str, source: TrainingSource) -> TrainingData:
-    stream_settings = settings.streams[stream]
+    stream_settings = settings.stream_settings(stream)
     labels = Path(source.labels) if source.labels else None
     if source.spark is not None:
         return _read_with_spark(stream, source.spark, source.files, labels, stream_settings)
@@ -95,9 +95,7 @@ def run_round(
     on_stage: Callable[[str], None] = lambda stage: None,
 ) -> RoundOutcome:
     """One training round; raises (publishing nothing) when any step fails."""
-    if stream not in settings.streams:
-        raise FleetwatchError(f"stream {stream!r} has no model configuration; configured: {sorted(settings.streams)}")
-    stream_settings = settings.streams[stream]
+    stream_settings = settings.stream_settings(stream)
     started = time.perf_counter()
     on_stage("reading training data")
     data = _read_source(settings, stream, source)
@@ -190,7 +188,7 @@ def serve(settings: FleetwatchSettings, stream: str, source: TrainingSource, met
     start_http_endpoints(metrics_port, ready=lambda: not stopping.is_set())
     client = connect_redis(settings.redis_url)
     registry = open_registry(settings, client)
-    interval = settings.streams[stream].train_interval_s
+    interval = settings.stream_settings(stream).train_interval_s
     next_run = time.monotonic()
     log.info("trainer started", stream=stream, interval_s=interval, metrics_port=metrics_port)
     while not stopping.is_set():

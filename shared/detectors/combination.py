@@ -51,7 +51,7 @@ CRITERION = "consensus_agreement"
 LABELS_AT_BUDGET = "labels_precision_at_budget"
 LABELS_AT_PRECISION_FLOOR = "labels_recall_at_precision_floor"
 CRITERIA = {
-    CRITERION: "voting weights by agreement with the consensus (no labels), threshold at fleet_fpr_budget",
+    CRITERION: "voting weights by agreement with the consensus, threshold at fleet_fpr_budget",
     LABELS_AT_BUDGET: "members chosen by the labels: the most anomalies caught at fleet_fpr_budget",
     LABELS_AT_PRECISION_FLOOR: "members and threshold chosen by the labels: the most caught at precision_floor",
 }

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
-import pyarrow as pa
 import pyarrow.parquet as pq
 
+from shared import event_files
 from shared.event_files import arrow_table, check_suffix, chunk_bounds, iso_timestamps, write_jsonl
 from shared.streams.transactions.synthetic import SyntheticTransactions
 
@@ -47,16 +47,4 @@ def write_transactions(
 
 
 def write_labels(data: SyntheticTransactions, path: Path) -> None:
-    check_suffix(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    labels = {
-        "event_id": data.columns["event_id"],
-        "is_anomaly": data.is_anomaly,
-        "anomaly_kind": data.anomaly_kind,
-    }
-    if path.suffix == ".parquet":
-        pq.write_table(pa.table({name: pa.array(values) for name, values in labels.items()}), path)
-        return
-    names = list(labels)
-    rows = zip(*(values.tolist() for values in labels.values()), strict=True)
-    write_jsonl(iter([[dict(zip(names, row, strict=True)) for row in rows]]), path)
+    event_files.write_labels(path, data.columns["event_id"], data.is_anomaly, data.anomaly_kind)
