@@ -90,7 +90,7 @@ class Transaction:
             self._cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAIN_LOCK_ID,))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reconnection:
     """How to open a new connection when the server dropped ours, and the driver's errors that say it did."""
 
@@ -150,7 +150,7 @@ class ConsoleStore:
     def transaction(self) -> Iterator[Transaction]:
         with self._lock:
             reconnection = self._reconnection
-            lost = reconnection.lost if reconnection is not None else ()  # the driver's errors of a gone connection
+            lost = reconnection.lost if reconnection is not None else ()
             if reconnection is not None and self._connection.broken:
                 self._connection.close()
                 self._connection = reconnection.connect()

@@ -290,12 +290,21 @@ def produce_all(
     payloads: list[bytes],
     on_progress: Callable[[int], None] = lambda done: None,
     report_every: int = 20_000,
+    queue_limit: int = 500_000,
 ) -> int:
-    """Produce every payload (keyed) and wait for all acknowledgements; return how many were not acknowledged."""
-    writer = producer(connection, **{"linger.ms": 20, "batch.size": 1_000_000, "queue.buffering.max.messages": 500_000})
+    """Produce every payload (keyed) and wait for all acknowledgements; return how many were not acknowledged.
+    Any number of payloads: at `queue_limit` queued messages it waits for deliveries to make room."""
+    writer = producer(
+        connection, **{"linger.ms": 20, "batch.size": 1_000_000, "queue.buffering.max.messages": queue_limit}
+    )
     # confluent-kafka has no batch produce call; this loop is the client's own idiom for bulk writes.
     for index, (key, payload) in enumerate(zip(keys, payloads, strict=True), start=1):
-        writer.produce(topic, value=payload, key=key)
+        while True:
+            try:
+                writer.produce(topic, value=payload, key=key)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it, then queue this one
+                writer.poll(0.5)
         if index % report_every == 0:
             on_progress(report_every)
     not_acknowledged = writer.flush(120)

@@ -36,6 +36,7 @@ from shared.detectors.combination import (
     ScoreCombination,
     combined_surprise,
     fit_combination,
+    floor_threshold,
     normalized_weights,
 )
 from shared.detectors.on_features import OnFeatures
@@ -249,9 +250,7 @@ def select_members_by_labels(
             key = (caught / (caught + false_alarms) if caught else 0.0, caught, -size)
             if at_budget is None or key > at_budget[0]:
                 at_budget = (key, weights)
-            if precision_floor is not None and (
-                found := _most_caught_at_precision(normal_sum, anomalous_sum, precision_floor)
-            ):
+            if precision_floor is not None and (found := floor_threshold(normal_sum, anomalous_sum, precision_floor)):
                 floor_key = (found[0], -found[1], -size)
                 if at_floor is None or floor_key > at_floor[0]:
                     at_floor = (floor_key, weights, found[2])
@@ -260,48 +259,7 @@ def select_members_by_labels(
         chosen = combination.with_weights(at_budget[1], normal_scores, fpr_budget)
         return replace(chosen, criterion=LABELS_AT_BUDGET)
     chosen = combination.with_weights(at_floor[1], normal_scores, fpr_budget)
-    return replace(chosen, offset=-at_floor[2], criterion=LABELS_AT_PRECISION_FLOOR)
-
-
-PRECISION_CONFIDENCE_Z = 1.645
-"""One-sided 95 % Wilson bound: a floor met only by the luck of a few labelled rows does not count."""
-
-
-def _most_caught_at_precision(
-    normal_sum: np.ndarray, anomalous_sum: np.ndarray, floor: float
-) -> tuple[int, int, float] | None:
-    """(caught, false alarms, surprise threshold) of the lowest threshold whose precision's lower bound is at
-    least `floor`, over thresholds just under each anomaly's combined surprise; None when none is.
-
-    A row alerts when its combined surprise is above the threshold, which lies halfway to the next lower
-    row so that it separates the rows it was measured on however they are rounded later.
-    """
-    descending = np.sort(anomalous_sum)[::-1]
-    caught = np.arange(1, descending.size + 1)
-    ascending_normal = np.sort(normal_sum)
-    false_alarms = normal_sum.size - np.searchsorted(ascending_normal, descending, side="left")
-    bound = _wilson_lower_bound(caught, caught + false_alarms)
-    feasible = np.flatnonzero(bound >= floor)
-    if not feasible.size:
-        return None
-    best = feasible[np.lexsort((false_alarms[feasible], -caught[feasible]))[0]]
-    lowest_caught = descending[best]
-    below = np.concatenate([descending[descending < lowest_caught], ascending_normal[ascending_normal < lowest_caught]])
-    next_lower = below.max() if below.size else lowest_caught - 1.0
-    return (
-        int(np.count_nonzero(anomalous_sum >= lowest_caught)),
-        int(false_alarms[best]),
-        (lowest_caught + next_lower) / 2,
-    )
-
-
-def _wilson_lower_bound(successes: np.ndarray, trials: np.ndarray) -> np.ndarray:
-    """Wilson's score interval's lower end for success shares, at `PRECISION_CONFIDENCE_Z`."""
-    z2 = PRECISION_CONFIDENCE_Z**2
-    share = successes / trials
-    centre = share + z2 / (2 * trials)
-    spread = PRECISION_CONFIDENCE_Z * np.sqrt(share * (1 - share) / trials + z2 / (4 * trials**2))
-    return (centre - spread) / (1 + z2 / trials)
+    return replace(chosen, offset=-float(at_floor[2]), criterion=LABELS_AT_PRECISION_FLOOR)
 
 
 def _subset_weights(combination: ScoreCombination, subset: Collection[str]) -> dict[str, float]:
@@ -400,7 +358,7 @@ def train_round(
                     anomaly_scores,
                     candidates,
                     config.fleet_fpr_budget,
-                    settings.precision_floor,
+                    settings.precision_floor if settings.alert_rule == "combined" else None,  # it sets the offset
                 )
             else:  # too few labelled anomalies to choose members by: the floors alone shadow
                 combination = combination.with_weights(

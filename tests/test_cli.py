@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.kafka_client import KafkaConnection, producer, read_all, topic_partitions
+from shared.kafka_client import KafkaConnection, produce_all, producer, read_all, topic_partitions
 from shared.local_infra.processes import free_port, pid_is_alive
 from shared.local_infra.redis_server import RedisServer
 
@@ -39,6 +39,8 @@ def test_help_explains_every_subcommand() -> None:
         (["generate", "--events", "-3"], "--events"),
         (["generate", "--out", "events.csv"], "unsupported file type"),
         (["generate", "--stream", "weather"], "unknown stream 'weather'; known streams: logs, metrics, transactions"),
+        (["generate", "--stream", "logs", "--days", "3"], "--days applies to transactions only"),
+        (["generate", "--out", "e.jsonl", "--labels", "l.csv"], "l.csv: unsupported file type '.csv'"),
         (["no-such-command"], "No such command"),
     ],
 )
@@ -101,6 +103,29 @@ def test_generate_produces_to_kafka(kafka: KafkaConnection, make_topic, tmp_path
     records = read_all(kafka, topic)
     assert len(records) == 3000 and len(labels.read_text().splitlines()) == 3000
     assert all(record.key().startswith(b"u") for record in records)
+
+
+def test_generate_produces_another_streams_events_keyed_as_it_keys_them(
+    kafka: KafkaConnection, make_topic, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    topic = make_topic("pumps")
+    result = run(
+        "generate", "--stream", "metrics", "--topic", topic, "--entities", "5", "--events", "2000",
+        "--labels", str(tmp_path / "pumps.labels.jsonl"),
+        env={"FLEETWATCH_KAFKA_BOOTSTRAP": kafka.bootstrap}, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = read_all(kafka, topic)
+    assert len(records) == 2000 and len({record.key() for record in records}) == 5
+    assert all(json.loads(record.value())["asset_id"].encode() == record.key() for record in records)
+    assert len((tmp_path / "pumps.labels.jsonl").read_text().splitlines()) == 2000
+
+
+def test_producing_more_than_the_producers_queue_holds_waits_for_room(kafka: KafkaConnection, make_topic) -> None:  # type: ignore[no-untyped-def]
+    topic = make_topic("queued")
+    payloads = [b"event %d" % i for i in range(5000)]
+    assert produce_all(kafka, topic, [f"k{i % 7}" for i in range(5000)], payloads, queue_limit=100) == 0
+    assert sorted(record.value() for record in read_all(kafka, topic)) == sorted(payloads)
 
 
 def test_dev_up_serves_an_independent_client_and_down_leaves_nothing(tmp_path: Path) -> None:

@@ -7,6 +7,9 @@ import json
 import msgspec
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from shared.config import DetectorConfig, StreamSettings
 from shared.detectors.combination import (
@@ -14,6 +17,7 @@ from shared.detectors.combination import (
     LABELS_AT_PRECISION_FLOOR,
     ScoreCombination,
     fit_combination,
+    floor_threshold,
 )
 from shared.evaluation import FleetEvaluation
 from shared.model_version import DeployedVersion, Manifest
@@ -318,3 +322,33 @@ def test_training_with_a_precision_floor_records_its_rule_and_catches_at_least_w
     assert at_budget.evaluation is not None and at_floor.evaluation is not None
     assert at_floor.evaluation.fleet.recall > at_budget.evaluation.fleet.recall  # held-out rows
     assert at_floor.evaluation.fleet.precision >= 0.5
+    published = msgspec.json.decode(msgspec.json.encode(at_floor.draft), type=Manifest)  # as the registry writes it
+    assert published.combination == at_floor.draft.combination
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    normal=arrays(np.float64, st.integers(1, 60), elements=st.floats(-5, 5) | st.sampled_from([-np.inf, np.inf])),
+    anomalous=arrays(np.float64, st.integers(1, 30), elements=st.floats(-5, 8) | st.sampled_from([-np.inf, np.inf])),
+    floor=st.floats(0.05, 0.95),
+)
+def test_the_floors_threshold_catches_what_it_says_and_no_lower_one_keeps_the_floor(normal, anomalous, floor) -> None:
+    # every finite anomalous surprise as the lowest one caught: (caught, false alarms) of alerting from it up
+    cuts = [(int(np.sum(anomalous >= t)), int(np.sum(normal >= t))) for t in anomalous[np.isfinite(anomalous)]]
+    kept = [caught for caught, false_alarms in cuts if _wilson_bound(caught, false_alarms) >= floor]
+    found = floor_threshold(normal, anomalous, floor)
+    if not kept:
+        assert found is None
+        return
+    assert found is not None
+    caught, false_alarms, threshold = found
+    assert np.isfinite(threshold)
+    assert (caught, false_alarms) == (int(np.sum(anomalous > threshold)), int(np.sum(normal > threshold)))
+    assert _wilson_bound(caught, false_alarms) >= floor and caught == max(kept)
+
+
+def _wilson_bound(caught: int, false_alarms: int) -> float:
+    """The 95 % lower bound on caught / (caught + false alarms), written out for one pair."""
+    n, z = caught + false_alarms, 1.645
+    share = caught / n
+    return (share + z * z / (2 * n) - z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n))) / (1 + z * z / n)

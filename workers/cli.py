@@ -144,7 +144,9 @@ def generate(
         int | None, typer.Option(min=1, help="Events. Default: 10,000,000 transactions; 100,000 readings or lines.")
     ] = None,
     anomaly_rate: Annotated[float, typer.Option(min=0.0, max=0.49, help="Share of injected anomalies.")] = 0.01,
-    days: Annotated[float, typer.Option(min=0.01, help="Time span of the transactions (transactions only).")] = 30.0,
+    days: Annotated[
+        float | None, typer.Option(min=0.01, help="Time span of the transactions (transactions only). Default: 30.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Same seed, same data.")] = 42,
 ) -> None:
     """Synthetic events of a stream with labelled injected anomalies (transactions: seed 001's four segments)."""
@@ -157,12 +159,15 @@ def generate(
     settings = _settings()
     chosen = stream_named(stream)
     transactions = stream == "transactions"
+    if days is not None and not transactions:
+        raise FleetwatchError(f"--days applies to transactions only; the {stream} stream's generator sets its own span")
     if out is not None:
         (event_files.check_suffix if transactions else event_files.check_payload_file)(out)
     target_topic = topic or settings.stream_settings(stream).input_topic
     labels_path = labels or (
         event_files.labels_path_for(out) if out else dev_dir() / "labels" / f"{target_topic}.labels.jsonl"
     )
+    event_files.check_suffix(labels_path)  # before the events are drawn and written, not after
     events = events or (10_000_000 if transactions else 100_000)
     entities = entities or (1_000_000 if transactions else 24)
     started = time.monotonic()
@@ -171,7 +176,7 @@ def generate(
             from shared.streams.transactions import synthetic
 
             spec = synthetic.GeneratorSpec(
-                users=entities, events=events, anomaly_rate=anomaly_rate, days=days, seed=seed
+                users=entities, events=events, anomaly_rate=anomaly_rate, days=days or 30.0, seed=seed
             )
             data = synthetic.generate_transactions(spec)
         else:
@@ -195,13 +200,16 @@ def generate(
         else:
             failed = _produce_keyed(settings, target_topic, generated.keys, generated.payloads, advance)
     if transactions:
-        event_files.write_labels(labels_path, data.columns["event_id"], data.is_anomaly, data.anomaly_kind)
+        from shared.streams.transactions.files import write_labels
+
+        write_labels(data, labels_path)
         _print_generation_summary(data, time.monotonic() - started, time.monotonic() - drawn)
     else:
         event_files.write_labels(labels_path, generated.event_id, generated.is_anomaly, generated.anomaly_kind)
         kinds = Counter(generated.anomaly_kind[generated.is_anomaly].tolist())
         console.print("injected anomalies: " + (", ".join(f"{k}={v:,}" for k, v in sorted(kinds.items())) or "none"))
-        console.print(f"{len(generated.payloads):,} events in {time.monotonic() - started:.1f}s")
+        elapsed = time.monotonic() - started
+        console.print(f"{events:,} events in {elapsed:.1f}s ({events / max(elapsed, 1e-9):,.0f} events/s end to end)")
     console.print(f"labels: {labels_path}")
     if failed:
         raise FleetwatchError(f"{failed} of {events} records were not acknowledged by Kafka")
@@ -221,7 +229,7 @@ def _write_transactions(
     if out is not None:
         write_transactions(data, out, on_progress=advance)
         return 0
-    return sum(
+    return sum(  # payloads built a chunk at a time: 10M at once would not fit beside the columns
         _produce_keyed(settings, topic, data.columns["user_id"][start:stop].tolist(),
                         transaction_payloads(data, start, stop), advance)
         for start, stop in chunk_bounds(len(data), 200_000)

@@ -26,7 +26,7 @@ from shared.model_version import Manifest
 from shared.redis_connection import connect_redis
 from shared.registry import ModelRegistry, VersionRefused, open_registry
 from shared.spark_job import SparkJob, spark_session
-from shared.streams.catalog import stream_named
+from shared.streams.catalog import CATALOG, stream_named
 from shared.training import GateDecision, TrainingData, TrainingResult, quality_gate, train_round
 from shared.training_data import from_files, from_topic
 
@@ -173,7 +173,7 @@ def decode_request(raw: bytes | str, streams: Collection[str]) -> TrainingReques
     except msgspec.DecodeError as exc:
         return RejectedRequest("not_json", str(exc), text[:200])
     if request.stream not in streams:
-        reason = f"stream {request.stream!r} is not configured: {sorted(streams)}"
+        reason = f"unknown stream {request.stream!r}; known streams: {', '.join(sorted(streams))}"
         return RejectedRequest("unknown_stream", reason, text[:200])
     return request
 
@@ -201,7 +201,7 @@ def serve(settings: FleetwatchSettings, stream: str, source: TrainingSource, met
             stopping.wait(1.0)
             continue
         if popped is not None:
-            decoded = decode_request(popped[1], settings.streams)
+            decoded = decode_request(popped[1], CATALOG)  # a stream the config does not name trains with its defaults
             if isinstance(decoded, RejectedRequest):
                 metrics.TRAINING_REQUESTS_REJECTED.labels(decoded.kind).inc()
                 log.warning(

@@ -8,7 +8,8 @@ alerts is resolved finely) and interpolated; beyond the calibration range it kee
 (the log of the distance in units of the detector's upper half-spread), so the most extreme rows stay
 ranked. The combined score is minus the weighted sum of the surprises (with specialists, below: the
 larger of that sum and each specialist's surprise): higher = more normal, like every detector, and the
-alert rule is one threshold on it at the fleet's false-positive budget.
+alert rule is one threshold on it at the fleet's false-positive budget (with labels and a precision floor,
+the lowest threshold at which the labelled rows' precision holds: `floor_threshold`).
 
 Weights come from agreement with the consensus (the "ensemble centrality" family of internal
 model-selection criteria, Ma, Zhao and Akoglu 2023): a member's weight is the Pearson correlation of
@@ -47,11 +48,11 @@ from numpy.typing import ArrayLike, NDArray
 GRID_POINTS = 128
 """Tail probabilities per detector at which the calibration residual quantile is stored."""
 
-CRITERION = "consensus_agreement"
+CONSENSUS_AGREEMENT = "consensus_agreement"
 LABELS_AT_BUDGET = "labels_precision_at_budget"
 LABELS_AT_PRECISION_FLOOR = "labels_recall_at_precision_floor"
 CRITERIA = {
-    CRITERION: "voting weights by agreement with the consensus, threshold at fleet_fpr_budget",
+    CONSENSUS_AGREEMENT: "voting weights by agreement with the consensus, threshold at fleet_fpr_budget",
     LABELS_AT_BUDGET: "members chosen by the labels: the most anomalies caught at fleet_fpr_budget",
     LABELS_AT_PRECISION_FLOOR: "members and threshold chosen by the labels: the most caught at precision_floor",
 }
@@ -74,7 +75,7 @@ class ScoreCombination:
     surprise: NDArray[np.float64]  # (GRID_POINTS,), increasing from 0
     quantiles: NDArray[np.float64]  # (n_members, GRID_POINTS) residual at each surprise level, non-decreasing
     offset: float
-    criterion: str = CRITERION
+    criterion: str = CONSENSUS_AGREEMENT
     specialists: frozenset[str] = frozenset()
 
     def surprises(self, scores: ArrayLike) -> NDArray[np.float64]:
@@ -113,7 +114,7 @@ class ScoreCombination:
             "criterion": self.criterion,
             "weights": dict(self.weights),
             "specialists": sorted(self.specialists),
-            "offset": self.offset,
+            "offset": float(self.offset),
             "surprise": self.surprise.tolist(),
             "quantiles": {name: grid.tolist() for name, grid in zip(self.names, self.quantiles, strict=True)},
         }
@@ -127,7 +128,7 @@ class ScoreCombination:
             surprise=np.asarray(data["surprise"], dtype=np.float64),
             quantiles=np.asarray([data["quantiles"][name] for name in names], dtype=np.float64),
             offset=float(data["offset"]),
-            criterion=str(data.get("criterion", CRITERION)),
+            criterion=str(data.get("criterion", CONSENSUS_AGREEMENT)),
             specialists=frozenset(data.get("specialists", ())),
         )
 
@@ -191,6 +192,43 @@ def budget_offset(combined_scores: NDArray[np.float64], fpr_budget: float) -> fl
     ascending = np.sort(combined_scores)
     allowed = int(np.floor(fpr_budget * ascending.size))
     return float(ascending[min(allowed, ascending.size - 1)])
+
+
+PRECISION_CONFIDENCE_Z = 1.645
+"""One-sided 95 % Wilson bound: a floor met only by the luck of a few labelled rows does not count."""
+
+
+def floor_threshold(
+    normal_surprise: NDArray[np.float64], anomalous_surprise: NDArray[np.float64], floor: float
+) -> tuple[int, int, float] | None:
+    """(caught, false alarms, threshold) of the lowest combined-surprise threshold at which the precision's
+    lower confidence bound on these labelled rows is at least `floor`; None when no threshold reaches it.
+
+    `surprise > threshold` alerts (the offset is minus the threshold). Candidates lie just under each finite
+    anomalous surprise, halfway to the next lower finite row, so that the threshold separates the rows it was
+    measured on however they are rounded later; an infinite surprise is caught by any finite threshold.
+    """
+    ascending_anomalous, ascending_normal = np.sort(anomalous_surprise), np.sort(normal_surprise)
+    candidates = np.unique(ascending_anomalous[np.isfinite(ascending_anomalous)])
+    caught = ascending_anomalous.size - np.searchsorted(ascending_anomalous, candidates, side="left")
+    false_alarms = ascending_normal.size - np.searchsorted(ascending_normal, candidates, side="left")
+    feasible = np.flatnonzero(_wilson_lower_bound(caught, caught + false_alarms) >= floor)
+    if not feasible.size:
+        return None
+    lowest = feasible[0]  # candidates ascend, so the first feasible one catches the most
+    rows = np.concatenate([ascending_anomalous, ascending_normal])
+    below = rows[np.isfinite(rows) & (rows < candidates[lowest])]
+    next_lower = below.max() if below.size else candidates[lowest] - 1.0
+    return int(caught[lowest]), int(false_alarms[lowest]), float((candidates[lowest] + next_lower) / 2)
+
+
+def _wilson_lower_bound(successes: NDArray[np.int64], trials: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Wilson's score interval's lower end for success shares, at `PRECISION_CONFIDENCE_Z`."""
+    z2 = PRECISION_CONFIDENCE_Z**2
+    share = successes / trials
+    centre = share + z2 / (2 * trials)
+    spread = PRECISION_CONFIDENCE_Z * np.sqrt(share * (1 - share) / trials + z2 / (4 * trials**2))
+    return (centre - spread) / (1 + z2 / trials)
 
 
 def normalized_weights(
