@@ -160,6 +160,18 @@ def test_feature_extreme_flags_rows_by_the_largest_chosen_feature_only():
         FeatureExtremeDetector(columns=[3]).fit(np.zeros((10, 3)))
 
 
+def test_aakrs_single_precision_kernel_ranks_like_double_and_survives_absurd_rows(fitted_detectors):
+    aakr = fitted_detectors["aakr"]
+    X, _ = blob_with_planted_outliers()
+    logits = -aakr._squared_distances(X) / (2.0 * aakr.bandwidth_**2)  # the kernel written out in float64
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    exact = -np.sum((X - weights @ aakr.memory_ / weights.sum(axis=1, keepdims=True)) ** 2, axis=1)
+    np.testing.assert_allclose(aakr.score_samples(X), exact, rtol=1e-5)
+    absurd = np.vstack([X[:1], np.full((1, X.shape[1]), 1e18), np.full((1, X.shape[1]), -1e30)])
+    scores = aakr.score_samples(absurd)  # squares of these overflow a float32: clipped for the kernel only
+    assert np.all(np.isfinite(scores)) and scores[1] < scores[0] and scores[2] < scores[1]
+
+
 def test_neighbour_detectors_keep_at_most_max_train_samples_rows():
     X, _ = blob_with_planted_outliers(n_inliers=500, n_outliers=0)
     assert KNNDetector(max_train_samples=100, random_state=0).fit(X).index_.n_samples_fit_ == 100
