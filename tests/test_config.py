@@ -121,5 +121,5 @@ def test_a_stream_the_config_never_names_takes_the_catalogs_defaults(isolated: P
     metrics = settings.stream_settings("metrics")
     assert metrics.input_topic == "events.metrics"
     assert [d.name for d in metrics.detectors] == [d["name"] for d in METRICS.default_detectors]
-    with pytest.raises(FleetwatchError, match="unknown stream 'weather'; known streams: logs, metrics"):
+    with pytest.raises(FleetwatchError, match=r"unknown stream 'weather'; known streams: .*metrics"):
         settings.stream_settings("weather")
