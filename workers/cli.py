@@ -179,8 +179,10 @@ def generate(
                 users=entities, events=events, anomaly_rate=anomaly_rate, days=days or 30.0, seed=seed
             )
             data = synthetic.generate_transactions(spec)
+            truth = data.columns["event_id"], data.is_anomaly, data.anomaly_kind
         else:
             generated = chosen.synthetic(events, entities, anomaly_rate, seed)
+            truth = generated.event_id, generated.is_anomaly, generated.anomaly_kind
     drawn = time.monotonic()
     progress = Progress(
         "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -199,13 +201,10 @@ def generate(
             failed = 0
         else:
             failed = _produce_keyed(settings, target_topic, generated.keys, generated.payloads, advance)
+    event_files.write_labels(labels_path, *truth)
     if transactions:
-        from shared.streams.transactions.files import write_labels
-
-        write_labels(data, labels_path)
         _print_generation_summary(data, time.monotonic() - started, time.monotonic() - drawn)
     else:
-        event_files.write_labels(labels_path, generated.event_id, generated.is_anomaly, generated.anomaly_kind)
         kinds = Counter(generated.anomaly_kind[generated.is_anomaly].tolist())
         console.print("injected anomalies: " + (", ".join(f"{k}={v:,}" for k, v in sorted(kinds.items())) or "none"))
         elapsed = time.monotonic() - started

@@ -51,8 +51,9 @@ class RoundOutcome:
     result: TrainingResult
 
 
-def _read_source(settings: FleetwatchSettings, stream: str, source: TrainingSource) -> TrainingData:
-    stream_settings = settings.stream_settings(stream)
+def _read_source(
+    settings: FleetwatchSettings, stream: str, stream_settings: StreamSettings, source: TrainingSource
+) -> TrainingData:
     labels = Path(source.labels) if source.labels else None
     if source.spark is not None:
         return _read_with_spark(stream, source.spark, source.files, labels, stream_settings)
@@ -98,7 +99,7 @@ def run_round(
     stream_settings = settings.stream_settings(stream)
     started = time.perf_counter()
     on_stage("reading training data")
-    data = _read_source(settings, stream, source)
+    data = _read_source(settings, stream, stream_settings, source)
     deployed_version = registry.deployed_version(stream)
     on_stage(f"training {len(stream_settings.detectors)} detectors on {len(data.columns):,} events")
     result = train_round(data, stream_settings, stream_named(stream), deployed_version)
