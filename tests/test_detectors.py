@@ -30,6 +30,8 @@ from shared.detectors import (
     VAEDetector,
     build_detector,
 )
+from shared.detectors.aakr import squared_distances
+from shared.detectors.on_features import OnFeatures
 
 TABULAR_KINDS = sorted(set(DETECTOR_KINDS) - {"deeplog", "mscred"})
 """Kinds that read rows as quantities; DeepLog reads template keys, MS-CRED windows of series (their own tests)."""
@@ -163,9 +165,11 @@ def test_feature_extreme_flags_rows_by_the_largest_chosen_feature_only():
 def test_aakrs_single_precision_kernel_ranks_like_double_and_survives_absurd_rows(fitted_detectors):
     aakr = fitted_detectors["aakr"]
     X, _ = blob_with_planted_outliers()
-    logits = -aakr._squared_distances(X) / (2.0 * aakr.bandwidth_**2)  # the kernel written out in float64
+    memory = aakr.memory_.astype(np.float64)
+    assert aakr.memory_.dtype == np.float32, "kept as the kernel reads it"
+    logits = -squared_distances(X, memory) / (2.0 * aakr.bandwidth_**2)  # the kernel written out in float64
     weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-    exact = -np.sum((X - weights @ aakr.memory_ / weights.sum(axis=1, keepdims=True)) ** 2, axis=1)
+    exact = -np.sum((X - weights @ memory / weights.sum(axis=1, keepdims=True)) ** 2, axis=1)
     np.testing.assert_allclose(aakr.score_samples(X), exact, rtol=1e-5)
     absurd = np.vstack([X[:1], np.full((1, X.shape[1]), 1e18), np.full((1, X.shape[1]), -1e30)])
     scores = aakr.score_samples(absurd)  # squares of these overflow a float32: clipped for the kernel only
@@ -273,3 +277,24 @@ def test_build_detector_names_an_unknown_parameter():
 def test_build_detector_names_a_parameter_with_a_bad_value():
     with pytest.raises(ValueError, match="'n_estimators' parameter of IsolationForestDetector"):
         build_detector("isolation_forest", {"n_estimators": 0})
+
+
+def test_a_detector_on_some_columns_splits_its_residual_over_those_columns_only(fitted_detectors):
+    X, _ = blob_with_planted_outliers()
+    wide = np.column_stack([np.zeros(len(X)), X])  # column 0 is not the detectors' concern
+    columns = list(range(1, wide.shape[1]))
+    ica = OnFeatures(ICADetector(random_state=0), columns).fit(wide)
+    parts = ica.feature_contributions(wide)
+    np.testing.assert_allclose(parts[:, 1:], ica.detector_.feature_contributions(X))
+    assert (parts[:, 0] == 0).all() and np.allclose(parts.sum(axis=1), -ica.score_samples(wide))
+    forest = OnFeatures(IsolationForestDetector(random_state=0), columns).fit(wide)
+    row = np.zeros((1, wide.shape[1]))
+    row[0, 2] = 9.0
+    assert forest.feature_contributions(row).argmax() == 2, "without a split of its own: the feature farthest out"
+
+
+def test_a_reconstruction_detector_pickled_with_last_columns_is_refused():
+    X, _ = blob_with_planted_outliers()
+    state = AAKRDetector(random_state=0).fit(X).__getstate__() | {"last_columns": 2}
+    with pytest.raises(ValueError, match="last_columns"):
+        AAKRDetector().__setstate__(state)

@@ -23,6 +23,7 @@ from sklearn.metrics import roc_auc_score
 from shared.artifact_store import RedisArtifactStore
 from shared.config import DetectorConfig, StreamSettings, load_settings, topic_environment
 from shared.detectors import build_detector
+from shared.detectors.on_features import OnFeatures
 from shared.entity_state import EntityStates
 from shared.errors import FleetwatchError
 from shared.event_files import read_payloads
@@ -35,8 +36,8 @@ from shared.scoring import score_batch
 from shared.state_store import EntityStateStore
 from shared.streams.metrics.files import wide_table
 from shared.streams.metrics.stream import METRICS, MetricsStream
-from shared.streams.metrics.windows import MAX_SENSORS, ROW_COLUMNS, MetricColumns, WindowShape
-from shared.training import TrainingData, time_ordered_split, train_round
+from shared.streams.metrics.windows import MAX_SENSORS, ROW_FEATURES, MetricColumns, WindowShape
+from shared.training import TrainingData, detector_columns, time_ordered_split, train_round
 from shared.training_data import from_files
 from tests.fleet import FLEETWATCH, QUICK_FAILOVER, event_ids, open_fleet, produce_paced
 from tests.test_config import isolated  # noqa: F401 (a fixture)
@@ -233,7 +234,7 @@ def position_in_asset(columns: MetricColumns) -> np.ndarray:
 
 def quick_settings(**featurization: int) -> StreamSettings:
     """One fast detector, and the featurization under test."""
-    ica = DetectorConfig(name="ica", kind="ica", params={"n_components": 0.8, "last_columns": ROW_COLUMNS})
+    ica = DetectorConfig(name="ica", kind="ica", features=list(ROW_FEATURES), params={"n_components": 0.8})
     return StreamSettings(detectors=[ica], featurization=featurization).completed(METRICS)
 
 
@@ -370,11 +371,15 @@ def pump_history() -> tuple[MetricsStream, np.ndarray, np.ndarray]:
     return stream, stream.advance(stream.empty_states(), columns)[0], np.array([kinds[e] for e in columns.event_id])
 
 
-DETECTORS: dict[str, dict[str, Any]] = {
-    "annoy": {"random_state": 0},
-    "ica": {"n_components": 0.8, "last_columns": ROW_COLUMNS, "random_state": 0},
-    "aakr": {"last_columns": ROW_COLUMNS, "random_state": 0},
-    "vae": {"last_columns": ROW_COLUMNS, "random_state": 0, "epochs": 40},
+DETECTORS: dict[str, DetectorConfig] = {
+    "annoy": DetectorConfig(name="annoy", kind="annoy", params={"random_state": 0}),
+    "ica": DetectorConfig(
+        name="ica", kind="ica", features=list(ROW_FEATURES), params={"n_components": 0.8, "random_state": 0}
+    ),
+    "aakr": DetectorConfig(name="aakr", kind="aakr", features=list(ROW_FEATURES), params={"random_state": 0}),
+    "vae": DetectorConfig(
+        name="vae", kind="vae", features=list(ROW_FEATURES), params={"random_state": 0, "epochs": 40}
+    ),
 }
 
 
@@ -382,11 +387,15 @@ DETECTORS: dict[str, dict[str, Any]] = {
 def test_each_detector_kind_ranks_injected_faults_above_normal_windows(
     kind: str, pump_history: tuple[MetricsStream, np.ndarray, np.ndarray]
 ) -> None:
-    _, raw, kinds = pump_history
+    stream, raw, kinds = pump_history
     train, held_out = np.arange(8_000), np.arange(8_000, len(raw))
     train = train[kinds[train] == ""]
     scaler = FeatureScaler().fit(raw[train])
-    detector = build_detector(kind, DETECTORS[kind]).fit(scaler.transform(raw[train]))
+    config = DETECTORS[kind]
+    detector = build_detector(kind, config.params)
+    if (columns := detector_columns(config, stream)) is not None:
+        detector = OnFeatures(detector, columns)
+    detector.fit(scaler.transform(raw[train]))
     scores = detector.score_samples(scaler.transform(raw[held_out]))
     for fault in ("spike", "drift", "broken_correlation"):
         rows = (kinds[held_out] == fault) | (kinds[held_out] == "")

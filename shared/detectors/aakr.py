@@ -52,41 +52,43 @@ class AAKRDetector(ReconstructionDetector):
         *,
         memory_size: int = 2_000,
         bandwidth: float | None = None,
-        last_columns: int | None = None,
         contamination: float = 0.01,
         random_state: int | None = None,
     ) -> None:
         self.memory_size = memory_size
         self.bandwidth = bandwidth
-        self.last_columns = last_columns
         self.contamination = contamination
         self.random_state = random_state
 
     def _fit_reconstruction(self, X: Matrix) -> None:
         if X.shape[0] > self.memory_size:
             X = X[check_random_state(self.random_state).choice(X.shape[0], self.memory_size, replace=False)]
-        self.memory_ = X
-        self.memory_norms_ = np.sum(X**2, axis=1)
-        self.bandwidth_ = self.bandwidth or self._median_neighbour_distance()
-
-    def _median_neighbour_distance(self) -> float:
-        distances = np.sqrt(self._squared_distances(self.memory_))
-        np.fill_diagonal(distances, np.inf)
-        k = min(BANDWIDTH_NEIGHBOUR, len(self.memory_) - 1)
-        kth = np.partition(distances, k - 1, axis=1)[:, k - 1]
-        median = float(np.median(kth))
-        return median if median > 1e-9 else 1.0  # identical memory rows: any scale rebuilds them exactly
-
-    def _squared_distances(self, block: Matrix) -> Matrix:
-        products = block @ self.memory_.T
-        return np.maximum(np.sum(block**2, axis=1)[:, None] + self.memory_norms_[None, :] - 2.0 * products, 0.0)
+        self.bandwidth_ = self.bandwidth or _median_neighbour_distance(X)
+        # Kept in single precision, as the kernel runs (see `_reconstruct`), so scoring casts only the rows.
+        self.memory_ = np.clip(X, -FLOAT32_SAFE, FLOAT32_SAFE).astype(np.float32)
+        self.memory_norms_ = np.sum(X**2, axis=1).astype(np.float32)
 
     def _reconstruct(self, block: Matrix) -> Matrix:
         # In float32: the kernel over the memory is the sensor stream's largest scoring cost, and single precision
         # runs it about twice as fast while moving a residual by about 1e-8 of itself. Rows are clipped to where
         # their squared distances stay finite in float32; the residual still measures the unclipped row.
-        rows, memory = np.clip(block, -FLOAT32_SAFE, FLOAT32_SAFE).astype(np.float32), self.memory_.astype(np.float32)
-        squared = np.sum(rows * rows, axis=1)[:, None] + self.memory_norms_.astype(np.float32)[None, :]
-        logits = np.maximum(squared - 2.0 * (rows @ memory.T), 0.0) * np.float32(-0.5 / self.bandwidth_**2)
+        rows = np.clip(block, -FLOAT32_SAFE, FLOAT32_SAFE).astype(np.float32)
+        squared = np.sum(rows * rows, axis=1)[:, None] + self.memory_norms_[None, :]
+        logits = np.maximum(squared - 2.0 * (rows @ self.memory_.T), 0.0) * np.float32(-0.5 / self.bandwidth_**2)
         weights = np.exp(logits - logits.max(axis=1, keepdims=True))  # the nearest memory row weighs 1
-        return ((weights @ memory) / weights.sum(axis=1, keepdims=True)).astype(np.float64)
+        return ((weights @ self.memory_) / weights.sum(axis=1, keepdims=True)).astype(np.float64)
+
+
+def _median_neighbour_distance(memory: Matrix) -> float:
+    """The median over memory rows of the distance to their `BANDWIDTH_NEIGHBOUR`-th nearest other row."""
+    distances = np.sqrt(squared_distances(memory, memory))
+    np.fill_diagonal(distances, np.inf)
+    k = min(BANDWIDTH_NEIGHBOUR, len(memory) - 1)
+    median = float(np.median(np.partition(distances, k - 1, axis=1)[:, k - 1]))
+    return median if median > 1e-9 else 1.0  # identical memory rows: any scale rebuilds them exactly
+
+
+def squared_distances(rows: Matrix, memory: Matrix) -> Matrix:
+    """Each row's squared Euclidean distance to each memory row, in float64."""
+    products = rows @ memory.T
+    return np.maximum(np.sum(rows**2, axis=1)[:, None] + np.sum(memory**2, axis=1)[None, :] - 2.0 * products, 0.0)

@@ -47,13 +47,11 @@ class ICADetector(ReconstructionDetector):
         *,
         n_components: int | float = 0.95,
         max_iter: int = 400,
-        last_columns: int | None = None,
         contamination: float = 0.01,
         random_state: int | None = None,
     ) -> None:
         self.n_components = n_components
         self.max_iter = max_iter
-        self.last_columns = last_columns
         self.contamination = contamination
         self.random_state = random_state
 

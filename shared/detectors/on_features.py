@@ -3,7 +3,8 @@
 A stream's features are not all for every detector: a log session's template counts are quantities a
 PCA can project, its last template keys are identifiers only a sequence model reads. A detector entry
 that names its `features` (or a stream with categorical features) is fitted and scored through this
-wrapper, which hands the inner detector its columns and keeps the operating point on the wrapper.
+wrapper, which hands the inner detector its columns and keeps the operating point on the wrapper. An
+alert's split of the residual over features (`feature_contributions`) is the inner detector's, on its columns.
 
 >>> import numpy as np
 >>> from shared.detectors.robust_zscore import RobustZScoreDetector
@@ -18,9 +19,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import clone
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from shared.detectors.base import Detector, Matrix, Vector
+from shared.detectors.base import Detector, ExplainsResidual, Matrix, Vector
 
 
 class OnFeatures(Detector):
@@ -51,3 +54,15 @@ class OnFeatures(Detector):
 
     def _score(self, X: Matrix) -> Vector:
         return np.asarray(self.detector_.score_samples(X[:, self.columns_]))
+
+    def feature_contributions(self, X: ArrayLike) -> Matrix:
+        """The wrapped detector's split of its residual over its columns (`ExplainsResidual`); for one that cannot
+        split it, each column's squared value (how far the scaled feature is from the training centre); 0 for the
+        columns it does not see."""
+        check_is_fitted(self)
+        rows = validate_data(self, X, dtype=np.float64, reset=False)
+        seen = rows[:, self.columns_]
+        explains = isinstance(self.detector_, ExplainsResidual)
+        contributions = np.zeros_like(rows)
+        contributions[:, self.columns_] = self.detector_.feature_contributions(seen) if explains else seen**2
+        return contributions

@@ -59,7 +59,6 @@ class VAEDetector(ReconstructionDetector):
         patience: int = 5,
         learning_rate: float = 1e-3,
         max_train_samples: int = 100_000,
-        last_columns: int | None = None,
         contamination: float = 0.01,
         random_state: int | None = None,
     ) -> None:
@@ -71,7 +70,6 @@ class VAEDetector(ReconstructionDetector):
         self.patience = patience
         self.learning_rate = learning_rate
         self.max_train_samples = max_train_samples
-        self.last_columns = last_columns
         self.contamination = contamination
         self.random_state = random_state
 

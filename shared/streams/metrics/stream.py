@@ -36,7 +36,7 @@ from shared.streams.metrics.levels import learn_level_variance
 from shared.streams.metrics.synthetic import generate_pumps
 from shared.streams.metrics.windows import (
     MAX_SENSORS,
-    ROW_COLUMNS,
+    ROW_FEATURES,
     SIZE_INDEPENDENT_PARTS,
     WINDOW_SIZES,
     MetricColumns,
@@ -67,8 +67,8 @@ class MetricsStream(Stream[SensorReadings, MetricColumns]):
         {"name": "annoy", "kind": "annoy", "features": ["lag*", "logspread:*", "now:*"], "params": {"random_state": 0}},
         # 80 % of the variance: the sources keep the load-driven relations, the residual the rest (a stuck
         # sensor's collapsed spread among it); at 95 % the spreads' own directions are sources and stay unseen.
-        {"name": "ica", "kind": "ica", "params": {"n_components": 0.8, "last_columns": ROW_COLUMNS, "random_state": 0}},
-        {"name": "aakr", "kind": "aakr", "params": {"last_columns": ROW_COLUMNS, "random_state": 0}},
+        {"name": "ica", "kind": "ica", "features": ROW_FEATURES, "params": {"n_components": 0.8, "random_state": 0}},
+        {"name": "aakr", "kind": "aakr", "features": ROW_FEATURES, "params": {"random_state": 0}},
         # Each sensor against its own running level: a specialist, since a level excursion is one kind of
         # evidence that the window detectors' consensus would outvote (on NAB, in the experiment that chose it:
         # 25.1 as a specialist, 2.4 voting; as shipped 20.8 as a specialist, README "Public sensor benchmarks").

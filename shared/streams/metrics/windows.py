@@ -7,7 +7,7 @@ neighbours compare), each sensor's distance from its running level (`level`, see
 recent readings, over a memory far longer than the window), each sensor's log spread over the window
 (`logspread`: the log of its standard deviation, floored at a millionth of its level, so a stuck sensor
 stands out by many standard deviations instead of one), and the current row (`now`); row-wise detectors
-read only the last `ROW_COLUMNS` columns, the level specialist only the `level` ones.
+read only the `ROW_FEATURES` (spreads and row), the level specialist only the `level` ones.
 
 The window's shape is chosen per stream by configuration (`WindowShape`: `size` readings, 8 by default, and a
 `step`) and learned into a version, so a version featurizes with the size it was trained with. The step is a
@@ -65,8 +65,9 @@ MAX_SENSORS = 16
 WINDOW_SIZES = range(2, 65)
 """The window sizes a stream may be configured with: readings per window, the scored one included."""
 
-ROW_COLUMNS = 2 * MAX_SENSORS
-"""The trailing feature columns row-wise detectors read: each sensor's log spread over the window, then the row."""
+ROW_FEATURES = ("logspread:*", "now:*")
+"""The features row-wise detectors read (a detector entry's `features`): each sensor's log spread over the window,
+then the row."""
 
 
 LEVEL_MEMORIES = range(2, 1_000_001)
