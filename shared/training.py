@@ -256,9 +256,9 @@ def select_members_by_labels(
                     at_floor = (floor_key, weights, found[2])
     assert at_budget is not None, "candidates must not be empty"
     if at_floor is None:
-        chosen = combination.with_weights(at_budget[1], normal_scores, fpr_budget)
+        chosen = combination.reweighted(at_budget[1]).at_budget(normal_scores, fpr_budget)
         return replace(chosen, criterion=LABELS_AT_BUDGET)
-    chosen = combination.with_weights(at_floor[1], normal_scores, fpr_budget)
+    chosen = combination.reweighted(at_floor[1])
     return replace(chosen, offset=-float(at_floor[2]), criterion=LABELS_AT_PRECISION_FLOOR)
 
 
@@ -361,8 +361,8 @@ def train_round(
                     settings.precision_floor if settings.alert_rule == "combined" else None,  # it sets the offset
                 )
             else:  # too few labelled anomalies to choose members by: the floors alone shadow
-                combination = combination.with_weights(
-                    _subset_weights(combination, candidates), calibration_scores, config.fleet_fpr_budget
+                combination = combination.reweighted(_subset_weights(combination, candidates)).at_budget(
+                    calibration_scores, config.fleet_fpr_budget
                 )
             shadow = {name for name in names if combination.weights[name] == 0.0}
             thresholds = _thresholds_with_shadows(calibration_scores, names, shadow, config)

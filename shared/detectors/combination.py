@@ -39,7 +39,7 @@ from before specialists would add a specialist into the sum: upgrade the workers
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -95,18 +95,13 @@ class ScoreCombination:
     def specialist_mask(self) -> NDArray[np.bool_]:
         return np.array([name in self.specialists for name in self.names], dtype=bool)
 
-    def with_weights(
-        self, weights: Mapping[str, float], calibration_scores: ArrayLike, fpr_budget: float
-    ) -> ScoreCombination:
-        """The same normalization with other weights, and the offset that meets `fpr_budget` with them."""
-        normalized = normalized_weights(weights, self.names, self.specialist_mask)
-        reweighted = ScoreCombination(
-            self.names, normalized, self.surprise, self.quantiles, 0.0, self.criterion, self.specialists
-        )
-        offset = budget_offset(reweighted.score_samples(calibration_scores), fpr_budget)
-        return ScoreCombination(
-            self.names, normalized, self.surprise, self.quantiles, offset, self.criterion, self.specialists
-        )
+    def reweighted(self, weights: Mapping[str, float]) -> ScoreCombination:
+        """The same normalization with other weights (normalized as the combined score reads them)."""
+        return replace(self, weights=normalized_weights(weights, self.names, self.specialist_mask))
+
+    def at_budget(self, calibration_scores: ArrayLike, fpr_budget: float) -> ScoreCombination:
+        """This combination with the offset that meets `fpr_budget` on `calibration_scores`."""
+        return replace(self, offset=budget_offset(self.score_samples(calibration_scores), fpr_budget))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-safe values for the model manifest."""
@@ -153,7 +148,7 @@ def fit_combination(
     weights = dict.fromkeys(specialists, 1.0)
     if voting.size:
         weights |= consensus_weights(unweighted.surprises(scores)[:, voting], [names[j] for j in voting.tolist()])
-    return unweighted.with_weights(weights, scores, fpr_budget)
+    return unweighted.reweighted(weights).at_budget(scores, fpr_budget)
 
 
 def combined_surprise(
