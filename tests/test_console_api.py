@@ -281,7 +281,7 @@ def test_models_give_each_threshold_methods_false_positive_rate_and_recall_on_th
     assert trained.draft.evaluation is not None and trained_metrics.draft.evaluation is not None
     services.registry.publish(trained.bundle, msgspec.structs.replace(trained.draft, evaluation=None), deploy=False)
     services.registry.publish(trained_metrics.bundle, trained_metrics.draft, deploy=True)
-    services.streams.append("metrics")
+    assert services.streams == ["transactions"], "metrics is listed for its published version, not by configuration"
     admin = bearer(services, Role.ADMIN)
     body = {"methods": {"robust_z": "quantile"}, **REASON}
     assert client.post("/api/models/transactions/thresholds", json=body, headers=admin).status_code == 201
@@ -299,6 +299,15 @@ def test_models_give_each_threshold_methods_false_positive_rate_and_recall_on_th
     assert {d["name"]: d["rates"] for d in metrics["detectors"]} == trained_metrics.draft.evaluation[
         "threshold_methods"
     ]
+    derived = client.post(
+        "/api/models/metrics/thresholds", json={"methods": {"aakr": "quantile"}, **REASON}, headers=admin
+    )
+    assert derived.status_code == 201 and derived.json()["after"]["methods"]["aakr"] == "quantile"
+    unknown = client.post("/api/models/logs/rollback", json=REASON, headers=admin)
+    assert (
+        unknown.status_code == 409
+        and "unknown stream 'logs'; streams: metrics, transactions" in unknown.json()["detail"]
+    )
 
 
 def test_labels_reach_the_trainers_labels_format(

@@ -271,7 +271,14 @@ def demo(
     events: Annotated[int, typer.Option(min=1, help="Transactions to stream.")] = 200_000,
     users: Annotated[int, typer.Option(min=1, help="Users behind them.")] = 20_000,
     readings: Annotated[int, typer.Option(min=1, help="Pump sensor readings (metrics stream) to stream.")] = 12_000,
-    pumps: Annotated[int, typer.Option(min=1, help="Pumps behind them.")] = 24,
+    pumps: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Pumps behind them. The metrics version trains on the first half of each pump's readings (every "
+            "five minutes); keep that over a day, the load's cycle, or the other hours read as anomalies.",
+        ),
+    ] = 12,
     log_lines: Annotated[
         int, typer.Option(min=1, help="Server log lines and session ends (logs stream) to stream.")
     ] = 12_000,

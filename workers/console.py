@@ -41,6 +41,7 @@ from shared.interventions import Action, InterventionDesk, InterventionRefused, 
 from shared.logs import get_logger
 from shared.metrics import CONSOLE_LOGINS
 from shared.registry import ModelRegistry
+from shared.streams.catalog import CATALOG
 from shared.thresholds import DetectorThresholds, ThresholdMethod
 
 if TYPE_CHECKING:
@@ -115,6 +116,16 @@ class ConsoleServices:
     def __post_init__(self) -> None:
         self.desk = InterventionDesk(self.store, self._model_control if self.registry else None, self._applied)
 
+    def known_streams(self) -> list[str]:
+        """The configured streams and every catalog stream with a published version (a stream trained with
+        `fleetwatch train --stream` while the console's configuration names it nowhere)."""
+        published = [
+            name
+            for name in CATALOG
+            if name not in self.streams and self.registry and self.registry.version_numbers(name)
+        ]
+        return sorted({*self.streams, *published})
+
     def _applied(self) -> None:
         for callback in self.on_applied:
             callback()
@@ -123,8 +134,8 @@ class ConsoleServices:
         """Promote, roll back or derive a version; (before, after) as the deployed version and its methods."""
         registry, stream = self.registry, request.target
         assert registry is not None
-        if stream not in self.streams:
-            raise InterventionRefused(f"unknown stream {stream!r}; streams: {', '.join(self.streams)}")
+        if stream not in (known := self.known_streams()):
+            raise InterventionRefused(f"unknown stream {stream!r}; streams: {', '.join(known)}")
         before = {"deployed": registry.deployed_version(stream)}
         try:
             if request.action is Action.PROMOTE_VERSION:
@@ -341,7 +352,7 @@ def create_app(services: ConsoleServices, feeds: "ConsoleFeeds | None" = None) -
         with its false-positive rate and recall on the version's labelled test part where measured."""
         if services.registry is None:
             return []
-        return [_stream_versions(services.registry, stream) for stream in services.streams]
+        return [_stream_versions(services.registry, stream) for stream in services.known_streams()]
 
     @app.get("/api/reports", tags=["reports"])
     def reports(
