@@ -1,4 +1,5 @@
-"""What the console reads: the workers' alert records and the summarizer's window reports, kept in the store.
+"""What the console reads: the workers' alert records and the summarizer's window reports and window alerts
+(rate alerts and entity escalations), kept in the store.
 
 An alert is identified by the input record it was raised for (`stream:topic:partition:offset` of its
 source), so a batch the workers wrote twice (at-least-once delivery, a replayed topic) is stored once.
@@ -72,6 +73,41 @@ def store_window_report(tx: Transaction, record: dict[str, Any]) -> bool:
             ),
         )
     )
+
+
+WINDOW_ALERT_KINDS = ("rate_alert", "entity_escalation")
+"""The summarizer's records on the alerts topic about a window rather than an event."""
+
+
+def store_window_alert(tx: Transaction, record: dict[str, Any]) -> bool:
+    """Insert one rate alert or entity escalation; (kind, stream, window, entity) identifies it, so a repeat (a
+    summarizer restarted before its offsets were committed) is dropped."""
+    kind, entity = record["type"], record.get("entity")
+    if kind not in WINDOW_ALERT_KINDS:
+        raise ValueError(f"not a window alert: {kind!r}")
+    identifier = f"{kind}:{record['stream']}:{record['window_s']}:{record['window_start']}:{entity or ''}"
+    return bool(
+        tx.run(
+            "INSERT INTO window_alerts (id, kind, stream, entity, window_s, window_start, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (
+                identifier,
+                kind,
+                record["stream"],
+                None if entity is None else str(entity),
+                int(record["window_s"]),
+                record["window_start"],
+                msgspec.json.encode(record).decode(),
+            ),
+        )
+    )
+
+
+def window_alerts(store: ConsoleStore, stream: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest rate alerts and entity escalations first, each the summarizer's record with its `seq`."""
+    where, params = ("WHERE stream = ?", (stream,)) if stream is not None else ("", ())
+    rows = store.rows(f"SELECT seq, body FROM window_alerts {where} ORDER BY seq DESC LIMIT ?", (*params, limit))
+    return [{**msgspec.json.decode(row["body"]), "seq": int(row["seq"])} for row in rows]
 
 
 _SUMMARY_COLUMNS = "seq, id, stream, model_version, severity, severity_score, fired, entity, event_id, detected_at"

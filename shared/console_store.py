@@ -41,6 +41,9 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS window_reports (
         id TEXT PRIMARY KEY, stream TEXT NOT NULL, window_s INTEGER NOT NULL, window_start TEXT NOT NULL,
         scored INTEGER NOT NULL, alerts INTEGER NOT NULL, body TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS window_alerts (
+        seq {serial}, id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, stream TEXT NOT NULL, entity TEXT,
+        window_s INTEGER NOT NULL, window_start TEXT NOT NULL, body TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS entity_controls (
         kind TEXT NOT NULL, target TEXT NOT NULL, state TEXT NOT NULL, updated_at TEXT NOT NULL,
         PRIMARY KEY (kind, target))""",

@@ -124,7 +124,8 @@ CONSOLE_LOGINS = Counter(
 )
 CONSOLE_RECORDS_INGESTED = Counter(
     "fleetwatch_console_records_ingested_total",
-    "Records the console read from Kafka into its store, by kind (alert, report, skipped).",
+    "Records the console read from Kafka into its store, by kind (alert, report, rate_alert, entity_escalation, "
+    "skipped).",
     ["kind"],
 )
 CONSOLE_KAFKA_LAST_CONTACT = Gauge(

@@ -25,6 +25,7 @@ from tests.console_support import (
     bearer,
     make_services,
     offline_feeds,
+    window_alerts_of,
     window_report,
 )
 from tests.small_models import train_small, train_small_metrics
@@ -105,6 +106,7 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None, Permission]] = [
         {"methods": {"robust_z": "quantile"}, **REASON},
         Permission.MANAGE_MODELS,
     ),
+    ("GET", "/api/window-alerts?stream=transactions&limit=10", None, Permission.READ),
 ]
 
 
@@ -368,6 +370,27 @@ def test_window_reports_give_the_anomaly_rate_series(client: TestClient, service
         ("08:00", 200, 0.02),
         ("08:01", 50, 0.0),
     ]
+
+
+def test_rate_alerts_and_escalations_are_kept_once_and_listed_newest_first(
+    client: TestClient, services: ConsoleServices
+) -> None:
+    rate, escalation = window_alerts_of(1_795_999_980.0)
+    later_rate, _ = window_alerts_of(1_796_000_040.0)
+    feeds = offline_feeds(services)
+    feeds.ingest([rate, escalation])
+    feeds.ingest([escalation, later_rate])  # the topic read again: the repeat is dropped
+    viewer = bearer(services, Role.VIEWER)
+    listed = client.get("/api/window-alerts", headers=viewer).json()
+    assert [(a["type"], a["window_start"][11:16], a.get("entity")) for a in listed] == [
+        ("rate_alert", "00:54", None),
+        ("entity_escalation", "00:53", "user-4711"),
+        ("rate_alert", "00:53", None),
+    ]
+    assert listed[2]["criteria"] == ["absolute", "relative"] and listed[2]["top_entities"][0] == ["user-4711", 9]
+    assert client.get("/api/window-alerts?stream=logs", headers=viewer).json() == []
+    assert len(client.get("/api/window-alerts?limit=1", headers=viewer).json()) == 1
+    assert client.get("/api/alerts", headers=viewer).json()[0]["entity"] == "user-1", "not among event alerts"
 
 
 def test_automation_acts_once_per_alert_and_a_replay_does_not_act_again(tmp_path: Path) -> None:

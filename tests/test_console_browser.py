@@ -28,7 +28,7 @@ from shared.console_store import ConsoleStore
 from shared.kafka_client import KafkaConnection, producer, read_all
 from shared.local_infra.processes import free_port
 from shared.registry import ModelRegistry
-from tests.console_support import PASSWORD, alert_payload, window_report
+from tests.console_support import PASSWORD, alert_payload, window_alerts_of, window_report
 from tests.small_models import train_small, train_small_metrics
 
 CHROMIUM = "/usr/bin/chromium"
@@ -158,11 +158,19 @@ def test_operator_locks_a_user_through_the_confirmation_dialog(console: RunningC
             console.topics["reports"],
             window_report(f"2026-11-30T08:{minute:02d}:00+00:00", "loose-passive", scored, alerts),
         )
+    for record in window_alerts_of(1_795_999_980.0):
+        writer.produce(console.topics["alerts"], record)
     assert writer.flush(10) == 0
     page = new_page(browser)
     log_in(page, console.url, "olga")
     row = page.locator("#alerts tbody tr", has_text="user-4711")
     expect(row).to_be_visible(timeout=30_000)  # arrived through Kafka and the page's live polling
+    page.reload()  # the rate alerts and escalations panel loads at start, then every 15 s
+    window_alerts = page.locator("#window-alerts tbody tr")
+    expect(window_alerts).to_have_count(2, timeout=30_000)
+    expect(window_alerts.first).to_contain_text("entity escalation")
+    expect(window_alerts.first).to_contain_text("user-4711")
+    expect(window_alerts.last).to_contain_text("rate 12.00 % of 1000 (absolute, relative; baseline 1.03 %)")
     row.click()
     expect(page.locator("#alert-detectors tbody tr")).to_have_count(2)
     page.screenshot(path=str(DOCS / "console-operator.png"), full_page=True)

@@ -364,6 +364,16 @@ def create_app(services: ConsoleServices, feeds: "ConsoleFeeds | None" = None) -
         """Anomaly rate per window (from the summarizer's window reports), oldest first: the chart's series."""
         return alert_inbox.window_reports(store, stream, window_s, limit)
 
+    @app.get("/api/window-alerts", tags=["reports"])
+    def window_alert_list(
+        _: Annotated[Principal, Depends(require(Permission.READ))],
+        stream: Annotated[str | None, Query(max_length=100)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        """The summarizer's rate alerts (a window's anomaly rate past its absolute or relative criterion) and
+        entity escalations (an entity past its alert limit within a window), newest first."""
+        return alert_inbox.window_alerts(store, stream, limit)
+
     @app.get("/api/interventions", tags=["interventions"])
     def intervention_list(
         _: Annotated[Principal, Depends(require(Permission.READ))],

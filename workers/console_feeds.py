@@ -153,7 +153,8 @@ class ConsoleFeeds:
         CONSOLE_KAFKA_LAST_CONTACT.set_to_current_time()
 
     def ingest(self, payloads: list[bytes]) -> list[str]:
-        """Store alerts and window reports; run the rules on alerts seen for the first time; return their ids."""
+        """Store alerts, window reports and window alerts; run the rules on alerts seen for the first time; return
+        their ids."""
         new_alerts = []
         with self.store.transaction() as tx:
             for record in alert_inbox.decode_records(payloads):
@@ -164,8 +165,10 @@ class ConsoleFeeds:
                             new_alerts.append(identifier)
                     elif kind == "window_summary" and record is not None:
                         alert_inbox.store_window_report(tx, record)
+                    elif kind in alert_inbox.WINDOW_ALERT_KINDS and record is not None:
+                        alert_inbox.store_window_alert(tx, record)
                     else:
-                        kind = "skipped"  # rate alerts, escalations, anything else
+                        kind = "skipped"
                 except (KeyError, TypeError, ValueError) as exc:
                     log.warning("console skipped a malformed record", kind=kind, error=repr(exc))
                     kind = "skipped"

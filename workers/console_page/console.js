@@ -55,9 +55,10 @@ async function start() {
   $("app").hidden = false;
   $("logout").hidden = false;
   $("audit-panel").hidden = !may("read_audit");
-  await Promise.all([pollAlerts(), loadModels(), loadReports(), loadAudit()]);
+  await Promise.all([pollAlerts(), loadModels(), loadReports(), loadWindowAlerts(), loadAudit()]);
   setInterval(pollAlerts, 2000);
   setInterval(loadReports, 15000);
+  setInterval(loadWindowAlerts, 15000);
 }
 
 // --- alerts (live: polled every 2 s for alerts stored after the newest one shown) -------------------
@@ -297,6 +298,24 @@ async function loadReports() {
   svg.append(line);
   caption.textContent = `max ${(top * 100).toFixed(2)} % · ${series.length} windows from ${series[0].window_start.slice(0, 16)}`;
   svg.append(caption);
+}
+
+// --- rate alerts and entity escalations (the summarizer's, per window) -----------------------------
+function windowAlertReason(alert) {
+  if (alert.type === "entity_escalation") return `over ${alert.limit} alerts in the window`;
+  const baseline = alert.baseline === null ? "no baseline yet" : `baseline ${(alert.baseline * 100).toFixed(2)} %`;
+  return `rate ${(alert.rate * 100).toFixed(2)} % of ${alert.scored} (${alert.criteria.join(", ")}; ${baseline})`;
+}
+
+async function loadWindowAlerts() {
+  const alerts = await api("/api/window-alerts?limit=50");
+  $("window-alerts").tBodies[0].replaceChildren(...alerts.map((a) => {
+    const row = el("tr");
+    row.append(el("td", a.seq), el("td", a.raised_at.slice(5, 19).replace("T", " ")), el("td", a.stream),
+      el("td", a.type.replace("_", " ")), el("td", `${a.window_start.slice(5, 16).replace("T", " ")} + ${a.window_s} s`),
+      el("td", a.entity ?? ""), el("td", a.alerts), el("td", windowAlertReason(a)));
+    return row;
+  }));
 }
 
 // --- audit ---------------------------------------------------------------------------------------
