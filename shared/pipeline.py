@@ -199,7 +199,8 @@ class Stream(ABC, Generic[EventT, ColumnsT]):
     @abstractmethod
     def advance(self, before: EntityStates, columns: ColumnsT) -> tuple[np.ndarray, EntityStates]:
         """Raw features of every event (rows in input order, `feature_spec.names` columns), computed from
-        each entity's history before the event, and the states of the batch's entities after it."""
+        each entity's history before the event, and the states of the batch's entities after it. The engine
+        calls it with at least one event."""
 
     @abstractmethod
     def report_table(self, columns: ColumnsT) -> dict[str, Any]:
@@ -276,5 +277,7 @@ class Stream(ABC, Generic[EventT, ColumnsT]):
     def offline(self, payloads: Sequence[bytes | None]) -> OfflineBatch[ColumnsT]:
         """Decode a whole history, order it by event time, featurize it from empty states."""
         columns, errors = self.history(payloads)
+        if not len(columns):  # nothing valid (a Spark partition without rows, malformed records only)
+            return OfflineBatch(columns, np.empty((0, len(self.feature_spec.names))), errors)
         raw, _ = self.advance(self.empty_states(), columns)
         return OfflineBatch(columns, raw, errors)

@@ -42,7 +42,6 @@ from pyspark.sql.types import StructType
 from shared.batch_report import HOUR, TOP_ORDER, BatchSummary, Concentration, ReportFiles, scored_table
 from shared.batch_report import write_batch_report as write_report_files
 from shared.errors import FleetwatchError
-from shared.event_files import table_payloads
 from shared.model_version import DeployedVersion, Manifest, ModelBundle
 from shared.pipeline import EventColumns, Stream
 from shared.signing import content_hash
@@ -72,13 +71,14 @@ def by_entity(events: DataFrame, stream: Stream[Any, Any], partitions: int) -> D
     return events.repartition(partitions, F.col(stream.windows.entity))
 
 
-def _partition_payloads(batches: Iterator[pa.RecordBatch]) -> tuple[list[bytes], np.ndarray]:
-    """A whole partition's rows in file order, as payloads, with their positions."""
+def _partition_payloads(stream: Stream[Any, Any], batches: Iterator[pa.RecordBatch]) -> tuple[list[bytes], np.ndarray]:
+    """A whole partition's rows in file order, as the stream's payloads (`Stream.table_payloads`, one per row, as
+    batch mode reads the file: a sensor historian's wide table too), with their positions."""
     table = pa.Table.from_batches(list(batches) or [pa.record_batch({POSITION: pa.array([], pa.int64())})])
     if not table.num_rows:
         return [], np.empty(0, dtype=np.int64)
     table = table.sort_by(POSITION)
-    return table_payloads(table.drop_columns([POSITION])), table.column(POSITION).to_numpy()
+    return stream.table_payloads(table.drop_columns([POSITION])), table.column(POSITION).to_numpy()
 
 
 # --- scoring ---------------------------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ def _score_partition(
     stream: Stream[Any, Any], artifact: Broadcast[VerifiedArtifact], schema: pa.Schema,
     batches: Iterator[pa.RecordBatch],
 ) -> Iterator[pa.RecordBatch]:  # fmt: skip
-    payloads, _ = _partition_payloads(batches)
+    payloads, _ = _partition_payloads(stream, batches)
     offline = stream.offline(payloads)
     if not len(offline.columns):
         return
@@ -254,7 +254,7 @@ def _sampled(
     stream: Stream[Any, Any], sample: _Sample, batches: Iterator[pa.RecordBatch]
 ) -> tuple[list[bytes], np.ndarray, EventColumns]:
     """The partition's kept events in time order (ties in file order): payloads, positions, columns."""
-    payloads, positions = _partition_payloads(batches)
+    payloads, positions = _partition_payloads(stream, batches)
     decoded = stream.decode(payloads)
     columns = stream.columns(decoded.events)
     at = np.asarray(decoded.positions, dtype=np.int64)

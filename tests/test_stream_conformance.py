@@ -103,6 +103,16 @@ def test_online_features_equal_offline_features_for_any_batching(stream: Stream[
 
 
 @by_stream
+def test_a_batch_without_valid_events_featurizes_to_no_rows(stream: Stream[Any, Any]) -> None:
+    # A Spark partition without rows, a worker batch of malformed records only: no rows, every column.
+    stream, _ = learned_offline(stream, stream.synthetic(events=200, entities=5, anomaly_rate=0.0, seed=3).payloads)
+    width = len(stream.feature_spec.names)
+    assert stream.offline([]).raw_features.shape == (0, width)
+    malformed = stream.offline([b"{not json", None])
+    assert malformed.raw_features.shape == (0, width) and len(malformed.errors) == 2
+
+
+@by_stream
 def test_state_survives_the_store_and_a_replayed_batch_counts_once(
     stream: Stream[Any, Any], redis_client: redis.Redis, unique_name: str
 ) -> None:
