@@ -54,25 +54,64 @@ def store_alert(tx: Transaction, record: dict[str, Any]) -> str | None:
     return identifier if inserted else None
 
 
+class _AlertCount(msgspec.Struct):
+    count: int
+
+
+class _WindowReport(msgspec.Struct):
+    """What the console needs of a summarizer's `window_summary` record; other fields are kept as sent."""
+
+    stream: str
+    window_s: int
+    window_start: str
+    scored: int
+    dimensions: dict[str, Any]
+    alerts: _AlertCount
+
+
 def store_window_report(tx: Transaction, record: dict[str, Any]) -> bool:
-    """Insert one `window_summary` record; (stream, window, dimensions) identifies it, so a repeat is dropped."""
-    dimensions = msgspec.json.encode(dict(sorted(record["dimensions"].items()))).decode()
-    identifier = f"{record['stream']}:{record['window_s']}:{record['window_start']}:{dimensions}"
+    """Insert one `window_summary` record; (stream, window, dimensions) identifies it, so a repeat is dropped.
+    A record without those fields, or with values of other types, is refused (`msgspec.ValidationError`)."""
+    report = msgspec.convert(record, _WindowReport)
+    dimensions = msgspec.json.encode(dict(sorted(report.dimensions.items()))).decode()
+    identifier = f"{report.stream}:{report.window_s}:{report.window_start}:{dimensions}"
     return bool(
         tx.run(
             "INSERT INTO window_reports (id, stream, window_s, window_start, scored, alerts, body) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
             (
                 identifier,
-                record["stream"],
-                int(record["window_s"]),
-                record["window_start"],
-                int(record["scored"]),
-                int(record["alerts"]["count"]),
+                report.stream,
+                report.window_s,
+                report.window_start,
+                report.scored,
+                report.alerts.count,
                 msgspec.json.encode(record).decode(),
             ),
         )
     )
+
+
+class _WindowAlert(msgspec.Struct, tag_field="type"):
+    """What the console needs of a summarizer's window alert (`shared.windows`); other fields are kept as sent."""
+
+    stream: str
+    window_s: int
+    window_start: str
+    alerts: int
+    raised_at: str
+
+
+class _RateAlert(_WindowAlert, tag="rate_alert"):
+    scored: int
+    rate: float
+    baseline: float | None
+    criteria: list[str]
+
+
+class _EntityEscalation(_WindowAlert, tag="entity_escalation"):
+    entity: str
+    limit: int
 
 
 WINDOW_ALERT_KINDS = ("rate_alert", "entity_escalation")
@@ -81,11 +120,12 @@ WINDOW_ALERT_KINDS = ("rate_alert", "entity_escalation")
 
 def store_window_alert(tx: Transaction, record: dict[str, Any]) -> bool:
     """Insert one rate alert or entity escalation; (kind, stream, window, entity) identifies it, so a repeat (a
-    summarizer restarted before its offsets were committed) is dropped."""
-    kind, entity = record["type"], record.get("entity")
-    if kind not in WINDOW_ALERT_KINDS:
-        raise ValueError(f"not a window alert: {kind!r}")
-    identifier = f"{kind}:{record['stream']}:{record['window_s']}:{record['window_start']}:{entity or ''}"
+    summarizer restarted before its offsets were committed) is dropped. A record without the fields the page
+    shows, or with values of other types, is refused (`msgspec.ValidationError`, a ValueError)."""
+    alert = msgspec.convert(record, _RateAlert | _EntityEscalation)
+    kind = record["type"]
+    entity = alert.entity if isinstance(alert, _EntityEscalation) else None
+    identifier = f"{kind}:{alert.stream}:{alert.window_s}:{alert.window_start}:{entity or ''}"
     return bool(
         tx.run(
             "INSERT INTO window_alerts (id, kind, stream, entity, window_s, window_start, body) "
@@ -93,10 +133,10 @@ def store_window_alert(tx: Transaction, record: dict[str, Any]) -> bool:
             (
                 identifier,
                 kind,
-                record["stream"],
-                None if entity is None else str(entity),
-                int(record["window_s"]),
-                record["window_start"],
+                alert.stream,
+                entity,
+                alert.window_s,
+                alert.window_start,
                 msgspec.json.encode(record).decode(),
             ),
         )

@@ -8,9 +8,10 @@ the fitted scaler's standardised values are.
 
 A stream whose features follow named groups (`Stream.feature_groups`: a sensor stream's sensors) also gets,
 for its alerts only, each group's share of the residual: every alerting detector that fired and can split
-its residual over the features (`ExplainsResidual`) gives each feature its share, the shares are averaged
-over those detectors and summed per group (squared z values stand in when none can). Streams without
-groups skip this entirely.
+its residual over the features (`ExplainsResidual`; a detector on some columns splits its inner detector's,
+or gives each of its columns its squared z value when the inner one cannot) gives each feature its share,
+the shares are averaged over those detectors and summed per group (squared z values of every feature stand
+in when none can). Streams without groups skip this entirely.
 """
 
 from __future__ import annotations

@@ -393,6 +393,25 @@ def test_rate_alerts_and_escalations_are_kept_once_and_listed_newest_first(
     assert client.get("/api/alerts", headers=viewer).json()[0]["entity"] == "user-1", "not among event alerts"
 
 
+def test_window_records_without_the_fields_the_console_reads_are_skipped(
+    client: TestClient, services: ConsoleServices
+) -> None:
+    rate, escalation = (msgspec.json.decode(record) for record in window_alerts_of(1_795_999_980.0))
+    report = msgspec.json.decode(window_report("2026-11-30T08:00:00+00:00", "a", 100, 1))
+    broken = [
+        {**rate, "stream": None},  # a NOT NULL column: it would fail the store's transaction
+        {key: value for key, value in escalation.items() if key != "raised_at"},  # the page shows it
+        {**escalation, "window_s": [60]},
+        {**report, "window_start": None},
+        {**report, "alerts": {}},
+    ]
+    feeds = offline_feeds(services)
+    feeds.ingest([msgspec.json.encode(record) for record in broken] + [window_alerts_of(1_795_999_980.0)[0]])
+    viewer = bearer(services, Role.VIEWER)
+    assert [a["type"] for a in client.get("/api/window-alerts", headers=viewer).json()] == ["rate_alert"]
+    assert client.get("/api/reports", headers=viewer).json() == []
+
+
 def test_automation_acts_once_per_alert_and_a_replay_does_not_act_again(tmp_path: Path) -> None:
     services = make_services(f"sqlite:///{tmp_path}/c.db", None, lock_after_alerts=3, lock_window_s=3600)
     feeds = offline_feeds(services)

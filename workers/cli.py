@@ -276,7 +276,8 @@ def demo(
         typer.Option(
             min=1,
             help="Pumps behind them. The metrics version trains on the first half of each pump's readings (every "
-            "five minutes); keep that over a day, the load's cycle, or the other hours read as anomalies.",
+            "five minutes) and fits its detectors on the first 70 % of that: keep that part over a day, the load's "
+            "cycle, or the other hours read as anomalies (at the defaults, 350 readings: 29 hours).",
         ),
     ] = 12,
     log_lines: Annotated[

@@ -40,7 +40,7 @@ from shared.errors import FleetwatchError
 from shared.interventions import Action, InterventionDesk, InterventionRefused, InterventionRequest
 from shared.logs import get_logger
 from shared.metrics import CONSOLE_LOGINS
-from shared.registry import ModelRegistry
+from shared.registry import ModelRegistry, VersionRefused
 from shared.streams.catalog import CATALOG
 from shared.thresholds import DetectorThresholds, ThresholdMethod
 
@@ -134,8 +134,8 @@ class ConsoleServices:
         """Promote, roll back or derive a version; (before, after) as the deployed version and its methods."""
         registry, stream = self.registry, request.target
         assert registry is not None
-        if stream not in (known := self.known_streams()):
-            raise InterventionRefused(f"unknown stream {stream!r}; streams: {', '.join(known)}")
+        if stream not in self.streams and not (stream in CATALOG and registry.version_numbers(stream)):
+            raise InterventionRefused(f"unknown stream {stream!r}; streams: {', '.join(self.known_streams())}")
         before = {"deployed": registry.deployed_version(stream)}
         try:
             if request.action is Action.PROMOTE_VERSION:
@@ -352,7 +352,15 @@ def create_app(services: ConsoleServices, feeds: "ConsoleFeeds | None" = None) -
         with its false-positive rate and recall on the version's labelled test part where measured."""
         if services.registry is None:
             return []
-        return [_stream_versions(services.registry, stream) for stream in services.known_streams()]
+        listed = []
+        for stream in services.known_streams():
+            try:
+                listed.append(_stream_versions(services.registry, stream))
+            except VersionRefused as exc:
+                if stream in services.streams:
+                    raise
+                log.warning("console: a published stream's versions are unreadable", stream=stream, error=str(exc))
+        return listed
 
     @app.get("/api/reports", tags=["reports"])
     def reports(

@@ -65,8 +65,8 @@ class AAKRDetector(ReconstructionDetector):
             X = X[check_random_state(self.random_state).choice(X.shape[0], self.memory_size, replace=False)]
         self.bandwidth_ = self.bandwidth or _median_neighbour_distance(X)
         # Kept in single precision, as the kernel runs (see `_reconstruct`), so scoring casts only the rows.
-        self.memory_ = np.clip(X, -FLOAT32_SAFE, FLOAT32_SAFE).astype(np.float32)
-        self.memory_norms_ = np.sum(X**2, axis=1).astype(np.float32)
+        memory = np.clip(X, -FLOAT32_SAFE, FLOAT32_SAFE)
+        self.memory_, self.memory_norms_ = memory.astype(np.float32), np.sum(memory**2, axis=1).astype(np.float32)
 
     def _reconstruct(self, block: Matrix) -> Matrix:
         # In float32: the kernel over the memory is the sensor stream's largest scoring cost, and single precision

@@ -96,5 +96,6 @@ class ExplainsResidual(Protocol):
     """A detector that can split each row's residual (`-score_samples`, up to a constant) over its features."""
 
     def feature_contributions(self, X: ArrayLike) -> Matrix:
-        """(n_rows, n_features_in_) non-negative parts of each row's residual; a feature it does not read gets 0."""
+        """(n_rows, n_features_in_) non-negative parts of each row's residual (for `OnFeatures` around a kind
+        without a split of its own: each read feature's squared value); a feature it does not read gets 0."""
         ...

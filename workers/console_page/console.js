@@ -55,10 +55,28 @@ async function start() {
   $("app").hidden = false;
   $("logout").hidden = false;
   $("audit-panel").hidden = !may("read_audit");
-  await Promise.all([pollAlerts(), loadModels(), loadReports(), loadWindowAlerts(), loadAudit()]);
+  const reports = inPanel("reports-panel", loadReports);
+  const windowAlerts = inPanel("window-alerts-panel", loadWindowAlerts);
+  // Each panel loads on its own: one that fails (the registry unreachable, say) leaves the others working.
+  await Promise.all([pollAlerts(), inPanel("models-panel", loadModels)(), reports(), windowAlerts(),
+    inPanel("audit-panel", loadAudit)()]);
   setInterval(pollAlerts, 2000);
-  setInterval(loadReports, 15000);
-  setInterval(loadWindowAlerts, 15000);
+  setInterval(reports, 15000);
+  setInterval(windowAlerts, 15000);
+}
+
+function inPanel(panelId, load) {
+  return async () => {
+    const panel = $(panelId);
+    let note = panel.querySelector(".panel-error");
+    try {
+      await load();
+      note?.remove();
+    } catch (error) {
+      note ??= panel.appendChild(el("p", undefined, "error panel-error"));
+      note.textContent = `not loaded: ${error.message}`;
+    }
+  };
 }
 
 // --- alerts (live: polled every 2 s for alerts stored after the newest one shown) -------------------
