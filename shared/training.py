@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import math
 import os
 import time
 import warnings
@@ -43,10 +44,13 @@ from shared.detectors.on_features import OnFeatures
 from shared.errors import FleetwatchError
 from shared.evaluation import FleetEvaluation, earlier_event_counts, evaluate_fleet, threshold_method_rates
 from shared.feature_scaler import FeatureScaler
+from shared.logs import get_logger
 from shared.model_version import DeployedVersion, DetectorEntry, Manifest, ModelBundle, TrainingInfo, score_matrix
 from shared.pipeline import EventColumns, Stream
 from shared.registry import draft_manifest
 from shared.thresholds import DetectorThresholds, ThresholdConfig, compute_thresholds
+
+log = get_logger("fleetwatch.training")
 
 TRAIN_SHARE, CALIBRATION_SHARE = 0.70, 0.15
 """With labels: 70 % train, 15 % calibrate, 15 % evaluate. Without: 80 % train, 20 % calibrate."""
@@ -324,6 +328,16 @@ def train_round(
     names = [config.name for config in settings.detectors]
     calibration_scores = score_matrix(detectors, names, scaler.transform(raw[calibration_rows]))
     config = _threshold_config(settings)
+    if config.fleet_fpr_budget * len(calibration_rows) < 1:
+        log.warning(
+            "too few calibration rows to place the fleet's false-positive budget: the threshold is the most "
+            "anomalous calibration row's, so anomalies among those rows do not alert; train on more history, "
+            "or raise fleet_fpr_budget",
+            stream=stream.name,
+            calibration_rows=len(calibration_rows),
+            fleet_fpr_budget=config.fleet_fpr_budget,
+            rows_needed=math.ceil(1 / config.fleet_fpr_budget),
+        )
 
     evaluation: FleetEvaluation | None = None
     method_rates: dict[str, Any] = {}

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from structlog.testing import capture_logs
 
 from shared.config import DetectorConfig, StreamSettings
 from shared.detectors.combination import (
@@ -352,3 +353,16 @@ def _wilson_bound(caught: int, false_alarms: int) -> float:
     n, z = caught + false_alarms, 1.645
     share = caught / n
     return (share + z * z / (2 * n) - z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+
+
+def test_a_round_says_when_its_calibration_rows_cannot_place_the_budget() -> None:
+    data = generate_transactions(GeneratorSpec(users=300, events=3_000, anomaly_rate=0.0, seed=4))
+    training = TrainingData(data.transaction_columns(), None, "test")
+    for budget, warned in ((0.0005, True), (0.002, False)):  # 600 calibration rows: 0.3 and 1.2 false positives
+        settings = StreamSettings(detectors=SMALL_DETECTORS, fleet_fpr_budget=budget)
+        with capture_logs() as logs:
+            train_round(training, settings, TRANSACTIONS, None)
+        warnings = [entry for entry in logs if entry["log_level"] == "warning" and "calibration rows" in entry["event"]]
+        assert bool(warnings) == warned, budget
+        if warned:
+            assert warnings[0]["calibration_rows"] == 600 and warnings[0]["rows_needed"] == 2_000
