@@ -25,6 +25,7 @@ hundred users), so a window's state stays a few kilobytes whatever the traffic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -182,10 +183,13 @@ def _applied(partial: dict[str, Any], item: ScoredItem) -> None:
 
 
 def partials_of(
-    spec: WindowSpec, items: list[ScoredItem], state: Mapping[str, Any] | None = None
+    spec: WindowSpec, items: list[ScoredItem], state: Mapping[str, Any] | None = None, now_s: float | None = None
 ) -> dict[str, dict[str, Any]]:
     """One partial window per (window, key) and per stream window the items touch, plus each stream's
-    watermark candidate (its newest event time) under `watermark_id(stream)`.
+    watermark candidate (its newest event time) under `watermark_id(stream)`. With the wall clock's `now_s`, the
+    candidate stops there: an item dated after it (a producer whose clock is ahead, by seconds or by years)
+    would otherwise close the open windows early, or all at once, and make the items after it late; the item
+    itself still lands in its window, which closes when real time gets there.
 
     Items a window of `state` already holds (offset not newer than the newest it folded from that
     source) are replays, read again after a restart from the last committed offset; they are left out.
@@ -199,10 +203,12 @@ def partials_of(
             held[window_id] = state[window_id]["applied"] if state is not None and window_id in state else {}
         return _is_new(held[window_id], item)
 
+    clock_s = math.inf if now_s is None else now_s
     # Each item touches a handful of dict entries keyed by its own fields; nothing here vectorizes.
     for item in items:
-        newest = partials.setdefault(watermark_id(item.stream), {"kind": "watermark", "at": item.event_time_s})
-        newest["at"] = max(newest["at"], item.event_time_s)
+        at = min(item.event_time_s, clock_s)
+        newest = partials.setdefault(watermark_id(item.stream), {"kind": "watermark", "at": at})
+        newest["at"] = max(newest["at"], at)
         for size_s in spec.sizes_s:
             start = window_start(item.event_time_s, size_s)
             kid = key_id(size_s, start, item.stream, item.dimensions)

@@ -119,3 +119,17 @@ def test_items_read_again_after_a_restart_count_once() -> None:
     closed = [close_windows(SPEC, state, "transactions", T0 + 600) for state in (once, replayed)]
     assert closed[0].reports == closed[1].reports
     assert closed[1].reports[0]["scored"] == 20
+
+
+def test_an_event_dated_years_ahead_does_not_close_the_open_windows() -> None:
+    state: dict[str, Any] = {}
+    now_s = T0 + 30  # the present: the minute from T0 is open
+    merge_partials(SPEC, state, partials_of(SPEC, [item("a", T0), item("wrong-clock", 4_070_000_000)], state, now_s))
+    assert close_windows(SPEC, state, "transactions").reports == [], "the watermark stopped near the wall clock"
+    outcome = merge_partials(SPEC, state, partials_of(SPEC, [item("b", T0 + 1)], state, now_s))
+    assert outcome.late == 0
+    later = T0 + 900  # real time passes: the open minute closes with both of its items, the future one waits
+    merge_partials(SPEC, state, partials_of(SPEC, [item("c", later)], state, later))
+    reports = close_windows(SPEC, state, "transactions").reports
+    assert [(r["window_start"][:16], r["normal"]["count"]) for r in reports] == [("2026-05-28T20:27", 2)]
+    assert any(key.startswith(f"key|60|{4_070_000_000 // 60 * 60}|") for key in state), "the wrong clock's item is kept"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -262,3 +263,30 @@ def test_at_least_once_commits_the_offsets_of_what_it_delivered(fleet: Fleet, tr
         assert wait_until(lambda: committed() == ends, 20), f"committed {committed()}, ends {ends}"
     finally:
         group.close()
+
+
+def lag_partitions(port: int, topic: str) -> set[str]:
+    """The partitions of `topic` whose consumer lag the worker on `port` reports."""
+    series = [line for line in scrape_metrics(port).splitlines() if line.startswith("fleetwatch_consumer_lag_records{")]
+    labels = [dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) for line in series]
+    return {label["partition"] for label in labels if label["topic"] == topic}
+
+
+def test_a_worker_stops_reporting_the_lag_of_partitions_it_gave_away(fleet: Fleet, trained: TrainingResult) -> None:
+    fleet.registry.publish(trained.bundle, trained.draft, deploy=True)
+    topic = fleet.topics["input"]
+    _, first = fleet.start_worker(**QUICK_FAILOVER)
+    payloads, keys = labelled_stream(300, seed=48)
+    fleet.produce(payloads, keys)
+    fleet.wait_for_outputs(len(payloads))
+    assert wait_until(lambda: lag_partitions(first, topic) == {"0", "1", "2"}, 30)
+    _, second = fleet.start_worker(**QUICK_FAILOVER)  # the group rebalances: the first gives partitions away
+    assert wait_until(lambda: 0 < len(lag_partitions(first, topic)) < 3, 60), lag_partitions(first, topic)
+    more, more_keys = labelled_stream(300, seed=49)
+    fleet.produce(more, more_keys)  # the second reports the lag of what it has consumed from
+
+    def split() -> bool:
+        kept, taken = lag_partitions(first, topic), lag_partitions(second, topic)
+        return bool(kept) and bool(taken) and not kept & taken and kept | taken == {"0", "1", "2"}
+
+    assert wait_until(split, 60), (lag_partitions(first, topic), lag_partitions(second, topic))

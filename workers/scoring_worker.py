@@ -18,6 +18,7 @@ dropped unstored and both are read again. Without it the loop commits each batch
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -180,6 +181,9 @@ class ScoringWorker:
 
     def _on_revoke(self, _consumer: object, partitions: list[TopicPartition]) -> None:
         self._settle_in_flight()  # its transaction or offsets while the partitions are still this worker's
+        for revoked in partitions:  # the new owner reports their lag; a value left here would never move again
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(revoked.topic, str(revoked.partition))
         log.info("partitions revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _close(self) -> None:

@@ -86,8 +86,9 @@ class StreamScorer:
         with Stage(name, "featurize"):
             columns = self.version.stream.columns(decoded.events)
         partitions = np.array([m.partition() for m in valid], dtype=np.int64)
+        now_s = time.time()  # an event dated ahead of it (a producer's wrong clock) must not end every session
         for partition in np.unique(partitions).tolist():
-            newest = float(columns.event_time_s[partitions == partition].max())
+            newest = min(float(columns.event_time_s[partitions == partition].max()), now_s)
             self._newest_event_s[partition] = max(self._newest_event_s.get(partition, -np.inf), newest)
         with Stage(name, "state"):
             raw, store_states = self._states.features_to_store(

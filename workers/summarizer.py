@@ -203,7 +203,7 @@ def build_app(settings: FleetwatchSettings, data_dir: Path, recovered: threading
             stream_name = (event.key or b"").decode()
             batch = ITEMS_DECODER.decode(event.value)
             view = TableView(windows)
-            partials = partials_of(spec, batch, view)
+            partials = partials_of(spec, batch, view, now_s=time.time())
             outcome = merge_partials(spec, view, partials)
             closed = close_windows(spec, view, stream_name)
             view.write_back()
