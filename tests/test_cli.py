@@ -52,6 +52,34 @@ def test_bad_arguments_get_one_line_and_no_traceback(args: list[str], message: s
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "files", "message"),
+    [
+        (["models", "list"], {"FLEETWATCH_STREAMS__TRANSACTIONS__FLEET_FPR_BUDGET": "2"}, {},
+         "invalid settings (FLEETWATCH_* variables, the config file or .fleetwatch/connection.env): "
+         "streams.transactions.fleet_fpr_budget: Input should be less than 1"),
+        (["models", "list"], {"FLEETWATCH_LOG_LEVEL": "loud"}, {}, "log_level: String should match pattern"),
+        (["models", "list"], {"FLEETWATCH_CONFIG": "missing.toml"}, {}, "FLEETWATCH_CONFIG names missing.toml"),
+        (["models", "list"], {}, {"fleetwatch.toml": "streams = [\n"}, "unreadable settings"),
+        (["models", "list", "--stream", "bogus"], {}, {}, "unknown stream 'bogus'"),
+        (["train", "missing.jsonl"], {}, {}, "missing.jsonl: No such file or directory"),
+        (["report", "events.parquet"], {}, {"events.parquet": "not a table"}, "cannot read the file as a table"),
+        (["generate", "--seed", "-1"], {}, {}, "--seed"),
+        (["worker", "--metrics-port", "99999"], {}, {}, "--metrics-port"),
+    ],
+)  # fmt: skip
+def test_bad_settings_and_unreadable_files_get_one_line_and_no_traceback(
+    args: list[str], env: dict[str, str], files: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    result = run(*args, env=env, cwd=tmp_path)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]  # a progress line may precede
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_training_without_a_reachable_redis_says_how_to_start_one(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
     assert run("generate", "--out", str(events), "--users", "100", "--events", "1000", cwd=tmp_path).returncode == 0

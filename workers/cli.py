@@ -147,7 +147,7 @@ def generate(
     days: Annotated[
         float | None, typer.Option(min=0.01, help="Time span of the transactions (transactions only). Default: 30.")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Same seed, same data.")] = 42,
+    seed: Annotated[int, typer.Option(min=0, help="Same seed, same data.")] = 42,
 ) -> None:
     """Synthetic events of a stream with labelled injected anomalies (transactions: seed 001's four segments)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -379,7 +379,9 @@ def trainer(
         list[Path] | None, typer.Option("--file", help="Train from these files instead of the topic.")
     ] = None,
     labels: Annotated[Path | None, typer.Option(help="Ground truth for evaluation and the quality gate.")] = None,
-    metrics_port: Annotated[int, typer.Option(help="HTTP port of /metrics, /healthz and /readyz.")] = 9401,
+    metrics_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="HTTP port of /metrics, /healthz and /readyz.")
+    ] = 9401,
     spark_master: Annotated[
         str | None, typer.Option(help="Sample and featurize the (Parquet) files with Spark on this master.")
     ] = None,
@@ -405,7 +407,9 @@ def worker(
         str | None, typer.Option(help="exactly_once (default) or at_least_once (faster; may repeat outputs).")
     ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Most records per micro-batch.")] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="HTTP port of /metrics, /healthz, /readyz.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="HTTP port of /metrics, /healthz, /readyz.")
+    ] = None,
     group: Annotated[str | None, typer.Option(help="Consumer group id.")] = None,
 ) -> None:
     """A scoring worker: consume, score with every deployed detector, route to alerts/summary/deadletter."""
@@ -762,7 +766,9 @@ def logs_compare(
 
 @app.command()
 def summarizer(
-    metrics_port: Annotated[int | None, typer.Option(help="HTTP port of /metrics, /healthz, /readyz.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="HTTP port of /metrics, /healthz, /readyz.")
+    ] = None,
     data_dir: Annotated[Path, typer.Option(help="faust's local folder (table state is in Kafka).")] = Path(
         ".fleetwatch/summarizer"
     ),
@@ -818,6 +824,9 @@ def report(
 def models_list(stream: StreamOption = "transactions") -> None:
     """Every version of the stream, newest last; * marks the deployed one."""
     settings = _settings()
+    from shared.streams.catalog import stream_named
+
+    stream_named(stream)  # an unknown stream is an error, not an empty list
     registry = _registry(settings)
     deployed = registry.deployed_version(stream)
     table = Table(title=f"{stream} model versions")
@@ -1036,7 +1045,7 @@ app.add_typer(console_app, name="console")
 @console_app.command("serve")
 def console_serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8443).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default 8443).")] = None,
     tls: Annotated[
         bool | None, typer.Option("--tls/--no-tls", help="HTTPS (default; a dev certificate is made on first start).")
     ] = None,
@@ -1128,8 +1137,8 @@ def main() -> None:
     except FleetwatchError as exc:
         sys.stderr.write(f"fleetwatch: error: {exc}\n")
         sys.exit(1)
-    except Exception as exc:  # only a Redis the command cannot use becomes one line; anything else re-raises
-        message = _redis_error_line(exc)
+    except Exception as exc:  # a Redis the command cannot use, or an unreadable input; anything else re-raises
+        message = _redis_error_line(exc) or _input_error_line(exc)
         if message is None:
             raise
         sys.stderr.write(f"fleetwatch: error: {message}\n")
@@ -1149,6 +1158,21 @@ def _redis_error_line(exc: Exception) -> str | None:
             f"cannot reach Redis ({exc}); locally, start the stack with `fleetwatch dev up`; "
             "elsewhere, point FLEETWATCH_REDIS_URL at a running server"
         )
+    return None
+
+
+def _input_error_line(exc: Exception) -> str | None:
+    """The one line for a file the command cannot read or write (missing, a folder, not writable, not Parquet,
+    not JSON, not text); None for any other error."""
+    import msgspec
+    import pyarrow
+
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, pyarrow.ArrowException):
+        return f"cannot read the file as a table: {exc}"
+    if isinstance(exc, msgspec.DecodeError | UnicodeDecodeError):
+        return f"cannot decode the file: {exc}"
     return None
 
 

@@ -57,7 +57,7 @@ class StreamScorer:
     """Everything one stream's batch needs between the consumed messages and the output records."""
 
     def __init__(self, stream: Stream[Any, Any], settings: FleetwatchSettings, states: EntityStateStore) -> None:
-        stream_settings = settings.streams[stream.name]
+        stream_settings = settings.stream_settings(stream.name)  # configured, or the stream's defaults
         self.stream = stream
         self.input_topic = stream_settings.input_topic
         self._topics = OutputTopics(settings.topics.alerts, stream_settings.summary_topic, settings.topics.deadletter)
