@@ -59,7 +59,6 @@ def test_bad_arguments_get_one_line_and_no_traceback(args: list[str], message: s
          "invalid settings (FLEETWATCH_* variables, the config file or .fleetwatch/connection.env): "
          "streams.transactions.fleet_fpr_budget: Input should be less than 1"),
         (["models", "list"], {"FLEETWATCH_LOG_LEVEL": "loud"}, {}, "log_level: String should match pattern"),
-        (["models", "list"], {"FLEETWATCH_CONFIG": "missing.toml"}, {}, "FLEETWATCH_CONFIG names missing.toml"),
         (["models", "list"], {}, {"fleetwatch.toml": "streams = [\n"}, "unreadable settings"),
         (["models", "list", "--stream", "bogus"], {}, {}, "unknown stream 'bogus'"),
         (["train", "missing.jsonl"], {}, {}, "missing.jsonl: No such file or directory"),

@@ -7,6 +7,7 @@ import importlib.util
 import re
 import sys
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -49,7 +50,21 @@ app.add_typer(dev_app, name="dev")
 
 
 def _settings(**overrides: object) -> FleetwatchSettings:
-    settings = load_settings(**overrides)
+    """The settings, with logging configured by them; a value no source may hold, or a config file that does
+    not parse, is one line naming the setting and where to look."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    sources = "FLEETWATCH_* variables, the config file or .fleetwatch/connection.env"
+    try:
+        settings = load_settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}" for error in exc.errors()
+        )
+        raise FleetwatchError(f"invalid settings ({sources}): {problems}") from exc
+    except (SettingsError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise FleetwatchError(f"unreadable settings ({sources}): {exc}") from exc
     configure_logging(settings.log_format, settings.log_level)
     return settings
 
