@@ -123,10 +123,14 @@ class ConsoleStore:
                 tx.run(statement.format(serial=_SERIAL[dialect]))
 
     @classmethod
-    def open(cls, url: str) -> ConsoleStore:
-        """`sqlite:///relative/or/absolute.db`, `sqlite://:memory:`, or `postgresql://...`."""
+    def open(cls, url: str, create: bool = True) -> ConsoleStore:
+        """`sqlite:///relative/or/absolute.db`, `sqlite://:memory:`, or `postgresql://...`. Without `create`, a
+        SQLite file that is not there is StoreUnavailable (a command that reads the store, pointed at the wrong
+        path, would otherwise report on a new empty one)."""
         if url.startswith("sqlite://"):
             path = url.removeprefix("sqlite://").removeprefix("/")
+            if path != ":memory:" and not create and not Path(path).is_file():
+                raise StoreUnavailable(f"no console store at {path} (`fleetwatch console serve` creates it)")
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)

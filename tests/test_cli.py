@@ -64,6 +64,8 @@ def test_bad_arguments_get_one_line_and_no_traceback(args: list[str], message: s
         (["train", "missing.jsonl"], {}, {}, "missing.jsonl: No such file or directory"),
         (["report", "events.parquet"], {}, {"events.parquet": "not a table"}, "cannot read the file as a table"),
         (["generate", "--seed", "-1"], {}, {}, "--seed"),
+        (["console", "verify-audit"], {"FLEETWATCH_CONSOLE__STORE_URL": "sqlite:///nowhere/c.db"}, {},
+         "no console store at nowhere/c.db"),
         (["worker", "--metrics-port", "99999"], {}, {}, "--metrics-port"),
     ],
 )  # fmt: skip

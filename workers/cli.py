@@ -1104,7 +1104,7 @@ def console_verify_audit() -> None:
     from shared.audit_log import verify_store
     from shared.console_store import ConsoleStore
 
-    verdict = verify_store(ConsoleStore.open(_settings().console.store_url))
+    verdict = verify_store(ConsoleStore.open(_settings().console.store_url, create=False))
     if not verdict.ok:
         console.print(f"audit chain BROKEN at record {verdict.first_bad_seq}: {verdict.problem}")
         raise typer.Exit(1)
@@ -1125,7 +1125,8 @@ def console_export_labels(
     from shared.event_files import read_labels
     from shared.interventions import labels_for_trainer
 
-    rows = {row["event_id"]: row for row in labels_for_trainer(ConsoleStore.open(_settings().console.store_url))}
+    store = ConsoleStore.open(_settings().console.store_url, create=False)
+    rows = {row["event_id"]: row for row in labels_for_trainer(store)}
     merged = {}
     if base is not None:
         merged = {
