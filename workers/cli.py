@@ -52,21 +52,22 @@ app.add_typer(dev_app, name="dev")
 def _settings(**overrides: object) -> FleetwatchSettings:
     """The settings, with logging configured by them; a value no source may hold, or a config file that does
     not parse, is one line naming the setting and where to look."""
-    from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
     sources = "FLEETWATCH_* variables, the config file or .fleetwatch/connection.env"
     try:
         settings = load_settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}" for error in exc.errors()
-        )
-        raise FleetwatchError(f"invalid settings ({sources}): {problems}") from exc
+        raise FleetwatchError(f"invalid settings ({sources}): {_validation_problems(exc)}") from exc
     except (SettingsError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise FleetwatchError(f"unreadable settings ({sources}): {exc}") from exc
     configure_logging(settings.log_format, settings.log_level)
     return settings
+
+
+def _validation_problems(exc: ValidationError) -> str:
+    """pydantic's errors as one line: `where: what` for each, `settings` where the whole model was refused."""
+    return "; ".join(f"{'.'.join(map(str, error['loc'])) or 'settings'}: {error['msg']}" for error in exc.errors())
 
 
 @dev_app.command("up")
@@ -437,8 +438,7 @@ def worker(
     try:
         worker_settings = settings.worker.model_validate({**settings.worker.model_dump(), **overrides})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise FleetwatchError(problems) from exc
+        raise FleetwatchError(_validation_problems(exc)) from exc
     run_worker(settings.model_copy(update={"worker": worker_settings}))
 
 

@@ -119,12 +119,13 @@ class ConsoleServices:
     def known_streams(self) -> list[str]:
         """The configured streams and every catalog stream with a published version (a stream trained with
         `fleetwatch train --stream` while the console's configuration names it nowhere)."""
-        published = [
-            name
-            for name in CATALOG
-            if name not in self.streams and self.registry and self.registry.version_numbers(name)
-        ]
-        return sorted({*self.streams, *published})
+        return sorted(name for name in {*self.streams, *CATALOG} if self._knows(name))
+
+    def _knows(self, stream: str) -> bool:
+        """Configured (no registry call), or in the catalog with a published version."""
+        return stream in self.streams or (
+            stream in CATALOG and self.registry is not None and bool(self.registry.version_numbers(stream))
+        )
 
     def _applied(self) -> None:
         for callback in self.on_applied:
@@ -134,7 +135,7 @@ class ConsoleServices:
         """Promote, roll back or derive a version; (before, after) as the deployed version and its methods."""
         registry, stream = self.registry, request.target
         assert registry is not None
-        if stream not in self.streams and not (stream in CATALOG and registry.version_numbers(stream)):
+        if not self._knows(stream):
             raise InterventionRefused(f"unknown stream {stream!r}; streams: {', '.join(self.known_streams())}")
         before = {"deployed": registry.deployed_version(stream)}
         try:
