@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -40,7 +40,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FLEETWATCH_CACHE_DIR", ".cache")).resolve()
 
 
-class TopicNames(BaseModel):
+class Section(BaseModel):
+    """A part of the settings: a key it does not have is an error, so a misspelt one is not silently a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TopicNames(Section):
     """The topics every stream shares; each stream's input and summary topics are in its own settings."""
 
     alerts: str = "alerts"
@@ -48,7 +54,7 @@ class TopicNames(BaseModel):
     reports: str = "reports.summary"
 
 
-class DetectorConfig(BaseModel):
+class DetectorConfig(Section):
     """One entry of a stream's `model_configs` (seed 000): a name, a detector kind and its parameters."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
@@ -66,7 +72,7 @@ class DetectorConfig(BaseModel):
     )
 
 
-class StreamSettings(BaseModel):
+class StreamSettings(Section):
     """One stream's topics, and how its models are trained, thresholded, gated and sampled.
 
     Left empty, the topics and detectors are the stream's defaults (`completed`)."""
@@ -133,11 +139,11 @@ def _default_streams() -> dict[str, StreamSettings]:
     return {"transactions": StreamSettings()}
 
 
-class WorkerSettings(BaseModel):
+class WorkerSettings(Section):
     """The scoring workers: which streams, how they batch, and the delivery guarantee."""
 
     streams: list[str] = Field(default_factory=lambda: ["transactions"])
-    group_id: str = "fleetwatch-scorers"
+    group_id: str = Field("fleetwatch-scorers", min_length=1, description="the workers' Kafka consumer group")
     delivery: Literal["exactly_once", "at_least_once"] = Field(
         "exactly_once",
         description="exactly_once: outputs and offsets commit in one Kafka transaction per batch; "
@@ -181,7 +187,7 @@ class WorkerSettings(BaseModel):
         return self
 
 
-class RateCriterion(BaseModel):
+class RateCriterion(Section):
     """Seed 000's batch check at stream level, and the per-entity burst limit."""
 
     window_s: int | None = Field(None, gt=0, description="window size the criteria apply to (default: smallest)")
@@ -192,10 +198,12 @@ class RateCriterion(BaseModel):
     entity_max_alerts: int = Field(5, gt=0, description="more alerts than this for one user in a window escalate")
 
 
-class SummarizerSettings(BaseModel):
+class SummarizerSettings(Section):
     """The faust summarizer: windows over the summary and alert topics, reports to `topics.reports`."""
 
-    app_id: str = Field("fleetwatch-summarizer", description="faust app id: consumer group and internal topic prefix")
+    app_id: str = Field(
+        "fleetwatch-summarizer", min_length=1, description="faust app id: consumer group and internal topic prefix"
+    )
     window_sizes_s: list[int] = Field(default_factory=lambda: [60, 3600], min_length=1)
     allowed_lateness_s: float = Field(5.0, ge=0, description="how long after its end a window still takes events")
     partitions: int = Field(6, gt=0, description="partitions of the internal partials topic and the changelog")
@@ -217,7 +225,7 @@ class SummarizerSettings(BaseModel):
     rate: RateCriterion = Field(default_factory=RateCriterion)
 
 
-class ConsoleSettings(BaseModel):
+class ConsoleSettings(Section):
     """`fleetwatch console`: the HTTP API and admin page over alerts, registry and interventions."""
 
     host: str = "127.0.0.1"
@@ -236,7 +244,9 @@ class ConsoleSettings(BaseModel):
     login_window_s: float = Field(300.0, gt=0, description="...within this many seconds; the pause lasts as long")
     interventions_topic: str = "interventions"
     audit_topic: str = "audit"
-    group_id: str = Field("fleetwatch-console", description="consumer group reading the alert and report topics")
+    group_id: str = Field(
+        "fleetwatch-console", min_length=1, description="consumer group reading the alert and report topics"
+    )
     automation: bool = Field(True, description="apply the automation rules to every new alert")
     step_up_severity: str | None = Field("high", description="alerts of this severity require extra authentication")
     step_up_streams: list[str] = Field(default_factory=lambda: ["transactions"])
@@ -244,7 +254,7 @@ class ConsoleSettings(BaseModel):
     lock_window_s: float = Field(3600.0, gt=0, description="...within this many seconds")
 
 
-class DevStackSettings(BaseModel):
+class DevStackSettings(Section):
     """Ports and sizes of the local stack started by `fleetwatch dev up` (not the test fixtures)."""
 
     kafka_port: int = 19092
@@ -258,7 +268,7 @@ class FleetwatchSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLEETWATCH_",
         env_nested_delimiter="__",
-        extra="ignore",
+        extra="forbid",
     )
 
     kafka_bootstrap: str = "127.0.0.1:19092"

@@ -13,6 +13,7 @@ the caller's to handle (abort and re-read the batch, or exit).
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections import Counter
@@ -210,8 +211,39 @@ def producer_config(connection: KafkaConnection, **overrides: Any) -> dict[str, 
     return config
 
 
+class ClientErrorLog:
+    """librdkafka's client-level errors (a broker unreachable, all brokers down, authentication refused) in the
+    structured log. librdkafka retries all but fatal ones itself and prints each attempt on stderr as plain
+    text; here each kind is logged when it first happens and then at most once per `every_s`, with how often it
+    recurred, so a client that cannot reach its brokers says so in the collector's terms without flooding it."""
+
+    def __init__(self, client: str, every_s: float = 30.0) -> None:
+        self._client = client
+        self._every_s = every_s
+        self._last_logged: dict[str, float] = {}
+        self._since_logged: Counter[str] = Counter()
+
+    def __call__(self, error: KafkaError) -> None:
+        kind = error.name()
+        self._since_logged[kind] += 1
+        now = time.monotonic()
+        if now - self._last_logged.get(kind, -math.inf) < self._every_s:
+            return
+        self._last_logged[kind] = now
+        log.warning(
+            "kafka client error",
+            client=self._client,
+            error=kind,
+            reason=error.str(),
+            retried=not error.fatal(),
+            occurrences=self._since_logged.pop(kind),
+        )
+
+
 def producer(connection: KafkaConnection, **overrides: Any) -> DeliveryTrackingProducer:
-    return DeliveryTrackingProducer(producer_config(connection, **overrides))
+    return DeliveryTrackingProducer(
+        producer_config(connection, **{"error_cb": ClientErrorLog("producer"), **overrides})
+    )
 
 
 def consumer(connection: KafkaConnection, group_id: str, **overrides: Any) -> Consumer:
@@ -221,6 +253,7 @@ def consumer(connection: KafkaConnection, group_id: str, **overrides: Any) -> Co
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
         "partition.assignment.strategy": "cooperative-sticky",
+        "error_cb": ClientErrorLog("consumer"),
     }
     return Consumer(connection.config(**{**defaults, **overrides}))
 

@@ -15,7 +15,7 @@ BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 # Scoring workers
 EVENTS = Counter(
     "fleetwatch_events_total",
-    "Events consumed, by stream and outcome (alert, summary, deadletter).",
+    "Events scored, by stream and outcome (alert, summary, deadletter); counted once their batch committed.",
     ["stream", "outcome"],
 )
 IDLE_SESSIONS_ENDED = Counter(
@@ -25,7 +25,7 @@ IDLE_SESSIONS_ENDED = Counter(
 )
 DEAD_LETTERS = Counter(
     "fleetwatch_dead_letters_total",
-    "Records sent to the dead-letter topic, by reason kind.",
+    "Records sent to the dead-letter topic, by reason kind; counted once their batch committed.",
     ["stream", "kind"],
 )
 BATCH_SIZE = Histogram(
@@ -52,7 +52,7 @@ EVENT_LATENCY = BatchHistogram(
 DEPLOYED_VERSION = Gauge("fleetwatch_deployed_version", "Model version number this process scores with.", ["stream"])
 RELOADS = Counter(
     "fleetwatch_model_reloads_total",
-    "Model version loads, by result (loaded, refused).",
+    "Model version loads, by result (loaded, refused, unavailable: the store did not answer; tried again).",
     ["stream", "result"],
 )
 TRANSACTIONS_ABORTED = Counter(

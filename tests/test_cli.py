@@ -67,6 +67,11 @@ def test_bad_arguments_get_one_line_and_no_traceback(args: list[str], message: s
         (["console", "verify-audit"], {"FLEETWATCH_CONSOLE__STORE_URL": "sqlite:///nowhere/c.db"}, {},
          "no console store at nowhere/c.db"),
         (["worker", "--metrics-port", "99999"], {}, {}, "--metrics-port"),
+        (["worker", "--group", ""], {}, {}, "group_id: String should have at least 1 character"),
+        (["models", "list"], {}, {"fleetwatch.toml": "[worker]\nbatch_sise = 10\n"},
+         "worker.batch_sise: Extra inputs are not permitted"),
+        (["models", "list"], {"FLEETWATCH_STREAMS__TRANSACTIONS__INPUT_TOPICS": "x"}, {},
+         "streams.transactions.input_topics: Extra inputs are not permitted"),
     ],
 )  # fmt: skip
 def test_bad_settings_and_unreadable_files_get_one_line_and_no_traceback(

@@ -86,6 +86,22 @@ def test_an_unknown_stream_is_refused_with_the_known_ones(isolated: Path, monkey
         load_settings()
 
 
+def test_a_misspelt_key_is_refused_not_silently_a_default(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (isolated / "fleetwatch.toml").write_text('kafka_bootstrap = "file:2222"\n[summarizer.rate]\nmin_alert = 5\n')
+    with pytest.raises(ValidationError, match=r"summarizer\.rate\.min_alert\s+Extra inputs are not permitted"):
+        load_settings()
+    (isolated / "fleetwatch.toml").write_text('kafka_bootstrap = "file:2222"\nkafka_bootstap = "typo:1"\n')
+    with pytest.raises(ValidationError, match=r"kafka_bootstap\s+Extra inputs are not permitted"):
+        load_settings()
+    (isolated / "fleetwatch.toml").unlink()
+    monkeypatch.setenv("FLEETWATCH_WORKER__BATCH_SISE", "10")
+    with pytest.raises(ValidationError, match=r"worker\.batch_sise\s+Extra inputs are not permitted"):
+        load_settings()
+    monkeypatch.delenv("FLEETWATCH_WORKER__BATCH_SISE")
+    monkeypatch.setenv("FLEETWATCH_DEV_DIR", str(isolated / "dev"))  # not a setting: the tools' own variables pass
+    assert load_settings().kafka_bootstrap == "127.0.0.1:19092"
+
+
 def test_a_batch_minimum_above_the_batch_size_is_refused(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLEETWATCH_WORKER__BATCH_SIZE", "100")
     monkeypatch.setenv("FLEETWATCH_WORKER__BATCH_MIN_SIZE", "101")

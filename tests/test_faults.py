@@ -176,6 +176,10 @@ def test_at_least_once_reads_a_batch_again_until_the_refusing_topic_takes_it(
         assert worker.poll() is None, f"the worker died:\n{fleet.log_of(worker)[-3000:]}"
         assert inputs - set(sources) == set(), "inputs without an output"
         assert metric_total(port, "fleetwatch_batches_reread", reason="delivery_failed") > 0
+        # Counted when a batch commits: the batches read again are counted once, not at every attempt.
+        events = lambda: metric_total(port, "fleetwatch_events")  # noqa: E731
+        assert wait_until(lambda: events() >= len(payloads), 10), f"{events()} events counted"
+        assert events() == len(payloads)
         reread = worker_events(fleet.log_of(worker), NOT_ACKNOWLEDGED)
         assert reread and reread[0]["failed"] > 0
         assert reread[0]["errors"][fleet.topics["summary"]]["MSG_SIZE_TOO_LARGE"] > 0

@@ -14,12 +14,14 @@ import msgspec
 import numpy as np
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from shared.artifact_store import FileArtifactStore, RedisArtifactStore
 from shared.model_version import Manifest
 from shared.registry import ModelRegistry, Notice, VersionRefused
 from shared.training import TrainingResult
 from tests.small_models import train_small
+from workers.version_watcher import VersionWatcher
 
 KEY = b"k" * 32
 
@@ -98,6 +100,43 @@ def test_tampered_artifact_is_refused_and_pointer_stays(
     with pytest.raises(VersionRefused, match="hash does not match"):
         registry.promote("transactions", 2)
     assert registry.deployed_version("transactions") == 1
+
+
+def test_a_watcher_loads_a_version_once_its_unreadable_file_store_answers(
+    trained: TrainingResult, redis_client: redis.Redis, unique_name: str, tmp_path: Path
+) -> None:
+    registry = ModelRegistry(redis_client, FileArtifactStore(tmp_path), KEY, f"{unique_name}:")
+    registry.publish(trained.bundle, trained.draft, deploy=True)
+    artifact = tmp_path / "transactions" / "v1.joblib"
+    payload = artifact.read_bytes()
+    artifact.unlink()
+    artifact.mkdir()  # reading it fails with an I/O error (IsADirectoryError), as an unmounted volume might
+
+    def reloads(result: str) -> float:
+        labels = {"stream": "transactions", "result": result}
+        return REGISTRY.get_sample_value("fleetwatch_model_reloads_total", labels) or 0.0
+
+    unavailable_before, refused_before = reloads("unavailable"), reloads("refused")
+    watcher = VersionWatcher(registry, redis_client, ["transactions"], reconcile_interval_s=0.1)
+    watcher.start()
+    try:
+        wait_for(lambda: reloads("unavailable") >= unavailable_before + 2)
+        assert reloads("unavailable") >= unavailable_before + 2, "tried again at each reconciliation"
+        assert watcher.take_staged("transactions") is None
+        artifact.rmdir()
+        artifact.write_bytes(payload)
+        staged: list[int] = []
+
+        def loaded() -> bool:
+            version = watcher.take_staged("transactions")
+            staged.extend([] if version is None else [version.version])
+            return bool(staged)
+
+        wait_for(loaded)
+        assert staged == [1], "loaded once the store answered, with the pointer unmoved"
+        assert reloads("refused") == refused_before
+    finally:
+        watcher.stop()
 
 
 def test_tampered_manifest_is_refused(

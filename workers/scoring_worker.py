@@ -52,7 +52,7 @@ from shared.redis_connection import connect_redis
 from shared.registry import open_registry
 from shared.state_store import EntityStateStore, StateWrite
 from shared.streams.catalog import stream_named
-from workers.stream_scorer import StreamScorer
+from workers.stream_scorer import EventCounts, StreamScorer
 from workers.version_watcher import VersionWatcher
 
 log = get_logger("fleetwatch.worker")
@@ -229,12 +229,14 @@ class ScoringWorker:
         ending = self._idle_session_ends()
         outputs: list[OutputRecord] = []
         store_states: list[StateWrite] = []
+        counts: list[EventCounts] = []
         for topic, messages_of_topic in valid.items():
             scorer = self._by_topic[topic]
             metrics.BATCH_SIZE.labels(scorer.stream.name).observe(len(messages_of_topic))
-            records, store = scorer.build_outputs(messages_of_topic)
-            outputs += records
-            store_states.append(store)
+            built = scorer.build_outputs(messages_of_topic)
+            outputs += built.records
+            store_states.append(built.store_states)
+            counts.append(built.counts)
         if not valid and not ending:
             return None
         outputs += [record for records, _ in ending.values() for record in records]
@@ -243,6 +245,7 @@ class ScoringWorker:
             outputs=outputs,
             streams=sorted({self._by_topic[topic].stream.name for topic in valid} | {s.stream.name for s in ending}),
             store_states=store_states,
+            counts=counts,
             idle_claims={scorer: claimed for scorer, (_, claimed) in ending.items()},
         )
 
@@ -280,6 +283,8 @@ class ScoringWorker:
         self._settle_idle_claims(batch, committed)
         if committed:
             self._failed_attempts = 0
+            for counts in batch.counts:
+                counts.observe()
             if not self._exactly_once and batch.consumed:
                 # Asynchronous: a failed commit is superseded by the next batch's; if none follows (the partition
                 # moved), its new owner reads from the older offset: outputs repeat, as at-least-once allows, and
@@ -437,6 +442,7 @@ class _ScoredBatch:
     outputs: list[OutputRecord]
     streams: list[str]
     store_states: list[StateWrite]
+    counts: list[EventCounts]  # observed once it committed
     idle_claims: dict[StreamScorer, EntityStates]  # sessions its end records end
 
 

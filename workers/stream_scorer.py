@@ -8,6 +8,7 @@ fleetwatch_batch_stage_seconds. Nothing here knows which stream it serves: that 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -49,6 +50,33 @@ def _timed(stage: Stage, step: StateWrite) -> None:
         step()
 
 
+@dataclass(frozen=True)
+class EventCounts:
+    """What one stream's batch did with its events: counted into the metrics once the batch committed, so a
+    batch aborted and read again is counted once."""
+
+    stream: str
+    dead_letters: Counter[str]  # by error kind
+    alerts: int = 0
+    summaries: int = 0
+
+    def observe(self) -> None:
+        for kind, count in self.dead_letters.items():
+            metrics.DEAD_LETTERS.labels(self.stream, kind).inc(count)
+        metrics.EVENTS.labels(self.stream, "deadletter").inc(self.dead_letters.total())
+        metrics.EVENTS.labels(self.stream, "alert").inc(self.alerts)
+        metrics.EVENTS.labels(self.stream, "summary").inc(self.summaries)
+
+
+@dataclass(frozen=True)
+class BatchOutputs:
+    """One stream's share of a batch: its output records, the write storing its entities' states, its counts."""
+
+    records: list[OutputRecord]
+    store_states: StateWrite
+    counts: EventCounts
+
+
 def source_of(message: Message) -> Source:
     return Source(message.topic() or "", int(message.partition() or 0), int(message.offset() or 0))
 
@@ -66,9 +94,9 @@ class StreamScorer:
         self.version: DeployedVersion | None = None
         self._newest_event_s: dict[int, float] = {}  # per input partition
 
-    def build_outputs(self, messages: list[Message]) -> tuple[list[OutputRecord], StateWrite]:
-        """The batch's output records, and the write that stores its entities' advanced states: the worker calls
-        it once the batch before this one committed, and before this batch's outputs are produced."""
+    def build_outputs(self, messages: list[Message]) -> BatchOutputs:
+        """The batch's output records, the write that stores its entities' advanced states (the worker calls it
+        once the batch before this one committed, and before this batch's outputs are produced), and its counts."""
         assert self.version is not None
         name = self.stream.name
         with Stage(name, "decode"):
@@ -78,10 +106,9 @@ class StreamScorer:
         for error in decoded.errors:
             message = messages[error.index]
             outputs.append(dead_letter(error, message.key(), source_of(message), name, self._topics.deadletter))
-            metrics.DEAD_LETTERS.labels(name, error.kind.value).inc()
-        metrics.EVENTS.labels(name, "deadletter").inc(len(decoded.errors))
+        dead_letters = Counter(error.kind.value for error in decoded.errors)
         if not decoded.events:
-            return outputs, nothing_to_store
+            return BatchOutputs(outputs, nothing_to_store, EventCounts(name, dead_letters))
         valid = [messages[i] for i in decoded.positions]
         with Stage(name, "featurize"):
             columns = self.version.stream.columns(decoded.events)
@@ -113,9 +140,8 @@ class StreamScorer:
             )
             outputs += scored_records(batch, self._topics)
         alerts = int(scored.alert.sum())
-        metrics.EVENTS.labels(name, "alert").inc(alerts)
-        metrics.EVENTS.labels(name, "summary").inc(len(valid) - alerts)
-        return outputs, partial(_timed, Stage(name, "state_write"), store_states)
+        counts = EventCounts(name, dead_letters, alerts=alerts, summaries=len(valid) - alerts)
+        return BatchOutputs(outputs, partial(_timed, Stage(name, "state_write"), store_states), counts)
 
     def end_idle_sessions(self) -> tuple[list[OutputRecord], EntityStates]:
         """End records for the sessions idle by the newest event time this worker read from their partition, each

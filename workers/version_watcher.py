@@ -2,8 +2,9 @@
 
 Redis pub/sub delivers at most once and drops notices while disconnected, so besides listening the
 watcher reconciles with the deployed pointers every `reconcile_interval_s` and after every
-reconnect. A version that fails to load or verify is refused and remembered (until the pointer
-moves again); the worker keeps scoring with what it has. Redis being down only delays reloads.
+reconnect. A version that fails to verify or load is refused and remembered (until the pointer
+moves again); the worker keeps scoring with what it has. A store that does not answer (Redis down, a
+file store's I/O error) only delays the load to the next reconciliation.
 """
 
 from __future__ import annotations
@@ -103,9 +104,17 @@ class VersionWatcher:
         started = time.perf_counter()
         try:
             loaded = self._registry.load(stream, version)
+        except (redis.RedisError, OSError) as exc:  # the store did not answer: nothing is known against the version
+            RELOADS.labels(stream, "unavailable").inc()
+            log.warning(
+                "model version not readable now; trying again at the next reconciliation",
+                stream=stream,
+                version=version,
+                error=str(exc),
+            )
+            return
         except Exception as exc:  # whatever a version does, this thread must live on
-            if not isinstance(exc, redis.RedisError):  # Redis down is retried; anything else is final
-                self._refused[stream] = version
+            self._refused[stream] = version
             RELOADS.labels(stream, "refused").inc()
             log.error(
                 "model version refused; still serving the loaded one", stream=stream, version=version, reason=str(exc)
