@@ -26,7 +26,7 @@ from shared.output_records import decode_output
 from shared.scoring import score_batch
 from shared.streams.logs.contract import LogLine
 from shared.streams.logs.host_windows import RING_LINES
-from shared.streams.logs.sessions import COUNT_FEATURES, FEATURE_NAMES, SessionRule
+from shared.streams.logs.sessions import COUNT_FEATURES, FEATURE_NAMES, HostWindows, SessionRule
 from shared.streams.logs.stream import LOGS, LogStream
 from shared.streams.logs.synthetic import payloads
 from shared.streams.logs.templates import UNSEEN, TemplateVocabulary
@@ -126,6 +126,26 @@ def test_an_end_of_session_record_scores_the_complete_session_counts_nothing_and
     assert [re.sub(r"^T\d+ ", "", text) for text in recent] == [
         "open file <NUM> for job <NUM>", "close file <NUM>", "(session end)",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("host_windows", ["fixed", "sliding"])
+def test_an_idle_sessions_end_read_after_the_next_sessions_first_line_leaves_that_session_open(
+    host_windows: HostWindows,
+) -> None:
+    """A backlog can hold a session's new line ahead of the end record a worker wrote when the old one went idle."""
+    rule = SessionRule(pattern=None, idle_timeout_s=10, host_windows=host_windows)
+    stream = LogStream(rule, TemplateVocabulary.mine(HISTORY))
+    first = [line("open file 1 for job 1", 0, session_id="a"), line("close file 1", 1, session_id="a")]
+    _, idle = stream.advance(stream.empty_states(), stream.columns(first))
+    (end,) = stream.with_session_ends([*first, line("open file 9 for job 2", 30, session_id="b")]).ends
+    later = [line("open file 2 for job 1", 40, session_id="a"), end, line("close file 2", 41, session_id="a")]
+    raw, after = stream.advance(idle, stream.columns(later))
+    assert feature(raw, "session_closed") == [0, 1, 0]
+    assert feature(raw, "session_lines") == [1, 0, 2], "the stale end ends nothing; the new session goes on"
+    a = after.records[after.keys.tolist().index("a")]
+    assert (a["lines"], a["open"], a["first_s"], a["last_s"]) == (2, 1, T0 + 40, T0 + 41)
+    on_time, _ = stream.advance(idle, stream.columns([end]))
+    assert feature(on_time, "session_closed") == [1] and feature(on_time, "session_lines") == [2]
 
 
 def test_with_session_ends_ends_every_open_session_idle_by_the_last_lines_time() -> None:

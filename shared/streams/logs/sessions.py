@@ -77,6 +77,7 @@ KEY_FEATURES = (*(f"key_lag_{lag:02d}" for lag in range(HISTORY_KEYS, 0, -1)), "
 """A line's key (its template's index + 1; the vocabulary's size + 1 when unseen; size + 2 for an end-of-session
 record) after the keys of the session's previous lines, oldest first (0 where the session has fewer lines)."""
 FEATURE_NAMES = COUNT_FEATURES + SESSION_FEATURES + LINE_FEATURES + KEY_FEATURES
+SESSION_SECONDS = FEATURE_NAMES.index("session_seconds")
 FEATURE_SPEC = FeatureSpec(3, FEATURE_NAMES)  # 3: end-of-session records (session_closed)
 
 HostWindows = Literal["fixed", "sliding"]
@@ -144,6 +145,31 @@ def advance_sessions(
     """Every row's features (its session after the row) and the sessions' states after the batch, in the layout
     of `before` (fields beyond `SESSION_LAYOUT`'s left empty); a row is a line, or an end-of-session record where
     its template is `SESSION_END`.
+
+    An end record dated more than the idle timeout before the first line of the session it would end belongs to
+    an earlier session: the end a worker wrote for an idle session, read after a newer line of its key that a
+    backlog held ahead of it (that line opened the next session). It is scored as the end of an empty session
+    and leaves the open one alone; until 2026-12-02 it ended that session after its first line."""
+    raw, after = _advance_runs(before, keys, times, templates, how)
+    stale = (templates == SESSION_END) & (raw[:, SESSION_SECONDS] < -how.idle_timeout_s)
+    if not stale.any():
+        return raw, after
+    kept = ~stale
+    raw[kept], kept_after = _advance_runs(before, keys[kept], times[kept], templates[kept], how)
+    raw[stale], _ = _advance_runs(EntityStates.empty(before.layout), keys[stale], times[stale], templates[stale], how)
+    records = before.aligned(after.keys)  # an entity with stale end records only keeps its state
+    records[np.searchsorted(after.keys, kept_after.keys)] = kept_after.records
+    return raw, EntityStates(before.layout, after.keys, records)
+
+
+def _advance_runs(
+    before: EntityStates,
+    keys: np.ndarray,
+    times: np.ndarray,
+    templates: np.ndarray,
+    how: Featurization,
+) -> tuple[np.ndarray, EntityStates]:
+    """`advance_sessions`, taking every end record as its key's current session's end.
 
     Vectorized over the batch: rows are grouped by key (stable, so each key's rows keep their order),
     session starts are found from the carried state, idle gaps, end templates and records, and the length
