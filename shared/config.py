@@ -197,6 +197,15 @@ class RateCriterion(Section):
     baseline_min_windows: int = Field(3, gt=0, description="no relative criterion before this many windows")
     entity_max_alerts: int = Field(5, gt=0, description="more alerts than this for one user in a window escalate")
 
+    @model_validator(mode="after")
+    def _baseline_can_fill(self) -> RateCriterion:
+        if self.baseline_min_windows > self.baseline_windows:
+            raise ValueError(
+                f"baseline_min_windows ({self.baseline_min_windows}) is above baseline_windows "
+                f"({self.baseline_windows}): the relative criterion could never apply"
+            )
+        return self
+
 
 class SummarizerSettings(Section):
     """The faust summarizer: windows over the summary and alert topics, reports to `topics.reports`."""
@@ -223,6 +232,18 @@ class SummarizerSettings(Section):
     reports_file: Path | None = Field(None, description="also append every window report here, one JSON line each")
     metrics_port: int = 9400
     rate: RateCriterion = Field(default_factory=RateCriterion)
+
+    @model_validator(mode="after")
+    def _windows_make_sense(self) -> SummarizerSettings:
+        sizes = self.window_sizes_s
+        if min(sizes) <= 0 or len(set(sizes)) != len(sizes):
+            raise ValueError(f"window_sizes_s must be distinct and positive; got {sizes}")
+        if self.rate.window_s is not None and self.rate.window_s not in sizes:
+            raise ValueError(
+                f"rate.window_s ({self.rate.window_s}) is none of window_sizes_s {sizes}: no rate alert or "
+                "escalation would ever be raised"
+            )
+        return self
 
 
 class ConsoleSettings(Section):

@@ -121,6 +121,24 @@ def test_a_summarizer_session_timeout_below_the_brokers_minimum_is_refused(
     assert load_settings().summarizer.session_timeout_s == 6.0
 
 
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"WINDOW_SIZES_S": "[0]"}, r"window_sizes_s must be distinct and positive; got \[0\]"),
+        ({"WINDOW_SIZES_S": "[60, 60]"}, r"window_sizes_s must be distinct and positive"),
+        ({"RATE__WINDOW_S": "300"}, r"rate.window_s \(300\) is none of window_sizes_s \[60, 3600\]"),
+        ({"RATE__BASELINE_MIN_WINDOWS": "11"}, r"baseline_min_windows \(11\) is above baseline_windows \(10\)"),
+    ],
+)
+def test_summarizer_windows_that_could_never_report_or_alert_are_refused(
+    variables: dict[str, str], message: str, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(f"FLEETWATCH_SUMMARIZER__{name}", value)
+    with pytest.raises(ValidationError, match=message):
+        load_settings()
+
+
 def test_a_precision_floor_is_read_per_stream_and_must_be_a_share(
     isolated: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
