@@ -85,10 +85,11 @@ def score_events(
     profiles: EntityStates,
 ) -> tuple[list[OutputRecord], EntityStates]:
     """Features from `profiles`, every detector's score, one output record per event: the scorer's steps."""
-    raw, after = advance_profiles(profiles, TransactionColumns.from_events(events))
+    columns = TransactionColumns.from_events(events)
+    raw, after = advance_profiles(profiles, columns)
     scored = score_batch(version, raw)
     outputs = scored_records(
-        ScoredEvents(version, scored, raw, payloads, keys, sources),
+        ScoredEvents(version, scored, raw, payloads, keys, sources, columns.entity.tolist()),
         OutputTopics(config.alerts_topic, config.summary_topic, config.deadletter_topic),
     )
     return outputs, after

@@ -66,7 +66,8 @@ def measure(stream_name: str = "transactions", events: int = 130_000, train_rows
             scored = score_batch(version, raw)
             lap.append(time.process_time())
             sources = [Source("in", 0, int(offset)) for offset in offsets]
-            scored_records(ScoredEvents(version, scored, raw, chunk, [None] * len(chunk), sources), topics)
+            entities = columns.entity.tolist()
+            scored_records(ScoredEvents(version, scored, raw, chunk, [None] * len(chunk), sources, entities), topics)
             lap.append(time.process_time())
             for name, (a, b) in zip(STAGES, itertools.pairwise(lap), strict=True):
                 seconds[name] += b - a

@@ -51,6 +51,7 @@ def scored_table(
         {
             "event_id": columns.event_id.tolist(),  # every stream's, and the top anomalies' last tie-breaker
             **stream.report_table(columns),
+            "entity": columns.entity.tolist(),  # the key its state is kept under (a log line's session)
             "timestamp": pa.array((columns.event_time_s * 1000).astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
             "is_alert": scored.alert,
             "severity": scored.severity().tolist(),

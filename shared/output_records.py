@@ -60,6 +60,7 @@ class AlertRecord(msgspec.Struct, tag="alert", tag_field="type"):
     event: msgspec.Raw
     contributions: list[Contribution] = msgspec.field(default_factory=list)  # streams with feature groups
     context: dict[str, Any] = msgspec.field(default_factory=dict)  # the stream's `alert_context`
+    entity: str | None = None  # the key its state is kept under (a log line's session); None before 2026-12-02
 
 
 class SummaryRecord(msgspec.Struct, tag="summary", tag_field="type"):
@@ -69,6 +70,7 @@ class SummaryRecord(msgspec.Struct, tag="summary", tag_field="type"):
     source: Source
     scored_at: str
     event: msgspec.Raw
+    entity: str | None = None  # as in AlertRecord
 
 
 class OutputRecord(msgspec.Struct, frozen=True):
@@ -107,6 +109,7 @@ class ScoredEvents:
     payloads: list[bytes]
     keys: list[bytes | None]
     sources: list[Source]
+    entities: list[str]  # each event's entity key, as the stream's columns give it
     context: dict[int, dict[str, Any]] = field(default_factory=dict)  # alerted row -> the stream's alert context
 
 
@@ -114,6 +117,7 @@ def scored_records(batch: ScoredEvents, topics: OutputTopics) -> list[OutputReco
     """One output per scored event: an alert report when any alerting detector fired, else a summary."""
     version, scored, raw_features = batch.version, batch.scored, batch.raw_features
     payloads, keys, sources, stream = batch.payloads, batch.keys, batch.sources, version.manifest.stream
+    entities = batch.entities
     feature_names = version.feature_names
     names = version.detector_names
     offsets = version.offsets.tolist()
@@ -147,6 +151,7 @@ def scored_records(batch: ScoredEvents, topics: OutputTopics) -> list[OutputReco
                     event=msgspec.Raw(payloads[row]),
                     contributions=contributions[row] if contributions else [],
                     context=batch.context.get(row, {}),
+                    entity=entities[row],
                 )
             )
             records.append(OutputRecord(topics.alerts, keys[row], value))
@@ -159,6 +164,7 @@ def scored_records(batch: ScoredEvents, topics: OutputTopics) -> list[OutputReco
                     source=sources[row],
                     scored_at=stamp,
                     event=msgspec.Raw(payloads[row]),
+                    entity=entities[row],
                 )
             )
             records.append(OutputRecord(topics.summary, keys[row], value))

@@ -12,7 +12,8 @@ therefore changes once per batch, not once per event.
 Windows are keyed by the stream's summary dimensions (`shared.pipeline.WindowDimensions`: for
 transactions, segment and transaction type), so nothing here knows a stream's fields.
 Distinct entities are a HyperLogLog sketch (p = 12: about 1.6 % standard error, exact-ish below a few
-hundred users), so a window's state stays a few kilobytes whatever the traffic.
+hundred users) and alert counts are kept for at most twice `TRACKED_ENTITIES` entities, so a window's state
+stays bounded whatever the traffic.
 
 >>> spec = WindowSpec(sizes_s=(60,), lateness_s=0)
 >>> state: dict = {}
@@ -25,6 +26,7 @@ hundred users), so a window's state stays a few kilobytes whatever the traffic.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -42,6 +44,11 @@ DEFAULT_SCORE_BIN_EDGES: tuple[float, ...] = (-10.0, -5.0, -2.0, -1.0, -0.5, -0.
 """Fixed histogram edges on `score_samples` (higher = more normal); two more bins catch under- and overflow."""
 
 TOP_ENTITIES = 10
+TRACKED_ENTITIES = 1000
+"""Alerting entities a window keeps counts of: an alert storm over many entities must not grow a window's one
+changelog record past the broker's limit (40,000 of them made one hour's record 600 kB). Past twice as many, the
+most counted stay; one dropped and seen again counts from zero, so top entities and escalations may undercount in
+such a storm, never overcount."""
 HLL_PRECISION = 12
 
 
@@ -90,8 +97,13 @@ class ClosedWindows:
 
 @dataclass
 class FoldOutcome:
+    """The escalations a fold raised, and its records by what became of them in the smallest window size (each
+    record is in one window of every size: counting one size counts each record once)."""
+
     escalations: list[dict[str, Any]] = field(default_factory=list)
-    late: int = 0
+    alerts: int = 0
+    normal: int = 0
+    late: int = 0  # its window had closed: dropped
 
 
 def iso(seconds: float) -> str:
@@ -134,6 +146,14 @@ def baseline_id(stream: str) -> str:
 def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
     for name, count in counts.items():
         into[name] = into.get(name, 0) + count
+
+
+def _keep_tracked(counts: dict[str, int]) -> None:
+    """Past twice `TRACKED_ENTITIES` entities, keep the `TRACKED_ENTITIES` most counted (in place)."""
+    if len(counts) > 2 * TRACKED_ENTITIES:
+        kept = heapq.nlargest(TRACKED_ENTITIES, counts.items(), key=lambda entry: entry[1])
+        counts.clear()
+        counts.update(kept)
 
 
 def _users_sketch(users: set[str]) -> dict[str, bytes]:
@@ -273,6 +293,7 @@ def _merge_key(into: dict[str, Any], partial: dict[str, Any]) -> None:
     alerts["count"] += more["count"]
     for name in ("by_detector", "severity", "entities"):
         _add_counts(alerts[name], more[name])
+    _keep_tracked(alerts["entities"])
 
 
 def _merge_stream(spec: WindowSpec, into: dict[str, Any], partial: dict[str, Any]) -> list[dict[str, Any]]:
@@ -285,7 +306,11 @@ def _merge_stream(spec: WindowSpec, into: dict[str, Any], partial: dict[str, Any
     escalations = []
     for entity in sorted(partial["entities"]):
         count = into["entities"][entity]
-        if count > spec.entity_max_alerts and entity not in into["escalated"]:
+        if (
+            count > spec.entity_max_alerts
+            and len(into["escalated"]) < TRACKED_ENTITIES
+            and entity not in into["escalated"]
+        ):
             into["escalated"].append(entity)
             start, size = into["start"], into["window_s"]
             escalations.append(
@@ -293,6 +318,7 @@ def _merge_stream(spec: WindowSpec, into: dict[str, Any], partial: dict[str, Any
                  "window_start": iso(start), "window_end": iso(start + size), "alerts": count,
                  "limit": spec.entity_max_alerts, "raised_at": datetime.now(UTC).isoformat()}
             )  # fmt: skip
+    _keep_tracked(into["entities"])
     return escalations
 
 
@@ -304,14 +330,19 @@ def merge_partials(
     A partial whose window has already closed for its stream is late: dropped, its items counted.
     """
     outcome = FoldOutcome()
+    smallest_s = min(spec.sizes_s)
     for pid, partial in partials.items():
         if partial["kind"] == "watermark":
             continue
         stream = partial["stream"]
         watermark = state.get(watermark_id(stream))
+        counted = partial["kind"] == "key" and partial["window_s"] == smallest_s
+        alerts, normal = (partial["alerts"]["count"], partial["normal"]["count"]) if counted else (0, 0)
         if watermark is not None and partial["start"] + partial["window_s"] <= watermark - spec.lateness_s:
-            outcome.late += partial["normal"]["count"] + partial["alerts"]["count"] if partial["kind"] == "key" else 0
+            outcome.late += alerts + normal
             continue
+        outcome.alerts += alerts
+        outcome.normal += normal
         if pid not in state:
             size_s, start = partial["window_s"], partial["start"]
             state[pid] = (
@@ -415,6 +446,11 @@ def close_windows(
     return closed
 
 
+def _dimension_value(value: Any) -> str:
+    """A dimension field's value as a window key: absent and null alike are '-'."""
+    return "-" if value is None else str(value)
+
+
 def scored_item(value: bytes, source: str = "", offset: int = -1) -> ScoredItem | None:
     """An alert or summary record as a window item; None for anything else (rate alerts, foreign records,
     records of a stream this build does not know)."""
@@ -422,12 +458,12 @@ def scored_item(value: bytes, source: str = "", offset: int = -1) -> ScoredItem 
         record = decode_output(value)
         event = msgspec.json.decode(record.event)
         fields = CATALOG[record.stream].windows
-        event_time_s = datetime.fromisoformat(event[fields.time]).timestamp()
+        event_time_s = msgspec.convert(event[fields.time], datetime).timestamp()  # RFC 3339 as the contracts read it
         common: dict[str, Any] = {
             "stream": record.stream,
             "event_time_s": event_time_s,
-            "entity": str(event.get(fields.entity, "")),
-            "dimensions": {name: str(event.get(name, "-")) for name in fields.dimensions},
+            "entity": record.entity if record.entity is not None else str(event.get(fields.entity, "")),
+            "dimensions": {name: _dimension_value(event.get(name)) for name in fields.dimensions},
             "measure": float(event.get(fields.measure, 0.0)) if fields.measure else 0.0,
             "source": source,
             "offset": offset,

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from shared.output_records import AlertRecord, DetectorVerdict, Source
 from shared.summary_report import write_report
-from shared.windows import ScoredItem, WindowSpec, close_windows, fold_items, merge_partials, partials_of
+from shared.windows import (
+    TRACKED_ENTITIES,
+    ScoredItem,
+    WindowSpec,
+    close_windows,
+    fold_items,
+    merge_partials,
+    partials_of,
+    scored_item,
+)
 
 T0 = 1_780_000_020
 SPEC = WindowSpec(sizes_s=(60,), lateness_s=0, rate_min_alerts=10, entity_max_alerts=3)
@@ -78,6 +90,16 @@ def test_report_writes_markdown_and_charts_with_the_figures(tmp_path: Path) -> N
     assert all(f"]({p})" in text for p in pngs)
 
 
+def test_a_fold_counts_each_record_once_and_a_record_late_for_the_smallest_window_only_as_late() -> None:
+    spec = WindowSpec(sizes_s=(60, 3600), lateness_s=0)
+    state: dict[str, Any] = {}
+    on_time = fold_items(spec, state, [item("a", T0 + 1), item("b", T0 + 2, alert=True), item("c", T0 + 600)])
+    assert (on_time.normal, on_time.alerts, on_time.late) == (2, 1, 0), "one count per record, not per window size"
+    close_windows(spec, state, "transactions")
+    late = fold_items(spec, state, [item("d", T0 + 3)])  # its minute closed; its hour is open
+    assert (late.normal, late.alerts, late.late) == (0, 0, 1)
+
+
 def test_batches_merged_as_partials_equal_one_fold_and_escalate_once() -> None:
     items = [item(f"u{i % 9}", T0 + i, alert=i % 4 == 0, amount=float(i)) for i in range(48)]
     items += [item("mallory", T0 + 50 + i, alert=True) for i in range(4)]
@@ -133,3 +155,41 @@ def test_an_event_dated_years_ahead_does_not_close_the_open_windows() -> None:
     reports = close_windows(SPEC, state, "transactions").reports
     assert [(r["window_start"][:16], r["normal"]["count"]) for r in reports] == [("2026-05-28T20:27", 2)]
     assert any(key.startswith(f"key|60|{4_070_000_000 // 60 * 60}|") for key in state), "the wrong clock's item is kept"
+
+
+def log_alert(line: dict[str, Any], entity: str | None) -> bytes:
+    verdict = DetectorVerdict("pca", -3.0, -1.0, -1, "alerting")
+    event = msgspec.Raw(msgspec.json.encode(line))
+    return msgspec.json.encode(
+        AlertRecord("logs", 1, "high", 1.0, ["pca"], [verdict], [], Source("in", 0, 7), "now", event, entity=entity)
+    )
+
+
+def test_a_log_alert_is_windowed_by_the_workers_session_and_reads_its_fields_as_the_contract_does() -> None:
+    """A line's session is the worker's (its id, a block id in its text, or its host's window), not the raw
+    `session_id`, which most lines lack: keyed by that, every alert counted toward one entity 'None'."""
+    line = {"event_id": "e1", "timestamp": "2026-11-30t12:00:00z", "source_host": "dn-1", "component": None,
+            "message": "Deleting block blk_7", "session_id": None}  # fmt: skip
+    windowed = scored_item(log_alert(line, "blk_7"))
+    assert windowed is not None and windowed.entity == "blk_7"
+    assert windowed.event_time_s == datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp()  # RFC 3339's lowercase t, z
+    assert windowed.dimensions == {"source_host": "dn-1", "component": "-"}
+    del line["component"]
+    absent = scored_item(log_alert(line, "blk_7"))
+    assert absent is not None and absent.dimensions == windowed.dimensions, "null and absent are one window key"
+
+
+def test_an_alert_storm_over_many_entities_keeps_a_windows_state_bounded_and_its_heavy_hitter_exact() -> None:
+    storm = [item(f"bot{i}", T0 + (i % 50), alert=True) for i in range(5 * TRACKED_ENTITIES)]
+    storm[::100] = [item("mallory", T0 + i % 50, alert=True) for i in range(len(storm[::100]))]
+    state: dict[str, Any] = {}
+    escalations = []
+    for start in range(0, len(storm), 500):
+        escalations += merge_partials(SPEC, state, partials_of(SPEC, storm[start : start + 500], state)).escalations
+    tracked = [window["alerts"]["entities"] if "alerts" in window and isinstance(window["alerts"], dict)
+               else window.get("entities", {}) for window in state.values() if isinstance(window, dict)]  # fmt: skip
+    assert 0 < max(len(counts) for counts in tracked) <= 2 * TRACKED_ENTITIES  # 5,000 alerting entities came
+    assert max(len(msgspec.msgpack.encode(window)) for window in state.values()) < 40_000  # 44 kB, kept whole
+    assert [e["entity"] for e in escalations] == ["mallory"]
+    (report,) = close_windows(SPEC, state, "transactions", up_to_s=float("inf")).reports
+    assert report["alerts"]["top_entities"][0] == ["mallory", 50] and report["alerts"]["count"] == len(storm)

@@ -136,6 +136,7 @@ class StreamScorer:
                 payloads=[payloads[i] or b"" for i in decoded.positions],
                 keys=[m.key() for m in valid],
                 sources=[source_of(m) for m in valid],
+                entities=columns.entity.tolist(),
                 context=dict(zip(alerted.tolist(), context, strict=True)),
             )
             outputs += scored_records(batch, self._topics)

@@ -47,7 +47,15 @@ from shared.http_endpoints import start_http_endpoints
 from shared.kafka_client import ensure_topics
 from shared.logs import get_logger
 from shared.metrics import CHANGELOG_RECOVERY_SECONDS, RATE_ALERTS, RECORDS_AGGREGATED, WINDOWS_CLOSED
-from shared.windows import ScoredItem, WindowSpec, close_windows, merge_partials, partials_of, scored_item
+from shared.windows import (
+    FoldOutcome,
+    ScoredItem,
+    WindowSpec,
+    close_windows,
+    merge_partials,
+    partials_of,
+    scored_item,
+)
 
 log = get_logger("fleetwatch.summarizer")
 
@@ -206,8 +214,7 @@ def build_app(settings: FleetwatchSettings, data_dir: Path, recovered: threading
             partials = partials_of(spec, batch, view, now_s=time.time())
             outcome = merge_partials(spec, view, partials)
             closed = close_windows(spec, view, stream_name)
-            view.write_back()
-            _count_aggregated(stream_name, partials, outcome.late)
+            _count_aggregated(stream_name, outcome)
             for escalation in outcome.escalations:
                 await alerts.send(key=escalation["entity"].encode(), value=msgspec.json.encode(escalation))
                 RATE_ALERTS.labels(stream_name, "entity_escalation").inc()
@@ -222,6 +229,10 @@ def build_app(settings: FleetwatchSettings, data_dir: Path, recovered: threading
                 await alerts.send(key=stream_name.encode(), value=msgspec.json.encode(rate_alert))
                 RATE_ALERTS.labels(stream_name, "rate_alert").inc()
                 log.warning("rate_alert", **{k: rate_alert[k] for k in ("stream", "window_start", "rate", "alerts")})
+            # The state that says a window closed is written only once its report was handed to the producer: a
+            # crash before that reads the batch again and repeats what was sent (at-least-once); written first,
+            # it could land without the report, lost for good (until 2026-12-02).
+            view.write_back()
 
     started = time.monotonic()
 
@@ -235,15 +246,12 @@ def build_app(settings: FleetwatchSettings, data_dir: Path, recovered: threading
     return app
 
 
-def _count_aggregated(stream: str, batch: dict[str, dict[str, Any]], late: int) -> None:
-    """Records folded, by kind (replays left out): counted once, from the smallest window's key partials."""
-    sizes = [p["window_s"] for p in batch.values() if p["kind"] == "key"]
-    for partial in batch.values():
-        if partial["kind"] == "key" and partial["window_s"] == min(sizes):
-            RECORDS_AGGREGATED.labels(stream, "alert").inc(partial["alerts"]["count"])
-            RECORDS_AGGREGATED.labels(stream, "normal").inc(partial["normal"]["count"])
-    if late:
-        RECORDS_AGGREGATED.labels(stream, "late").inc(late)
+def _count_aggregated(stream: str, outcome: FoldOutcome) -> None:
+    """Records folded, by kind (replays left out), and records too late for their window."""
+    RECORDS_AGGREGATED.labels(stream, "alert").inc(outcome.alerts)
+    RECORDS_AGGREGATED.labels(stream, "normal").inc(outcome.normal)
+    if outcome.late:
+        RECORDS_AGGREGATED.labels(stream, "late").inc(outcome.late)
 
 
 class BoundedStopWorker(faust.Worker):
