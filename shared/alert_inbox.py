@@ -3,51 +3,76 @@
 
 An alert is identified by the input record it was raised for (`stream:topic:partition:offset` of its
 source), so a batch the workers wrote twice (at-least-once delivery, a replayed topic) is stored once.
-The entity of an alert is the field its stream windows by (`user_id` for transactions).
+The entity of an alert is the key the worker kept its state under, which the record carries (a user, an
+asset, a log line's session); a record from before 2026-12-02 gives the field its stream windows by.
 
->>> alert_id({"stream": "transactions", "source": {"topic": "t", "partition": 0, "offset": 7}})
+>>> alert_id("transactions", Source(topic="t", partition=0, offset=7))
 'transactions:t:0:7'
+
+Every record is checked against what the console reads of it (`_Alert`, `_WindowReport`, `_WindowAlert`)
+before it is stored: one malformed record is refused (`msgspec.ValidationError`, a ValueError) and skipped
+by the caller, never stored half or left to fail the batch's transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from shared.console_store import ConsoleStore, Row, Transaction
+from shared.output_records import DetectorVerdict, Source, StandoutFeature
 from shared.streams.catalog import CATALOG
 
 AlertFilter = dict[str, str | None]
 
 
-def alert_id(record: dict[str, Any]) -> str:
-    source = record["source"]
-    return f"{record['stream']}:{source['topic']}:{source['partition']}:{source['offset']}"
+def alert_id(stream: str, source: Source) -> str:
+    return f"{stream}:{source.topic}:{source.partition}:{source.offset}"
 
 
 def _entity_field(stream: str) -> str:
     return CATALOG[stream].windows.entity if stream in CATALOG else "entity"
 
 
+class _Alert(msgspec.Struct):
+    """What the console reads of a worker's alert record (`shared.output_records.AlertRecord`, whose parts it
+    reuses): the page shows the detectors and standout features, the rules read the event as an object and
+    compare times. Other fields are kept as sent."""
+
+    stream: str
+    model_version: int
+    severity: Literal["low", "medium", "high"]
+    severity_score: float
+    fired: list[str]
+    detectors: list[DetectorVerdict]
+    standout_features: list[StandoutFeature]
+    source: Source
+    detected_at: Annotated[datetime, msgspec.Meta(tz=True)]
+    event: dict[str, Any]
+    entity: str | None = None  # the worker's key (a log line's session); None in records before 2026-12-02
+
+
 def store_alert(tx: Transaction, record: dict[str, Any]) -> str | None:
-    """Insert one worker alert record; its id when it is new, None when it was stored before."""
-    event = record.get("event") or {}
-    identifier = alert_id(record)
+    """Insert one worker alert record; its id when it is new, None when it was stored before. A record without
+    the fields the console reads, or with values of other types, is refused (`msgspec.ValidationError`)."""
+    alert = msgspec.convert(record, _Alert)
+    identifier = alert_id(alert.stream, alert.source)
     inserted = tx.run(
         "INSERT INTO alerts (id, stream, model_version, severity, severity_score, fired, entity, event_id, "
         "detected_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
         (
             identifier,
-            record["stream"],
-            int(record["model_version"]),
-            record["severity"],
-            float(record["severity_score"]),
-            msgspec.json.encode(record["fired"]).decode(),
-            str(event.get(_entity_field(record["stream"]), "")),
-            str(event.get("event_id", "")),
-            record["detected_at"],
+            alert.stream,
+            alert.model_version,
+            alert.severity,
+            alert.severity_score,
+            msgspec.json.encode(alert.fired).decode(),
+            alert.entity if alert.entity is not None else str(alert.event.get(_entity_field(alert.stream), "")),
+            str(alert.event.get("event_id", "")),
+            record["detected_at"],  # as sent: the text the rules compare, checked to be a time with its zone
             msgspec.json.encode(record).decode(),
         ),
     )
@@ -164,12 +189,13 @@ def recent_alerts(
     detector: str | None = None,
     severity: str | None = None,
     entity: str | None = None,
-    after_seq: int = 0,
+    after_seq: int | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    """Newest first; `after_seq` returns only alerts stored after that one (what a polling page asks for)."""
+    """Newest first; with `after_seq`, the alerts stored after that one, oldest first: a page that polls reads
+    them in order, `limit` at a time, and never skips one however many came in since its last poll."""
     clauses: list[str] = ["seq > ?"]
-    params: list[Any] = [after_seq]
+    params: list[Any] = [after_seq or 0]
     for column, value in (("stream", stream), ("severity", severity), ("entity", entity)):
         if value is not None:
             clauses.append(f"{column} = ?")
@@ -178,7 +204,8 @@ def recent_alerts(
         # `fired` is a JSON list of names; names are [a-z0-9_], so a quoted match is exact.
         clauses.append("fired LIKE ?")
         params.append(f'%"{detector}"%')
-    sql = f"SELECT {_SUMMARY_COLUMNS} FROM alerts WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ?"
+    order = "DESC" if after_seq is None else "ASC"
+    sql = f"SELECT {_SUMMARY_COLUMNS} FROM alerts WHERE {' AND '.join(clauses)} ORDER BY seq {order} LIMIT ?"
     return [_summary(row) for row in store.rows(sql, (*params, limit))]
 
 
@@ -196,6 +223,23 @@ def alert_report(store: ConsoleStore, identifier: str) -> dict[str, Any] | None:
         return None
     row = rows[0]
     return {**_summary({k: v for k, v in row.items() if k != "body"}), "report": msgspec.json.decode(row["body"])}
+
+
+def await_rules(tx: Transaction, identifier: str) -> None:
+    """Mark a new alert for the automation rules, in the transaction that stores it: an alert stored is never
+    left out by rules that failed (the store lost, the console stopped) before they ran."""
+    tx.run("INSERT INTO alerts_awaiting_rules (alert_id) VALUES (?)", (identifier,))
+
+
+def alerts_awaiting_rules(store: ConsoleStore) -> list[str]:
+    """The ids of alerts the rules have not run on, oldest first."""
+    rows = store.rows("SELECT a.id FROM alerts_awaiting_rules w JOIN alerts a ON a.id = w.alert_id ORDER BY a.seq")
+    return [row["id"] for row in rows]
+
+
+def rules_ran(store: ConsoleStore, identifier: str) -> None:
+    with store.transaction() as tx:
+        tx.run("DELETE FROM alerts_awaiting_rules WHERE alert_id = ?", (identifier,))
 
 
 def entity_alert_count(tx: Transaction, entity: str, since_iso: str) -> int:

@@ -1,9 +1,10 @@
 """The console's audit log: append-only, each record chained to the one before by a SHA-256 hash.
 
 A record's hash covers its own fields and the previous record's hash, so changing, removing or
-reordering any record breaks every later link; `verify_chain` finds the first broken one. The chain
-proves the log was not edited in place; a copy on the `audit` topic (exported by the console) is what
-survives someone who rewrites the whole table.
+reordering any record breaks every later link; `verify_chain` finds the first broken one. Removing the
+newest records leaves a shorter intact chain: `verify_store` finds that against the interventions, one
+per record. The chain proves the log was not edited in place; a copy on the `audit` topic (exported by
+the console) is what survives someone who rewrites the whole table.
 
 >>> first = seal(GENESIS, 1, AuditDraft(actor="ann", action="lock_account", target="u1", reason="fraud",
 ...                                     before={"state": "unlocked"}, after={"state": "locked"},
@@ -126,15 +127,6 @@ def entry_from_row(row: Row) -> AuditEntry:
 _COLUMNS = "seq, acted_at, actor, action, target, reason, before_state, after_state, request_id, prev_hash, hash"
 
 
-def read_entries(store: ConsoleStore, after_seq: int = 0, limit: int | None = None) -> list[AuditEntry]:
-    """Records after `after_seq`, oldest first (all of them without `limit`)."""
-    sql = f"SELECT {_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq"
-    params: tuple[int, ...] = (after_seq,)
-    if limit is not None:
-        sql, params = sql + " LIMIT ?", (after_seq, limit)
-    return [entry_from_row(row) for row in store.rows(sql, params)]
-
-
 def latest_entries(store: ConsoleStore, limit: int) -> list[AuditEntry]:
     rows = store.rows(f"SELECT {_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT ?", (limit,))
     return [entry_from_row(row) for row in rows]
@@ -164,4 +156,23 @@ def verify_chain(entries: Iterable[AuditEntry]) -> ChainVerdict:
 
 
 def verify_store(store: ConsoleStore) -> ChainVerdict:
-    return verify_chain(read_entries(store))
+    """The chain, then its length against the interventions: `InterventionDesk.apply` writes each intervention with
+    exactly one audit record in one transaction, so the newest records removed (which leaves an intact, shorter
+    chain) show as interventions without their record. Both are read under the chain's lock, as of one moment.
+    Not found here: the newest records removed together with their interventions (the `audit` topic's copy is
+    what shows that)."""
+    with store.transaction() as tx:
+        tx.lock_chain()
+        entries = [entry_from_row(row) for row in tx.rows(f"SELECT {_COLUMNS} FROM audit_log ORDER BY seq")]
+        interventions = int(tx.rows("SELECT COUNT(*) AS n FROM interventions")[0]["n"])
+    verdict = verify_chain(entries)
+    if not verdict.ok or interventions == verdict.checked:
+        return verdict
+    if interventions > verdict.checked:
+        problem = (
+            f"{interventions} interventions but {verdict.checked} audit records: "
+            f"records {verdict.checked + 1} to {interventions} were removed"
+        )
+        return ChainVerdict(ok=False, checked=verdict.checked, first_bad_seq=verdict.checked + 1, problem=problem)
+    problem = f"{verdict.checked} audit records but {interventions} interventions: interventions were removed"
+    return ChainVerdict(ok=False, checked=verdict.checked, problem=problem)

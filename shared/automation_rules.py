@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.alert_inbox import entity_alert_count
-from shared.console_store import ConsoleStore
+from shared.console_store import ConsoleStore, StoreUnavailable
 from shared.interventions import (
     SYSTEM_ACTOR,
     Action,
@@ -26,6 +26,9 @@ from shared.interventions import (
     Outcome,
     entity_controls,
 )
+from shared.logs import get_logger
+
+log = get_logger("fleetwatch.console")
 
 _CONTROL_STATE = {
     Action.LOCK_ACCOUNT: ("account", "locked"),
@@ -79,16 +82,34 @@ AutomationRule = SeverityRule | EntityBurstRule
 def run_rules(
     rules: list[AutomationRule], desk: InterventionDesk, store: ConsoleStore, alert: dict[str, Any]
 ) -> list[Outcome]:
-    """Apply every rule the alert passes (an alert summary of `alert_inbox`: id, stream, severity, entity ...)."""
+    """Apply every rule the alert passes (an alert summary of `alert_inbox`: id, stream, severity, entity ...).
+    A rule that fails is logged and the others still run; a store that does not answer stops them all (raised:
+    the caller runs them again later)."""
     outcomes = []
     for rule in rules:
-        reason = rule.reason(alert, store)
-        if reason is None:
+        try:
+            outcome = _apply_rule(rule, desk, store, alert)
+        except StoreUnavailable:
+            raise
+        except Exception:  # one rule's failure (a bug, a refused action) must not cost the other rules or alerts
+            log.exception("automation rule failed on an alert", rule=rule.name, alert=alert["id"])
             continue
-        target = alert["event_id"] if rule.action is Action.BLOCK_TRANSACTION else alert["entity"]
-        if not target:
-            continue
-        request = InterventionRequest(
+        if outcome is not None:
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _apply_rule(
+    rule: AutomationRule, desk: InterventionDesk, store: ConsoleStore, alert: dict[str, Any]
+) -> Outcome | None:
+    reason = rule.reason(alert, store)
+    if reason is None:
+        return None
+    target = alert["event_id"] if rule.action is Action.BLOCK_TRANSACTION else alert["entity"]
+    if not target:
+        return None
+    return desk.apply(
+        InterventionRequest(
             action=rule.action,
             target=target,
             reason=f"rule {rule.name}: {reason}",
@@ -97,5 +118,4 @@ def run_rules(
             alert_id=alert["id"],
             idempotency_key=f"rule:{rule.name}:{alert['id']}",
         )
-        outcomes.append(desk.apply(request))
-    return outcomes
+    )

@@ -3,7 +3,8 @@
 Users live in the console store with argon2id password hashes (argon2-cffi's defaults). A login
 returns a bearer JWT (HS256) from the console's own issuer: subject, role, issuer, audience, expiry,
 id. `PERMISSIONS` is the one table that says what each role may do; every endpoint names the one
-permission it needs. Failed logins are throttled per user name and client address.
+permission it needs. Login attempts are throttled per user name and client address, and at most
+`CONCURRENT_HASHES` password hashes (64 MiB each) run at once, so a burst of logins cannot exhaust memory.
 
 >>> sorted(p.value for p in PERMISSIONS[Role.ANALYST])
 ['label_alerts', 'read', 'read_audit']
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
 import os
 import secrets
 import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +38,12 @@ from shared.errors import FleetwatchError
 from shared.output_records import now_iso
 
 ISSUER = "fleetwatch-console"
+
+CONCURRENT_HASHES = 2
+"""Password hashes (argon2id, 64 MiB each) running at once in one process: the memory login may take."""
+
+HASH_SLOT_WAIT_S = 2.0
+"""How long a login waits for a hash slot before it is refused as busy (a hash takes 0.1-0.5 s)."""
 
 
 class Role(enum.StrEnum):
@@ -61,6 +71,10 @@ PERMISSIONS: dict[Role, frozenset[Permission]] = {
 
 class AuthenticationFailed(FleetwatchError):
     """No valid credentials: a missing, expired, forged or malformed token, or a wrong password."""
+
+
+class PasswordCheckBusy(FleetwatchError):
+    """Every hash slot stayed taken for `HASH_SLOT_WAIT_S`: the password was not checked (try again shortly)."""
 
 
 @dataclass(frozen=True)
@@ -127,11 +141,22 @@ def signing_key(key: str | None, key_file: Path | None, dev_dir: Path) -> bytes:
 
 
 class UserDirectory:
-    """Console users in the store; passwords as argon2id hashes, rehashed on login when parameters change."""
+    """Console users in the store; passwords as argon2id hashes, rehashed on login when parameters change.
+    Every hash runs in one of `concurrent_hashes` slots, which bounds the memory logins take."""
 
-    def __init__(self, store: ConsoleStore) -> None:
+    def __init__(self, store: ConsoleStore, concurrent_hashes: int = CONCURRENT_HASHES) -> None:
         self._store = store
         self._hasher = PasswordHasher()
+        self._hash_slots = threading.BoundedSemaphore(concurrent_hashes)
+
+    @contextmanager
+    def _hash_slot(self) -> Iterator[None]:
+        if not self._hash_slots.acquire(timeout=HASH_SLOT_WAIT_S):
+            raise PasswordCheckBusy("too many logins at once; try again in a second")
+        try:
+            yield
+        finally:
+            self._hash_slots.release()
 
     @functools.cached_property
     def _decoy(self) -> str:
@@ -142,7 +167,8 @@ class UserDirectory:
         """Create the user, or set a new password and role."""
         if not username or len(password) < 8:
             raise FleetwatchError("a user needs a name and a password of at least 8 characters")
-        hashed = self._hasher.hash(password)
+        with self._hash_slot():
+            hashed = self._hasher.hash(password)
         with self._store.transaction() as tx:
             tx.run("DELETE FROM console_users WHERE username = ?", (username,))
             tx.run(
@@ -151,12 +177,14 @@ class UserDirectory:
             )
 
     def authenticate(self, username: str, password: str) -> Principal:
+        """The user's principal; AuthenticationFailed, or PasswordCheckBusy when no hash slot came free."""
         rows = self._store.rows("SELECT password_hash, role FROM console_users WHERE username = ?", (username,))
-        stored = rows[0]["password_hash"] if rows else self._decoy
-        try:
-            self._hasher.verify(stored, password)
-        except (VerificationError, InvalidHashError):
-            raise AuthenticationFailed("wrong user name or password") from None
+        with self._hash_slot():
+            stored = rows[0]["password_hash"] if rows else self._decoy
+            try:
+                self._hasher.verify(stored, password)
+            except (VerificationError, InvalidHashError):
+                raise AuthenticationFailed("wrong user name or password") from None
         if not rows:
             raise AuthenticationFailed("wrong user name or password")
         if self._hasher.check_needs_rehash(stored):
@@ -171,33 +199,58 @@ class UserDirectory:
 
 
 class LoginThrottle:
-    """At most `max_failures` failed logins per (user name, client address) in `window_s`; then a pause
-    until the oldest failure leaves the window. A success clears the record."""
+    """At most `max_failures` login attempts per (user name, client address) in `window_s`; then a pause
+    until the oldest attempt leaves the window. A success clears the record.
+
+    `admit` checks and counts under one lock, before the slow password check: parallel guesses cannot all pass
+    the check before any of them is counted. Entries whose attempts all left the window are dropped.
+
+    >>> throttle = LoginThrottle(max_failures=2, window_s=60)
+    >>> [throttle.admit("ann", "10.0.0.1", now=t) for t in (0.0, 1.0, 2.0)]
+    [0.0, 0.0, 58.0]
+    >>> throttle.admit("ann", "10.0.0.1", now=61.0)
+    0.0
+    """
 
     def __init__(self, max_failures: int, window_s: float) -> None:
         self._max = max_failures
         self._window_s = window_s
-        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._attempts: dict[tuple[str, str], deque[float]] = {}
+        self._swept = -math.inf
         self._lock = threading.Lock()
 
-    def retry_after_s(self, username: str, address: str, now: float | None = None) -> float:
-        """0 when a login may be tried now, else the seconds to wait."""
+    def admit(self, username: str, address: str, now: float | None = None) -> float:
+        """0 when a login may be tried now (and this attempt is counted), else the seconds to wait."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            failures = self._recent((username, address), now)
-            return 0.0 if len(failures) < self._max else failures[0] + self._window_s - now
+            self._sweep(now)
+            attempts = self._attempts.setdefault((username, address), deque())
+            while attempts and attempts[0] <= now - self._window_s:
+                attempts.popleft()
+            if len(attempts) >= self._max:
+                return attempts[0] + self._window_s - now
+            attempts.append(now)
+            return 0.0
 
-    def failed(self, username: str, address: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+    def withdraw(self, username: str, address: str) -> None:
+        """Uncount one admitted attempt whose password was never checked (no hash slot came free)."""
         with self._lock:
-            self._recent((username, address), now).append(now)
+            attempts = self._attempts.get((username, address))
+            if attempts:
+                attempts.pop()
+            if not attempts:
+                self._attempts.pop((username, address), None)
 
     def succeeded(self, username: str, address: str) -> None:
         with self._lock:
-            self._failures.pop((username, address), None)
+            self._attempts.pop((username, address), None)
 
-    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
-        failures = self._failures.setdefault(key, deque())
-        while failures and failures[0] <= now - self._window_s:
-            failures.popleft()
-        return failures
+    def _sweep(self, now: float) -> None:
+        """Once a window, drop the pairs whose newest attempt left it: memory follows recent attempts only."""
+        if now - self._swept < self._window_s:
+            return
+        self._swept = now
+        for key in [
+            key for key, attempts in self._attempts.items() if not attempts or attempts[-1] <= now - self._window_s
+        ]:
+            del self._attempts[key]

@@ -3,7 +3,8 @@
 One schema and one SQL text for both: statements are written with `?` placeholders (SQLite's) and
 rewritten to psycopg's `%s`; only the auto-numbered key column differs. Every write goes through
 `transaction()`, which serialises writers (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: the caller can take
-`lock_chain()`, an advisory lock), so the audit chain cannot fork between two appenders.
+`lock_chain()`, an advisory lock), so the audit chain cannot fork between two appenders. A text parameter
+with a NUL character is refused on both (`UnstorableText`): PostgreSQL's text type cannot hold one.
 
 >>> store = ConsoleStore.open("sqlite://:memory:")
 >>> with store.transaction() as tx:
@@ -37,6 +38,7 @@ _SCHEMA = (
         severity TEXT NOT NULL, severity_score REAL NOT NULL, fired TEXT NOT NULL, entity TEXT NOT NULL,
         event_id TEXT NOT NULL, detected_at TEXT NOT NULL, body TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS alerts_by_entity ON alerts (entity, detected_at)",
+    "CREATE TABLE IF NOT EXISTS alerts_awaiting_rules (alert_id TEXT PRIMARY KEY)",
     "CREATE INDEX IF NOT EXISTS alerts_by_score ON alerts (severity_score)",
     """CREATE TABLE IF NOT EXISTS window_reports (
         id TEXT PRIMARY KEY, stream TEXT NOT NULL, window_s INTEGER NOT NULL, window_start TEXT NOT NULL,
@@ -68,6 +70,17 @@ class StoreUnavailable(FleetwatchError):
     """The store URL names no supported database, or the database cannot be reached."""
 
 
+class UnstorableText(FleetwatchError, ValueError):
+    """A text parameter holds a NUL character, which PostgreSQL's text type cannot hold: refused before the
+    driver sees it, on both databases alike (a request's input to refuse, not a store failure)."""
+
+
+def _refuse_nul(params: Sequence[Any]) -> tuple[Any, ...]:
+    if any(isinstance(value, str) and "\x00" in value for value in params):
+        raise UnstorableText("text with a NUL character (\\x00) cannot be stored or searched")
+    return tuple(params)
+
+
 class Transaction:
     """Statements inside one database transaction (committed when the `with` block ends without error)."""
 
@@ -76,7 +89,7 @@ class Transaction:
         self.dialect = dialect
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        self._cursor.execute(_placeholders(sql, self.dialect), tuple(params))
+        self._cursor.execute(_placeholders(sql, self.dialect), _refuse_nul(params))
         if self._cursor.description is None:
             return []
         names = [column[0] for column in self._cursor.description]
@@ -84,7 +97,7 @@ class Transaction:
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Execute one statement; return the number of rows it changed."""
-        self._cursor.execute(_placeholders(sql, self.dialect), tuple(params))
+        self._cursor.execute(_placeholders(sql, self.dialect), _refuse_nul(params))
         return int(self._cursor.rowcount)
 
     def lock_chain(self) -> None:

@@ -120,7 +120,9 @@ CONSOLE_ACTIONS = Counter(
     ["action", "actor"],
 )
 CONSOLE_LOGINS = Counter(
-    "fleetwatch_console_logins_total", "Console login attempts, by result (ok, refused, throttled).", ["result"]
+    "fleetwatch_console_logins_total",
+    "Console login attempts, by result (ok, refused, throttled, busy: no password-hash slot came free).",
+    ["result"],
 )
 CONSOLE_RECORDS_INGESTED = Counter(
     "fleetwatch_console_records_ingested_total",

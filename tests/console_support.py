@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import uvicorn
+from fastapi import FastAPI
 
 from shared.config import ConsoleSettings
 from shared.console_auth import LoginThrottle, Role, TokenIssuer, UserDirectory
 from shared.console_store import ConsoleStore
 from shared.kafka_client import KafkaConnection
+from shared.local_infra.processes import free_port
 from shared.registry import ModelRegistry
 from shared.windows import WindowSpec, iso, rate_verdict
 from workers.console import ConsoleServices
@@ -130,3 +137,21 @@ def window_alerts_of(start_s: float) -> tuple[bytes, bytes]:
                   "window_start": iso(start_s), "window_end": iso(start_s + 60), "alerts": 9, "limit": 5,
                   "raised_at": iso(start_s + 61)}  # fmt: skip
     return msgspec.json.encode(rate), msgspec.json.encode(escalation)
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """`app` behind a real uvicorn server on a free loopback port (requests in parallel, as in production); its
+    base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 import redis
+from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from shared.artifact_store import RedisArtifactStore
-from shared.console_auth import PERMISSIONS, Permission, Role, TokenIssuer
+from shared.console_auth import PERMISSIONS, LoginThrottle, Permission, Role, TokenIssuer, UserDirectory
 from shared.registry import ModelRegistry
 from shared.training import TrainingResult
 from tests.console_support import (
@@ -25,6 +31,7 @@ from tests.console_support import (
     bearer,
     make_services,
     offline_feeds,
+    serving,
     window_alerts_of,
     window_report,
 )
@@ -194,6 +201,89 @@ def test_login_issues_a_working_token_and_throttles_guessing(client: TestClient,
     assert client.post("/api/login", json={"username": "nobody", "password": "x"}).status_code == 401
 
 
+class GatedHasher(PasswordHasher):
+    """argon2's hasher that counts the password checks running at once; each waits for `gate` first, so a test
+    can keep hash slots taken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.running = self.peak = 0
+        self._lock = threading.Lock()
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            self.gate.wait(30)
+            return super().verify(hash, password)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def parallel_logins(url: str, logins: list[tuple[str, str]]) -> list[httpx.Response]:
+    def log_in(login: tuple[str, str]) -> httpx.Response:
+        return httpx.post(f"{url}/api/login", json={"username": login[0], "password": login[1]}, timeout=60)
+
+    with ThreadPoolExecutor(len(logins)) as pool:
+        return list(pool.map(log_in, logins))
+
+
+def test_parallel_logins_run_at_most_two_password_hashes_at_once(
+    services: ConsoleServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hasher = GatedHasher()
+    monkeypatch.setattr(services.users, "_hasher", hasher)
+    with serving(create_app(services)) as url:
+        answers = parallel_logins(url, [(f"nobody-{i}", "guess") for i in range(20)])
+    assert hasher.peak <= 2  # each argon2id hash takes 64 MiB
+    assert {a.status_code for a in answers} <= {401, 503}
+    assert all(a.headers["Retry-After"] == "1" for a in answers if a.status_code == 503)
+
+
+def test_a_login_finding_every_hash_slot_taken_is_told_to_retry_and_not_counted_as_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = make_services(f"sqlite:///{tmp_path}/console.db", login_max_failures=1)
+    services.users.put("olga", PASSWORD, Role.OPERATOR)
+    hasher = GatedHasher()
+    monkeypatch.setattr(services.users, "_hasher", hasher)
+    hasher.gate.clear()
+    with serving(create_app(services)) as url, ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(parallel_logins, url, [(f"nobody-{i}", "guess")]) for i in range(2)]
+        while hasher.running < 2:
+            time.sleep(0.02)
+        busy = httpx.post(f"{url}/api/login", json={"username": "olga", "password": PASSWORD}, timeout=30)
+        hasher.gate.set()
+        assert [f.result()[0].status_code for f in held] == [401, 401]
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+        again = httpx.post(f"{url}/api/login", json={"username": "olga", "password": PASSWORD}, timeout=30)
+        assert again.status_code == 200, "the busy answer did not count against olga's one allowed failure"
+
+
+def test_parallel_guesses_are_counted_before_the_slow_hash_so_only_the_limit_gets_checked(
+    services: ConsoleServices,
+) -> None:
+    services.users = UserDirectory(services.store, concurrent_hashes=8)  # no busy answers: only the throttle counts
+    services.users.put("olga", PASSWORD, Role.OPERATOR)
+    limit = services.settings.login_max_failures
+    with serving(create_app(services)) as url:
+        answers = parallel_logins(url, [("olga", f"guess-{i}") for i in range(40)])
+        assert Counter(a.status_code for a in answers) == {401: limit, 429: 40 - limit}
+        assert parallel_logins(url, [("olga", PASSWORD)])[0].status_code == 429
+
+
+def test_the_throttle_forgets_pairs_whose_attempts_all_left_the_window() -> None:
+    throttle = LoginThrottle(max_failures=5, window_s=300)
+    for index in range(1_000):
+        throttle.admit(f"user-{index}", "10.0.0.1", now=0.0)
+    assert throttle.admit("ann", "10.0.0.2", now=301.0) == 0.0
+    assert list(throttle._attempts) == [("ann", "10.0.0.2")]
+
+
 def test_an_action_is_audited_with_who_what_target_reason_states_and_request_id(
     client: TestClient, services: ConsoleServices
 ) -> None:
@@ -276,6 +366,20 @@ def test_model_actions_move_the_registry_and_show_every_threshold_method(
     assert audit_count(services.store) == 2  # refused actions changed nothing and left no record
 
 
+def test_a_rollback_from_a_version_no_longer_deployed_is_refused_so_a_retry_does_not_roll_back_twice(
+    client: TestClient, services: ConsoleServices, trained: TrainingResult
+) -> None:
+    assert services.registry is not None
+    services.registry.publish(trained.bundle, trained.draft, deploy=True)  # v3: two versions to go back to
+    admin = bearer(services, Role.ADMIN)
+    body = {"from_version": 3, **REASON}
+    first = client.post("/api/models/transactions/rollback", json=body, headers=admin)
+    assert first.status_code == 201 and first.json()["after"] == {"deployed": 2}
+    retry = client.post("/api/models/transactions/rollback", json=body, headers=admin)
+    assert retry.status_code == 409 and "deploys v2, not v3" in retry.json()["detail"]
+    assert services.registry.deployed_version("transactions") == 2 and audit_count(services.store) == 1
+
+
 def test_models_give_each_threshold_methods_false_positive_rate_and_recall_on_the_test_part(
     client: TestClient, services: ConsoleServices, trained: TrainingResult, trained_metrics: TrainingResult
 ) -> None:
@@ -355,6 +459,20 @@ def test_alert_filters_top_n_and_polling(client: TestClient, services: ConsoleSe
     assert [a["entity"] for a in client.get(f"/api/alerts?after={newest_seq}", headers=viewer).json()] == ["user-2"]
     report = client.get(f"/api/alerts/{everything[0]['id']}", headers=viewer).json()["report"]
     assert report["detectors"][0]["threshold"] == -0.55 and report["standout_features"][0]["name"] == "amount_z"
+
+
+def test_polling_after_a_burst_larger_than_a_page_reads_every_alert_in_order(
+    client: TestClient, services: ConsoleServices
+) -> None:
+    viewer = bearer(services, Role.VIEWER)
+    [shown] = client.get("/api/alerts?limit=200", headers=viewer).json()  # the page's first load: newest first
+    offline_feeds(services).ingest([alert_payload(f"burst-{i}") for i in range(450)])
+    polled, last_seq = [], shown["seq"]
+    while page := client.get(f"/api/alerts?after={last_seq}&limit=200", headers=viewer).json():
+        polled += page
+        last_seq = page[-1]["seq"]
+    assert [a["entity"] for a in polled] == [f"burst-{i}" for i in range(450)]  # none skipped, oldest first
+    assert [a["seq"] for a in polled] == list(range(shown["seq"] + 1, shown["seq"] + 451))
 
 
 def test_window_reports_give_the_anomaly_rate_series(client: TestClient, services: ConsoleServices) -> None:
@@ -444,6 +562,32 @@ def test_an_action_needs_a_reason(client: TestClient, services: ConsoleServices)
         headers=bearer(services, Role.ADMIN),
     )
     assert response.status_code == 422 and audit_count(services.store) == 0
+
+
+def test_a_model_action_whose_reason_holds_a_nul_character_is_refused_before_the_registry_moves(
+    client: TestClient, services: ConsoleServices
+) -> None:
+    assert services.registry is not None
+    answer = client.post(
+        "/api/models/transactions/rollback", json={"reason": "bad\x00"}, headers=bearer(services, Role.ADMIN)
+    )
+    assert answer.status_code == 422 and services.registry.deployed_version("transactions") == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"action": "lock_account", "target": "user-1", "reason": "\\ud800"}',
+        b'{"action": "nope", "target": "\\ud800", "reason": "x"}',
+    ],
+)
+def test_a_lone_surrogate_in_json_is_refused_as_unprocessable(services: ConsoleServices, body: bytes) -> None:
+    client = TestClient(create_app(services), raise_server_exceptions=False)
+    headers = {**bearer(services, Role.ADMIN), "Content-Type": "application/json"}
+    answer = client.post("/api/interventions", content=body, headers=headers)
+    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][0] == "body"
+    login = client.post("/api/login", content=b'{"username": "\\ud800", "password": "x"}', headers=headers)
+    assert login.status_code == 422
 
 
 def test_probes_and_metrics_need_no_token(client: TestClient, services: ConsoleServices) -> None:

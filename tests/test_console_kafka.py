@@ -38,6 +38,8 @@ def test_alerts_flow_in_and_interventions_and_audit_records_flow_out(
     writer = producer(kafka)
     writer.produce(topics.alerts, alert_payload("user-77", "high"), key="user-77")
     writer.produce(topics.alerts, b"not json", key="x")  # skipped, counted, not fatal
+    poisoned = {**msgspec.json.decode(alert_payload("user-78", "high")), "detected_at": None}
+    writer.produce(topics.alerts, msgspec.json.encode(poisoned), key="user-78")  # as well
     assert writer.flush(10) == 0
     feeds.start()
     try:
@@ -55,6 +57,7 @@ def test_alerts_flow_in_and_interventions_and_audit_records_flow_out(
                 and len(services.store.rows("SELECT seq FROM audit_log")) == 2
             )
         )
+        assert not feeds.died
     finally:
         feeds.stop()
 

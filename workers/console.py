@@ -8,7 +8,9 @@ as a header, never as a cookie, so no request is authorised by the browser on it
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, which name closures.
+import json
 import re
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +19,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
@@ -29,13 +33,14 @@ from shared.config import ConsoleSettings, FleetwatchSettings, dev_dir
 from shared.console_auth import (
     AuthenticationFailed,
     LoginThrottle,
+    PasswordCheckBusy,
     Permission,
     Principal,
     TokenIssuer,
     UserDirectory,
     signing_key,
 )
-from shared.console_store import ConsoleStore
+from shared.console_store import ConsoleStore, UnstorableText
 from shared.errors import FleetwatchError
 from shared.interventions import Action, InterventionDesk, InterventionRefused, InterventionRequest
 from shared.logs import get_logger
@@ -52,7 +57,8 @@ PAGE_DIR = Path(__file__).with_name("console_page")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 Text = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
-Reason = Annotated[str, Field(min_length=1, max_length=500, pattern=r"\S")]
+# Something besides spaces, and no NUL: a model action changes the registry before the store refuses one.
+Reason = Annotated[str, Field(min_length=1, max_length=500, pattern=r"^[^\x00]*[^\x00\s][^\x00]*$")]
 
 
 class LoginBody(BaseModel):
@@ -91,6 +97,10 @@ class PromoteBody(BaseModel):
 
 class RollbackBody(BaseModel):
     reason: Reason
+    from_version: Annotated[int | None, Field(ge=1, le=2**31)] = Field(
+        None,
+        description="the version the caller sees deployed: refused (409) when another is (a retry, a double click)",
+    )
 
 
 class ThresholdsBody(BaseModel):
@@ -112,6 +122,7 @@ class ConsoleServices:
     registry: ModelRegistry | None
     desk: InterventionDesk = field(init=False)
     on_applied: list[Callable[[], None]] = field(default_factory=list)
+    _model_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.desk = InterventionDesk(self.store, self._model_control if self.registry else None, self._applied)
@@ -132,12 +143,22 @@ class ConsoleServices:
             callback()
 
     def _model_control(self, request: InterventionRequest) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Promote, roll back or derive a version; (before, after) as the deployed version and its methods."""
+        """Promote, roll back or derive a version; (before, after) as the deployed version and its methods. One at a
+        time in this process, so a rollback's `from_version` check and the rollback cannot be split by another."""
+        with self._model_lock:
+            return self._change_model(request)
+
+    def _change_model(self, request: InterventionRequest) -> tuple[dict[str, Any], dict[str, Any]]:
         registry, stream = self.registry, request.target
         assert registry is not None
         if not self._knows(stream):
             raise InterventionRefused(f"unknown stream {stream!r}; streams: {', '.join(self.known_streams())}")
         before = {"deployed": registry.deployed_version(stream)}
+        expected = request.params.get("from_version")
+        if expected is not None and expected != before["deployed"]:
+            raise InterventionRefused(
+                f"{stream} deploys v{before['deployed']}, not v{expected}: nothing rolled back (rolled back already?)"
+            )
         try:
             if request.action is Action.PROMOTE_VERSION:
                 registry.promote(stream, int(request.params["version"]))
@@ -228,6 +249,17 @@ def create_app(services: ConsoleServices, feeds: "ConsoleFeeds | None" = None) -
     async def refused(_request: Request, exc: InterventionRefused) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
+    @app.exception_handler(UnstorableText)
+    async def unstorable(_request: Request, exc: UnstorableText) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> Response:
+        """FastAPI's own answer, ASCII-escaped: its UTF-8 encoding fails (a 500) on a lone surrogate (`"\\ud800"`)
+        in the input it echoes."""
+        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+        return Response(body, status_code=422, media_type="application/json")
+
     def principal(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
         if credentials is None:
             raise HTTPException(401, "log in first: Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
@@ -258,17 +290,22 @@ def create_app(services: ConsoleServices, feeds: "ConsoleFeeds | None" = None) -
         return msgspec.to_builtins(outcome.record)
 
     # --- authentication ----------------------------------------------------------------------------
-    @app.post("/api/login", response_model=TokenAnswer, tags=["auth"], responses={401: {}, 429: {}})
+    @app.post("/api/login", response_model=TokenAnswer, tags=["auth"], responses={401: {}, 429: {}, 503: {}})
     def login(body: LoginBody, request: Request) -> Any:
+        """429 when this user and address failed too often (their doing); 503 when every password-hash slot is
+        taken (the server's load, not the caller's attempts: not counted against them)."""
         address = request.client.host if request.client else "unknown"
-        wait_s = services.throttle.retry_after_s(body.username, address)
+        wait_s = services.throttle.admit(body.username, address)
         if wait_s > 0:
             CONSOLE_LOGINS.labels("throttled").inc()
             raise HTTPException(429, "too many failed logins; try later", {"Retry-After": str(int(wait_s) + 1)})
         try:
             who = services.users.authenticate(body.username, body.password)
+        except PasswordCheckBusy as exc:
+            services.throttle.withdraw(body.username, address)
+            CONSOLE_LOGINS.labels("busy").inc()
+            raise HTTPException(503, str(exc), {"Retry-After": "1"}) from exc
         except AuthenticationFailed as exc:
-            services.throttle.failed(body.username, address)
             CONSOLE_LOGINS.labels("refused").inc()
             raise HTTPException(401, str(exc)) from exc
         services.throttle.succeeded(body.username, address)
@@ -297,10 +334,13 @@ def create_app(services: ConsoleServices, feeds: "ConsoleFeeds | None" = None) -
         detector: Annotated[str | None, Query(max_length=100, pattern=r"^[a-z0-9_]+$")] = None,
         severity: Annotated[Literal["low", "medium", "high"] | None, Query()] = None,
         entity: Annotated[str | None, Query(max_length=200)] = None,
-        after: Annotated[int, Query(ge=0, le=2**62, description="only alerts stored after this seq (polling)")] = 0,
+        after: Annotated[
+            int | None, Query(ge=0, le=2**62, description="only alerts stored after this seq, oldest first (polling)")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[dict[str, Any]]:
-        """Newest first. A page polls with `after` = the highest `seq` it has."""
+        """Newest first. A page polls with `after` = the highest `seq` it has and gets the next ones in order, oldest
+        first; a full answer (`limit` alerts) means more are waiting: it asks again from the last one."""
         return alert_inbox.recent_alerts(
             store, stream=stream, detector=detector, severity=severity, entity=entity, after_seq=after, limit=limit
         )
@@ -439,7 +479,8 @@ def create_app(services: ConsoleServices, feeds: "ConsoleFeeds | None" = None) -
         request: Request,
         who: Annotated[Principal, Depends(require(Permission.MANAGE_MODELS))],
     ) -> Any:
-        return act(request, who, Action.ROLLBACK_VERSION, stream, body.reason)
+        params = {"from_version": body.from_version} if body.from_version is not None else {}
+        return act(request, who, Action.ROLLBACK_VERSION, stream, body.reason, params=params)
 
     @app.post("/api/models/{stream}/thresholds", tags=["models"], status_code=201, responses={409: {}})
     def thresholds(

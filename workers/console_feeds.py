@@ -1,10 +1,11 @@
 """The console's Kafka edges: alerts and window reports in, interventions and audit records out.
 
 One thread reads the alert topic and the reports topic (`read_committed`, its own consumer group),
-stores each record (ids make repeats harmless), runs the automation rules on alerts that are new, and
-commits offsets after the store did. The same thread exports the store's outbox to the `interventions`
-and `audit` topics (keyed by target) and marks records published only once the broker acknowledged
-them: at least once on Kafka, the intervention id / audit seq identifies a repeat.
+stores each record (ids make repeats harmless), runs the automation rules on alerts that are new (marked
+in the transaction that stores them, so rules cut short by a store that stopped answering run when the batch
+is read again), and commits offsets after the store and the rules did. The same thread exports the store's
+outbox to the `interventions` and `audit` topics (keyed by target) and marks records published only once the
+broker acknowledged them: at least once on Kafka, the intervention id / audit seq identifies a repeat.
 
 Every `CONTACT_INTERVAL_S` the thread asks the brokers for the alert topic's metadata: the last answer is
 `last_contact` (and a Prometheus timestamp), which the console's probes report. A Kafka outage does not make
@@ -153,8 +154,8 @@ class ConsoleFeeds:
         CONSOLE_KAFKA_LAST_CONTACT.set_to_current_time()
 
     def ingest(self, payloads: list[bytes]) -> list[str]:
-        """Store alerts, window reports and window alerts; run the rules on alerts seen for the first time; return
-        their ids."""
+        """Store alerts, window reports and window alerts; run the rules on every alert stored but not yet through
+        them; return the ids of alerts seen for the first time."""
         new_alerts = []
         with self.store.transaction() as tx:
             for record in alert_inbox.decode_records(payloads):
@@ -163,6 +164,8 @@ class ConsoleFeeds:
                     if kind == "alert" and record is not None:
                         if (identifier := alert_inbox.store_alert(tx, record)) is not None:
                             new_alerts.append(identifier)
+                            if self.rules:
+                                alert_inbox.await_rules(tx, identifier)
                     elif kind == "window_summary" and record is not None:
                         alert_inbox.store_window_report(tx, record)
                     elif kind in alert_inbox.WINDOW_ALERT_KINDS and record is not None:
@@ -173,11 +176,17 @@ class ConsoleFeeds:
                     log.warning("console skipped a malformed record", kind=kind, error=repr(exc))
                     kind = "skipped"
                 CONSOLE_RECORDS_INGESTED.labels("report" if kind == "window_summary" else kind).inc()
-        for identifier in new_alerts:
-            summary = alert_inbox.alert_report(self.store, identifier)
-            if summary is not None:
-                run_rules(self.rules, self.desk, self.store, summary)
+        self.apply_rules()
         return new_alerts
+
+    def apply_rules(self) -> None:
+        """Run the rules on each alert awaiting them, then clear its mark. A store that does not answer leaves the
+        rest marked for the batch's next reading; a rule run again acts no more (idempotency keys)."""
+        for identifier in alert_inbox.alerts_awaiting_rules(self.store):
+            alert = alert_inbox.alert_report(self.store, identifier)
+            if alert is not None:
+                run_rules(self.rules, self.desk, self.store, alert)
+            alert_inbox.rules_ran(self.store, identifier)
 
     def export(self, writer: Any) -> int:
         """Send the outbox to Kafka; mark what was acknowledged. Returns how many records were sent."""

@@ -2,7 +2,11 @@
 // an Authorization header (never a cookie), and every value from the API is set as text, never as HTML.
 "use strict";
 
-const state = { token: sessionStorage.getItem("fleetwatch-token"), me: null, lastSeq: 0, selected: null };
+// lastSeq: the highest alert seq shown (null: nothing loaded yet); filters: bumped when the filters change.
+const state = {
+  token: sessionStorage.getItem("fleetwatch-token"), me: null, lastSeq: null, filters: 0, polling: false,
+  selected: null,
+};
 const $ = (id) => document.getElementById(id);
 
 function el(tag, text, className) {
@@ -79,7 +83,11 @@ function inPanel(panelId, load) {
   };
 }
 
-// --- alerts (live: polled every 2 s for alerts stored after the newest one shown) -------------------
+// --- alerts (live: polled every 2 s for the alerts stored after the newest one shown) ---------------
+// The first load shows the newest; later polls read what came after, oldest first, a page at a time until
+// caught up, so a burst larger than one page is shown whole (the table keeps the newest 300 rows).
+const ALERT_PAGE = 200;
+
 function filterQuery() {
   const query = new URLSearchParams();
   for (const [name, id] of [["severity", "filter-severity"], ["entity", "filter-entity"], ["detector", "filter-detector"]]) {
@@ -88,35 +96,53 @@ function filterQuery() {
   return query;
 }
 
+function alertRow(alert) {
+  const row = el("tr");
+  row.dataset.id = alert.id;
+  row.append(
+    el("td", alert.seq), el("td", alert.detected_at.slice(11, 19)), el("td", alert.stream),
+    el("td", alert.entity), el("td", alert.severity, `sev-${alert.severity}`),
+    el("td", alert.severity_score.toFixed(2)), el("td", alert.fired.join(", ")),
+  );
+  row.addEventListener("click", () => openAlert(alert.id));
+  return row;
+}
+
 async function pollAlerts() {
-  const query = filterQuery();
-  query.set("after", state.lastSeq);
-  query.set("limit", "200");
+  if (state.polling) return; // a poll still paging through a burst: the next one starts where it ends
+  state.polling = true;
+  const filters = state.filters;
   try {
-    const alerts = await api(`/api/alerts?${query}`);
     const body = $("alerts").tBodies[0];
-    for (const alert of alerts.reverse()) {
-      const row = el("tr");
-      row.dataset.id = alert.id;
-      row.append(
-        el("td", alert.seq), el("td", alert.detected_at.slice(11, 19)), el("td", alert.stream),
-        el("td", alert.entity), el("td", alert.severity, `sev-${alert.severity}`),
-        el("td", alert.severity_score.toFixed(2)), el("td", alert.fired.join(", ")),
-      );
-      row.addEventListener("click", () => openAlert(alert.id));
-      body.prepend(row);
-      state.lastSeq = Math.max(state.lastSeq, alert.seq);
+    let full = true;
+    while (full) {
+      const query = filterQuery();
+      if (state.lastSeq !== null) query.set("after", state.lastSeq);
+      query.set("limit", ALERT_PAGE);
+      const alerts = await api(`/api/alerts?${query}`);
+      if (filters !== state.filters) return; // the filters changed meanwhile: these rows belong to the old ones
+      const oldestFirst = state.lastSeq === null ? alerts.reverse() : alerts;
+      full = state.lastSeq !== null && alerts.length === ALERT_PAGE;
+      state.lastSeq ??= 0;
+      for (const alert of oldestFirst) {
+        body.prepend(alertRow(alert));
+        state.lastSeq = Math.max(state.lastSeq, alert.seq);
+      }
+      while (body.rows.length > 300) body.deleteRow(-1);
     }
-    while (body.rows.length > 300) body.deleteRow(-1);
     $("live").textContent = `live · ${new Date().toLocaleTimeString()}`;
   } catch (error) {
     $("live").textContent = `not updating: ${error.message}`;
+  } finally {
+    if (filters === state.filters) state.polling = false; // else the poll for the new filters is running
   }
 }
 
 $("apply-filters").addEventListener("click", () => {
   $("alerts").tBodies[0].replaceChildren();
-  state.lastSeq = 0;
+  state.lastSeq = null;
+  state.filters += 1;
+  state.polling = false;
   pollAlerts();
 });
 
@@ -193,6 +219,7 @@ function confirmAction(title, text, run) {
     event.preventDefault();
     const reason = $("confirm-reason").value.trim();
     if (reason.length < 3) { $("confirm-error").textContent = "give a reason"; return; }
+    $("confirm-ok").disabled = true; // one request per confirmation: a second click while it runs does nothing
     try {
       await run(reason);
       dialog.close();
@@ -200,6 +227,8 @@ function confirmAction(title, text, run) {
       await Promise.all([loadModels(), loadAudit()]);
     } catch (error) {
       $("confirm-error").textContent = `refused: ${error.message}`;
+    } finally {
+      $("confirm-ok").disabled = false;
     }
   };
   dialog.showModal();
@@ -213,8 +242,11 @@ async function loadModels() {
   for (const stream of streams) {
     box.append(el("h3", `${stream.stream}: deployed v${stream.deployed ?? "none"}`));
     if (may("manage_models")) {
+      // from_version: a second click or a retry finds v<deployed> gone and is refused, not rolled back again.
       box.append(actionButton("Roll back", `Roll back ${stream.stream} from v${stream.deployed}`, true, (reason) =>
-        api(`/api/models/${stream.stream}/rollback`, { method: "POST", body: JSON.stringify({ reason }) })));
+        api(`/api/models/${stream.stream}/rollback`, {
+          method: "POST", body: JSON.stringify({ reason, from_version: stream.deployed ?? undefined }),
+        })));
     }
     const table = el("table");
     const head = el("tr");
