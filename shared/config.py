@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -25,6 +25,7 @@ from pydantic_settings import (
 from shared.kafka_client import KafkaConnection
 from shared.pipeline import Stream
 from shared.streams.catalog import CATALOG, load_plugins, stream_named
+from shared.thresholds import ThresholdConfig
 
 DEV_DIR_NAME = ".fleetwatch"
 CONNECTION_FILE_NAME = "connection.env"
@@ -121,6 +122,40 @@ class StreamSettings(Section):
     train_interval_s: float = Field(3600.0, gt=0)
     batch_alert_rate: float = Field(0.02, gt=0, lt=1, description="a batch whose anomaly rate passes this alerts")
 
+    @field_validator("detectors")
+    @classmethod
+    def _detectors_build(cls, detectors: list[DetectorConfig]) -> list[DetectorConfig]:
+        """Each configured detector is built (not fitted) now, so a bad kind or parameter is refused when the
+        settings load rather than minutes into a round; names are unique (a version holds one detector per
+        name). The stream's default detectors are not configured here and not built."""
+        names = [config.name for config in detectors]
+        if duplicated := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"detector names must be unique within a stream; repeated: {', '.join(duplicated)}")
+        if detectors:
+            from shared.detectors import build_detector  # scikit-learn loads in seconds: only when detectors are set
+
+            for config in detectors:
+                try:
+                    build_detector(config.kind, config.params)
+                except ValueError as exc:
+                    raise ValueError(f"detector {config.name!r}: {exc}") from exc
+        return detectors
+
+    @model_validator(mode="after")
+    def _thresholds_computable(self) -> StreamSettings:
+        self.threshold_config()  # its ValueError names the setting and its range
+        return self
+
+    def threshold_config(self) -> ThresholdConfig:
+        """The threshold methods' knobs, checked where they are defined (`shared.thresholds`)."""
+        return ThresholdConfig(
+            std_multiplier=self.std_multiplier,
+            moving_average_window=self.moving_average_window,
+            quantile=self.quantile,
+            target_fpr=self.target_fpr,
+            fleet_fpr_budget=self.fleet_fpr_budget,
+        )
+
     def completed(self, stream: Stream[Any, Any]) -> StreamSettings:
         """These settings with the stream's default topics, detectors and alert rule where none are set; ValueError
         when the stream refuses its featurization parameters."""
@@ -193,8 +228,13 @@ class RateCriterion(Section):
     window_s: int | None = Field(None, gt=0, description="window size the criteria apply to (default: smallest)")
     min_alerts: int = Field(100, gt=0, description="a stream window with at least this many alerts raises")
     baseline_multiple: float = Field(3.0, gt=1, description="...or an anomaly rate above this times the baseline")
-    baseline_windows: int = Field(10, gt=0, description="the baseline is the mean rate of this many past windows")
+    baseline_windows: int = Field(
+        10, gt=0, description="the baseline is the pooled rate (their alerts over their records) of this many windows"
+    )
     baseline_min_windows: int = Field(3, gt=0, description="no relative criterion before this many windows")
+    relative_min_alerts: int = Field(
+        5, gt=0, description="the relative criterion also needs this many alerts: one in a quiet window is no surge"
+    )
     entity_max_alerts: int = Field(5, gt=0, description="more alerts than this for one user in a window escalate")
 
     @model_validator(mode="after")

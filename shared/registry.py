@@ -3,7 +3,9 @@
 Redis holds the index (signed manifests), the deployed pointer and its history per stream, and
 publishes a notice on one channel whenever a version is published or a pointer moves. Artifact
 bytes go to a pluggable store. Loading checks the manifest's signature, then the artifact's hash
-and signature, and only then unpickles; anything else is refused with the reason.
+and signature, and only then unpickles; anything else is refused with the reason. A trained candidate
+deploys only over the version its gate compared it with (`publish_over`, one script in Redis), so a
+pointer moved meanwhile, by an operator's rollback say, stays where it was moved.
 """
 
 from __future__ import annotations
@@ -24,9 +26,51 @@ from shared.signing import content_hash, sign, signature_matches, signing_key
 from shared.streams.catalog import CATALOG
 from shared.thresholds import ThresholdMethod
 
+WRITE_SCRIPT = """
+local current = redis.call('GET', KEYS[3]) or ''
+local deploy = ARGV[1] == '1' and (ARGV[2] == '*' or ARGV[2] == current)
+local body, signature = ARGV[5], ARGV[6]
+if deploy then body, signature = ARGV[3], ARGV[4] end
+redis.call('HSET', KEYS[1], 'body', body, 'signature', signature)
+redis.call('ZADD', KEYS[2], ARGV[7], ARGV[7])
+if deploy then
+  redis.call('SET', KEYS[3], ARGV[7])
+  redis.call('RPUSH', KEYS[4], ARGV[7])
+  return 1
+end
+return 0
+"""
+"""Write a manifest and, when asked (ARGV[1]), point the stream at it, but only while the pointer is at ARGV[2]
+('*': wherever it is, '': at no version); the manifest written is ARGV[3..4] when deployed, else ARGV[5..6].
+KEYS: manifest, versions, deployed, history (one hash tag); returns 1 when it deployed."""
+
+ANY_VERSION = "*"
+
 
 class VersionRefused(FleetwatchError):
     """A version that is missing, unsigned, tampered with or signed with another key."""
+
+
+@dataclass(frozen=True)
+class RefusedVersion:
+    """A version that does not verify (tampered, unsigned, another key), listed with why instead of failing the
+    listing of the others."""
+
+    version: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """The version a rollback deployed, and the more recent earlier ones it passed over because they do not
+    load."""
+
+    deployed: DeployedVersion
+    skipped: list[RefusedVersion]
+
+    @property
+    def version(self) -> int:
+        return self.deployed.version
 
 
 class Notice(msgspec.Struct, kw_only=True):
@@ -72,10 +116,20 @@ class ModelRegistry:
         self._store = store
         self._key = key
         self.keys = RegistryKeys(prefix)
+        self._write = client.register_script(WRITE_SCRIPT)
 
     # --- writing -------------------------------------------------------------------------------
     def publish(self, bundle: ModelBundle, draft: Manifest, deploy: bool) -> Manifest:
         """Store a new version (numbered here) and, with `deploy`, point the stream at it."""
+        return self._publish(bundle, draft, deploy, ANY_VERSION)[0]
+
+    def publish_over(self, bundle: ModelBundle, draft: Manifest, compared_with: int | None) -> tuple[Manifest, bool]:
+        """Store a new version that a gate accepted against `compared_with` (None: no version was deployed) and
+        deploy it only if the pointer is still there; True when it did. A pointer moved meanwhile (an operator's
+        rollback) stays where it is, and the version is published with a note that says so."""
+        return self._publish(bundle, draft, True, "" if compared_with is None else str(compared_with))
+
+    def _publish(self, bundle: ModelBundle, draft: Manifest, deploy: bool, replacing: str) -> tuple[Manifest, bool]:
         version = int(self._redis.incr(self.keys.counter(draft.stream)))
         payload = bundle.to_bytes()
         self._store.put(draft.stream, version, payload)
@@ -85,8 +139,7 @@ class ModelRegistry:
         manifest = msgspec.structs.replace(
             draft, version=version, artifact=artifact, created_at=datetime.now(UTC).isoformat()
         )
-        self._write_manifest(manifest, deploy)
-        return manifest
+        return self._write_manifest(manifest, deploy, replacing)
 
     def derive_with_thresholds(self, stream: str, version: int, methods: dict[str, str]) -> Manifest:
         """A new version with other active threshold methods and the same artifact bytes.
@@ -114,19 +167,30 @@ class ModelRegistry:
         self._write_manifest(manifest, deploy=self.deployed_version(stream) == version)
         return manifest
 
-    def _write_manifest(self, manifest: Manifest, deploy: bool) -> None:
-        body = msgspec.json.encode(manifest)
+    def _write_manifest(self, manifest: Manifest, deploy: bool, replacing: str = ANY_VERSION) -> tuple[Manifest, bool]:
+        """Write the manifest and, with `deploy`, move the pointer to it while it is at `replacing`, in one step;
+        the manifest as written (its note says why when the pointer had moved) and whether it deployed."""
         stream, version = manifest.stream, manifest.version
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(self.keys.manifest(stream, version), mapping={"body": body, "signature": sign(self._key, body)})
-        pipe.zadd(self.keys.versions(stream), {str(version): version})
-        if deploy:
-            pipe.set(self.keys.deployed(stream), version)
-            pipe.rpush(self.keys.history(stream), version)
-        pipe.execute()
+        held_back = manifest
+        if deploy and replacing != ANY_VERSION:
+            was = f"v{replacing}" if replacing else "no version"
+            held_back = msgspec.structs.replace(
+                manifest,
+                note=f"{manifest.note}; not deployed: the deployed version moved away from {was}, which it was "
+                f"compared with, while it was trained; promote it by hand: "
+                f"`fleetwatch models promote {version} --stream {stream}`",
+            )
+        args: list[str | bytes | int] = ["1" if deploy else "0", replacing]
+        for written in (manifest, held_back):
+            body = msgspec.json.encode(written)
+            args += [body, sign(self._key, body)]
+        keys = [self.keys.manifest(stream, version), self.keys.versions(stream)]
+        keys += [self.keys.deployed(stream), self.keys.history(stream)]
+        deployed = self._write(keys=keys, args=[*args, version]) == 1
         self._notify(stream, version, "published")
-        if deploy:
+        if deployed:
             self._notify(stream, version, "deployed")
+        return (manifest if deployed else held_back), deployed
 
     def promote(self, stream: str, version: int) -> DeployedVersion:
         """Point the stream at `version` after proving it loads; a refused version moves nothing."""
@@ -138,21 +202,31 @@ class ModelRegistry:
         self._notify(stream, version, "deployed")
         return loaded
 
-    def rollback(self, stream: str) -> DeployedVersion:
-        """Deploy the version that was deployed before the current one."""
+    def rollback(self, stream: str) -> Rollback:
+        """Deploy the version that was deployed before the current one; one that does not load (a manifest
+        signed with a rotated-out key, say) is passed over for the one deployed before it."""
         current = self.deployed_version(stream)
         history = [int(v) for v in self._redis.lrange(self.keys.history(stream), 0, -1)]
-        earlier = [v for v in history if v != current]
+        earlier = list(dict.fromkeys(v for v in reversed(history) if v != current))
         if current is None or not earlier:
             raise FleetwatchError(f"{stream}: no earlier deployed version to roll back to")
-        target = earlier[-1]
-        loaded = self.load(stream, target)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.set(self.keys.deployed(stream), target)
-        pipe.lrem(self.keys.history(stream), 0, str(current))
-        pipe.execute()
-        self._notify(stream, target, "deployed")
-        return loaded
+        skipped: list[RefusedVersion] = []
+        for target in earlier:
+            try:
+                loaded = self.load(stream, target)
+            except VersionRefused as exc:
+                skipped.append(RefusedVersion(target, str(exc)))
+                continue
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(self.keys.deployed(stream), target)
+            pipe.lrem(self.keys.history(stream), 0, str(current))
+            pipe.execute()
+            self._notify(stream, target, "deployed")
+            return Rollback(loaded, skipped)
+        raise VersionRefused(
+            f"{stream}: no earlier deployed version loads; the pointer stays at v{current}: "
+            + "; ".join(refused.reason for refused in skipped)
+        )
 
     def _notify(self, stream: str, version: int, event: str) -> None:
         notice = Notice(stream=stream, version=version, event=event, at=time.time())
@@ -180,8 +254,19 @@ class ModelRegistry:
             )
         return msgspec.json.decode(body, type=Manifest)
 
+    def versions(self, stream: str) -> list[Manifest | RefusedVersion]:
+        """Every version of the stream, oldest first: its verified manifest, or why it is refused."""
+        listed: list[Manifest | RefusedVersion] = []
+        for version in self.version_numbers(stream):
+            try:
+                listed.append(self.manifest(stream, version))
+            except VersionRefused as exc:
+                listed.append(RefusedVersion(version, str(exc)))
+        return listed
+
     def manifests(self, stream: str) -> list[Manifest]:
-        return [self.manifest(stream, version) for version in self.version_numbers(stream)]
+        """The verified manifests, oldest first; `versions` also lists the refused ones."""
+        return [entry for entry in self.versions(stream) if isinstance(entry, Manifest)]
 
     def load(self, stream: str, version: int) -> DeployedVersion:
         """Verify the manifest (signature, stream, feature spec) and the artifact's hash and signature, then

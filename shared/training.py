@@ -175,16 +175,6 @@ def fit_detectors(
     return {name: detector for name, detector, _ in fitted}, {name: seconds for name, _, seconds in fitted}
 
 
-def _threshold_config(settings: StreamSettings) -> ThresholdConfig:
-    return ThresholdConfig(
-        std_multiplier=settings.std_multiplier,
-        moving_average_window=settings.moving_average_window,
-        quantile=settings.quantile,
-        target_fpr=settings.target_fpr,
-        fleet_fpr_budget=settings.fleet_fpr_budget,
-    )
-
-
 def _thresholds_with_shadows(
     calibration_scores: np.ndarray, names: list[str], shadow: set[str], config: ThresholdConfig
 ) -> dict[str, DetectorThresholds]:
@@ -327,7 +317,7 @@ def train_round(
     detectors, fit_seconds = fit_detectors(settings, stream, scaler.transform(raw[train_rows]), continuing)
     names = [config.name for config in settings.detectors]
     calibration_scores = score_matrix(detectors, names, scaler.transform(raw[calibration_rows]))
-    config = _threshold_config(settings)
+    config = settings.threshold_config()
     if config.fleet_fpr_budget * len(calibration_rows) < 1:
         log.warning(
             "too few calibration rows to place the fleet's false-positive budget: the threshold is the most "
@@ -445,11 +435,20 @@ def quality_gate(
     result: TrainingResult, deployed: DeployedVersion | None, labels: np.ndarray | None, settings: StreamSettings
 ) -> GateDecision:
     """Refuse a candidate whose fleet metric falls below the deployed version's, on the same rows, by more
-    than the margin. Without labels or a deployed version there is nothing to compare, so it passes."""
+    than the margin. Without labels or a deployed version there is nothing to compare, so it passes; with labels
+    whose evaluation part cannot compare (one class only), a person decides, so it does not pass."""
     if deployed is None:
         return GateDecision(True, "no deployed version that can score this data")
-    if result.evaluation is None or labels is None:
+    if labels is None:
         return GateDecision(True, "no labelled evaluation set: the gate cannot compare and lets it pass")
+    if result.evaluation is None:
+        held_out = labels[result.evaluation_rows]
+        return GateDecision(
+            False,
+            f"the labelled evaluation part ({len(held_out)} events, {int(held_out.sum())} anomalies) needs normal "
+            f"and anomalous events to compare with deployed v{deployed.version}; published without deploying: "
+            f"check it, then `fleetwatch models promote <this version> --stream {result.draft.stream}`",
+        )
     rows = result.evaluation_rows
     raw = result.raw_features
     if deployed.stream.fingerprint != result.bundle.stream.fingerprint:  # it learned other templates, say

@@ -101,13 +101,12 @@ def from_topic(
         deadline = time.monotonic() + timeout_s
         while pending and time.monotonic() < deadline:
             for message in reader.consume(num_messages=10_000, timeout=0.5):
-                if message.error() is not None:
-                    continue
-                partition, offset = int(message.partition() or 0), int(message.offset() or 0)
-                if offset < ends[partition]:
+                if message.error() is None and int(message.offset() or 0) < ends[int(message.partition() or 0)]:
                     payloads.append(message.value() or b"")
-                if offset >= ends[partition] - 1:
-                    pending.discard(partition)
+            # The position, not the last record: a transaction's commit marker (and an aborted transaction's
+            # records) take offsets below the end that a read_committed reader never receives.
+            positions = reader.position([TopicPartition(topic, partition) for partition in pending])
+            pending = {tp.partition for tp in positions if tp.offset < ends[tp.partition]}
     finally:
         reader.close()
     if pending:

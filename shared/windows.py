@@ -64,6 +64,7 @@ class WindowSpec:
     rate_baseline_multiple: float = 3.0
     rate_baseline_windows: int = 10
     rate_baseline_min_windows: int = 3
+    rate_relative_min_alerts: int = 5
     entity_max_alerts: int = 5
 
     @property
@@ -140,7 +141,8 @@ def _windows_ending_by(state: MutableMapping[str, Any], stream: str, limit_s: fl
 
 
 def baseline_id(stream: str) -> str:
-    return f"baseline|{stream}"
+    """The stream's last windows' [alerts, scored] (a new key: before 2026-12-02 it held rates, under `baseline|`)."""
+    return f"rate-baseline|{stream}"
 
 
 def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
@@ -400,23 +402,36 @@ def key_report(spec: WindowSpec, state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def rate_verdict(spec: WindowSpec, state: dict[str, Any], baseline_rates: list[float]) -> dict[str, Any] | None:
-    """A `rate_alert` record when the stream's window passes the absolute or the relative criterion."""
+def rate_verdict(spec: WindowSpec, state: dict[str, Any], baseline: list[list[int]]) -> dict[str, Any] | None:
+    """A `rate_alert` record when the stream's window passes the absolute or the relative criterion.
+
+    `baseline` holds the last windows' [alerts, scored]; their pooled rate (all their alerts over all they
+    scored) weighs each window by its size, so a near-empty one (1 alert of 2 scored) barely moves it, and the
+    relative criterion also needs `rate_relative_min_alerts`: one alert in a quiet minute is no surge."""
     scored, alerts = state["scored"], state["alerts"]
     rate = alerts / scored if scored else 0.0
-    usable = baseline_rates[-spec.rate_baseline_windows :]
-    baseline = float(np.mean(usable)) if len(usable) >= spec.rate_baseline_min_windows else None
+    usable = baseline[-spec.rate_baseline_windows :]
+    pooled_scored = sum(window_scored for _, window_scored in usable)
+    baseline_rate = (
+        sum(window_alerts for window_alerts, _ in usable) / pooled_scored
+        if len(usable) >= spec.rate_baseline_min_windows and pooled_scored
+        else None
+    )
     reasons = []
     if alerts >= spec.rate_min_alerts:
         reasons.append("absolute")
-    if baseline is not None and baseline > 0 and rate > spec.rate_baseline_multiple * baseline:
+    if (
+        baseline_rate  # neither None nor 0
+        and alerts >= spec.rate_relative_min_alerts
+        and rate > spec.rate_baseline_multiple * baseline_rate
+    ):
         reasons.append("relative")
     if not reasons:
         return None
     start, size = state["start"], state["window_s"]
     return {"type": "rate_alert", "stream": state["stream"], "window_s": size, "window_start": iso(start),
             "window_end": iso(start + size), "alerts": alerts, "scored": scored, "rate": rate,
-            "baseline": baseline, "criteria": reasons, "top_entities": _top(state["entities"]),
+            "baseline": baseline_rate, "criteria": reasons, "top_entities": _top(state["entities"]),
             "top_detectors": _top(state["by_detector"]), "raised_at": datetime.now(UTC).isoformat()}  # fmt: skip
 
 
@@ -440,8 +455,9 @@ def close_windows(
             verdict = rate_verdict(spec, window, baseline)
             if verdict is not None:
                 closed.rate_alerts.append(verdict)
-            rate = window["alerts"] / window["scored"] if window["scored"] else 0.0
-            state[baseline_id(stream)] = ([*baseline, rate])[-spec.rate_baseline_windows :]
+            state[baseline_id(stream)] = [*baseline, [window["alerts"], window["scored"]]][
+                -spec.rate_baseline_windows :
+            ]
     closed.reports.sort(key=lambda r: (r["window_start"], r["window_s"], sorted(r["dimensions"].items())))
     return closed
 

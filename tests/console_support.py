@@ -131,7 +131,7 @@ def window_alerts_of(start_s: float) -> tuple[bytes, bytes]:
     """A rate alert, as the summarizer's `rate_verdict` raises it, and an entity escalation, of one minute."""
     state = {"stream": "transactions", "start": start_s, "window_s": 60, "scored": 1_000, "alerts": 120,
              "entities": {"user-4711": 9, "user-0815": 2}, "by_detector": {"iforest": 120}}  # fmt: skip
-    rate = rate_verdict(WindowSpec(), state, [0.01, 0.012, 0.009])
+    rate = rate_verdict(WindowSpec(), state, [[10, 1_000], [12, 1_000], [9, 1_000]])
     assert rate is not None, "120 alerts pass the default absolute criterion"
     escalation = {"type": "entity_escalation", "stream": "transactions", "entity": "user-4711", "window_s": 60,
                   "window_start": iso(start_s), "window_end": iso(start_s + 60), "alerts": 9, "limit": 5,

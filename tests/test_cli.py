@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from shared.kafka_client import KafkaConnection, produce_all, producer, read_all, topic_partitions
 from shared.local_infra.processes import free_port, pid_is_alive
@@ -42,6 +43,8 @@ def test_help_explains_every_subcommand() -> None:
         (["generate", "--stream", "logs", "--days", "3"], "--days applies to transactions only"),
         (["generate", "--out", "e.jsonl", "--labels", "l.csv"], "l.csv: unsupported file type '.csv'"),
         (["no-such-command"], "No such command"),
+        (["trainer", "--spark-master", "local[1]"], "--spark-master needs --file"),
+        (["trainer", "--labels", "events.labels.jsonl"], "--labels needs --file"),
     ],
 )
 def test_bad_arguments_get_one_line_and_no_traceback(args: list[str], message: str, tmp_path: Path) -> None:
@@ -62,6 +65,7 @@ def test_bad_arguments_get_one_line_and_no_traceback(args: list[str], message: s
         (["models", "list"], {}, {"fleetwatch.toml": "streams = [\n"}, "unreadable settings"),
         (["models", "list", "--stream", "bogus"], {}, {}, "unknown stream 'bogus'"),
         (["train", "missing.jsonl"], {}, {}, "missing.jsonl: No such file or directory"),
+        (["train", "--request", "--stream", "weather"], {}, {}, "unknown stream 'weather'; known streams: logs"),
         (["report", "events.parquet"], {}, {"events.parquet": "not a table"}, "cannot read the file as a table"),
         (["generate", "--seed", "-1"], {}, {}, "--seed"),
         (["console", "verify-audit"], {"FLEETWATCH_CONSOLE__STORE_URL": "sqlite:///nowhere/c.db"}, {},
@@ -72,6 +76,11 @@ def test_bad_arguments_get_one_line_and_no_traceback(args: list[str], message: s
          "worker.batch_sise: Extra inputs are not permitted"),
         (["models", "list"], {"FLEETWATCH_STREAMS__TRANSACTIONS__INPUT_TOPICS": "x"}, {},
          "streams.transactions.input_topics: Extra inputs are not permitted"),
+        (["models", "list"], {"FLEETWATCH_STREAMS__TRANSACTIONS__QUANTILE": "1"}, {},
+         "streams.transactions: Value error, quantile must be in (0, 1), got 1.0"),
+        (["train", "e.jsonl"], {},
+         {"fleetwatch.toml": '[streams.transactions]\ndetectors = [{name="a", kind="hbos"}]\n'},
+         "streams.transactions.detectors: Value error, detector 'a': unknown detector kind 'hbos'"),
     ],
 )  # fmt: skip
 def test_bad_settings_and_unreadable_files_get_one_line_and_no_traceback(
@@ -214,3 +223,32 @@ def test_bench_without_its_extra_says_what_to_install_in_one_line(tmp_path: Path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "psutil not installed" in lines[0], result.stderr
     assert ".[bench]" in lines[0] and "bench/peers-requirements.txt" in lines[0]
+
+
+def test_models_list_and_rollback_show_a_version_signed_with_a_rotated_out_key_as_refused(
+    redis_server: RedisServer, unique_name: str, tmp_path: Path
+) -> None:
+    from shared.artifact_store import RedisArtifactStore
+    from shared.registry import ModelRegistry
+    from tests.small_models import train_small
+
+    trained, client, prefix = (
+        train_small(events=2_000, seed=4),
+        redis.Redis.from_url(redis_server.url),
+        f"{unique_name}:",
+    )
+    old_key, new_key = "old-key-0123456789abcdef", "new-key-0123456789abcdef"
+    for key in (old_key, new_key, new_key):
+        registry = ModelRegistry(client, RedisArtifactStore(client, prefix), key.encode(), prefix)
+        registry.publish(trained.bundle, trained.draft, deploy=True)
+    env = {"FLEETWATCH_REDIS_URL": redis_server.url, "FLEETWATCH_REDIS_PREFIX": prefix,
+           "FLEETWATCH_REGISTRY_KEY": new_key}  # fmt: skip
+    listed = run("models", "list", env=env, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "│ 1       │" in listed.stderr and "│ REFUSED " in listed.stderr, listed.stderr
+    assert "transactions v1: the manifest's signature" in listed.stderr and "│ * │ 3 " in listed.stderr
+    rolled = run("models", "rollback", env=env, cwd=tmp_path)
+    assert rolled.returncode == 0 and "rolled back to v2" in rolled.stderr, rolled.stderr
+    again = run("models", "rollback", env=env, cwd=tmp_path)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert "no earlier deployed version loads; the pointer stays at v2: transactions v1: " in again.stderr

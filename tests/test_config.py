@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,33 @@ def test_a_stream_the_config_never_names_takes_the_catalogs_defaults(isolated: P
     assert [d.name for d in metrics.detectors] == [d["name"] for d in METRICS.default_detectors]
     with pytest.raises(FleetwatchError, match=r"unknown stream 'weather'; known streams: .*metrics"):
         settings.stream_settings("weather")
+
+
+@pytest.mark.parametrize(
+    ("stream", "message"),
+    [
+        ({"quantile": 1.0}, r"quantile must be in \(0, 1\), got 1.0"),
+        ({"target_fpr": 0}, r"target_fpr must be in \(0, 1\), got 0"),
+        ({"std_multiplier": -1}, r"std_multiplier must be a finite number >= 0, got -1"),
+        ({"moving_average_window": 0}, r"moving_average_window must be an int >= 1, got 0"),
+        ({"detectors": [{"name": "a", "kind": "hbos"}]}, r"detector 'a': unknown detector kind 'hbos'; valid kinds"),
+        (
+            {"detectors": [{"name": "a", "kind": "isolation_forest", "params": {"n_trees": 3}}]},
+            r"detector 'a': isolation_forest detector has no parameter 'n_trees'",
+        ),
+        (
+            {"detectors": [{"name": "a", "kind": "isolation_forest", "params": {"n_estimators": -3}}]},
+            r"detector 'a': The 'n_estimators' parameter of IsolationForestDetector must be an int",
+        ),
+        (
+            {"detectors": [{"name": "a", "kind": "isolation_forest"}, {"name": "a", "kind": "robust_zscore"}]},
+            r"detector names must be unique within a stream; repeated: a",
+        ),
+    ],
+)
+def test_stream_settings_a_training_round_would_fail_on_are_refused_when_settings_load(
+    stream: dict[str, object], message: str, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEETWATCH_STREAMS", json.dumps({"transactions": stream}))
+    with pytest.raises(ValidationError, match=message):
+        load_settings()

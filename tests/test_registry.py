@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from shared.artifact_store import FileArtifactStore, RedisArtifactStore
 from shared.model_version import Manifest
-from shared.registry import ModelRegistry, Notice, VersionRefused
+from shared.registry import ModelRegistry, Notice, RefusedVersion, VersionRefused
 from shared.training import TrainingResult
 from tests.small_models import train_small
 from workers.version_watcher import VersionWatcher
@@ -182,6 +182,48 @@ def test_promote_and_rollback_move_the_pointer_and_send_notices(
     wait_for(lambda: len(notices) >= 5)
     assert [(n.event, n.version) for n in notices] == [
         ("published", 1), ("deployed", 1), ("published", 2), ("deployed", 2), ("deployed", 1)
+    ]  # fmt: skip
+
+
+def test_a_version_that_does_not_verify_is_listed_as_refused_and_rollback_passes_over_it(
+    registry: ModelRegistry, trained: TrainingResult, redis_client: redis.Redis
+) -> None:
+    for _ in range(3):
+        registry.publish(trained.bundle, trained.draft, deploy=True)
+    redis_client.hdel(registry.keys.manifest("transactions", 2), "signature")
+    listed = registry.versions("transactions")
+    assert [entry.version for entry in listed] == [1, 2, 3]
+    assert listed[1] == RefusedVersion(2, "transactions v2: the manifest has no signature")
+    assert [manifest.version for manifest in registry.manifests("transactions")] == [1, 3]
+    rollback = registry.rollback("transactions")
+    assert rollback.version == 1 and registry.deployed_version("transactions") == 1
+    assert [refused.version for refused in rollback.skipped] == [2]
+
+
+def test_after_a_key_rotation_rollback_is_refused_naming_the_versions_and_the_pointer_stays(
+    registry: ModelRegistry, trained: TrainingResult, redis_client: redis.Redis
+) -> None:
+    registry.publish(trained.bundle, trained.draft, deploy=True)
+    rotated = ModelRegistry(redis_client, registry._store, b"r" * 32, registry.keys.prefix)
+    rotated.publish(trained.bundle, trained.draft, deploy=True)
+    assert [type(entry) for entry in rotated.versions("transactions")] == [RefusedVersion, Manifest]
+    with pytest.raises(VersionRefused, match=r"no earlier deployed version loads; the pointer stays at v2: .* v1: "):
+        rotated.rollback("transactions")
+    assert rotated.deployed_version("transactions") == 2
+
+
+def test_a_candidate_deploys_only_over_the_version_it_was_compared_with(
+    registry: ModelRegistry, trained: TrainingResult, notices: list[Notice]
+) -> None:
+    registry.publish(trained.bundle, trained.draft, deploy=True)
+    stale, deployed = registry.publish_over(trained.bundle, trained.draft, compared_with=None)
+    assert not deployed and registry.deployed_version("transactions") == 1
+    assert registry.manifest("transactions", 2) == stale and "moved away from no version" in stale.note
+    current, deployed = registry.publish_over(trained.bundle, trained.draft, compared_with=1)
+    assert deployed and registry.deployed_version("transactions") == 3 and current.note == trained.draft.note
+    wait_for(lambda: len(notices) >= 5)
+    assert [(n.event, n.version) for n in notices] == [
+        ("published", 1), ("deployed", 1), ("published", 2), ("published", 3), ("deployed", 3)
     ]  # fmt: skip
 
 

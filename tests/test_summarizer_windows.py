@@ -18,6 +18,7 @@ from shared.windows import (
     WindowSpec,
     close_windows,
     fold_items,
+    iso,
     merge_partials,
     partials_of,
     scored_item,
@@ -65,6 +66,15 @@ def test_rate_above_a_multiple_of_the_baseline_raises_a_relative_alert() -> None
     burst = [item(f"b{i}", T0 + 180 + i, alert=i < 5) for i in range(20)]
     rate_alerts = run(quiet + burst + [item("c", T0 + 600)])[1]
     assert [(r["criteria"], r["baseline"]) for r in rate_alerts] == [(["relative"], pytest.approx(0.05))]
+
+
+def test_a_near_empty_window_neither_raises_a_relative_alert_nor_hides_the_surge_after_it() -> None:
+    quiet = [item(f"n{w}-{i}", T0 + 60 * w + i % 60, alert=i == 0) for w in range(3) for i in range(100)]
+    lull = [item("night-owl", T0 + 180, alert=True), item("night-cat", T0 + 181)]  # 1 alert of 2 scored
+    surge = [item(f"s{i}", T0 + 240 + i % 60, alert=i < 8) for i in range(100)]  # 8 % against 1 %
+    rate_alerts = run(quiet + lull + surge + [item("c", T0 + 600)])[1]
+    assert [(r["window_start"], r["criteria"]) for r in rate_alerts] == [(iso(T0 + 240), ["relative"])]
+    assert rate_alerts[0]["baseline"] == pytest.approx(4 / 302), "pooled: the lull's 1 of 2 weighs as 2 records"
 
 
 def test_entity_burst_escalates_once() -> None:

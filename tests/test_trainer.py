@@ -20,7 +20,7 @@ from shared.config import DetectorConfig, FleetwatchSettings, StreamSettings
 from shared.errors import FleetwatchError
 from shared.event_files import labels_path_for
 from shared.http_endpoints import scrape_metrics
-from shared.kafka_client import KafkaConnection, produce_all
+from shared.kafka_client import KafkaConnection, produce_all, producer
 from shared.local_infra.processes import free_port
 from shared.output_records import Source, SummaryRecord
 from shared.registry import ModelRegistry, open_registry
@@ -56,6 +56,18 @@ def settings_for(redis_url: str, prefix: str, detectors: list[DetectorConfig], *
         registry_key="test-key-0123456789abcdef",  # type: ignore[arg-type]
         streams={"transactions": StreamSettings(detectors=detectors, **stream)},  # type: ignore[arg-type]
     )
+
+
+def service_environment(redis_url: str, prefix: str) -> dict[str, str]:
+    """What `settings_for` holds, as the environment of a `fleetwatch` process (JSON logs)."""
+    return {
+        **os.environ,
+        "FLEETWATCH_REDIS_URL": redis_url,
+        "FLEETWATCH_REDIS_PREFIX": prefix,
+        "FLEETWATCH_REGISTRY_KEY": "test-key-0123456789abcdef",
+        "FLEETWATCH_STREAMS": json.dumps({"transactions": {"detectors": [d.model_dump() for d in SMALL]}}),
+        "FLEETWATCH_LOG_FORMAT": "json",
+    }
 
 
 @pytest.fixture
@@ -96,6 +108,47 @@ def test_quality_gate_refuses_a_worse_candidate_and_the_pointer_stays(
     assert not worse.gate.accepted and not worse.deployed
     assert registry.deployed_version("transactions") == good.manifest.version
     assert "gate: fleet f1" in registry.manifest("transactions", worse.manifest.version).note
+
+
+def test_labels_whose_evaluation_part_cannot_compare_publish_without_deploying(
+    settings: FleetwatchSettings, events_file: Path, tmp_path: Path
+) -> None:
+    registry = open_registry(settings)
+    deployed = run_round(settings, registry, "transactions", file_source(events_file))
+    times = [json.loads(line)["timestamp"] for line in events_file.read_text().splitlines()]
+    late = sorted(times)[int(len(times) * 0.8)]  # the evaluation part is the latest 15 %
+    clean_late = tmp_path / "clean_late.labels.jsonl"
+    with clean_late.open("w") as out:
+        for line, time_ in zip(labels_path_for(events_file).read_text().splitlines(), times, strict=True):
+            label = json.loads(line)
+            out.write(json.dumps(label | {"is_anomaly": label["is_anomaly"] and time_ < late}) + "\n")
+    source = TrainingSource(files=[str(events_file)], labels=str(clean_late))
+    outcome = run_round(settings, registry, "transactions", source)
+    assert outcome.result.evaluation is None and not outcome.gate.accepted and not outcome.deployed
+    assert registry.deployed_version("transactions") == deployed.manifest.version
+    note = registry.manifest("transactions", outcome.manifest.version).note
+    assert "0 anomalies) needs normal and anomalous events to compare with deployed v1" in note
+    assert "fleetwatch models promote <this version> --stream transactions" in note
+
+
+def test_a_rollback_during_a_round_stays_and_the_candidate_is_published_without_deploying(
+    settings: FleetwatchSettings, events_file: Path
+) -> None:
+    registry, source = open_registry(settings), TrainingSource(files=[str(events_file)])
+    for _ in range(2):
+        run_round(settings, registry, "transactions", source)
+    assert registry.deployed_version("transactions") == 2
+
+    def operator_rolls_back_after_the_gate(stage: str) -> None:
+        if stage == "publishing":
+            open_registry(settings).rollback("transactions")
+
+    outcome = run_round(settings, registry, "transactions", source, on_stage=operator_rolls_back_after_the_gate)
+    assert outcome.gate.accepted and not outcome.deployed
+    assert registry.deployed_version("transactions") == 1, "the operator's rollback stays"
+    note = registry.manifest("transactions", 3).note
+    assert "not deployed: the deployed version moved away from v2, which it was compared with" in note
+    assert "fleetwatch models promote 3 --stream transactions" in note
 
 
 def test_failed_round_publishes_nothing(settings: FleetwatchSettings, tmp_path: Path) -> None:
@@ -145,6 +198,28 @@ def test_round_reads_the_summary_topic_of_records_judged_normal(
     outcome = run_round(settings, open_registry(settings), "transactions", TrainingSource(topic=topic))
     info = outcome.manifest.training
     assert info.source == f"kafka:{topic}" and info.rows_train + info.rows_calibration == 3_000
+
+
+def test_events_written_in_kafka_transactions_are_read_to_the_end_promptly(
+    kafka: KafkaConnection,
+    make_topic,  # type: ignore[no-untyped-def]
+) -> None:
+    from shared.training_data import from_topic
+
+    topic = make_topic("transactional", partitions=2)
+    data = generate_transactions(GeneratorSpec(users=100, events=600, seed=8))
+    keys, payloads = data.columns["user_id"].tolist(), transaction_payloads(data, 0, len(data))
+    writer = producer(kafka, **{"transactional.id": f"writer-{topic}"})
+    writer.init_transactions(30)
+    for commit in (False, True):  # an aborted transaction, then the one a read_committed reader sees
+        writer.begin_transaction()
+        for key, payload in zip(keys, payloads, strict=True):
+            writer.produce(topic, value=payload, key=key)
+        writer.commit_transaction(30) if commit else writer.abort_transaction(30)
+    started = time.monotonic()
+    read = from_topic(TRANSACTIONS, kafka, topic, None, 1.0, 10**6, timeout_s=30)
+    assert len(read.columns) == 600, "the aborted transaction's records are not read"
+    assert time.monotonic() - started < 15, "the end is the last stable offset, behind the commit marker"
 
 
 def test_sampling_keeps_whole_users(settings: FleetwatchSettings, events_file: Path) -> None:
@@ -201,6 +276,42 @@ def test_trainer_service_trains_on_schedule_and_on_request_then_stops_on_sigterm
     assert '"trainer stopped"' in stderr
 
 
+def test_a_requested_round_keeps_no_deploy_and_reads_relative_paths_from_where_it_was_asked(
+    redis_server,  # type: ignore[no-untyped-def]
+    unique_name: str,
+    events_file: Path,
+    tmp_path: Path,
+) -> None:
+    prefix, port = f"{unique_name}:", free_port()
+    env = service_environment(redis_server.url, prefix)
+    fleetwatch = str(Path(sys.executable).with_name("fleetwatch"))
+    relative = [events_file.name, "--labels", labels_path_for(events_file).name]
+    asked = subprocess.run(
+        [fleetwatch, "train", "--request", "--no-deploy", *relative],
+        env=env, cwd=events_file.parent, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert asked.returncode == 0, asked.stderr
+    (tmp_path / "service").mkdir()
+    # The service runs elsewhere; its scheduled round reads a file that does not exist and publishes nothing.
+    command = [fleetwatch, "trainer", "--file", "absent.jsonl", "--metrics-port", str(port)]
+    service = subprocess.Popen(
+        command, env=env, cwd=tmp_path / "service", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    registry = open_registry(settings_for(redis_server.url, prefix, SMALL))
+    try:
+        deadline = time.monotonic() + 120
+        while registry.version_numbers("transactions") != [1] and time.monotonic() < deadline:
+            assert service.poll() is None, "the trainer ended"
+            time.sleep(0.2)
+        assert registry.version_numbers("transactions") == [1], "the requested round did not publish"
+    finally:
+        service.send_signal(signal.SIGTERM)
+        _, stderr = service.communicate(timeout=30)
+    assert service.returncode == 0, stderr
+    assert registry.manifest("transactions", 1).training.source == f"file:{events_file}"
+    assert registry.deployed_version("transactions") is None, "--no-deploy: published, the pointer not moved"
+
+
 def test_trainer_service_drops_malformed_requests_and_survives_a_crashing_round(
     redis_server,  # type: ignore[no-untyped-def]
     unique_name: str,
@@ -216,14 +327,7 @@ def test_trainer_service_drops_malformed_requests_and_survives_a_crashing_round(
     client.rpush(request_key(settings), b"{not json", b'{"stream": "transactions"}', b'{"stream": "x", "source": {}}')
     request_round(settings, "transactions", TrainingSource(files=[str(corrupt)]))
     request_round(settings, "transactions", file_source(events_file))
-    env = {
-        **os.environ,
-        "FLEETWATCH_REDIS_URL": redis_server.url,
-        "FLEETWATCH_REDIS_PREFIX": prefix,
-        "FLEETWATCH_REGISTRY_KEY": "test-key-0123456789abcdef",
-        "FLEETWATCH_STREAMS": json.dumps({"transactions": {"detectors": [d.model_dump() for d in SMALL]}}),
-        "FLEETWATCH_LOG_FORMAT": "json",
-    }
+    env = service_environment(redis_server.url, prefix)
     # The scheduled round reads a file that does not exist: only the valid request can publish.
     command = [str(Path(sys.executable).with_name("fleetwatch")), "trainer", "--file", str(tmp_path / "absent.jsonl"),
                "--metrics-port", str(port)]  # fmt: skip

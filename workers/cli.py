@@ -349,8 +349,9 @@ def train(
     settings = _settings()
     source = TrainingSource(files=[str(f) for f in files or []], topic=topic, labels=str(labels) if labels else None)
     if request:
-        request_round(settings, stream, source)
-        console.print(f"requested a training round for {stream}")
+        settings.stream_settings(stream)  # an unknown stream is refused here, not dropped by the service unseen
+        request_round(settings, stream, source, deploy=not no_deploy)
+        console.print(f"requested a training round for {stream}{' (not to be deployed)' if no_deploy else ''}")
         return
     _train_and_show(settings, stream, source, deploy=not no_deploy)
 
@@ -406,6 +407,13 @@ def trainer(
     from shared.spark_job import SparkJob
     from workers.trainer import TrainingSource, serve
 
+    # Refused at start: with either flag and no file, every round would fail.
+    if spark_master and not files:
+        raise FleetwatchError("--spark-master needs --file: Spark reads Parquet files, not the topic")
+    if labels and not files:
+        raise FleetwatchError(
+            "--labels needs --file: the labels name the events of those files, not the ones the topic keeps receiving"
+        )
     source = TrainingSource(
         files=[str(f) for f in files or []],
         labels=str(labels) if labels else None,
@@ -837,8 +845,9 @@ def report(
 
 @models_app.command("list")
 def models_list(stream: StreamOption = "transactions") -> None:
-    """Every version of the stream, newest last; * marks the deployed one."""
+    """Every version of the stream, newest last; * marks the deployed one, REFUSED one that does not verify."""
     settings = _settings()
+    from shared.registry import RefusedVersion
     from shared.streams.catalog import stream_named
 
     stream_named(stream)  # an unknown stream is an error, not an empty list
@@ -847,10 +856,15 @@ def models_list(stream: StreamOption = "transactions") -> None:
     table = Table(title=f"{stream} model versions")
     for column in ("", "version", "parent", "created", "detectors (mode:threshold)", "rows", "fleet F1", "note"):
         table.add_column(column)
-    for manifest in registry.manifests(stream):
+    for entry in registry.versions(stream):
+        mark = "*" if entry.version == deployed else ""
+        if isinstance(entry, RefusedVersion):
+            table.add_row(mark, str(entry.version), "", "", "REFUSED", "", "", entry.reason)
+            continue
+        manifest = entry
         fleet = (manifest.evaluation or {}).get("fleet", {})
         table.add_row(
-            "*" if manifest.version == deployed else "",
+            mark,
             str(manifest.version),
             str(manifest.parent_version or ""),
             manifest.created_at[:19],
@@ -889,8 +903,10 @@ def models_promote(
 @models_app.command("rollback")
 def models_rollback(stream: StreamOption = "transactions") -> None:
     """Deploy the version that was deployed before the current one."""
-    loaded = _registry(_settings()).rollback(stream)
-    console.print(f"{stream}: rolled back to v{loaded.version}")
+    rollback = _registry(_settings()).rollback(stream)
+    for refused in rollback.skipped:
+        console.print(f"{stream}: skipped v{refused.version}: {refused.reason}", markup=False)
+    console.print(f"{stream}: rolled back to v{rollback.version}")
 
 
 @models_app.command("thresholds")

@@ -72,6 +72,7 @@ def window_spec(summarizer: SummarizerSettings) -> WindowSpec:
         rate_baseline_multiple=rate.baseline_multiple,
         rate_baseline_windows=rate.baseline_windows,
         rate_baseline_min_windows=rate.baseline_min_windows,
+        rate_relative_min_alerts=rate.relative_min_alerts,
         entity_max_alerts=rate.entity_max_alerts,
     )
 

@@ -100,12 +100,13 @@ def run_round(
     started = time.perf_counter()
     on_stage("reading training data")
     data = _read_source(settings, stream, stream_settings, source)
+    # The parent, the gate's baseline and the pointer the candidate may replace: the version deployed now.
     deployed_version = registry.deployed_version(stream)
     on_stage(f"training {len(stream_settings.detectors)} detectors on {len(data.columns):,} events")
     result = train_round(data, stream_settings, stream_named(stream), deployed_version)
     on_stage("quality gate")
     try:
-        deployed = registry.load_deployed(stream)
+        deployed = None if deployed_version is None else registry.load(stream, deployed_version)
     except VersionRefused as exc:
         # E.g. trained on an older feature spec: it cannot score this data, so there is nothing to compare.
         log.warning("the deployed version cannot be compared", stream=stream, reason=str(exc))
@@ -113,7 +114,18 @@ def run_round(
     gate = quality_gate(result, deployed, data.is_anomaly, stream_settings)
     draft = msgspec.structs.replace(result.draft, note=f"gate: {gate.reason}")
     on_stage("publishing")
-    manifest = registry.publish(result.bundle, draft, deploy=deploy and gate.accepted)
+    if deploy and gate.accepted:
+        manifest, deployed_now = registry.publish_over(result.bundle, draft, compared_with=deployed_version)
+        if not deployed_now:
+            log.warning(
+                "the deployed version moved during the round; published without deploying",
+                stream=stream,
+                version=manifest.version,
+                compared_with=deployed_version,
+                deployed=registry.deployed_version(stream),
+            )
+    else:
+        manifest, deployed_now = registry.publish(result.bundle, draft, deploy=False), False
     outcome = "published" if gate.accepted else "refused_by_gate"
     metrics.TRAINING_RUNS.labels(stream, outcome).inc()
     metrics.TRAINING_SECONDS.labels(stream).observe(time.perf_counter() - started)
@@ -121,27 +133,34 @@ def run_round(
         "training round done",
         stream=stream,
         version=manifest.version,
-        deployed=deploy and gate.accepted,
+        deployed=deployed_now,
         gate=gate.reason,
         rows=len(data.columns),
         seconds=round(time.perf_counter() - started, 1),
     )
-    return RoundOutcome(manifest, deploy and gate.accepted, gate, result)
+    return RoundOutcome(manifest, deployed_now, gate, result)
 
 
 def request_key(settings: FleetwatchSettings) -> str:
     return f"{settings.redis_prefix}trainer:requests"
 
 
-def request_round(settings: FleetwatchSettings, stream: str, source: TrainingSource) -> None:
-    """Ask a running trainer service for a round now."""
-    client = connect_redis(settings.redis_url)
-    client.rpush(request_key(settings), msgspec.json.encode({"stream": stream, "source": source}))
-
-
-class TrainingRequest(msgspec.Struct):
+class TrainingRequest(msgspec.Struct, kw_only=True):
     stream: str
     source: TrainingSource
+    deploy: bool = True  # False: publish without moving the pointer, whatever the gate says
+
+
+def request_round(settings: FleetwatchSettings, stream: str, source: TrainingSource, deploy: bool = True) -> None:
+    """Ask a running trainer service for a round now. The service runs in its own directory, so file paths go
+    absolute, resolved here."""
+    absolute = msgspec.structs.replace(
+        source,
+        files=[str(Path(f).resolve()) for f in source.files],
+        labels=str(Path(source.labels).resolve()) if source.labels else None,
+    )
+    request = TrainingRequest(stream=stream, source=absolute, deploy=deploy)
+    connect_redis(settings.redis_url).rpush(request_key(settings), msgspec.json.encode(request))
 
 
 @dataclass(frozen=True)
@@ -214,7 +233,7 @@ def serve(settings: FleetwatchSettings, stream: str, source: TrainingSource, met
             continue
         round_stream, round_source = (request.stream, request.source) if request else (stream, source)
         try:
-            run_round(settings, registry, round_stream, round_source)
+            run_round(settings, registry, round_stream, round_source, deploy=request.deploy if request else True)
         except (FleetwatchError, redis.RedisError, OSError) as exc:
             metrics.TRAINING_RUNS.labels(round_stream, "failed").inc()
             log.error("training round failed; nothing published", stream=round_stream, error=str(exc))
