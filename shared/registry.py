@@ -123,11 +123,13 @@ class ModelRegistry:
         """Store a new version (numbered here) and, with `deploy`, point the stream at it."""
         return self._publish(bundle, draft, deploy, ANY_VERSION)[0]
 
-    def publish_over(self, bundle: ModelBundle, draft: Manifest, compared_with: int | None) -> tuple[Manifest, bool]:
-        """Store a new version that a gate accepted against `compared_with` (None: no version was deployed) and
-        deploy it only if the pointer is still there; True when it did. A pointer moved meanwhile (an operator's
-        rollback) stays where it is, and the version is published with a note that says so."""
-        return self._publish(bundle, draft, True, "" if compared_with is None else str(compared_with))
+    def publish_over(
+        self, bundle: ModelBundle, draft: Manifest, compared_with: int | None, deploy: bool = True
+    ) -> tuple[Manifest, bool]:
+        """Store a new version that a gate judged against `compared_with` (None: no version was deployed) and, with
+        `deploy`, deploy it only if the pointer is still there; True when it did. A pointer moved meanwhile (an
+        operator's rollback) stays where it is, and the version is published with a note that says so."""
+        return self._publish(bundle, draft, deploy, "" if compared_with is None else str(compared_with))
 
     def _publish(self, bundle: ModelBundle, draft: Manifest, deploy: bool, replacing: str) -> tuple[Manifest, bool]:
         version = int(self._redis.incr(self.keys.counter(draft.stream)))

@@ -225,8 +225,8 @@ def train_logs(
     data = TrainingData(columns, is_anomaly, source, raw_features=raw)
     result = train_round(data, stream_settings, learned, parent, continuing=parent_version)
     progress("quality gate", 0, 0)
-    try:
-        deployed = registry.load_deployed(STREAM)
+    try:  # the version the pointer held when the round began: the gate's baseline, and the one it may replace
+        deployed = None if deployed_number is None else registry.load(STREAM, deployed_number)
     except VersionRefused:
         deployed = None
     gate = quality_gate(result, deployed, is_anomaly, stream_settings)
@@ -237,9 +237,11 @@ def train_logs(
     note = f"gate: {gate.reason}; {NOTE_PREFIX}{json.dumps(facts, separators=(',', ':'))}"
     draft = msgspec.structs.replace(result.draft, note=note)
     progress("publishing", 0, 0)
-    manifest = registry.publish(result.bundle, draft, deploy=request.deploy and gate.accepted)
+    manifest, deployed_now = registry.publish_over(
+        result.bundle, draft, deployed_number, deploy=request.deploy and gate.accepted
+    )
     facts["seconds"] = round(time.perf_counter() - started, 1)
-    return LogTrainingOutcome(manifest, request.deploy and gate.accepted, gate, result.evaluation, facts)
+    return LogTrainingOutcome(manifest, deployed_now, gate, result.evaluation, facts)
 
 
 def corpus_facts(corpus: LogCorpus, columns: LogColumns, raw: np.ndarray, stream: LogStream) -> dict[str, Any]:

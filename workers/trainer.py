@@ -114,18 +114,15 @@ def run_round(
     gate = quality_gate(result, deployed, data.is_anomaly, stream_settings)
     draft = msgspec.structs.replace(result.draft, note=f"gate: {gate.reason}")
     on_stage("publishing")
-    if deploy and gate.accepted:
-        manifest, deployed_now = registry.publish_over(result.bundle, draft, compared_with=deployed_version)
-        if not deployed_now:
-            log.warning(
-                "the deployed version moved during the round; published without deploying",
-                stream=stream,
-                version=manifest.version,
-                compared_with=deployed_version,
-                deployed=registry.deployed_version(stream),
-            )
-    else:
-        manifest, deployed_now = registry.publish(result.bundle, draft, deploy=False), False
+    manifest, deployed_now = registry.publish_over(result.bundle, draft, deployed_version, deploy and gate.accepted)
+    if deploy and gate.accepted and not deployed_now:
+        log.warning(
+            "the deployed version moved during the round; published without deploying",
+            stream=stream,
+            version=manifest.version,
+            compared_with=deployed_version,
+            deployed=registry.deployed_version(stream),
+        )
     outcome = "published" if gate.accepted else "refused_by_gate"
     metrics.TRAINING_RUNS.labels(stream, outcome).inc()
     metrics.TRAINING_SECONDS.labels(stream).observe(time.perf_counter() - started)
