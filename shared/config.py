@@ -301,7 +301,9 @@ class ConsoleSettings(Section):
     signing_key: SecretStr | None = Field(None, description="HMAC key of the console's JWTs")
     signing_key_file: Path | None = Field(None, description="file holding that key (a mounted secret)")
     token_ttl_s: int = Field(3600, gt=0, description="lifetime of an access token")
-    login_max_failures: int = Field(5, gt=0, description="failed logins per user and address before a pause")
+    login_max_failures: int = Field(
+        5, gt=0, description="login attempts per user and address in login_window_s before a pause (a success clears)"
+    )
     login_window_s: float = Field(300.0, gt=0, description="...within this many seconds; the pause lasts as long")
     interventions_topic: str = "interventions"
     audit_topic: str = "audit"

@@ -15,6 +15,7 @@ permission it needs. Login attempts are throttled per user name and client addre
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import math
@@ -74,7 +75,8 @@ class AuthenticationFailed(FleetwatchError):
 
 
 class PasswordCheckBusy(FleetwatchError):
-    """Every hash slot stayed taken for `HASH_SLOT_WAIT_S`: the password was not checked (try again shortly)."""
+    """Every hash slot stayed taken for `HASH_SLOT_WAIT_S`: the password was not checked, or not stored (try again
+    shortly)."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,8 @@ class UserDirectory:
         if not rows:
             raise AuthenticationFailed("wrong user name or password")
         if self._hasher.check_needs_rehash(stored):
-            self.put(username, password, Role(rows[0]["role"]))
+            with contextlib.suppress(PasswordCheckBusy):  # the password was right: rehash at a later login instead
+                self.put(username, password, Role(rows[0]["role"]))
         return Principal(username, Role(rows[0]["role"]))
 
     def list(self) -> list[tuple[str, Role]]:

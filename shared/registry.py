@@ -46,6 +46,15 @@ KEYS: manifest, versions, deployed, history (one hash tag); returns 1 when it de
 
 ANY_VERSION = "*"
 
+ROLLBACK_SCRIPT = """
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+for i = 3, #ARGV do redis.call('LREM', KEYS[2], 0, ARGV[i]) end
+return 1
+"""
+"""Point the stream at ARGV[2] only while it is at ARGV[1], and drop ARGV[3..] (the version rolled back from and
+those passed over) from its history. KEYS: deployed, history (one hash tag); returns 1 when it moved."""
+
 
 class VersionRefused(FleetwatchError):
     """A version that is missing, unsigned, tampered with or signed with another key."""
@@ -117,6 +126,7 @@ class ModelRegistry:
         self._key = key
         self.keys = RegistryKeys(prefix)
         self._write = client.register_script(WRITE_SCRIPT)
+        self._roll_back = client.register_script(ROLLBACK_SCRIPT)
 
     # --- writing -------------------------------------------------------------------------------
     def publish(self, bundle: ModelBundle, draft: Manifest, deploy: bool) -> Manifest:
@@ -204,10 +214,16 @@ class ModelRegistry:
         self._notify(stream, version, "deployed")
         return loaded
 
-    def rollback(self, stream: str) -> Rollback:
+    def rollback(self, stream: str, from_version: int | None = None) -> Rollback:
         """Deploy the version that was deployed before the current one; one that does not load (a manifest
-        signed with a rotated-out key, say) is passed over for the one deployed before it."""
+        signed with a rotated-out key, say) is passed over for the one deployed before it, and leaves the history
+        with the current one. The pointer moves only while it is at the version this started from (`from_version`
+        when given): one moved meanwhile (a trainer deployed, another rollback) is left, and this refused."""
         current = self.deployed_version(stream)
+        if from_version is not None and from_version != current:
+            raise FleetwatchError(
+                f"{stream} deploys v{current}, not v{from_version}: nothing rolled back (rolled back already?)"
+            )
         history = [int(v) for v in self._redis.lrange(self.keys.history(stream), 0, -1)]
         earlier = list(dict.fromkeys(v for v in reversed(history) if v != current))
         if current is None or not earlier:
@@ -219,10 +235,12 @@ class ModelRegistry:
             except VersionRefused as exc:
                 skipped.append(RefusedVersion(target, str(exc)))
                 continue
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.set(self.keys.deployed(stream), target)
-            pipe.lrem(self.keys.history(stream), 0, str(current))
-            pipe.execute()
+            keys = [self.keys.deployed(stream), self.keys.history(stream)]
+            dropped = [current, *(refused.version for refused in skipped)]
+            if not self._roll_back(keys=keys, args=[current, target, *dropped]):
+                raise FleetwatchError(
+                    f"{stream}: the deployed version moved from v{current} during the rollback; nothing rolled back"
+                )
             self._notify(stream, target, "deployed")
             return Rollback(loaded, skipped)
         raise VersionRefused(

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from shared.kafka_client import KafkaConnection, read_all
 from shared.streams.catalog import stream_named
-from shared.windows import ScoredItem, WindowSpec, close_windows, fold_items
+from shared.windows import ScoredItem, WindowSpec, close_windows, dimension_value, fold_items
 
 
 def reports_from_scored_parquet(path: Path, spec: WindowSpec) -> list[dict[str, Any]]:
@@ -36,8 +36,8 @@ def reports_from_scored_parquet(path: Path, spec: WindowSpec) -> list[dict[str, 
             stream=stream,
             is_alert=bool(row["is_alert"]),
             event_time_s=row["timestamp"].timestamp(),
-            entity=str(row["entity"]),
-            dimensions={name: str(row[name]) for name in fields.dimensions},
+            entity=str(row["entity"] if "entity" in row else row[fields.entity]),  # no `entity` before 2026-12-02
+            dimensions={name: dimension_value(row[name]) for name in fields.dimensions},
             measure=float(row[fields.measure]) if fields.measure else 0.0,
             scores={c.removeprefix("score_"): float(row[c]) for c in score_columns},
             fired=tuple(row["fired"] or ()),

@@ -104,7 +104,7 @@ class FoldOutcome:
     escalations: list[dict[str, Any]] = field(default_factory=list)
     alerts: int = 0
     normal: int = 0
-    late: int = 0  # its window had closed: dropped
+    late: int = 0  # its smallest window had closed: dropped from that one
 
 
 def iso(seconds: float) -> str:
@@ -462,7 +462,7 @@ def close_windows(
     return closed
 
 
-def _dimension_value(value: Any) -> str:
+def dimension_value(value: Any) -> str:
     """A dimension field's value as a window key: absent and null alike are '-'."""
     return "-" if value is None else str(value)
 
@@ -479,7 +479,7 @@ def scored_item(value: bytes, source: str = "", offset: int = -1) -> ScoredItem 
             "stream": record.stream,
             "event_time_s": event_time_s,
             "entity": record.entity if record.entity is not None else str(event.get(fields.entity, "")),
-            "dimensions": {name: _dimension_value(event.get(name)) for name in fields.dimensions},
+            "dimensions": {name: dimension_value(event.get(name)) for name in fields.dimensions},
             "measure": float(event.get(fields.measure, 0.0)) if fields.measure else 0.0,
             "source": source,
             "offset": offset,

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -186,6 +187,9 @@ def test_train_then_infer_writes_sessions_per_detector_and_a_report(
     assert outcome.deployed and facts["files"] == ["dn-000.log", "dn-001.log", "dn-002.log"]
     assert facts["lines"] == 12_000 and facts["unmatched_lines"] == 0 and facts["templates"] > 5
     assert facts["sessions"] > 500 and facts["start"] < facts["end"]
+    # A version held back (the pointer moved during its round) has the registry's reason after the facts.
+    held_back = msgspec.structs.replace(outcome.manifest, note=f"{outcome.manifest.note}; not deployed: moved")
+    assert training_facts(held_back) == facts
 
     version = registry.load("logs", outcome.manifest.version)
     (result,) = infer_logs(version, [tmp_path / "test"], tmp_path / "out", ScanOptions())

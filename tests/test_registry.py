@@ -17,7 +17,8 @@ import redis
 from prometheus_client import REGISTRY
 
 from shared.artifact_store import FileArtifactStore, RedisArtifactStore
-from shared.model_version import Manifest
+from shared.errors import FleetwatchError
+from shared.model_version import DeployedVersion, Manifest
 from shared.registry import ModelRegistry, Notice, RefusedVersion, VersionRefused
 from shared.training import TrainingResult
 from tests.small_models import train_small
@@ -198,6 +199,28 @@ def test_a_version_that_does_not_verify_is_listed_as_refused_and_rollback_passes
     rollback = registry.rollback("transactions")
     assert rollback.version == 1 and registry.deployed_version("transactions") == 1
     assert [refused.version for refused in rollback.skipped] == [2]
+    history = [int(v) for v in redis_client.lrange(registry.keys.history("transactions"), 0, -1)]
+    assert history == [1], "the version passed over leaves the history too: a later rollback does not go forward"
+
+
+def test_a_rollback_moves_the_pointer_only_from_the_version_it_started_from(
+    registry: ModelRegistry, trained: TrainingResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(2):
+        registry.publish(trained.bundle, trained.draft, deploy=True)
+    with pytest.raises(FleetwatchError, match=r"deploys v2, not v1: nothing rolled back"):
+        registry.rollback("transactions", from_version=1)
+    load = registry.load
+
+    def load_while_a_trainer_deploys(stream: str, version: int) -> DeployedVersion:
+        loaded = load(stream, version)
+        registry.publish(trained.bundle, trained.draft, deploy=True)  # v3, while the rollback loads v1
+        return loaded
+
+    monkeypatch.setattr(registry, "load", load_while_a_trainer_deploys)
+    with pytest.raises(FleetwatchError, match=r"moved from v2 during the rollback; nothing rolled back"):
+        registry.rollback("transactions")
+    assert registry.deployed_version("transactions") == 3, "the trainer's deploy stays"
 
 
 def test_after_a_key_rotation_rollback_is_refused_naming_the_versions_and_the_pointer_stays(

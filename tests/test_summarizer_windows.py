@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from shared.output_records import AlertRecord, DetectorVerdict, Source
-from shared.summary_report import write_report
+from shared.summary_report import reports_from_scored_parquet, write_report
 from shared.windows import (
     TRACKED_ENTITIES,
     ScoredItem,
@@ -203,3 +205,26 @@ def test_an_alert_storm_over_many_entities_keeps_a_windows_state_bounded_and_its
     assert [e["entity"] for e in escalations] == ["mallory"]
     (report,) = close_windows(SPEC, state, "transactions", up_to_s=float("inf")).reports
     assert report["alerts"]["top_entities"][0] == ["mallory", 50] and report["alerts"]["count"] == len(storm)
+
+
+def test_a_scored_file_from_before_records_named_their_entity_reports_by_its_entity_field(tmp_path: Path) -> None:
+    rows = {
+        "stream": ["transactions"] * 3,
+        "timestamp": pa.array([(T0 + i) * 1000 for i in range(3)], pa.timestamp("ms", tz="UTC")),
+        "user_id": ["u1", "u1", "u2"],
+        "segment": ["tight-passive", None, "tight-passive"],
+        "transaction_type": ["purchase"] * 3,
+        "amount": [10.0, 20.0, 30.0],
+        "is_alert": [True, True, False],
+        "fired": [["iforest"], ["iforest"], []],
+        "severity": ["high", "high", "low"],
+        "score_iforest": [-0.9, -0.8, 0.2],
+    }
+    pq.write_table(pa.table(rows), tmp_path / "old.parquet")  # no `entity` column: written before 2026-12-02
+    pq.write_table(pa.table({**rows, "entity": ["k1", "k1", "k2"]}), tmp_path / "new.parquet")
+    spec = WindowSpec(sizes_s=(60,), lateness_s=0)
+    old = reports_from_scored_parquet(tmp_path / "old.parquet", spec)
+    new = reports_from_scored_parquet(tmp_path / "new.parquet", spec)
+    assert [r["alerts"]["top_entities"] for r in old] == [[["u1", 1]], [["u1", 1]]]
+    assert [r["alerts"]["top_entities"] for r in new] == [[["k1", 1]], [["k1", 1]]]
+    assert sorted(r["dimensions"]["segment"] for r in new) == ["-", "tight-passive"], "null is '-' as in a stream"

@@ -144,7 +144,8 @@ class ConsoleServices:
 
     def _model_control(self, request: InterventionRequest) -> tuple[dict[str, Any], dict[str, Any]]:
         """Promote, roll back or derive a version; (before, after) as the deployed version and its methods. One at a
-        time in this process, so a rollback's `from_version` check and the rollback cannot be split by another."""
+        time in this process; a rollback moves the pointer only from the version it names (`from_version`), checked
+        and moved in one Redis script, so neither a retry nor a trainer's deploy meanwhile is rolled back."""
         with self._model_lock:
             return self._change_model(request)
 
@@ -154,16 +155,14 @@ class ConsoleServices:
         if not self._knows(stream):
             raise InterventionRefused(f"unknown stream {stream!r}; streams: {', '.join(self.known_streams())}")
         before = {"deployed": registry.deployed_version(stream)}
-        expected = request.params.get("from_version")
-        if expected is not None and expected != before["deployed"]:
-            raise InterventionRefused(
-                f"{stream} deploys v{before['deployed']}, not v{expected}: nothing rolled back (rolled back already?)"
-            )
         try:
             if request.action is Action.PROMOTE_VERSION:
                 registry.promote(stream, int(request.params["version"]))
             elif request.action is Action.ROLLBACK_VERSION:
-                registry.rollback(stream)
+                from_version = request.params.get("from_version")
+                rolled = registry.rollback(stream, None if from_version is None else int(from_version))
+                skipped = [refused.version for refused in rolled.skipped]
+                return before, {"deployed": rolled.version, **({"skipped": skipped} if skipped else {})}
             else:
                 base = request.params.get("version") or before["deployed"]
                 if base is None:
@@ -298,7 +297,7 @@ def create_app(services: ConsoleServices, feeds: "ConsoleFeeds | None" = None) -
         wait_s = services.throttle.admit(body.username, address)
         if wait_s > 0:
             CONSOLE_LOGINS.labels("throttled").inc()
-            raise HTTPException(429, "too many failed logins; try later", {"Retry-After": str(int(wait_s) + 1)})
+            raise HTTPException(429, "too many login attempts; try later", {"Retry-After": str(int(wait_s) + 1)})
         try:
             who = services.users.authenticate(body.username, body.password)
         except PasswordCheckBusy as exc:

@@ -273,8 +273,8 @@ def corpus_facts(corpus: LogCorpus, columns: LogColumns, raw: np.ndarray, stream
 def training_facts(manifest: Manifest) -> dict[str, Any]:
     """The facts `train_logs` recorded in a version's note ({} for a version trained otherwise)."""
     _, found, text = manifest.note.partition(NOTE_PREFIX)
-    try:
-        return dict(json.loads(text)) if found else {}
+    try:  # the facts' JSON, and after it what the registry may have added (why it was not deployed)
+        return dict(json.JSONDecoder().raw_decode(text)[0]) if found else {}
     except json.JSONDecodeError:
         return {}
 
