@@ -10,7 +10,6 @@ as a header, never as a cookie, so no request is authorised by the browser on it
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, which name closures.
 import json
 import re
-import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -122,7 +121,6 @@ class ConsoleServices:
     registry: ModelRegistry | None
     desk: InterventionDesk = field(init=False)
     on_applied: list[Callable[[], None]] = field(default_factory=list)
-    _model_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.desk = InterventionDesk(self.store, self._model_control if self.registry else None, self._applied)
@@ -143,13 +141,9 @@ class ConsoleServices:
             callback()
 
     def _model_control(self, request: InterventionRequest) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Promote, roll back or derive a version; (before, after) as the deployed version and its methods. One at a
-        time in this process; a rollback moves the pointer only from the version it names (`from_version`), checked
-        and moved in one Redis script, so neither a retry nor a trainer's deploy meanwhile is rolled back."""
-        with self._model_lock:
-            return self._change_model(request)
-
-    def _change_model(self, request: InterventionRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Promote, roll back or derive a version; (before, after) as the deployed version and its methods. A
+        rollback moves the pointer only from the version it names (`from_version`), checked and moved in one Redis
+        script, so neither a retry, a second console nor a trainer's deploy meanwhile is rolled back."""
         registry, stream = self.registry, request.target
         assert registry is not None
         if not self._knows(stream):
