@@ -255,6 +255,12 @@ class SummarizerSettings(Section):
     )
     window_sizes_s: list[int] = Field(default_factory=lambda: [60, 3600], min_length=1)
     allowed_lateness_s: float = Field(5.0, ge=0, description="how long after its end a window still takes events")
+    idle_partition_s: float = Field(
+        60.0,
+        gt=0,
+        description="a workers' input partition whose events stopped coming this long ago (wall clock) no longer "
+        "holds windows open; longer than a worker's failover (librdkafka's default session timeout is 45 s)",
+    )
     partitions: int = Field(6, gt=0, description="partitions of the internal partials topic and the changelog")
     replication_factor: int = Field(
         1, gt=0, description="replicas of the internal topic and the changelog: 1 locally, 3 on a cluster"

@@ -2,8 +2,11 @@
 
 Pure functions over msgpack-able dicts, so the same state lives in a changelog-backed table (the
 summarizer), in memory (`fleetwatch report` over a scored Parquet) and in tests. A window
-[start, start + size) closes once the watermark (max event time seen minus the allowed lateness)
-reaches its end; events for an already closed window are late and dropped.
+[start, start + size) closes once the watermark, less the allowed lateness, reaches its end; events for an
+already closed window are late and dropped. The watermark is the event time every active origin (the input
+partition a worker read the event from) has reached: the least of their newest event times, so one partition
+running ahead does not close the windows another, lagging one (a worker failover, a backlog) still fills. An
+origin silent for `idle_origin_s` of wall clock no longer holds it back, and the watermark never goes back.
 
 Aggregation is in two steps: `partials_of` folds a batch of items into one partial window per
 (window, key) and per stream window, leaving out items a window already holds (replays), and
@@ -66,6 +69,7 @@ class WindowSpec:
     rate_baseline_min_windows: int = 3
     rate_relative_min_alerts: int = 5
     entity_max_alerts: int = 5
+    idle_origin_s: float = 60.0
 
     @property
     def rate_size_s(self) -> int:
@@ -88,6 +92,7 @@ class ScoredItem:
     severity: str = ""
     source: str = ""  # "topic:partition" the record was read from (empty: a file, no replays)
     offset: int = -1  # its offset there: a window counts each (source, offset) once
+    origin: str = ""  # "topic:partition" the worker read the event from: the watermark's unit
 
 
 @dataclass
@@ -126,6 +131,11 @@ def stream_id(size_s: int, start: int, stream: str) -> str:
 
 def watermark_id(stream: str) -> str:
     return f"watermark|{stream}"
+
+
+def origins_id(stream: str) -> str:
+    """The stream's active origins: {origin: [newest event time, wall clock when last seen]}."""
+    return f"origins|{stream}"
 
 
 def _windows_ending_by(state: MutableMapping[str, Any], stream: str, limit_s: float) -> list[str]:
@@ -208,7 +218,7 @@ def partials_of(
     spec: WindowSpec, items: list[ScoredItem], state: Mapping[str, Any] | None = None, now_s: float | None = None
 ) -> dict[str, dict[str, Any]]:
     """One partial window per (window, key) and per stream window the items touch, plus each stream's
-    watermark candidate (its newest event time) under `watermark_id(stream)`. With the wall clock's `now_s`, the
+    newest event time per origin under `watermark_id(stream)`. With the wall clock's `now_s`, the
     candidate stops there: an item dated after it (a producer whose clock is ahead, by seconds or by years)
     would otherwise close the open windows early, or all at once, and make the items after it late; the item
     itself still lands in its window, which closes when real time gets there.
@@ -229,8 +239,8 @@ def partials_of(
     # Each item touches a handful of dict entries keyed by its own fields; nothing here vectorizes.
     for item in items:
         at = min(item.event_time_s, clock_s)
-        newest = partials.setdefault(watermark_id(item.stream), {"kind": "watermark", "at": at})
-        newest["at"] = max(newest["at"], at)
+        newest = partials.setdefault(watermark_id(item.stream), {"kind": "watermark", "origins": {}})["origins"]
+        newest[item.origin] = max(newest.get(item.origin, at), at)
         for size_s in spec.sizes_s:
             start = window_start(item.event_time_s, size_s)
             kid = key_id(size_s, start, item.stream, item.dimensions)
@@ -325,11 +335,12 @@ def _merge_stream(spec: WindowSpec, into: dict[str, Any], partial: dict[str, Any
 
 
 def merge_partials(
-    spec: WindowSpec, state: MutableMapping[str, Any], partials: dict[str, dict[str, Any]]
+    spec: WindowSpec, state: MutableMapping[str, Any], partials: dict[str, dict[str, Any]], now_s: float | None = None
 ) -> FoldOutcome:
     """Add partial windows into the open windows of `state` (mutated); return the escalations they raise.
 
-    A partial whose window has already closed for its stream is late: dropped, its items counted.
+    A partial whose window has already closed for its stream is late: dropped, its items counted. Then each
+    stream's watermark moves (`_advance_watermark`); with the wall clock's `now_s`, idle origins let go of it.
     """
     outcome = FoldOutcome()
     smallest_s = min(spec.sizes_s)
@@ -358,8 +369,24 @@ def merge_partials(
             outcome.escalations += _merge_stream(spec, state[pid], partial)
     for pid, partial in partials.items():  # watermarks move after the partials of the same batch landed
         if partial["kind"] == "watermark":
-            state[pid] = max(state.get(pid, partial["at"]), partial["at"])
+            _advance_watermark(spec, state, pid.split("|", 1)[1], partial["origins"], now_s)
     return outcome
+
+
+def _advance_watermark(
+    spec: WindowSpec, state: MutableMapping[str, Any], stream: str, newest: dict[str, float], now_s: float | None
+) -> None:
+    """Record each origin's newest event time, forget the origins idle for `spec.idle_origin_s`, and move the
+    stream's watermark up to the least newest time of those left (never back: a closed window stays closed)."""
+    seen_s = 0.0 if now_s is None else now_s  # without a clock (a file, a test), no origin ever idles
+    origins = {origin: list(entry) for origin, entry in state.get(origins_id(stream), {}).items()}
+    for origin, at in newest.items():
+        origins[origin] = [max(origins.get(origin, [at])[0], at), seen_s]
+    active = {origin: entry for origin, entry in origins.items() if entry[1] >= seen_s - spec.idle_origin_s}
+    state[origins_id(stream)] = active
+    reached = min(at for at, _ in active.values())
+    previous = state.get(watermark_id(stream))
+    state[watermark_id(stream)] = reached if previous is None else max(previous, reached)
 
 
 def fold_items(spec: WindowSpec, state: MutableMapping[str, Any], items: list[ScoredItem]) -> FoldOutcome:
@@ -483,6 +510,7 @@ def scored_item(value: bytes, source: str = "", offset: int = -1) -> ScoredItem 
             "measure": float(event.get(fields.measure, 0.0)) if fields.measure else 0.0,
             "source": source,
             "offset": offset,
+            "origin": f"{record.source.topic}:{record.source.partition}",
         }
     except (msgspec.DecodeError, msgspec.ValidationError, KeyError, TypeError, ValueError, AttributeError):
         return None

@@ -169,6 +169,35 @@ def test_an_event_dated_years_ahead_does_not_close_the_open_windows() -> None:
     assert any(key.startswith(f"key|60|{4_070_000_000 // 60 * 60}|") for key in state), "the wrong clock's item is kept"
 
 
+def from_partition(partition: int, user: str, at_s: float) -> ScoredItem:
+    return dataclasses.replace(item(user, at_s), origin=f"transactions:{partition}")
+
+
+def test_a_lagging_input_partition_keeps_the_windows_it_still_fills_open_until_it_idles() -> None:
+    """A worker's failover: partition 1 stops while partition 0 runs on; its successor resumes 20 s later."""
+    spec = WindowSpec(sizes_s=(60,), lateness_s=5, idle_origin_s=60)
+    state: dict[str, Any] = {}
+
+    def fold(items: list[ScoredItem], now_s: float) -> int:
+        return merge_partials(spec, state, partials_of(spec, items, state, now_s), now_s).late
+
+    fold([from_partition(0, "a", T0 + 10), from_partition(1, "b", T0 + 55)], now_s=T0 + 56)
+    fold([from_partition(0, "a", T0 + 61 + i) for i in range(20)], now_s=T0 + 81)  # partition 1 is silent
+    assert close_windows(spec, state, "transactions").reports == [], "partition 1 holds the first minute open"
+    assert fold([from_partition(1, "b", T0 + 56), from_partition(1, "b", T0 + 71)], now_s=T0 + 100) == 0
+    (report,) = close_windows(spec, state, "transactions").reports
+    assert report["normal"]["count"] == 3, "the successor's record counted in its window, not as late"
+
+    # Partition 1 goes silent for good: past the idle time it no longer holds the stream's event time back.
+    fold([from_partition(0, "a", T0 + 130)], now_s=T0 + 131)
+    assert close_windows(spec, state, "transactions").reports == []
+    fold([from_partition(0, "a", T0 + 200)], now_s=T0 + 201)
+    assert [r["normal"]["count"] for r in close_windows(spec, state, "transactions").reports] == [21, 1]
+    # Revived with old events, it cannot reopen what closed: they are late, and the watermark stays.
+    assert fold([from_partition(1, "b", T0 + 100)], now_s=T0 + 202) == 1
+    assert state["watermark|transactions"] == T0 + 200
+
+
 def log_alert(line: dict[str, Any], entity: str | None) -> bytes:
     verdict = DetectorVerdict("pca", -3.0, -1.0, -1, "alerting")
     event = msgspec.Raw(msgspec.json.encode(line))
@@ -186,6 +215,7 @@ def test_a_log_alert_is_windowed_by_the_workers_session_and_reads_its_fields_as_
     assert windowed is not None and windowed.entity == "blk_7"
     assert windowed.event_time_s == datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp()  # RFC 3339's lowercase t, z
     assert windowed.dimensions == {"source_host": "dn-1", "component": "-"}
+    assert windowed.origin == "in:0", "the watermark's unit: the input partition the worker read the line from"
     del line["component"]
     absent = scored_item(log_alert(line, "blk_7"))
     assert absent is not None and absent.dimensions == windowed.dimensions, "null and absent are one window key"

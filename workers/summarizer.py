@@ -7,10 +7,11 @@ A faust-streaming app in two stages:
    batch, keyed by stream, to an internal topic; any replica runs this stage for the source
    partitions it holds. Items remember their source partition and offset.
 2. `merge` folds a batch into the open windows kept in a changelog-backed table
-   (`shared.windows.partials_of` / `merge_partials`), closes windows once the stream's watermark passes
-   them, and writes window reports to `topics.reports`, rate alerts and entity escalations to the alert
-   topic. Keyed by stream, all windows of a stream live on one partition (the rate criterion needs
-   the whole stream), so a restarted or replacing summarizer recovers exactly those windows.
+   (`shared.windows.partials_of` / `merge_partials`), closes windows once the stream's watermark (the
+   event time every active input partition of the workers has reached) passes them, and writes window
+   reports to `topics.reports`, rate alerts and entity escalations to the alert topic. Keyed by stream,
+   all windows of a stream live on one partition (the rate criterion needs the whole stream), so a
+   restarted or replacing summarizer recovers exactly those windows.
 
 Delivery: faust runs at-least-once, and the windows make it effectively exactly-once for their
 figures: every window keeps the newest offset it folded per source partition and skips older items, so
@@ -74,6 +75,7 @@ def window_spec(summarizer: SummarizerSettings) -> WindowSpec:
         rate_baseline_min_windows=rate.baseline_min_windows,
         rate_relative_min_alerts=rate.relative_min_alerts,
         entity_max_alerts=rate.entity_max_alerts,
+        idle_origin_s=summarizer.idle_partition_s,
     )
 
 
@@ -212,8 +214,9 @@ def build_app(settings: FleetwatchSettings, data_dir: Path, recovered: threading
             stream_name = (event.key or b"").decode()
             batch = ITEMS_DECODER.decode(event.value)
             view = TableView(windows)
-            partials = partials_of(spec, batch, view, now_s=time.time())
-            outcome = merge_partials(spec, view, partials)
+            now_s = time.time()
+            partials = partials_of(spec, batch, view, now_s=now_s)
+            outcome = merge_partials(spec, view, partials, now_s=now_s)
             closed = close_windows(spec, view, stream_name)
             _count_aggregated(stream_name, outcome)
             for escalation in outcome.escalations:
