@@ -414,6 +414,30 @@ class FleetwatchSettings(BaseSettings):
         )
 
 
+TOOL_VARIABLES = frozenset(
+    {"FLEETWATCH_CONFIG", "FLEETWATCH_DEV_DIR", "FLEETWATCH_CACHE_DIR", "FLEETWATCH_REQUIRE_INTEGRATION"}
+)
+"""FLEETWATCH_* variables that are no setting: where the config file and the local stack's files are, and the test
+suite's switch (`tests/conftest.py`)."""
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """FLEETWATCH_* variables that name no setting, which pydantic ignores: a misspelt `FLEETWATCH_REDIS_ULR` is
+    otherwise silently the default. (A misspelt key below a known one, `FLEETWATCH_WORKER__BATCH_SISE`, is refused.)
+
+    >>> unknown_variables({"FLEETWATCH_REDIS_ULR": "x", "FLEETWATCH_WORKR__BATCH_SIZE": "1", "FLEETWATCH_CONFIG": "f"})
+    ['FLEETWATCH_REDIS_ULR', 'FLEETWATCH_WORKR__BATCH_SIZE']
+    """
+    fields = {name.upper() for name in FleetwatchSettings.model_fields}
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith("FLEETWATCH_")
+        and name.upper() not in TOOL_VARIABLES
+        and name.upper().removeprefix("FLEETWATCH_").split("__")[0] not in fields
+    )
+
+
 def load_settings(**overrides: Any) -> FleetwatchSettings:
     """Settings from every source; `overrides` are CLI flags (None means 'not given')."""
     given = {key: value for key, value in overrides.items() if value is not None}

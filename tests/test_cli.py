@@ -95,6 +95,15 @@ def test_bad_settings_and_unreadable_files_get_one_line_and_no_traceback(
     assert "Traceback" not in result.stderr
 
 
+def test_a_variable_that_names_no_setting_is_named_in_a_warning(tmp_path: Path) -> None:
+    """pydantic ignores FLEETWATCH_* variables that name no setting: a misspelt one would silently be the default."""
+    env = {"FLEETWATCH_REDIS_ULR": "redis://elsewhere:6379/0", "FLEETWATCH_DEV_DIR": str(tmp_path / "dev")}
+    result = run("generate", "--out", "e.jsonl", "--users", "5", "--events", "10", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if "unknown_environment_variables" in line]
+    assert "FLEETWATCH_REDIS_ULR" in warning and "FLEETWATCH_DEV_DIR" not in warning
+
+
 def test_training_without_a_reachable_redis_says_how_to_start_one(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
     assert run("generate", "--out", str(events), "--users", "100", "--events", "1000", cwd=tmp_path).returncode == 0

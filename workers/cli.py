@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import re
 import sys
 import time
@@ -18,9 +19,9 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from shared.config import FleetwatchSettings, load_settings
+from shared.config import FleetwatchSettings, load_settings, unknown_variables
 from shared.errors import FleetwatchError
-from shared.logs import configure_logging
+from shared.logs import configure_logging, get_logger
 from shared.streams.logs.sessions import HostWindows
 
 if TYPE_CHECKING:
@@ -62,6 +63,10 @@ def _settings(**overrides: object) -> FleetwatchSettings:
     except (SettingsError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise FleetwatchError(f"unreadable settings ({sources}): {exc}") from exc
     configure_logging(settings.log_format, settings.log_level)
+    if unknown := unknown_variables(os.environ):
+        get_logger("fleetwatch.settings").warning(
+            "unknown_environment_variables", names=unknown, effect="ignored: they name no setting"
+        )
     return settings
 
 
