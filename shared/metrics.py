@@ -109,6 +109,16 @@ RECORDS_AGGREGATED = Counter(
     "fleetwatch_summary_records_aggregated_total", "Records folded into windows.", ["stream", "kind"]
 )
 RATE_ALERTS = Counter("fleetwatch_rate_alerts_total", "Rate alerts and entity escalations raised.", ["stream", "type"])
+WATERMARK = Gauge(
+    "fleetwatch_summary_watermark_timestamp_seconds",
+    "The stream's event time (Unix time) every active input partition has reached; windows close behind it.",
+    ["stream"],
+)
+ACTIVE_PARTITIONS = Gauge(
+    "fleetwatch_summary_active_partitions",
+    "Workers' input partitions that hold the stream's watermark (seen within idle_partition_s).",
+    ["stream"],
+)
 CHANGELOG_RECOVERY_SECONDS = Gauge(
     "fleetwatch_changelog_recovery_seconds", "Time the summarizer took to recover its tables at start."
 )

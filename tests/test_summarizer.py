@@ -135,6 +135,10 @@ def test_windows_rate_alerts_and_escalations_from_a_known_stream(summarizers: Su
     wait_until(lambda: aggregated(port) >= len(PASSING) + len(BELOW))
     summarizers.produce([CLOSER])  # event time moves past both windows and their allowed lateness
     reports = summarizers.wait_for_reports(windows=2)
+    metrics = scrape_metrics(port)
+    watermark = re.search(r'fleetwatch_summary_watermark_timestamp_seconds\{stream="transactions"\} (\S+)', metrics)
+    assert watermark is not None and float(watermark.group(1)) == CLOSER.at_s
+    assert 'fleetwatch_summary_active_partitions{stream="transactions"} 1.0' in metrics  # the records' one input
 
     assert_figures(reports, T0, PASSING)
     assert_figures(reports, T0 + 60, BELOW)

@@ -47,15 +47,24 @@ from shared.faust_connection import faust_connection
 from shared.http_endpoints import start_http_endpoints
 from shared.kafka_client import ensure_topics
 from shared.logs import get_logger
-from shared.metrics import CHANGELOG_RECOVERY_SECONDS, RATE_ALERTS, RECORDS_AGGREGATED, WINDOWS_CLOSED
+from shared.metrics import (
+    ACTIVE_PARTITIONS,
+    CHANGELOG_RECOVERY_SECONDS,
+    RATE_ALERTS,
+    RECORDS_AGGREGATED,
+    WATERMARK,
+    WINDOWS_CLOSED,
+)
 from shared.windows import (
     FoldOutcome,
     ScoredItem,
     WindowSpec,
     close_windows,
     merge_partials,
+    origins_id,
     partials_of,
     scored_item,
+    watermark_id,
 )
 
 log = get_logger("fleetwatch.summarizer")
@@ -219,6 +228,9 @@ def build_app(settings: FleetwatchSettings, data_dir: Path, recovered: threading
             outcome = merge_partials(spec, view, partials, now_s=now_s)
             closed = close_windows(spec, view, stream_name)
             _count_aggregated(stream_name, outcome)
+            if (watermark := view.get(watermark_id(stream_name))) is not None:  # none before a batch held an item
+                WATERMARK.labels(stream_name).set(watermark)
+                ACTIVE_PARTITIONS.labels(stream_name).set(len(view[origins_id(stream_name)]))
             for escalation in outcome.escalations:
                 await alerts.send(key=escalation["entity"].encode(), value=msgspec.json.encode(escalation))
                 RATE_ALERTS.labels(stream_name, "entity_escalation").inc()
