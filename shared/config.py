@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -311,6 +311,11 @@ class ConsoleSettings(Section):
         5, gt=0, description="login attempts per user and address in login_window_s before a pause (a success clears)"
     )
     login_window_s: float = Field(300.0, gt=0, description="...within this many seconds; the pause lasts as long")
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="addresses or networks of the proxies (an ingress) whose X-Forwarded-For names the client; "
+        "empty: the peer's address is the client's, and forwarded headers are ignored",
+    )
     interventions_topic: str = "interventions"
     audit_topic: str = "audit"
     group_id: str = Field(

@@ -8,7 +8,9 @@ An `idempotency_key` (automation: rule and alert) makes a repeated request retur
 without acting again.
 
 Model actions (promote, rollback, threshold methods) change the registry first: a refused version
-raises and nothing is recorded; then the record and its audit entry are written like any other.
+raises and nothing is recorded; then the record and its audit entry are written like any other. Should
+that transaction fail, the deployed pointer is moved back (`ModelChange.undo`) and the error says whether
+it was: no deploy stands without its audit record, and none is audited twice.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -23,8 +26,11 @@ import msgspec
 from shared import audit_log
 from shared.console_store import ConsoleStore, Row, Transaction
 from shared.errors import FleetwatchError
+from shared.logs import get_logger
 from shared.metrics import CONSOLE_ACTIONS
 from shared.output_records import now_iso
+
+log = get_logger("fleetwatch.console")
 
 SYSTEM_ACTOR = "system:automation"
 """Who the audit log names for what automation rules do."""
@@ -98,14 +104,34 @@ class Outcome(msgspec.Struct, kw_only=True, frozen=True):
     applied: bool  # False: an earlier request with the same idempotency key had already acted
 
 
-class ModelControl(Protocol):
-    """The registry operations a model action uses; returns (state before, state after)."""
+@dataclass(frozen=True)
+class ModelChange:
+    """What a model action did to the registry: the states its record keeps, and `undo`, which moves the deployed
+    pointer back should the record not be kept (True when it did or nothing was deployed; False when the pointer
+    had moved on meanwhile, and stays)."""
 
-    def __call__(self, request: InterventionRequest) -> tuple[dict[str, Any], dict[str, Any]]: ...
+    before: dict[str, Any]
+    after: dict[str, Any]
+    undo: Callable[[], bool]
+
+
+class ModelControl(Protocol):
+    """The registry operations a model action uses."""
+
+    def __call__(self, request: InterventionRequest) -> ModelChange: ...
 
 
 class InterventionRefused(FleetwatchError):
     """The request cannot be applied as asked (unknown alert, no registry, a refused version)."""
+
+
+class ModelChangeUnrecorded(FleetwatchError):
+    """A model action changed the registry and the store failed to record it; `undone` says whether the change was
+    moved back (else it stands without an audit record)."""
+
+    def __init__(self, message: str, undone: bool) -> None:
+        super().__init__(message)
+        self.undone = undone
 
 
 class InterventionDesk:
@@ -124,15 +150,30 @@ class InterventionDesk:
             raise InterventionRefused("every action needs a reason")
         if request.idempotency_key and (earlier := self._by_key(request.idempotency_key)):
             return Outcome(record=earlier, applied=False)
-        model_states = None
+        change = None
         if request.action in MODEL_ACTIONS:
             if self._model_control is None:
                 raise InterventionRefused("this console has no model registry")
-            model_states = self._model_control(request)
+            change = self._model_control(request)
+        try:
+            outcome = self._record(request, change)
+        except Exception as exc:  # whatever failed the transaction, the change it was to record has no record
+            if change is None:
+                raise
+            raise _unrecorded(request, change, exc) from exc
+        if outcome.applied:
+            actor = "automation" if request.actor == SYSTEM_ACTOR else "person"
+            CONSOLE_ACTIONS.labels(request.action.value, actor).inc()
+            self._on_applied()
+        return outcome
+
+    def _record(self, request: InterventionRequest, change: ModelChange | None) -> Outcome:
+        """Keep the intervention and its audit record in one transaction, changing the entity's state or label
+        there (a model action's change is made already)."""
         with self._store.transaction() as tx:
             if request.idempotency_key and (earlier := self._by_key(request.idempotency_key, tx)):
                 return Outcome(record=earlier, applied=False)
-            before, after = model_states or self._change_state(tx, request)
+            before, after = (change.before, change.after) if change else self._change_state(tx, request)
             record = InterventionRecord(
                 id=uuid.uuid4().hex,
                 action=request.action.value,
@@ -159,8 +200,6 @@ class InterventionDesk:
                     request_id=request.request_id,
                 ),
             )
-        CONSOLE_ACTIONS.labels(request.action.value, "automation" if request.actor == SYSTEM_ACTOR else "person").inc()
-        self._on_applied()
         return Outcome(record=record, applied=True)
 
     def _change_state(self, tx: Transaction, request: InterventionRequest) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -180,6 +219,39 @@ class InterventionDesk:
         sql, params = f"SELECT {_COLUMNS} FROM interventions WHERE idempotency_key = ?", (key,)
         rows = tx.rows(sql, params) if tx is not None else self._store.rows(sql, params)
         return _record(rows[0]) if rows else None
+
+
+def _unrecorded(request: InterventionRequest, change: ModelChange, error: Exception) -> ModelChangeUnrecorded:
+    """Undo a registry change the store could not record; the caller's error says whether it was undone, the log
+    also why the store failed (the driver's message can name hosts and users)."""
+    undo_error = None
+    try:
+        undone = change.undo()
+    except Exception as exc:  # the registry failing too (Redis down): the change stands, and the answer says so
+        undone, undo_error = False, f"{type(exc).__name__}: {exc}"
+    log.error(
+        "model action not recorded: the store failed",
+        action=request.action.value,
+        target=request.target,
+        actor=request.actor,
+        request_id=request.request_id,
+        before=change.before,
+        after=change.after,
+        error=f"{type(error).__name__}: {error}",
+        undone=undone,
+        undo_error=undo_error,
+    )
+    outcome = (
+        "the change was undone"
+        if undone
+        else "the change was NOT undone: "
+        + ("another deploy replaced it since" if undo_error is None else "the registry did not answer")
+    )
+    return ModelChangeUnrecorded(
+        f"{request.action.value} of {request.target} changed the model registry but the store could not record it "
+        f"(see the log, request {request.request_id}); {outcome}",
+        undone,
+    )
 
 
 def _label(tx: Transaction, request: InterventionRequest) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -5,7 +5,8 @@ publishes a notice on one channel whenever a version is published or a pointer m
 bytes go to a pluggable store. Loading checks the manifest's signature, then the artifact's hash
 and signature, and only then unpickles; anything else is refused with the reason. A trained candidate
 deploys only over the version its gate compared it with (`publish_over`, one script in Redis), so a
-pointer moved meanwhile, by an operator's rollback say, stays where it was moved.
+pointer moved meanwhile, by an operator's rollback say, stays where it was moved. A deploy that cannot
+stand (the console failed to record it) is moved back the same way, only from the version it set (`move_back`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ return 1
 """
 """Point the stream at ARGV[2] only while it is at ARGV[1], and drop ARGV[3..] (the version rolled back from and
 those passed over) from its history. KEYS: deployed, history (one hash tag); returns 1 when it moved."""
+
+MOVE_BACK_SCRIPT = """
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end
+redis.call('DEL', KEYS[2])
+for i = 3, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+return 1
+"""
+"""Point the stream back at ARGV[2] ('': at no version) and set its history to ARGV[3..], only while it is at
+ARGV[1]. KEYS: deployed, history (one hash tag); returns 1 when it moved."""
 
 
 class VersionRefused(FleetwatchError):
@@ -127,6 +138,7 @@ class ModelRegistry:
         self.keys = RegistryKeys(prefix)
         self._write = client.register_script(WRITE_SCRIPT)
         self._roll_back = client.register_script(ROLLBACK_SCRIPT)
+        self._move_back = client.register_script(MOVE_BACK_SCRIPT)
 
     # --- writing -------------------------------------------------------------------------------
     def publish(self, bundle: ModelBundle, draft: Manifest, deploy: bool) -> Manifest:
@@ -224,8 +236,7 @@ class ModelRegistry:
             raise FleetwatchError(
                 f"{stream} deploys v{current}, not v{from_version}: nothing rolled back (rolled back already?)"
             )
-        history = [int(v) for v in self._redis.lrange(self.keys.history(stream), 0, -1)]
-        earlier = list(dict.fromkeys(v for v in reversed(history) if v != current))
+        earlier = list(dict.fromkeys(v for v in reversed(self.deployed_history(stream)) if v != current))
         if current is None or not earlier:
             raise FleetwatchError(f"{stream}: no earlier deployed version to roll back to")
         skipped: list[RefusedVersion] = []
@@ -248,6 +259,17 @@ class ModelRegistry:
             + "; ".join(refused.reason for refused in skipped)
         )
 
+    def move_back(self, stream: str, moved_to: int, deployed: int | None, history: list[int]) -> bool:
+        """Undo a deploy that cannot stand (the console could not record it): point the stream back at `deployed`
+        (None: at no version) with its `history` as it was, only while it is at `moved_to`, the version the deploy
+        set; True when it moved. A pointer moved on meanwhile (a trainer deployed) stays, like its history."""
+        keys = [self.keys.deployed(stream), self.keys.history(stream)]
+        if not self._move_back(keys=keys, args=[moved_to, "" if deployed is None else deployed, *history]):
+            return False
+        if deployed is not None:
+            self._notify(stream, deployed, "deployed")
+        return True
+
     def _notify(self, stream: str, version: int, event: str) -> None:
         notice = Notice(stream=stream, version=version, event=event, at=time.time())
         self._redis.publish(self.keys.notices, msgspec.json.encode(notice))
@@ -256,6 +278,10 @@ class ModelRegistry:
     def deployed_version(self, stream: str) -> int | None:
         value = self._redis.get(self.keys.deployed(stream))
         return int(value) if value is not None else None
+
+    def deployed_history(self, stream: str) -> list[int]:
+        """The versions deployed, oldest first, that a rollback goes back through."""
+        return [int(v) for v in self._redis.lrange(self.keys.history(stream), 0, -1)]
 
     def version_numbers(self, stream: str) -> list[int]:
         return [int(v) for v in self._redis.zrange(self.keys.versions(stream), 0, -1)]  # type: ignore[arg-type]
@@ -272,7 +298,10 @@ class ModelRegistry:
             raise VersionRefused(
                 f"{stream} v{version}: the manifest's signature does not match (tampered or another key)"
             )
-        return msgspec.json.decode(body, type=Manifest)
+        try:
+            return msgspec.json.decode(body, type=Manifest)
+        except msgspec.DecodeError as exc:  # signed, by a build whose manifests differ from this build's
+            raise VersionRefused(f"{stream} v{version}: the manifest does not decode in this build ({exc})") from exc
 
     def versions(self, stream: str) -> list[Manifest | RefusedVersion]:
         """Every version of the stream, oldest first: its verified manifest, or why it is refused."""
@@ -283,10 +312,6 @@ class ModelRegistry:
             except VersionRefused as exc:
                 listed.append(RefusedVersion(version, str(exc)))
         return listed
-
-    def manifests(self, stream: str) -> list[Manifest]:
-        """The verified manifests, oldest first; `versions` also lists the refused ones."""
-        return [entry for entry in self.versions(stream) if isinstance(entry, Manifest)]
 
     def load(self, stream: str, version: int) -> DeployedVersion:
         """Verify the manifest (signature, stream, feature spec) and the artifact's hash and signature, then

@@ -140,10 +140,10 @@ def window_alerts_of(start_s: float) -> tuple[bytes, bytes]:
 
 
 @contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """`app` behind a real uvicorn server on a free loopback port (requests in parallel, as in production); its
-    base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+def serving(app: FastAPI, **options: Any) -> Iterator[str]:
+    """`app` behind a real uvicorn server on a free loopback port (requests in parallel, as in production), with
+    more of uvicorn's `options`; its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -17,11 +18,14 @@ import pytest
 import redis
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
+from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
+from shared import interventions
 from shared.artifact_store import RedisArtifactStore
 from shared.console_auth import PERMISSIONS, LoginThrottle, Permission, Role, TokenIssuer, UserDirectory
 from shared.registry import ModelRegistry
+from shared.signing import sign
 from shared.training import TrainingResult
 from tests.console_support import (
     PASSWORD,
@@ -378,6 +382,133 @@ def test_a_rollback_from_a_version_no_longer_deployed_is_refused_so_a_retry_does
     retry = client.post("/api/models/transactions/rollback", json=body, headers=admin)
     assert retry.status_code == 409 and "deploys v2, not v3" in retry.json()["detail"]
     assert services.registry.deployed_version("transactions") == 2 and audit_count(services.store) == 1
+
+
+def history_of(registry: ModelRegistry, client: redis.Redis) -> list[int]:
+    return [int(v) for v in client.lrange(registry.keys.history("transactions"), 0, -1)]
+
+
+def a_store_that_fails_to_keep_interventions(monkeypatch: pytest.MonkeyPatch, meanwhile: Any = None) -> None:
+    """The store's transaction failing where it keeps the intervention (a lost disk or server), after `meanwhile`
+    (another change of the registry) when given; the transaction rolls back."""
+
+    def fail(*_: object) -> None:
+        if meanwhile is not None:
+            meanwhile()
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(interventions, "_insert", fail)
+
+
+def model_action(services: ConsoleServices, action: str, body: dict[str, Any]) -> httpx.Response:
+    client = TestClient(create_app(services), raise_server_exceptions=False)
+    return client.post(
+        f"/api/models/transactions/{action}", json={**body, **REASON}, headers=bearer(services, Role.ADMIN)
+    )
+
+
+@pytest.mark.parametrize(
+    ("action", "body", "published"),
+    [
+        ("promote", {"version": 1}, [1, 2]),
+        ("rollback", {"from_version": 2}, [1, 2]),
+        ("thresholds", {"methods": {"robust_z": "quantile"}}, [1, 2, 3]),  # v3 derived and deployed, then undone
+    ],
+)
+def test_a_model_action_the_store_fails_to_record_is_undone_so_no_change_stands_without_its_audit_record(
+    services: ConsoleServices,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    action: str,
+    body: dict[str, Any],
+    published: list[int],
+) -> None:
+    registry = services.registry
+    assert registry is not None and history_of(registry, redis_client) == [1, 2]
+    a_store_that_fails_to_keep_interventions(monkeypatch)
+    with capture_logs() as logs:
+        answer = model_action(services, action, body)
+    assert registry.deployed_version("transactions") == 2 and history_of(registry, redis_client) == [1, 2]
+    assert [entry.version for entry in registry.versions("transactions")] == published, "derived stays published"
+    assert audit_count(services.store) == 0 and services.store.rows("SELECT id FROM interventions") == []
+    assert answer.status_code == 500 and answer.json()["undone"] is True
+    assert "the change was undone" in answer.json()["detail"] and "disk I/O" not in answer.json()["detail"]
+    [logged] = [entry for entry in logs if entry["event"] == "model action not recorded: the store failed"]
+    assert logged["undone"] is True and logged["error"] == "OperationalError: disk I/O error"
+    assert logged["before"]["deployed"] == 2 and logged["request_id"] == answer.headers["X-Request-ID"]
+
+
+def test_a_deploy_made_while_the_store_fails_to_record_a_promote_stays_and_the_answer_says_so(
+    services: ConsoleServices, trained: TrainingResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = services.registry
+    assert registry is not None
+    a_store_that_fails_to_keep_interventions(
+        monkeypatch,
+        meanwhile=lambda: registry.publish(trained.bundle, trained.draft, deploy=True),  # v3, a trainer's
+    )
+    answer = model_action(services, "promote", {"version": 1})
+    assert registry.deployed_version("transactions") == 3, "the trainer's deploy is not overwritten"
+    assert answer.status_code == 500 and answer.json()["undone"] is False
+    assert "NOT undone: another deploy replaced it since" in answer.json()["detail"]
+
+
+def test_a_change_the_registry_fails_to_undo_is_answered_as_standing(
+    services: ConsoleServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = services.registry
+    assert registry is not None
+    a_store_that_fails_to_keep_interventions(monkeypatch)
+
+    def down(*_: object) -> bool:
+        raise redis.ConnectionError("Error 111 connecting to redis:6379. Connection refused.")
+
+    monkeypatch.setattr(registry, "move_back", down)
+    with capture_logs() as logs:
+        answer = model_action(services, "promote", {"version": 1})
+    assert answer.status_code == 500 and answer.json()["undone"] is False
+    assert "NOT undone: the registry did not answer" in answer.json()["detail"]
+    [logged] = [entry for entry in logs if entry["event"] == "model action not recorded: the store failed"]
+    assert "Connection refused" in logged["undo_error"] and logged["after"] == {"deployed": 1}
+
+
+def test_versions_that_do_not_verify_are_listed_as_refused_and_promoting_one_is_refused(
+    client: TestClient, services: ConsoleServices, redis_client: redis.Redis, trained: TrainingResult
+) -> None:
+    registry = services.registry
+    assert registry is not None
+    for _ in (3, 4):
+        registry.publish(trained.bundle, trained.draft, deploy=False)
+    redis_client.hdel(registry.keys.manifest("transactions", 3), "signature")
+    unreadable = b'{"stream": "transactions"}'  # signed with the registry's key, by a build of another schema
+    redis_client.hset(
+        registry.keys.manifest("transactions", 4),
+        mapping={"body": unreadable, "signature": sign(REGISTRY_KEY, unreadable)},
+    )
+    rotated_out = ModelRegistry(
+        redis_client, RedisArtifactStore(redis_client, registry.keys.prefix), b"o" * 32, registry.keys.prefix
+    )
+    rotated_out.publish(trained.bundle, trained.draft, deploy=True)  # v5, deployed, signed with a key rotated out
+    admin = bearer(services, Role.ADMIN)
+    [stream] = client.get("/api/models", headers=admin).json()
+    assert stream["deployed"] == 5
+    assert [(v["version"], v["deployed"], v["refused"]) for v in stream["versions"]] == [
+        (1, False, None),
+        (2, False, None),
+        (3, False, "transactions v3: the manifest has no signature"),
+        (
+            4,
+            False,
+            "transactions v4: the manifest does not decode in this build (Object missing required field `version`)",
+        ),
+        (5, True, "transactions v5: the manifest's signature does not match (tampered or another key)"),
+    ]
+    for version in (3, 4):
+        refused = client.post("/api/models/transactions/promote", json={"version": version, **REASON}, headers=admin)
+        assert refused.status_code == 409 and f"v{version}:" in refused.json()["detail"]
+    derive = client.post("/api/models/transactions/thresholds", json={"methods": {}, **REASON}, headers=admin)
+    assert derive.status_code == 409 and "v5" in derive.json()["detail"]
+    assert registry.deployed_version("transactions") == 5 and audit_count(services.store) == 0
 
 
 def test_models_give_each_threshold_methods_false_positive_rate_and_recall_on_the_test_part(

@@ -6,6 +6,7 @@ Kafka and Redis. Screenshots go to docs/ for the README.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from shared.console_store import ConsoleStore
 from shared.kafka_client import KafkaConnection, producer, read_all
 from shared.local_infra.processes import free_port
 from shared.registry import ModelRegistry
+from shared.training import TrainingResult
 from tests.console_support import PASSWORD, alert_payload, window_alerts_of, window_report
 from tests.small_models import train_small, train_small_metrics
 
@@ -44,6 +46,8 @@ class RunningConsole:
     dev_dir: Path
     kafka: KafkaConnection
     rates: dict[str, dict[str, Any]]  # stream -> its deployed version's threshold_methods (FPR, recall per method)
+    trained: TrainingResult  # the transactions model its versions hold
+    rotated_out: ModelRegistry  # the console's registry under a key the console does not have
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +64,7 @@ def console(
     prefix = f"browser-{suffix}:"
     client = redis.Redis.from_url(redis_server.url)  # type: ignore[attr-defined]
     registry = ModelRegistry(client, RedisArtifactStore(client, prefix), REGISTRY_KEY.encode(), prefix)
+    rotated_out = ModelRegistry(client, RedisArtifactStore(client, prefix), b"rotated-out-" + b"k" * 20, prefix)
     trained = train_small(events=2_000, seed=7)
     registry.publish(trained.bundle, trained.draft, deploy=True)
     registry.publish(trained.bundle, trained.draft, deploy=False)
@@ -100,7 +105,7 @@ def console(
         process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=log)
         try:
             _wait_for_https(url + "/healthz", process, folder / "log")
-            yield RunningConsole(url, store, topics, folder / "dev", connection, rates)
+            yield RunningConsole(url, store, topics, folder / "dev", connection, rates, trained, rotated_out)
         finally:
             process.terminate()
             process.wait(20)
@@ -252,3 +257,24 @@ def test_an_admin_picks_a_threshold_method_seeing_each_methods_false_positive_ra
         shown_rates(console.rates["metrics"]["aakr"]["quantile"]), use_inner_text=True
     )  # the new version keeps its base's measured rates
     expect(page.locator("#audit tbody tr").first).to_contain_text("set_thresholds")
+
+
+def test_versions_that_do_not_verify_are_shown_refused_with_why_and_nothing_to_promote_or_derive(
+    console: RunningConsole, browser: Browser
+) -> None:
+    """Last here: it deploys a version the console refuses."""
+    for deploy in (False, True):  # transactions v3, then v4 deployed, both signed with a key rotated out
+        console.rotated_out.publish(console.trained.bundle, console.trained.draft, deploy=deploy)
+    page = new_page(browser)
+    log_in(page, console.url, "ada")
+    expect(page.locator("#models h3", has_text="transactions: deployed v4")).to_be_visible()
+    for version, shown in ((3, "v3"), (4, "v4 *")):
+        row = page.locator("#models tr", has_text=f"refused: transactions v{version}: ")
+        expect(row.locator("td").first).to_have_text(shown)
+        expect(row).to_contain_text("the manifest's signature does not match (tampered or another key)")
+        expect(row.locator("button")).to_have_count(0)
+    verified = page.locator("#models tr", has=page.locator("td", has_text=re.compile(r"^v2$")))
+    expect(verified.locator("button", has_text="Promote")).to_have_count(1)
+    # one threshold picker, the metrics stream's: none from the refused deployed transactions version
+    expect(page.locator("#models h3", has_text="Threshold methods of")).to_have_count(1)
+    expect(page.locator("#models button", has_text="Apply threshold methods")).to_have_count(1)

@@ -41,10 +41,18 @@ from shared.console_auth import (
 )
 from shared.console_store import ConsoleStore, UnstorableText
 from shared.errors import FleetwatchError
-from shared.interventions import Action, InterventionDesk, InterventionRefused, InterventionRequest
+from shared.interventions import (
+    Action,
+    InterventionDesk,
+    InterventionRefused,
+    InterventionRequest,
+    ModelChange,
+    ModelChangeUnrecorded,
+)
 from shared.logs import get_logger
 from shared.metrics import CONSOLE_LOGINS
-from shared.registry import ModelRegistry, VersionRefused
+from shared.model_version import Manifest
+from shared.registry import ModelRegistry, RefusedVersion
 from shared.streams.catalog import CATALOG
 from shared.thresholds import DetectorThresholds, ThresholdMethod
 
@@ -140,39 +148,52 @@ class ConsoleServices:
         for callback in self.on_applied:
             callback()
 
-    def _model_control(self, request: InterventionRequest) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Promote, roll back or derive a version; (before, after) as the deployed version and its methods. A
-        rollback moves the pointer only from the version it names (`from_version`), checked and moved in one Redis
-        script, so neither a retry, a second console nor a trainer's deploy meanwhile is rolled back."""
+    def _model_control(self, request: InterventionRequest) -> ModelChange:
+        """Promote, roll back or derive a version: the deployed version (and methods) before and after, and how to
+        move the pointer back from the version this deployed, should the store fail to record it. A rollback moves
+        the pointer only from the version it names (`from_version`), checked and moved in one Redis script, so
+        neither a retry, a second console nor a trainer's deploy meanwhile is rolled back."""
         registry, stream = self.registry, request.target
         assert registry is not None
         if not self._knows(stream):
             raise InterventionRefused(f"unknown stream {stream!r}; streams: {', '.join(self.known_streams())}")
-        before = {"deployed": registry.deployed_version(stream)}
+        deployed, history = registry.deployed_version(stream), registry.deployed_history(stream)
+        before = {"deployed": deployed}
+
+        def undo(moved_to: int | None) -> Callable[[], bool]:
+            """Back from `moved_to` (None: this deployed nothing) to `before`, only while the pointer is there."""
+            return lambda: moved_to is None or registry.move_back(stream, moved_to, deployed, history)
+
         try:
             if request.action is Action.PROMOTE_VERSION:
-                registry.promote(stream, int(request.params["version"]))
-            elif request.action is Action.ROLLBACK_VERSION:
+                version = int(request.params["version"])
+                registry.promote(stream, version)
+                return ModelChange(before, {"deployed": version}, undo(version))
+            if request.action is Action.ROLLBACK_VERSION:
                 from_version = request.params.get("from_version")
                 rolled = registry.rollback(stream, None if from_version is None else int(from_version))
                 skipped = [refused.version for refused in rolled.skipped]
-                return before, {"deployed": rolled.version, **({"skipped": skipped} if skipped else {})}
-            else:
-                base = request.params.get("version") or before["deployed"]
-                if base is None:
-                    raise InterventionRefused(f"{stream} has no deployed version")
-                methods = request.params["methods"]
-                derived = registry.derive_with_thresholds(stream, int(base), methods)
-                return {**before, "version": base}, {
-                    "deployed": registry.deployed_version(stream),
+                after = {"deployed": rolled.version, **({"skipped": skipped} if skipped else {})}
+                return ModelChange(before, after, undo(rolled.version))
+            base = request.params.get("version") or deployed
+            if base is None:
+                raise InterventionRefused(f"{stream} has no deployed version")
+            derived = registry.derive_with_thresholds(stream, int(base), request.params["methods"])
+            now = registry.deployed_version(stream)
+            # Undone, a derived version stays published; it is moved from only if it was deployed (its base was).
+            return ModelChange(
+                {**before, "version": base},
+                {
+                    "deployed": now,
                     "version": derived.version,
                     "methods": {d.name: d.active_method for d in derived.detectors},
-                }
+                },
+                undo(derived.version if now == derived.version else None),
+            )
         except InterventionRefused:
             raise
         except (FleetwatchError, ValueError) as exc:
             raise InterventionRefused(str(exc)) from exc
-        return before, {"deployed": registry.deployed_version(stream)}
 
     def automation_rules(self) -> list[AutomationRule]:
         return default_rules(self.settings)
@@ -241,6 +262,10 @@ def create_app(services: ConsoleServices, feeds: "ConsoleFeeds | None" = None) -
     @app.exception_handler(InterventionRefused)
     async def refused(_request: Request, exc: InterventionRefused) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(ModelChangeUnrecorded)
+    async def unrecorded(_request: Request, exc: ModelChangeUnrecorded) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "undone": exc.undone}, status_code=500)
 
     @app.exception_handler(UnstorableText)
     async def unstorable(_request: Request, exc: UnstorableText) -> JSONResponse:
@@ -383,18 +408,11 @@ def create_app(services: ConsoleServices, feeds: "ConsoleFeeds | None" = None) -
     @app.get("/api/models", tags=["models"])
     def models(_: Annotated[Principal, Depends(require(Permission.READ))]) -> list[dict[str, Any]]:
         """Per stream: the deployed version and every version with its evaluation and every threshold method, each
-        with its false-positive rate and recall on the version's labelled test part where measured."""
+        with its false-positive rate and recall on the version's labelled test part where measured; a version that
+        does not verify with only why it is `refused` (promoting it answers 409)."""
         if services.registry is None:
             return []
-        listed = []
-        for stream in services.known_streams():
-            try:
-                listed.append(_stream_versions(services.registry, stream))
-            except VersionRefused as exc:
-                if stream in services.streams:
-                    raise
-                log.warning("console: a published stream's versions are unreadable", stream=stream, error=str(exc))
-        return listed
+        return [_stream_versions(services.registry, stream) for stream in services.known_streams()]
 
     @app.get("/api/reports", tags=["reports"])
     def reports(
@@ -522,36 +540,51 @@ def create_app(services: ConsoleServices, feeds: "ConsoleFeeds | None" = None) -
 
 
 def _stream_versions(registry: ModelRegistry, stream: str) -> dict[str, Any]:
+    """Each version, or why it is refused (`refused`: None for one that verifies)."""
+    deployed = registry.deployed_version(stream)
+    versions = [
+        {"version": entry.version, "deployed": entry.version == deployed, "refused": entry.reason}
+        if isinstance(entry, RefusedVersion)
+        else _version(entry, deployed)
+        for entry in registry.versions(stream)
+    ]
+    return {"stream": stream, "deployed": deployed, "methods": [m.value for m in ThresholdMethod], "versions": versions}
+
+
+def _version(manifest: Manifest, deployed: int | None) -> dict[str, Any]:
     """Each detector's `rates`: per threshold method, its false-positive rate and recall on the version's labelled
     test part (measured at training; none for a version trained without labels), so a person picks informed."""
-    deployed = registry.deployed_version(stream)
-    versions = []
-    for manifest in registry.manifests(stream):
-        rates = (manifest.evaluation or {}).get("threshold_methods", {})
-        versions.append(
+    rates = (manifest.evaluation or {}).get("threshold_methods", {})
+    return {
+        "version": manifest.version,
+        "parent_version": manifest.parent_version,
+        "created_at": manifest.created_at,
+        "deployed": manifest.version == deployed,
+        "refused": None,
+        "note": manifest.note,
+        "evaluation": manifest.evaluation,
+        "detectors": [
             {
-                "version": manifest.version,
-                "parent_version": manifest.parent_version,
-                "created_at": manifest.created_at,
-                "deployed": manifest.version == deployed,
-                "note": manifest.note,
-                "evaluation": manifest.evaluation,
-                "detectors": [
-                    {
-                        "name": entry.name,
-                        "mode": entry.mode,
-                        "active_method": entry.active_method,
-                        "thresholds": {
-                            method.value: offset
-                            for method, offset in DetectorThresholds.from_dict(entry.thresholds).offsets.items()
-                        },
-                        "rates": rates.get(entry.name, {}),
-                    }
-                    for entry in manifest.detectors
-                ],
+                "name": entry.name,
+                "mode": entry.mode,
+                "active_method": entry.active_method,
+                "thresholds": {
+                    method.value: offset
+                    for method, offset in DetectorThresholds.from_dict(entry.thresholds).offsets.items()
+                },
+                "rates": rates.get(entry.name, {}),
             }
-        )
-    return {"stream": stream, "deployed": deployed, "methods": [m.value for m in ThresholdMethod], "versions": versions}
+            for entry in manifest.detectors
+        ],
+    }
+
+
+def proxy_options(console: ConsoleSettings) -> dict[str, Any]:
+    """uvicorn's forwarded-header handling, on for the configured proxies only: its own default trusts
+    127.0.0.1, so any local process could name a new client address at every login guess, and never an
+    ingress, so behind one every client shares its address."""
+    trusted = [str(network) for network in console.trusted_proxies]
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None}
 
 
 def serve(settings: FleetwatchSettings) -> None:
@@ -586,7 +619,10 @@ def serve(settings: FleetwatchSettings) -> None:
     log.info("console starting", url=f"{'https' if console.tls else 'http'}://{console.host}:{console.port}/")
     feeds.start()
     try:
-        uvicorn.run(create_app(services, feeds), host=console.host, port=console.port, log_level="warning", **tls)
+        uvicorn.run(
+            create_app(services, feeds), host=console.host, port=console.port, log_level="warning",
+            **tls, **proxy_options(console),
+        )  # fmt: skip
     finally:
         feeds.stop()
         services.store.close()

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from shared.config import ConsoleSettings
+
 from .conftest import (
     ALERT_RULES,
     CHART,
@@ -459,6 +461,10 @@ def test_console_ingress_routes_its_host_to_the_console_service_with_tls(helm: T
     assert backend["port"]["name"] in {port["name"] for port in service["spec"]["ports"]}
     # The console still serves HTTPS itself: the controller is told to proxy to an HTTPS backend.
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS"
+    # The controller's forwarded header names the client, so the login throttle counts clients, not the ingress.
+    environment = pod_environment(only(documents, "Deployment", "-console"), decoded_secrets(documents))
+    trusted = ConsoleSettings(trusted_proxies=json.loads(environment["FLEETWATCH_CONSOLE__TRUSTED_PROXIES"]))
+    assert [str(network) for network in trusted.trusted_proxies] == ["10.0.0.0/8"]
     claim = only(documents, "PersistentVolumeClaim", "-console")
     assert claim["spec"]["storageClassName"] == "fast-ssd"
     assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"

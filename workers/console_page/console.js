@@ -254,21 +254,29 @@ async function loadModels() {
     table.append(head);
     for (const version of stream.versions.slice().reverse()) {
       const row = el("tr");
-      const fleet = version.evaluation && version.evaluation.fleet;
-      row.append(el("td", `v${version.version}${version.deployed ? " *" : ""}`), el("td", version.created_at.slice(0, 19)),
-        el("td", fleet ? fleet.f1.toFixed(3) : ""), el("td", version.note));
-      const cell = el("td");
-      if (may("manage_models") && !version.deployed) {
-        cell.append(actionButton("Promote", `Promote ${stream.stream} v${version.version}`, false, (reason) =>
-          api(`/api/models/${stream.stream}/promote`, {
-            method: "POST", body: JSON.stringify({ version: version.version, reason }),
-          })));
+      row.append(el("td", `v${version.version}${version.deployed ? " *" : ""}`));
+      if (version.refused) {
+        // It does not verify (another key, tampered): why, and nothing to promote or derive thresholds from.
+        const why = el("td", `refused: ${version.refused}`, "error");
+        why.colSpan = 4;
+        row.append(why);
+      } else {
+        const fleet = version.evaluation && version.evaluation.fleet;
+        row.append(el("td", version.created_at.slice(0, 19)), el("td", fleet ? fleet.f1.toFixed(3) : ""),
+          el("td", version.note));
+        const cell = el("td");
+        if (may("manage_models") && !version.deployed) {
+          cell.append(actionButton("Promote", `Promote ${stream.stream} v${version.version}`, false, (reason) =>
+            api(`/api/models/${stream.stream}/promote`, {
+              method: "POST", body: JSON.stringify({ version: version.version, reason }),
+            })));
+        }
+        row.append(cell);
       }
-      row.append(cell);
       table.append(row);
     }
     box.append(table);
-    const deployed = stream.versions.find((v) => v.deployed);
+    const deployed = stream.versions.find((v) => v.deployed && !v.refused);
     if (deployed) box.append(thresholdPicker(stream, deployed));
   }
 }
