@@ -13,7 +13,7 @@ knows no stream. A stream supplies:
 - optionally `learn`: what featurization learns from a training history (log templates), kept inside
   the signed version; `feature_groups`: which named part of the event (a sensor) each feature follows,
   so alerts can name the parts that contribute most; `table_payloads`: how rows of a tabular file
-  (Parquet, CSV) become its payloads;
+  (Parquet, CSV) become its payloads; `spark_partition_key`: what the Spark path groups such rows by;
 - its default detectors, the event fields an alert report headlines, the dimensions its summaries
   are windowed by, its default topics, and a synthetic generator with ground truth kept apart.
 
@@ -27,7 +27,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +35,9 @@ import pyarrow as pa
 from shared.contracts import DecodedBatch, DecodeError
 from shared.entity_state import EntityStates, StateLayout
 from shared.event_files import table_payloads
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column
 
 
 class EventColumns(Protocol):
@@ -250,6 +253,12 @@ class Stream(ABC, Generic[EventT, ColumnsT]):
     def table_payloads(self, table: pa.Table) -> list[bytes]:
         """Rows of a tabular event file (Parquet, CSV) as this stream's payloads; by default, one row is one event."""
         return table_payloads(table)
+
+    def spark_partition_key(self, table_columns: Sequence[str]) -> str | Column:
+        """What the Spark path partitions a table's rows by (`table_columns`: its column names), as a column's name
+        or a Spark expression: equal for all rows of one entity, so each partition holds whole histories. By default
+        the entity field; a stream that derives its entity from several fields (a log line's session) derives it."""
+        return self.windows.entity
 
     def alert_context(self, columns: ColumnsT, raw_features: np.ndarray) -> list[dict[str, Any]]:
         """What an alert report says about each of these alerted events beyond the event itself (a log line's

@@ -1,9 +1,10 @@
 """The batch path on Apache Spark, for any stream: score, report and build training data beyond one machine.
 
-Spark reads the Parquet (as `fleetwatch generate` writes it), numbers the rows in file order, and hashes every
-row to a partition by its entity (the stream's `windows.entity` field), so each entity's whole history lands in
-one partition. One Python call per partition (`mapInArrow`, the Arrow form of `mapInPandas`: the engine works
-on Arrow and numpy, so no pandas round trip) then does to the partition what batch mode does to a whole file:
+Spark reads the Parquet (as `fleetwatch generate` writes it), numbers the rows in file order, and hashes every row
+to a partition by its entity as the stream derives it from the row's fields (`Stream.spark_partition_key`: the
+`windows.entity` field; a log line's session, found in its text when it names none), so each entity's whole history
+lands in one partition. One Python call per partition (`mapInArrow`, the Arrow form of `mapInPandas`: the engine
+works on Arrow and numpy, so no pandas round trip) then does to the partition what batch mode does to a whole file:
 rows back into payloads, `Stream.offline` (decode, order by event time with ties in file order, `advance` from
 empty states over many entities at once) and `score_batch`. A row's features and scores depend only on its
 entity's history and the version, so they equal batch mode's bit for bit (`advance` sums each entity on its
@@ -63,12 +64,13 @@ def read_events(spark: SparkSession, paths: Sequence[Path]) -> DataFrame:
 
 def by_entity(events: DataFrame, stream: Stream[Any, Any], partitions: int) -> DataFrame:
     """Every entity's events in one partition: what `advance` needs to see an entity's whole history."""
-    if stream.windows.entity not in events.columns:
+    key = stream.spark_partition_key(events.columns)
+    if isinstance(key, str) and key not in events.columns:
         raise FleetwatchError(
-            f"the input has no column {stream.windows.entity!r} (the {stream.name} stream's entity); "
+            f"the input has no column {key!r} (the {stream.name} stream's entity); "
             f"it has {', '.join(c for c in events.columns if c != POSITION)}"
         )
-    return events.repartition(partitions, F.col(stream.windows.entity))
+    return events.repartition(partitions, key)
 
 
 def _partition_payloads(stream: Stream[Any, Any], batches: Iterator[pa.RecordBatch]) -> tuple[list[bytes], np.ndarray]:

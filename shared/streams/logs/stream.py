@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from shared.streams.logs.sessions import (
 )
 from shared.streams.logs.synthetic import generate_log_lines, payloads
 from shared.streams.logs.templates import SESSION_END, UNSEEN, Masking, TemplateVocabulary
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,23 @@ class LogStream(Stream[LogLine, LogColumns]):
                 start = int(second // window) * int(window)
                 keys.append(event.source_host if sliding else f"{event.source_host}@{start}")
         return keys, host_window
+
+    def spark_partition_key(self, table_columns: Sequence[str]) -> Column:
+        """`session_keys` in Spark SQL, so that lines without a session id spread over partitions: the session id,
+        else the pattern's first match (Java's regex engine, with Python's Unicode classes: `(?U)`), else the host,
+        not its window: a sliding window reads the host's earlier lines. Cut at the first "@", so that a session id
+        equal to a host's fixed window (`host@start`) lands with that host's lines."""
+        from pyspark.sql import functions as F  # only the Spark path asks, with PySpark installed
+
+        def field(name: str) -> Column:  # an absent field is null in every row, as in the payloads
+            return F.col(name).cast("string") if name in table_columns else F.lit(None).cast("string")
+
+        session, message = field("session_id"), field("message")
+        key = F.when(F.length(session) > 0, session)
+        if self._pattern:
+            pattern = f"(?U){self._pattern.pattern}"
+            key = key.when(message.rlike(pattern), F.regexp_extract(message, pattern, 0))  # an empty match counts
+        return F.substring_index(key.otherwise(field("source_host")), "@", 1)
 
     def with_session_ends(self, lines: Sequence[LogLine]) -> LinesWithEnds:
         """The lines (in time order), then the end record of every session they leave open that is idle by their
