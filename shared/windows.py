@@ -377,9 +377,15 @@ def _advance_watermark(
     spec: WindowSpec, state: MutableMapping[str, Any], stream: str, newest: dict[str, float], now_s: float | None
 ) -> None:
     """Record each origin's newest event time, forget the origins idle for `spec.idle_origin_s`, and move the
-    stream's watermark up to the least newest time of those left (never back: a closed window stays closed)."""
+    stream's watermark up to the least newest time of those left (never back: a closed window stays closed).
+
+    When every known origin is idle, nothing was merged for that long: the summarizer was down or handing the
+    stream over, or the stream was quiet. No origin is then known to lag, so all count as seen now; else the
+    first batch's origins alone would set the watermark, and every other partition's backlog would be late."""
     seen_s = 0.0 if now_s is None else now_s  # without a clock (a file, a test), no origin ever idles
-    origins = {origin: list(entry) for origin, entry in state.get(origins_id(stream), {}).items()}
+    stored = state.get(origins_id(stream), {})
+    paused = bool(stored) and all(seen < seen_s - spec.idle_origin_s for _, seen in stored.values())
+    origins = {origin: [at, seen_s if paused else seen] for origin, (at, seen) in stored.items()}
     for origin, at in newest.items():
         origins[origin] = [max(origins.get(origin, [at])[0], at), seen_s]
     active = {origin: entry for origin, entry in origins.items() if entry[1] >= seen_s - spec.idle_origin_s}
