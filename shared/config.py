@@ -8,6 +8,7 @@ librdkafka properties (SASL, TLS, tuning) pass through unchanged in `kafka_prope
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -318,6 +319,22 @@ class ConsoleSettings(Section):
     )
     interventions_topic: str = "interventions"
     audit_topic: str = "audit"
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks_without_host_bits(cls, values: Any) -> Any:
+        """`10.0.0.1/8` is refused by pydantic as "not a valid network"; say why, and what was likely meant."""
+        for value in values if isinstance(values, list) else []:
+            if not (isinstance(value, str) and "/" in value):
+                continue
+            try:
+                network = ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                continue  # not a network at all: pydantic says so
+            if network.network_address != ipaddress.ip_interface(value).ip:
+                raise ValueError(f"{value} has host bits set; did you mean {network}?")
+        return values
+
     group_id: str = Field(
         "fleetwatch-console", min_length=1, description="consumer group reading the alert and report topics"
     )

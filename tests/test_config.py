@@ -188,3 +188,13 @@ def test_stream_settings_a_training_round_would_fail_on_are_refused_when_setting
     monkeypatch.setenv("FLEETWATCH_STREAMS", json.dumps({"transactions": stream}))
     with pytest.raises(ValidationError, match=message):
         load_settings()
+
+
+def test_a_trusted_proxy_network_with_host_bits_is_refused_with_the_network_meant(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEETWATCH_CONSOLE__TRUSTED_PROXIES", '["10.0.0.1/8"]')
+    with pytest.raises(ValidationError, match=r"10\.0\.0\.1/8 has host bits set; did you mean 10\.0\.0\.0/8\?"):
+        load_settings()
+    monkeypatch.setenv("FLEETWATCH_CONSOLE__TRUSTED_PROXIES", '["10.42.7.0/24", "192.0.2.10"]')
+    assert [str(n) for n in load_settings().console.trusted_proxies] == ["10.42.7.0/24", "192.0.2.10/32"]

@@ -464,7 +464,7 @@ def test_console_ingress_routes_its_host_to_the_console_service_with_tls(helm: T
     # The controller's forwarded header names the client, so the login throttle counts clients, not the ingress.
     environment = pod_environment(only(documents, "Deployment", "-console"), decoded_secrets(documents))
     trusted = ConsoleSettings(trusted_proxies=json.loads(environment["FLEETWATCH_CONSOLE__TRUSTED_PROXIES"]))
-    assert [str(network) for network in trusted.trusted_proxies] == ["10.0.0.0/8"]
+    assert [str(network) for network in trusted.trusted_proxies] == ["10.42.7.0/24"]
     claim = only(documents, "PersistentVolumeClaim", "-console")
     assert claim["spec"]["storageClassName"] == "fast-ssd"
     assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
